@@ -1,0 +1,222 @@
+//! Connecting to NATS and making typed requests.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message, client::RequestErrorKind};
+use futures::StreamExt as _;
+use serde::{Serialize, de::DeserializeOwned};
+use slough_protocol::{ErrorBody, ErrorCode};
+use tracing::Instrument as _;
+
+use crate::{BusError, BusOptions, ERROR_CODE_HEADER, RETRY_AFTER_HEADER, trace};
+
+/// A connection to the bus. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Bus {
+    client: Client,
+    options: BusOptions,
+}
+
+/// Connects to `url`, retrying with exponential backoff (100 ms doubling to 5 s) until
+/// `options.connect_timeout`. Once connected, the client reconnects forever with the same
+/// backoff; disconnects, reconnects and slow consumers are logged.
+pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let connect_options = ConnectOptions::new()
+            .name(name)
+            .max_reconnects(None)
+            .request_timeout(Some(options.request_timeout))
+            .reconnect_delay_callback(backoff)
+            .event_callback(|event| async move { log_event(event) });
+        match connect_options.connect(url).await {
+            Ok(client) => {
+                tracing::info!(url, name, "connected to NATS");
+                return Ok(Bus { client, options });
+            }
+            Err(err) if started.elapsed() + delay < options.connect_timeout => {
+                tracing::warn!(url, error = %err, retry_in = ?delay, "NATS not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                return Err(BusError::Connect {
+                    url: url.to_owned(),
+                    after: started.elapsed(),
+                    reason: err.to_string(),
+                });
+            }
+        }
+    }
+}
+
+fn backoff(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.min(6)).unwrap_or(6);
+    Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5))
+}
+
+fn log_event(event: Event) {
+    match event {
+        Event::Connected => tracing::info!("NATS connection (re)established"),
+        Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(subscription = sid, "slow consumer: NATS dropped messages")
+        }
+        Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
+        Event::Draining | Event::Closed => tracing::info!(%event, "NATS connection closing"),
+        Event::ServerError(err) => tracing::error!(error = %err, "NATS server error"),
+        Event::ClientError(err) => tracing::error!(error = %err, "NATS client error"),
+    }
+}
+
+impl Bus {
+    /// The underlying client, for what this crate does not wrap (discovery, JetStream).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The timing this connection was made with.
+    pub fn options(&self) -> BusOptions {
+        self.options
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends `request` to `subject` and decodes the reply. An error reply becomes
+    /// [`BusError::Service`] with its code; nobody listening becomes
+    /// [`BusError::NoResponders`].
+    pub async fn request<Req, Resp>(&self, subject: &str, request: &Req) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let span = tracing::info_span!(
+            "bus.request",
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.destination.name = subject
+        );
+        async {
+            let payload = encode(subject, request)?;
+            let mut headers = HeaderMap::new();
+            trace::inject(&mut headers);
+            let timeout = self.options.request_timeout;
+            let nats_request = async_nats::Request::new()
+                .payload(payload.into())
+                .headers(headers)
+                .timeout(Some(timeout));
+            let reply = self
+                .client
+                .send_request(subject.to_owned(), nats_request)
+                .await
+                .map_err(|err| match err.kind() {
+                    RequestErrorKind::NoResponders => BusError::NoResponders {
+                        subject: subject.to_owned(),
+                    },
+                    RequestErrorKind::TimedOut => BusError::Timeout {
+                        subject: subject.to_owned(),
+                        after: timeout,
+                    },
+                    _ => BusError::nats(err),
+                })?;
+            decode_reply(subject, &reply)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Waits until the server has processed everything this connection sent before
+    /// (subscriptions included): it echoes a message back to us on a fresh inbox.
+    /// `flush` alone only empties the client's buffer.
+    pub async fn round_trip(&self) -> Result<(), BusError> {
+        let inbox = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        self.client
+            .publish(inbox.clone(), bytes::Bytes::new())
+            .await
+            .map_err(BusError::nats)?;
+        let timeout = self.options.request_timeout;
+        match tokio::time::timeout(timeout, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(BusError::Nats(
+                "connection closed during a round trip".to_owned(),
+            )),
+            Err(_) => Err(BusError::Timeout {
+                subject: inbox,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Publishes a message (an event, a cancellation) with the current trace context.
+    pub async fn publish<T: Serialize>(&self, subject: &str, message: &T) -> Result<(), BusError> {
+        let payload = encode(subject, message)?;
+        let mut headers = HeaderMap::new();
+        trace::inject(&mut headers);
+        self.client
+            .publish_with_headers(subject.to_owned(), headers, payload.into())
+            .await
+            .map_err(BusError::nats)
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Vec<u8>, BusError> {
+    serde_json::to_vec(value).map_err(|err| BusError::Codec {
+        subject: subject.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, BusError> {
+    serde_json::from_slice(payload).map_err(|err| BusError::Codec {
+        subject: subject.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+/// Turns a reply into a value or the service error it carries.
+fn decode_reply<T: DeserializeOwned>(subject: &str, reply: &Message) -> Result<T, BusError> {
+    if let Some(error) = error_of(reply) {
+        return Err(BusError::Service(error));
+    }
+    decode(subject, &reply.payload)
+}
+
+fn error_of(reply: &Message) -> Option<ErrorBody> {
+    let headers = reply.headers.as_ref()?;
+    let message = headers
+        .get(async_nats::service::NATS_SERVICE_ERROR)?
+        .as_str()
+        .to_owned();
+    let numeric = headers
+        .get(async_nats::service::NATS_SERVICE_ERROR_CODE)
+        .and_then(|code| code.as_str().parse::<u16>().ok());
+    let code = headers
+        .get(ERROR_CODE_HEADER)
+        .and_then(|code| ErrorCode::parse(code.as_str()))
+        .unwrap_or(match numeric {
+            // A service that is not ours (or older): keep the meaning of its number.
+            Some(400) => ErrorCode::InvalidRequest,
+            Some(404) => ErrorCode::NotFound,
+            Some(429) => ErrorCode::Overloaded,
+            Some(503) => ErrorCode::Unavailable,
+            Some(504) => ErrorCode::Timeout,
+            _ => ErrorCode::Internal,
+        });
+    let retry_after_ms = headers
+        .get(RETRY_AFTER_HEADER)
+        .and_then(|ms| ms.as_str().parse().ok());
+    Some(ErrorBody {
+        code,
+        message,
+        retry_after_ms,
+    })
+}

@@ -1,0 +1,74 @@
+//! The bus's error type, with the protocol error code each variant stands for.
+
+use std::time::Duration;
+
+use slough_protocol::{ErrorBody, ErrorCode};
+
+/// What can go wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No connection could be made before the connect timeout.
+    #[error("cannot connect to NATS at {url} within {after:?}: {reason}")]
+    Connect {
+        url: String,
+        after: Duration,
+        reason: String,
+    },
+    /// Nobody listens on the subject: no replica of the service is running.
+    #[error("no service answers on {subject}")]
+    NoResponders { subject: String },
+    /// A replica listens but did not answer in time.
+    #[error("no reply on {subject} within {after:?}")]
+    Timeout { subject: String, after: Duration },
+    /// The service answered with an error.
+    #[error("{0}")]
+    Service(ErrorBody),
+    /// A message could not be encoded or decoded.
+    #[error("bad message on {subject}: {reason}")]
+    Codec { subject: String, reason: String },
+    /// Publishing, subscribing or registering failed at the NATS level.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// A stream's producer fell silent for longer than the heartbeat allows.
+    #[error("stream {request_id} lost its producer: nothing heard for {silent_for:?}")]
+    ProducerLost {
+        request_id: String,
+        silent_for: Duration,
+    },
+    /// A stream frame arrived out of order (a frame was lost).
+    #[error("stream {request_id} skipped frames: expected {expected}, got {got}")]
+    StreamGap {
+        request_id: String,
+        expected: u64,
+        got: u64,
+    },
+    /// The stream was already finished or cancelled.
+    #[error("stream {request_id} is closed")]
+    StreamClosed { request_id: String },
+}
+
+impl BusError {
+    /// The protocol error code this error stands for.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BusError::Service(body) => body.code,
+            BusError::NoResponders { .. } | BusError::Connect { .. } => ErrorCode::Unavailable,
+            BusError::Timeout { .. } | BusError::ProducerLost { .. } => ErrorCode::Timeout,
+            BusError::Codec { .. } => ErrorCode::InvalidRequest,
+            BusError::StreamClosed { .. } => ErrorCode::Cancelled,
+            BusError::Nats(_) | BusError::StreamGap { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// This error as a message body, e.g. to put in an error frame.
+    pub fn to_body(&self) -> ErrorBody {
+        match self {
+            BusError::Service(body) => body.clone(),
+            other => ErrorBody::new(other.code(), other.to_string()),
+        }
+    }
+
+    pub(crate) fn nats(err: impl std::fmt::Display) -> BusError {
+        BusError::Nats(err.to_string())
+    }
+}

@@ -1,0 +1,54 @@
+//! The SloughGPT bus on NATS: connecting with backoff, hosting a service on the NATS
+//! micro-service API (`$SRV.*`, queue group = service name), typed request/reply whose
+//! failures carry a protocol [`ErrorCode`](slough_protocol::ErrorCode), streamed replies
+//! (ack, numbered frames, heartbeats, cancellation), and W3C trace context in headers.
+//!
+//! Must not depend on any service crate, on the store or on HTTP.
+
+mod client;
+mod error;
+mod host;
+mod stream;
+mod trace;
+
+use std::time::Duration;
+
+pub use client::{Bus, connect};
+pub use error::BusError;
+pub use host::{Registration, ServiceHost};
+pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
+
+/// Header carrying the stable [`ErrorCode`](slough_protocol::ErrorCode) of an error reply,
+/// next to the NATS service API's `Nats-Service-Error` (message) and
+/// `Nats-Service-Error-Code` (numeric) headers.
+pub const ERROR_CODE_HEADER: &str = "Slough-Error-Code";
+/// Header carrying a retry hint in milliseconds on `overloaded` error replies.
+pub const RETRY_AFTER_HEADER: &str = "Slough-Retry-After-Ms";
+
+/// Timing of the bus.
+#[derive(Debug, Clone, Copy)]
+pub struct BusOptions {
+    /// How long to keep retrying the first connection.
+    pub connect_timeout: Duration,
+    /// How long a request waits for its reply (also a stream's acknowledgement).
+    pub request_timeout: Duration,
+    /// How often a stream producer sends a frame when it has nothing else to send. A
+    /// consumer that hears nothing for [`BusOptions::silence_limit`] gives up.
+    pub heartbeat: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How long a consumer waits without any frame before it declares the producer dead:
+/// three heartbeat intervals, so one late heartbeat is not fatal.
+pub fn silence_limit(heartbeat: Duration) -> Duration {
+    heartbeat * 3
+}

@@ -1,0 +1,209 @@
+//! Layered configuration: built-in defaults, then `slough.toml` (or the file named by
+//! `SLOUGH_CONFIG`), then the environment (`SLOUGH_<SECTION>__<KEY>`, plus `NATS_URL`).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, de::DeserializeOwned};
+use slough_telemetry::LogConfig;
+
+/// Settings every service shares. Flattened into the `slough` binary's settings, so
+/// these keys sit at the top level of `slough.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CommonConfig {
+    /// Where models, the SQLite file, vector shards and nats-server's store live
+    /// (`SLOUGH_DATA_DIR`, default `~/.slough`).
+    pub data_dir: PathBuf,
+    /// The NATS server to use (`NATS_URL`). Unset: `slough up` starts its own.
+    pub nats_url: Option<String>,
+    /// PostgreSQL for the distributed layout (`SLOUGH_DATABASE_URL`); SQLite when unset.
+    pub database_url: Option<SecretString>,
+    /// The host name other machines use to reach this process's admin ports
+    /// (`SLOUGH_ADVERTISE_HOST`). Unset: the listen address, or `$HOSTNAME` when
+    /// listening on all interfaces.
+    pub advertise_host: Option<String>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Bus behaviour.
+    pub nats: NatsConfig,
+}
+
+impl Default for CommonConfig {
+    fn default() -> Self {
+        CommonConfig {
+            data_dir: default_data_dir(),
+            nats_url: None,
+            database_url: None,
+            advertise_host: None,
+            log: LogConfig::default(),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+/// The `[nats]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// How long to keep retrying the first connection before giving up, in seconds.
+    pub connect_timeout_secs: u64,
+    /// How long a request waits for its reply, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How often a stream producer proves it is alive, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// The `nats-server` that `slough up` starts when `NATS_URL` is unset.
+    pub server: EmbeddedNatsConfig,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            connect_timeout_secs: 30,
+            request_timeout_ms: 10_000,
+            heartbeat_ms: 1_000,
+            server: EmbeddedNatsConfig::default(),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The bus options these settings describe.
+    pub fn bus_options(&self) -> slough_bus::BusOptions {
+        slough_bus::BusOptions {
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+        }
+    }
+}
+
+/// The `[nats.server]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedNatsConfig {
+    /// Path of the `nats-server` binary; found on `PATH` when unset.
+    pub binary: Option<PathBuf>,
+    /// Port to listen on (loopback only). 4223, not NATS's usual 4222, so a NATS server
+    /// the machine already runs is left alone; 0 picks a free port.
+    pub port: u16,
+}
+
+impl Default for EmbeddedNatsConfig {
+    fn default() -> Self {
+        EmbeddedNatsConfig {
+            binary: None,
+            port: 4223,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".slough"),
+        None => PathBuf::from(".slough"),
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is missing, has the wrong type, or a key is unknown; figment names it and
+    /// where it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// `SLOUGH_CONFIG` names a file that does not exist.
+    #[error("configuration file {0} (from SLOUGH_CONFIG) does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Loads settings of type `T` from the layers above. `file` overrides where to look for
+/// the TOML file (else `SLOUGH_CONFIG`, else `./slough.toml` when present).
+pub fn load_config<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, ConfigError> {
+    let file = match (file, std::env::var_os("SLOUGH_CONFIG")) {
+        (Some(file), _) => Some(file.to_path_buf()),
+        (None, Some(from_env)) => {
+            let path = PathBuf::from(from_env);
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path));
+            }
+            Some(path)
+        }
+        (None, None) => Some(PathBuf::from("slough.toml")).filter(|p| p.exists()),
+    };
+    let mut figment = Figment::new();
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file(file));
+    }
+    figment
+        .merge(Env::prefixed("SLOUGH_").ignore(&["CONFIG"]).split("__"))
+        .merge(Env::raw().only(&["NATS_URL"]))
+        .extract()
+        .map_err(|err| ConfigError::Invalid(Box::new(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+    use secrecy::ExposeSecret;
+
+    #[derive(Debug, Deserialize)]
+    struct Settings {
+        #[serde(flatten)]
+        common: CommonConfig,
+        #[serde(default)]
+        gateway: Section,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Section {
+        listen: Option<String>,
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "slough.toml",
+                "data_dir = \"/from/file\"\n[nats]\nheartbeat_ms = 250\n[gateway]\nlisten = \"0.0.0.0:1\"\n",
+            )?;
+            jail.set_env("SLOUGH_GATEWAY__LISTEN", "127.0.0.1:9");
+            jail.set_env("NATS_URL", "nats://example:4222");
+            jail.set_env("SLOUGH_DATABASE_URL", "postgres://u:secret@h/db");
+            let settings: Settings = load_config(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.common.data_dir, PathBuf::from("/from/file"));
+            assert_eq!(settings.common.nats.heartbeat_ms, 250);
+            assert_eq!(settings.gateway.listen.as_deref(), Some("127.0.0.1:9"));
+            assert_eq!(
+                settings.common.nats_url.as_deref(),
+                Some("nats://example:4222")
+            );
+            let url = settings.common.database_url.as_ref().unwrap();
+            assert_eq!(url.expose_secret(), "postgres://u:secret@h/db");
+            assert!(
+                !format!("{settings:?}").contains("secret@"),
+                "secrets never print"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_section_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SLOUGH_GATEWAY__LISTN", "x");
+            let err = load_config::<Settings>(None).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,262 @@
+//! [`ServiceContext`]: what one service instance starts from. It connects to the bus,
+//! creates the instance's Prometheus registry, serves the admin port, and collects the
+//! readiness checks that `/readyz` and the `health` endpoint report.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use prometheus::Registry;
+use slough_bus::{Bus, Registration, ServiceHost};
+use slough_protocol::{
+    ServiceKind,
+    health::{HealthCheck, HealthReport, HealthRequest},
+    subjects,
+};
+use slough_store::Store;
+use slough_telemetry::{AdminServer, Readiness};
+
+use crate::{CommonConfig, ServiceError};
+
+/// The outcome of one readiness check: `Err` carries why the dependency is not usable.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// Everything a service's `run` function needs from the platform.
+pub struct ServiceContext {
+    kind: ServiceKind,
+    version: String,
+    common: CommonConfig,
+    bus: Bus,
+    registry: Registry,
+    checks: Arc<Mutex<Vec<(String, Check)>>>,
+    instance_id: Arc<OnceLock<String>>,
+    admin: AdminServer,
+    admin_url: String,
+}
+
+impl ServiceContext {
+    /// Connects to NATS at `nats_url`, creates the registry and starts the admin server
+    /// on `admin_listen`, advertised as [`CommonConfig::advertise_host`] says.
+    pub async fn start(
+        kind: ServiceKind,
+        version: &str,
+        common: &CommonConfig,
+        nats_url: &str,
+        admin_listen: SocketAddr,
+    ) -> Result<ServiceContext, ServiceError> {
+        let registry = slough_telemetry::metrics::service_registry(kind.name(), version)?;
+        let bus = slough_bus::connect(
+            nats_url,
+            &format!("slough-{kind}"),
+            common.nats.bus_options(),
+        )
+        .await?;
+        let checks: Arc<Mutex<Vec<(String, Check)>>> = Arc::default();
+        let instance_id: Arc<OnceLock<String>> = Arc::default();
+        let readiness: Readiness = {
+            let (bus, checks, instance_id, version) = (
+                bus.clone(),
+                checks.clone(),
+                instance_id.clone(),
+                version.to_owned(),
+            );
+            Arc::new(move || {
+                let (bus, checks, instance_id, version) = (
+                    bus.clone(),
+                    checks.clone(),
+                    instance_id.clone(),
+                    version.clone(),
+                );
+                Box::pin(async move { report(kind, &version, &bus, &checks, &instance_id).await })
+            })
+        };
+        let admin = AdminServer::start(admin_listen, registry.clone(), readiness)?;
+        let admin_url = format!(
+            "http://{}",
+            advertised(admin.addr(), common.advertise_host.as_deref())
+        );
+        tracing::info!(service = %kind, admin = %admin_url, "admin server listening");
+        Ok(ServiceContext {
+            kind,
+            version: version.to_owned(),
+            common: common.clone(),
+            bus,
+            registry,
+            checks,
+            instance_id,
+            admin,
+            admin_url,
+        })
+    }
+
+    /// Which service this context belongs to.
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    /// The settings every service shares.
+    pub fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    /// The bus connection.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The instance's metrics registry, served on `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The admin server's base URL as other machines reach it.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// Adds a readiness check named `name`, run on every `/readyz` and `health` request.
+    pub fn add_check<F>(&self, name: &str, check: F)
+    where
+        F: Fn() -> CheckFuture + Send + Sync + 'static,
+    {
+        self.checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((name.to_owned(), Arc::new(check)));
+    }
+
+    /// Opens the store the configuration names (migrating it) and adds a `store`
+    /// readiness check that pings it.
+    pub async fn open_store(&self) -> Result<Store, ServiceError> {
+        let store = Store::open(self.common.database_url.as_ref(), &self.common.data_dir).await?;
+        let probe = store.clone();
+        self.add_check("store", move || {
+            let probe = probe.clone();
+            Box::pin(async move { probe.ping().await.map_err(|err| err.to_string()) })
+        });
+        Ok(store)
+    }
+
+    /// The instance's readiness now.
+    pub async fn health(&self) -> HealthReport {
+        report(
+            self.kind,
+            &self.version,
+            &self.bus,
+            &self.checks,
+            &self.instance_id,
+        )
+        .await
+    }
+
+    /// Registers the instance on the bus (advertising its admin URL) with the `health`
+    /// endpoint every service has. Add the service's own endpoints to the returned host.
+    pub async fn register(&self, description: &str) -> Result<ServiceHost, ServiceError> {
+        let registration = Registration {
+            kind: self.kind,
+            version: self.version.clone(),
+            description: description.to_owned(),
+            metadata: HashMap::from([(
+                subjects::META_ADMIN_URL.to_owned(),
+                self.admin_url.clone(),
+            )]),
+        };
+        let mut host = ServiceHost::register(&self.bus, registration, &self.registry).await?;
+        let _ = self.instance_id.set(host.id().to_owned());
+        let (kind, version, bus, checks, instance_id) = (
+            self.kind,
+            self.version.clone(),
+            self.bus.clone(),
+            self.checks.clone(),
+            self.instance_id.clone(),
+        );
+        host.endpoint(subjects::HEALTH_ENDPOINT, move |_: HealthRequest| {
+            let (version, bus, checks, instance_id) = (
+                version.clone(),
+                bus.clone(),
+                checks.clone(),
+                instance_id.clone(),
+            );
+            async move { Ok(report(kind, &version, &bus, &checks, &instance_id).await) }
+        })
+        .await?;
+        Ok(host)
+    }
+
+    /// Stops the admin server. The bus connection closes when the last clone drops.
+    pub async fn stop(self) {
+        self.admin.stop().await;
+    }
+}
+
+/// Runs every check (NATS first) and reports them in order.
+async fn report(
+    kind: ServiceKind,
+    version: &str,
+    bus: &Bus,
+    checks: &Mutex<Vec<(String, Check)>>,
+    instance_id: &OnceLock<String>,
+) -> HealthReport {
+    let checks: Vec<(String, Check)> = checks
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let mut results = vec![HealthCheck {
+        name: "nats".to_owned(),
+        ok: bus.is_connected(),
+        detail: (!bus.is_connected()).then(|| "not connected to NATS".to_owned()),
+    }];
+    for (name, check) in checks {
+        let outcome = check().await;
+        results.push(HealthCheck {
+            name,
+            ok: outcome.is_ok(),
+            detail: outcome.err(),
+        });
+    }
+    HealthReport {
+        instance_id: instance_id.get().cloned().unwrap_or_default(),
+        service: kind,
+        version: version.to_owned(),
+        ready: results.iter().all(|check| check.ok),
+        checks: results,
+    }
+}
+
+/// The `host:port` others use for `addr`: the configured host, else the bound address
+/// unless it is a wildcard, else `$HOSTNAME` (containers set it), else loopback.
+fn advertised(addr: SocketAddr, advertise_host: Option<&str>) -> String {
+    let host = match advertise_host {
+        Some(host) => host.to_owned(),
+        None if !addr.ip().is_unspecified() => addr.ip().to_string(),
+        None => std::env::var("HOSTNAME")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_owned()),
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_the_bound_address_unless_told_otherwise() {
+        let bound: SocketAddr = "127.0.0.1:9401".parse().unwrap();
+        assert_eq!(advertised(bound, None), "127.0.0.1:9401");
+        assert_eq!(advertised(bound, Some("gateway")), "gateway:9401");
+        let v6: SocketAddr = "[::1]:9401".parse().unwrap();
+        assert_eq!(advertised(v6, None), "[::1]:9401");
+    }
+}

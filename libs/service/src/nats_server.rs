@@ -1,0 +1,214 @@
+//! A `nats-server` child process with JetStream, listening on loopback only: what
+//! `slough up` runs when `NATS_URL` is unset, and what tests run on a free port.
+
+use std::{
+    io::Read,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::ServiceError;
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct NatsServerOptions {
+    /// The binary; `nats-server` on `PATH` when `None`.
+    pub binary: Option<PathBuf>,
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// JetStream's store directory (created if missing). The log file goes beside it.
+    pub store_dir: PathBuf,
+}
+
+/// A running `nats-server`. Stopped (SIGTERM, then SIGKILL) when dropped, and killed by
+/// the kernel if this process dies first, so it is never orphaned.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    log_file: PathBuf,
+}
+
+const INSTALL_HINT: &str = "install it with `apt-get install nats-server` (Debian/Ubuntu) or \
+     run ./scripts/setup, or point NATS_URL at an existing server";
+
+impl NatsServer {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(options: &NatsServerOptions) -> Result<NatsServer, ServiceError> {
+        let binary = match &options.binary {
+            Some(binary) if binary.exists() => binary.clone(),
+            Some(binary) => {
+                return Err(ServiceError::NatsServer(format!(
+                    "nats-server binary {} does not exist; {INSTALL_HINT}",
+                    binary.display()
+                )));
+            }
+            None => find_on_path("nats-server").ok_or_else(|| {
+                ServiceError::NatsServer(format!("nats-server is not on PATH; {INSTALL_HINT}"))
+            })?,
+        };
+        std::fs::create_dir_all(&options.store_dir).map_err(|source| ServiceError::Io {
+            context: format!("cannot create {}", options.store_dir.display()),
+            source,
+        })?;
+        let port = match options.port {
+            0 => free_port()?,
+            port => {
+                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                    return Err(ServiceError::NatsServer(format!(
+                        "port {port} on 127.0.0.1 is already in use; stop what listens there, \
+                         set SLOUGH_NATS__SERVER__PORT to another port (0 picks a free one), \
+                         or set NATS_URL to use a server that is already running"
+                    )));
+                }
+                port
+            }
+        };
+        let log_file = options.store_dir.with_extension("log");
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--jetstream",
+            ])
+            .arg("--store_dir")
+            .arg(&options.store_dir)
+            .arg("--log")
+            .arg(&log_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let child = command.spawn().map_err(|source| ServiceError::Io {
+            context: format!("cannot start {}", binary.display()),
+            source,
+        })?;
+        let mut server = NatsServer {
+            child,
+            port,
+            log_file,
+        };
+        server.wait_ready(Duration::from_secs(15))?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where it writes its log.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        terminate(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), ServiceError> {
+        let deadline = Instant::now() + limit;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Err(ServiceError::NatsServer(format!(
+                    "nats-server exited with {status} before it was ready: {} (log: {})",
+                    stderr.trim(),
+                    self.log_file.display()
+                )));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(ServiceError::NatsServer(format!(
+                    "nats-server did not accept connections on {addr} within {limit:?} (log: {})",
+                    self.log_file.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> Result<u16, ServiceError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| ServiceError::Io {
+            context: "cannot find a free port".to_owned(),
+            source,
+        })?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|source| ServiceError::Io {
+            context: "cannot find a free port".to_owned(),
+            source,
+        })
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+#[allow(unsafe_code)] // pre_exec and signals have no safe std API
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    // PR_SET_PDEATHSIG fires when the spawning thread exits: spawn from a thread that
+    // lives as long as the server is wanted (the main thread, or a test's thread).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[allow(unsafe_code)] // see die_with_parent
+fn terminate(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: sending a signal to our own child, whose pid we hold.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Schema migrations, applied in order by [`Migrator`] when a store opens. Never edit
+//! a migration that has shipped: add a new one.
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+mod m20261122_000001_api_keys;
+
+/// Applies the migrations below.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_api_keys::Migration)]
+    }
+}

@@ -1,0 +1,99 @@
+//! The store on both backends: SQLite under a temporary data directory and a fresh
+//! PostgreSQL database (127.0.0.1:5432 unless `SLOUGH_TEST_POSTGRES_URL` says otherwise).
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, Set};
+use secrecy::SecretString;
+use slough_store::{Store, entities::api_key};
+use slough_testkit::TestPostgres;
+
+fn key(prefix: &str) -> api_key::ActiveModel {
+    api_key::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        name: Set(format!("key {prefix}")),
+        prefix: Set(prefix.to_owned()),
+        secret_hash: Set("hash".to_owned()),
+        scopes: Set("inference".to_owned()),
+        created_at: Set(Utc::now()),
+        revoked_at: Set(None),
+    }
+}
+
+/// Writes, reads back, refuses a duplicate prefix without losing the first row, and
+/// finds the rows again after reopening (migrations run again and change nothing).
+async fn round_trip(open: impl AsyncFn() -> Store) {
+    let store = open().await;
+    store.ping().await.unwrap();
+    key("sk-aaaa").insert(store.connection()).await.unwrap();
+    key("sk-bbbb").insert(store.connection()).await.unwrap();
+    let duplicate = key("sk-aaaa").insert(store.connection()).await;
+    assert!(
+        duplicate.is_err(),
+        "a second key with the same prefix must be refused"
+    );
+    store.close().await;
+
+    let store = open().await;
+    let found = api_key::Entity::find()
+        .filter(api_key::Column::Prefix.eq("sk-aaaa"))
+        .all(store.connection())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, "key sk-aaaa");
+    assert_eq!(
+        api_key::Entity::find()
+            .all(store.connection())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_file_under_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    round_trip(async || Store::open(None, &data_dir).await.unwrap()).await;
+    assert!(data_dir.join("slough.db").exists());
+    let store = Store::open(None, &data_dir).await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+}
+
+#[tokio::test]
+async fn postgres_when_a_database_url_is_given() {
+    let database = TestPostgres::create().await;
+    let url = SecretString::from(database.url().to_owned());
+    let unused = tempfile::tempdir().unwrap();
+    round_trip(async || Store::open(Some(&url), unused.path()).await.unwrap()).await;
+    let store = Store::open(Some(&url), unused.path()).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    store.close().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let database = TestPostgres::create().await;
+    let url = SecretString::from(database.url().to_owned());
+    let unused = tempfile::tempdir().unwrap();
+    let opens = (0..4).map(|_| Store::open(Some(&url), unused.path()));
+    let stores = futures::future::join_all(opens).await;
+    for store in stores {
+        let store = store.expect("every replica opens the store");
+        store.close().await;
+    }
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn unusable_urls_are_named() {
+    let unused = tempfile::tempdir().unwrap();
+    let url = SecretString::from("mysql://me:secret@db/x".to_owned());
+    let err = Store::open(Some(&url), unused.path()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("mysql://me:***@db/x"), "{message}");
+    assert!(!message.contains("secret"));
+}

@@ -1,0 +1,123 @@
+//! Process-wide logging and tracing, set up once by [`init`].
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use serde::Deserialize;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::TelemetryError;
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// The `[log]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,slough_bus=debug`. `RUST_LOG`,
+    /// when set, wins.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Keeps the tracer provider alive; flushes pending spans when dropped.
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.shutdown() {
+            eprintln!("warning: flushing traces failed: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber: logs to stderr, spans to OpenTelemetry. A tracer
+/// provider is always installed so that spans carry trace ids that travel across NATS;
+/// spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => from_env,
+        _ => config.level.clone(),
+    };
+    let env_filter = EnvFilter::try_new(&filter).map_err(|source| TelemetryError::LogFilter {
+        filter: filter.clone(),
+        source,
+    })?;
+
+    let provider = tracer_provider(process_name)?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("slough"));
+
+    let fmt_layer = match config.format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+
+    tracing_subscriber::registry()
+        .with(env_filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .map_err(|err| TelemetryError::AlreadyInitialised(err.to_string()))?;
+    Ok(TelemetryGuard { provider })
+}
+
+fn tracer_provider(process_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(process_name.to_owned())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok_and(|v| !v.is_empty());
+    if !exporting {
+        return Ok(builder.build());
+    }
+    // The exporter reads the endpoint, headers and timeout from the standard
+    // OTEL_EXPORTER_OTLP_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|err| TelemetryError::Otlp(err.to_string()))?;
+    Ok(builder.with_batch_exporter(exporter).build())
+}
+
+/// The current span's trace id as 32 hex digits, or `None` outside a sampled span.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}

@@ -1,0 +1,106 @@
+//! Test support: a real `nats-server` on a free port with a throw-away JetStream
+//! directory, and a fresh PostgreSQL database per test. Tests use the real things.
+
+use std::path::Path;
+
+use slough_service::{NatsServer, NatsServerOptions};
+
+/// A `nats-server` for one test, stopped and its directory removed on drop.
+pub struct TestNats {
+    server: NatsServer,
+    dir: tempfile::TempDir,
+}
+
+impl TestNats {
+    /// Starts a server on a free port; panics with the reason when it cannot.
+    pub fn start() -> TestNats {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let server = NatsServer::start(&NatsServerOptions {
+            binary: None,
+            port: 0,
+            store_dir: dir.path().join("jetstream"),
+        })
+        .unwrap_or_else(|err| panic!("cannot start nats-server for the test: {err}"));
+        TestNats { server, dir }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// A plain client connected to it.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
+    }
+
+    /// A scratch directory that lives as long as the server.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server now (to test what happens when the bus goes away).
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// A fresh, uniquely named PostgreSQL database, dropped at the end of the test.
+pub struct TestPostgres {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestPostgres {
+    /// The server to create databases on: `SLOUGH_TEST_POSTGRES_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432/postgres`.
+    pub fn admin_url() -> String {
+        std::env::var("SLOUGH_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Creates the database; panics with the reason when the server does not answer
+    /// (these tests are meant to run, not to be skipped).
+    pub async fn create() -> TestPostgres {
+        use sea_orm::ConnectionTrait as _;
+        let admin_url = Self::admin_url();
+        let name = format!("slough_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sea_orm::Database::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| panic!("PostgreSQL at {admin_url} is not reachable: {err}"));
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+        let url = format!("{base}/{name}");
+        TestPostgres {
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// The new database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Drops the database (connections to it must be closed first).
+    pub async fn drop_database(self) {
+        use sea_orm::ConnectionTrait as _;
+        if let Ok(admin) = sea_orm::Database::connect(&self.admin_url).await {
+            let _ = admin
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+            let _ = admin.close().await;
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The `slough` command's library half: the settings of the whole platform and the
+//! code that runs services in one process. The binary (`main.rs`) parses the command
+//! line; end-to-end tests start services through [`platform`] exactly as `slough up` does.
+
+pub mod platform;
+pub mod settings;
+pub mod status_table;
+
+pub use platform::{Platform, ServiceHandle};
+pub use settings::Settings;

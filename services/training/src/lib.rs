@@ -1,0 +1,52 @@
+//! The training service: fine-tuning jobs on a durable JetStream work queue (jobs arrive
+//! with their own issue; today it registers on the bus, answers `health`, serves its
+//! admin port and reports whether JetStream answers, which its queue will need).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use slough_service::{ServiceContext, ServiceError};
+use tokio_util::sync::CancellationToken;
+
+/// The crate version, which is the version the instance registers with.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the instance says it does in `$SRV.INFO`.
+pub const DESCRIPTION: &str = "Fine-tuning jobs on a JetStream work queue";
+
+/// The `[training]` section of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The admin server (`/metrics`, `/livez`, `/readyz`).
+    pub admin_listen: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9405)),
+        }
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then leaves the bus.
+pub async fn run(
+    ctx: ServiceContext,
+    _config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let jetstream = async_nats::jetstream::new(ctx.bus().client().clone());
+    ctx.add_check("jetstream", move || {
+        let jetstream = jetstream.clone();
+        Box::pin(async move {
+            jetstream.query_account().await.map(drop).map_err(|err| {
+                format!("JetStream does not answer (is the server started with -js?): {err}")
+            })
+        })
+    });
+    let host = ctx.register(DESCRIPTION).await?;
+    host.serve(shutdown).await?;
+    ctx.stop().await;
+    Ok(())
+}
