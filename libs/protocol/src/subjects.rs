@@ -126,6 +126,9 @@ impl DiscoveryVerb {
     }
 }
 
+/// JetStream's account-information request: answered only when JetStream is enabled.
+pub const JETSTREAM_ACCOUNT_INFO: &str = "$JS.API.INFO";
+
 /// Metadata key under which an instance advertises its admin HTTP base URL in `$SRV.INFO`.
 pub const META_ADMIN_URL: &str = "admin_url";
 

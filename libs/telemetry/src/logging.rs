@@ -33,10 +33,13 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Pretty,
-            level: "info".to_owned(),
+            level: DEFAULT_LEVEL.to_owned(),
         }
     }
 }
+
+/// Our own info logs; the NATS client and actix only when something goes wrong.
+const DEFAULT_LEVEL: &str = "info,async_nats=warn,actix_server=warn";
 
 /// Keeps the tracer provider alive; flushes pending spans when dropped.
 #[must_use = "dropping the guard shuts tracing down"]

@@ -104,3 +104,10 @@ impl TestPostgres {
         }
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for servers that must be told
+/// their port up front.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
