@@ -1,0 +1,243 @@
+//! The `slough` binary as a user runs it: `slough up` starts nats-server and all six
+//! services, `slough status` lists them with working metrics URLs, a `slough run`
+//! replica that is killed leaves the status within 10 s, SIGTERM stops everything
+//! (nats-server included), and a missing nats-server is explained.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use slough_protocol::{ServiceKind, status::StatusReport};
+use slough_testkit::free_port;
+
+/// Environment for a platform under `dir` on its own ports.
+struct Env {
+    vars: Vec<(String, String)>,
+    nats_port: u16,
+}
+
+impl Env {
+    fn new(dir: &Path) -> Env {
+        let nats_port = free_port();
+        let mut vars = vec![
+            (
+                "SLOUGH_DATA_DIR".to_owned(),
+                dir.join("data").display().to_string(),
+            ),
+            (
+                "SLOUGH_NATS__SERVER__PORT".to_owned(),
+                nats_port.to_string(),
+            ),
+            (
+                "SLOUGH_GATEWAY__LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
+            (
+                "SLOUGH_MONITORING__LISTEN".to_owned(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        ];
+        for kind in ServiceKind::ALL {
+            vars.push((
+                format!("SLOUGH_{}__ADMIN_LISTEN", kind.name().to_uppercase()),
+                "127.0.0.1:0".to_owned(),
+            ));
+        }
+        Env { vars, nats_port }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slough"));
+        command
+            .args(args)
+            .env_remove("NATS_URL")
+            .env_remove("SLOUGH_CONFIG")
+            .envs(self.vars.iter().cloned());
+        command
+    }
+
+    fn status(&self) -> Option<StatusReport> {
+        let output = self.command(&["status", "--json"]).output().unwrap();
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).unwrap())
+    }
+
+    /// Polls `slough status --json` until `done` holds; returns the report and the wait.
+    fn wait_for(
+        &self,
+        limit: Duration,
+        done: impl Fn(&StatusReport) -> bool,
+    ) -> (StatusReport, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(report) = self.status().filter(|report| done(report)) {
+                return (report, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "not reached within {limit:?}; last: {:#?}",
+                self.status()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn count(report: &StatusReport, kind: ServiceKind) -> usize {
+    report
+        .instances
+        .iter()
+        .filter(|instance| instance.service == kind)
+        .count()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_status_run_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+
+    let output = env.command(&["status"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is the platform running"),
+        "{}",
+        stderr(&output)
+    );
+
+    let mut up = env
+        .command(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    for line in BufReader::new(up.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(
+        banner.contains("gateway (OpenAI API)") && banner.contains("admin endpoints"),
+        "{banner}"
+    );
+
+    let (report, _) = env.wait_for(Duration::from_secs(30), |report| {
+        ServiceKind::ALL
+            .iter()
+            .all(|&kind| count(report, kind) == 1)
+            && report.instances.iter().all(|i| i.healthy)
+    });
+    let http = reqwest::Client::new();
+    for instance in &report.instances {
+        assert_eq!(instance.version, env!("CARGO_PKG_VERSION"));
+        let url = instance.metrics_url.as_deref().unwrap();
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains(&format!("slough_{}_", instance.service)),
+            "{url} serves no slough_ metrics"
+        );
+    }
+    let table = env.command(&["status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("6 instance(s)"));
+
+    // A second personality replica joins, then dies without saying goodbye.
+    let mut replica = env
+        .command(&["run", "personality"])
+        .env("NATS_URL", format!("nats://127.0.0.1:{}", env.nats_port))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for(Duration::from_secs(20), |report| {
+        count(report, ServiceKind::Personality) == 2
+    });
+    replica.kill().unwrap();
+    replica.wait().unwrap();
+    let (_, took) = env.wait_for(Duration::from_secs(12), |report| {
+        count(report, ServiceKind::Personality) == 1
+    });
+    eprintln!("a killed replica left the status after {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    signal(&up, "TERM");
+    let status = wait_exit(&mut up, Duration::from_secs(30));
+    assert!(status.success(), "slough up exited with {status}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", env.nats_port)).is_err(),
+        "nats-server outlived slough up"
+    );
+}
+
+#[test]
+fn a_missing_nats_server_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+    let output = env
+        .command(&["up"])
+        .env("SLOUGH_NATS__SERVER__BINARY", "/nonexistent/nats-server")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("apt-get install nats-server"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn unknown_services_and_bad_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+    let output = env.command(&["run", "oracle"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("unknown service \"oracle\""),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = env
+        .command(&["up"])
+        .env("SLOUGH_MONITORING__SWEEP_INTERVALL_MS", "5")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("sweep_intervall_ms"),
+        "{}",
+        stderr(&output)
+    );
+}
