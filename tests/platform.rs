@@ -2,6 +2,12 @@
 //! `slough up` starts them: monitoring sees every instance, serves their metrics URLs
 //! for Prometheus, drops a stopped one within 10 s; replicas share a queue group.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::{
     collections::HashMap,
     time::{Duration, Instant},

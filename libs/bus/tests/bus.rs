@@ -2,6 +2,12 @@
 //! (order, heartbeats, refusal, a producer that dies, cancellation), and trace context
 //! crossing NATS.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::{collections::HashMap, time::Duration};
 
 use prometheus::Registry;

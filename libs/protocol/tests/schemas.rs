@@ -1,6 +1,12 @@
 //! `schemas/*.json` must be exactly what the protocol types generate. Regenerate with
 //! `SLOUGH_UPDATE_SCHEMAS=1 cargo test -p slough-protocol --test schemas`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
 fn schemas_dir() -> PathBuf {

@@ -1,6 +1,12 @@
 //! The store on both backends: SQLite under a temporary data directory and a fresh
 //! PostgreSQL database (127.0.0.1:5432 unless `SLOUGH_TEST_POSTGRES_URL` says otherwise).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, Set};
 use secrecy::SecretString;

@@ -86,26 +86,21 @@ impl ServiceHandle {
     }
 }
 
-fn run_service(
+/// Dispatches to the service's own `run` with its section of the settings.
+async fn run_service(
     ctx: ServiceContext,
     settings: Settings,
     shutdown: CancellationToken,
-) -> impl Future<Output = Result<(), ServiceError>> + Send + 'static {
-    async move {
-        match ctx.kind() {
-            ServiceKind::Gateway => slough_gateway::run(ctx, settings.gateway, shutdown).await,
-            ServiceKind::Inference => {
-                slough_inference::run(ctx, settings.inference, shutdown).await
-            }
-            ServiceKind::Rag => slough_rag::run(ctx, settings.rag, shutdown).await,
-            ServiceKind::Personality => {
-                slough_personality::run(ctx, settings.personality, shutdown).await
-            }
-            ServiceKind::Training => slough_training::run(ctx, settings.training, shutdown).await,
-            ServiceKind::Monitoring => {
-                slough_monitoring::run(ctx, settings.monitoring, shutdown).await
-            }
+) -> Result<(), ServiceError> {
+    match ctx.kind() {
+        ServiceKind::Gateway => slough_gateway::run(ctx, settings.gateway, shutdown).await,
+        ServiceKind::Inference => slough_inference::run(ctx, settings.inference, shutdown).await,
+        ServiceKind::Rag => slough_rag::run(ctx, settings.rag, shutdown).await,
+        ServiceKind::Personality => {
+            slough_personality::run(ctx, settings.personality, shutdown).await
         }
+        ServiceKind::Training => slough_training::run(ctx, settings.training, shutdown).await,
+        ServiceKind::Monitoring => slough_monitoring::run(ctx, settings.monitoring, shutdown).await,
     }
 }
 

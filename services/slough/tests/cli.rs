@@ -3,6 +3,12 @@
 //! replica that is killed leaves the status within 10 s, SIGTERM stops everything
 //! (nats-server included), and a missing nats-server is explained.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpStream,
