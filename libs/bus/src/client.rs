@@ -1,6 +1,12 @@
 //! Connecting to NATS and making typed requests.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message, client::RequestErrorKind};
 use futures::StreamExt as _;
@@ -15,6 +21,7 @@ use crate::{BusError, BusOptions, ERROR_CODE_HEADER, RETRY_AFTER_HEADER, trace};
 pub struct Bus {
     client: Client,
     options: BusOptions,
+    closing: Arc<AtomicBool>,
 }
 
 /// Connects to `url`, retrying with exponential backoff (100 ms doubling to 5 s) until
@@ -23,17 +30,27 @@ pub struct Bus {
 pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
+    // Set once we drain on purpose, so the disconnect that follows is not a warning.
+    let closing = Arc::new(AtomicBool::new(false));
     loop {
+        let closing_seen = closing.clone();
         let connect_options = ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
             .request_timeout(Some(options.request_timeout))
             .reconnect_delay_callback(backoff)
-            .event_callback(|event| async move { log_event(event) });
+            .event_callback(move |event| {
+                let closing = closing_seen.clone();
+                async move { log_event(event, &closing) }
+            });
         match connect_options.connect(url).await {
             Ok(client) => {
                 tracing::info!(url, name, "connected to NATS");
-                return Ok(Bus { client, options });
+                return Ok(Bus {
+                    client,
+                    options,
+                    closing,
+                });
             }
             Err(err) if started.elapsed() + delay < options.connect_timeout => {
                 tracing::warn!(url, error = %err, retry_in = ?delay, "NATS not reachable yet");
@@ -56,15 +73,18 @@ fn backoff(attempts: usize) -> Duration {
     Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5))
 }
 
-fn log_event(event: Event) {
+fn log_event(event: Event, closing: &AtomicBool) {
     match event {
         Event::Connected => tracing::info!("NATS connection (re)established"),
+        Event::Disconnected if closing.load(Ordering::Relaxed) => {
+            tracing::debug!("NATS connection closed")
+        }
         Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
         Event::SlowConsumer(sid) => {
             tracing::warn!(subscription = sid, "slow consumer: NATS dropped messages")
         }
         Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
-        Event::Draining | Event::Closed => tracing::info!(%event, "NATS connection closing"),
+        Event::Draining | Event::Closed => tracing::debug!(%event, "NATS connection closing"),
         Event::ServerError(err) => tracing::error!(error = %err, "NATS server error"),
         Event::ClientError(err) => tracing::error!(error = %err, "NATS client error"),
     }
@@ -127,6 +147,14 @@ impl Bus {
         }
         .instrument(span)
         .await
+    }
+
+    /// Delivers what is buffered and closes the connection (for every clone).
+    pub async fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        if let Err(err) = self.client.drain().await {
+            tracing::debug!(error = %err, "draining the NATS connection failed");
+        }
     }
 
     /// Waits until the server has processed everything this connection sent before

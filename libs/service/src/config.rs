@@ -150,7 +150,10 @@ pub fn load_config<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, Config
 }
 
 #[cfg(test)]
-#[allow(clippy::result_large_err, reason = "figment::Jail fixes the closure's error type")]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail fixes the closure's error type"
+)]
 mod tests {
     use super::*;
     use figment::Jail;

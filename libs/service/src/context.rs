@@ -19,6 +19,7 @@ use slough_protocol::{
 };
 use slough_store::Store;
 use slough_telemetry::{AdminServer, Readiness};
+use tokio_util::sync::CancellationToken;
 
 use crate::{CommonConfig, ServiceError};
 
@@ -189,9 +190,17 @@ impl ServiceContext {
         Ok(host)
     }
 
-    /// Stops the admin server. The bus connection closes when the last clone drops.
-    pub async fn stop(self) {
+    /// Serves `host` until `shutdown`, drains it, then stops the admin server and closes
+    /// the bus connection.
+    pub async fn serve(
+        self,
+        host: ServiceHost,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServiceError> {
+        let served = host.serve(shutdown).await;
         self.admin.stop().await;
+        self.bus.close().await;
+        Ok(served?)
     }
 }
 

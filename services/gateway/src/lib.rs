@@ -50,12 +50,11 @@ pub async fn run(
     let host = ctx.register(DESCRIPTION).await?;
     let (handle, http) = start_api(&config)?;
 
-    host.serve(shutdown).await?;
+    let served = ctx.serve(host, shutdown).await;
     handle.stop(true).await;
     let _ = http.await;
     store.close().await;
-    ctx.stop().await;
-    Ok(())
+    served
 }
 
 /// Binds the API listener and serves it on the runtime.

@@ -105,9 +105,8 @@ pub async fn run(
     let server = http::start(config.listen, latest)?;
     tracing::info!(addr = %server.addr(), "monitoring status listening");
 
-    host.serve(shutdown).await?;
+    let served = ctx.serve(host, shutdown).await;
     server.stop().await;
     let _ = sweeper.await;
-    ctx.stop().await;
-    Ok(())
+    served
 }

@@ -37,7 +37,5 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let host = ctx.register(DESCRIPTION).await?;
-    host.serve(shutdown).await?;
-    ctx.stop().await;
-    Ok(())
+    ctx.serve(host, shutdown).await
 }

@@ -42,9 +42,7 @@ pub async fn run(
         Box::pin(jetstream_answers(client.clone()))
     });
     let host = ctx.register(DESCRIPTION).await?;
-    host.serve(shutdown).await?;
-    ctx.stop().await;
-    Ok(())
+    ctx.serve(host, shutdown).await
 }
 
 /// Asks JetStream for the account's information. Read as plain JSON rather than through
