@@ -21,7 +21,16 @@ use crate::{BusError, BusOptions, ERROR_CODE_HEADER, RETRY_AFTER_HEADER, trace};
 pub struct Bus {
     client: Client,
     options: BusOptions,
-    closing: Arc<AtomicBool>,
+    state: Arc<ConnectionState>,
+}
+
+/// What the event log needs to know about the connection's history.
+#[derive(Default)]
+struct ConnectionState {
+    /// Set once connected, so later connections are logged as reconnects.
+    connected_before: AtomicBool,
+    /// Set once we drain on purpose, so the disconnect that follows is not a warning.
+    closing: AtomicBool,
 }
 
 /// Connects to `url`, retrying with exponential backoff (100 ms doubling to 5 s) until
@@ -30,18 +39,17 @@ pub struct Bus {
 pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
-    // Set once we drain on purpose, so the disconnect that follows is not a warning.
-    let closing = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnectionState::default());
     loop {
-        let closing_seen = closing.clone();
+        let seen = state.clone();
         let connect_options = ConnectOptions::new()
             .name(name)
             .max_reconnects(None)
             .request_timeout(Some(options.request_timeout))
             .reconnect_delay_callback(backoff)
             .event_callback(move |event| {
-                let closing = closing_seen.clone();
-                async move { log_event(event, &closing) }
+                let state = seen.clone();
+                async move { log_event(event, &state) }
             });
         match connect_options.connect(url).await {
             Ok(client) => {
@@ -49,7 +57,7 @@ pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, 
                 return Ok(Bus {
                     client,
                     options,
-                    closing,
+                    state,
                 });
             }
             Err(err) if started.elapsed() + delay < options.connect_timeout => {
@@ -73,10 +81,12 @@ fn backoff(attempts: usize) -> Duration {
     Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5))
 }
 
-fn log_event(event: Event, closing: &AtomicBool) {
+fn log_event(event: Event, state: &ConnectionState) {
     match event {
-        Event::Connected => tracing::info!("NATS connection (re)established"),
-        Event::Disconnected if closing.load(Ordering::Relaxed) => {
+        // The first one is logged by `connect` with the URL.
+        Event::Connected if !state.connected_before.swap(true, Ordering::Relaxed) => {}
+        Event::Connected => tracing::info!("NATS connection re-established"),
+        Event::Disconnected if state.closing.load(Ordering::Relaxed) => {
             tracing::debug!("NATS connection closed")
         }
         Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
@@ -151,7 +161,7 @@ impl Bus {
 
     /// Delivers what is buffered and closes the connection (for every clone).
     pub async fn close(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.state.closing.store(true, Ordering::Relaxed);
         if let Err(err) = self.client.drain().await {
             tracing::debug!(error = %err, "draining the NATS connection failed");
         }

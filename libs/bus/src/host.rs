@@ -282,6 +282,7 @@ impl ServiceHost {
         let tasks = self.tasks.clone();
         let stop = self.stop.clone();
         let endpoint_name = name.to_owned();
+        self.metrics.announce(name);
         self.tasks.spawn(async move {
             loop {
                 let request = tokio::select! {
@@ -451,6 +452,13 @@ impl HostMetrics {
             duration,
             streams_active,
         })
+    }
+
+    /// Creates the endpoint's series at zero, so dashboards see it before its first
+    /// request and `rate()` has a starting point.
+    fn announce(&self, endpoint: &str) {
+        self.requests.with_label_values(&[endpoint, "ok"]);
+        self.duration.with_label_values(&[endpoint]);
     }
 
     fn observe(&self, endpoint: &str, error: Option<&ErrorBody>, started: Instant) {

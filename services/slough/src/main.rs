@@ -56,10 +56,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Load settings first, but report problems only once logging is up.
     let loaded = Settings::load();
-    let log = loaded
+    let mut log = loaded
         .as_ref()
         .map(|settings| settings.common.log.clone())
         .unwrap_or_default();
+    if matches!(cli.command, Command::Status { .. }) {
+        // A one-shot command: its output is the answer, logs only when something is wrong.
+        log.level = "warn".to_owned();
+    }
     let _telemetry = match slough_telemetry::init("slough", &log) {
         Ok(guard) => guard,
         Err(err) => {
