@@ -1,0 +1,6 @@
+//! The model toolkit: reads model files (GGUF today), and will build the ONNX model
+//! packages that inference serves. Must not depend on any service crate or on the bus:
+//! it is a plain library used by the `slough` command and by inference.
+
+pub mod gguf;
+pub mod tokenizer;
