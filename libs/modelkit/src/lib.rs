@@ -3,4 +3,5 @@
 //! it is a plain library used by the `slough` command and by inference.
 
 pub mod gguf;
+pub mod onnx;
 pub mod tokenizer;

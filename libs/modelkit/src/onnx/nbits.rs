@@ -1,0 +1,202 @@
+//! ggml weight blocks as onnxruntime `MatMulNBits` inputs, without requantizing:
+//! Q4_0 and Q8_0 map exactly (default zero points 8 and 128); Q4_1's per-block minimum
+//! is split off into a second, tiny matmul over the activations' block sums, which is
+//! exact too and keeps the fast integer path (a float zero point would not).
+//!
+//! A GGUF matrix with dims `[K, N]` is N rows of K values, each row K/32 blocks: the
+//! `[N, k_blocks, blob]` order `MatMulNBits` wants. Only the nibble order differs: ggml
+//! puts values j and j+16 in byte j; `MatMulNBits` puts 2j (low) and 2j+1 (high).
+
+use super::{
+    graph::{Attr, GraphBuilder, MS_DOMAIN},
+    proto::DataType,
+};
+use crate::gguf::GgmlType;
+
+/// Values per ggml block, and `MatMulNBits`' block size for them.
+pub const BLOCK: usize = 32;
+
+/// A weight matrix ready for `MatMulNBits`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NBitsWeight {
+    /// 4 or 8.
+    pub bits: u8,
+    /// Output features (rows).
+    pub n: usize,
+    /// Input features (columns).
+    pub k: usize,
+    /// `[N, k_blocks, BLOCK·bits/8]` packed values.
+    pub b: Vec<u8>,
+    /// `[N, k_blocks]` block scales.
+    pub scales: Vec<f32>,
+    /// `[N, k_blocks]` block minimums, for Q4_1 only.
+    pub mins: Option<Vec<f32>>,
+}
+
+/// Repacks an `n × k` ggml matrix (`bytes` as stored in GGUF); `None` for another
+/// type or a shape that does not match the bytes.
+pub fn from_ggml(ggml_type: GgmlType, bytes: &[u8], n: usize, k: usize) -> Option<NBitsWeight> {
+    let block_bytes = match ggml_type {
+        GgmlType::Q4_0 => 18,
+        GgmlType::Q4_1 => 20,
+        GgmlType::Q8_0 => 34,
+        _ => return None,
+    };
+    if !k.is_multiple_of(BLOCK) || bytes.len() != n * (k / BLOCK) * block_bytes {
+        return None;
+    }
+    let blocks = n * k / BLOCK;
+    let mut weight = NBitsWeight {
+        bits: if ggml_type == GgmlType::Q8_0 { 8 } else { 4 },
+        n,
+        k,
+        b: Vec::with_capacity(blocks * if ggml_type == GgmlType::Q8_0 { 32 } else { 16 }),
+        scales: Vec::with_capacity(blocks),
+        mins: (ggml_type == GgmlType::Q4_1).then(|| Vec::with_capacity(blocks)),
+    };
+    let half =
+        |block: &[u8], at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+    for block in bytes.chunks_exact(block_bytes) {
+        weight.scales.push(half(block, 0));
+        match ggml_type {
+            GgmlType::Q8_0 => weight.b.extend(block[2..34].iter().map(|q| q ^ 0x80)),
+            _ => {
+                let qs = if ggml_type == GgmlType::Q4_1 {
+                    &block[4..20]
+                } else {
+                    &block[2..18]
+                };
+                if let Some(mins) = &mut weight.mins {
+                    mins.push(half(block, 2));
+                }
+                // ggml value v: v < 16 → low nibble of qs[v], else high nibble of qs[v-16].
+                let value = |v: usize| {
+                    if v < 16 {
+                        qs[v] & 0x0F
+                    } else {
+                        qs[v - 16] >> 4
+                    }
+                };
+                weight
+                    .b
+                    .extend((0..16).map(|j| value(2 * j) | (value(2 * j + 1) << 4)));
+            }
+        }
+    }
+    Some(weight)
+}
+
+/// Options for the matmuls we emit.
+#[derive(Debug, Clone, Copy)]
+pub struct MatMulOptions {
+    /// `MatMulNBits`' `accuracy_level`: 0 unset, 1 fp32, 4 int8 activations (faster on
+    /// CPU, may flip near-tie argmaxes; measured, not assumed).
+    pub accuracy_level: i64,
+}
+
+/// Adds `input [.., K] · weightᵀ → [.., N]` to the graph (input of rank 3), with the
+/// weight as initializers named after `name`; returns the output's name.
+pub fn matmul(
+    graph: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    weight: &NBitsWeight,
+    options: MatMulOptions,
+) -> String {
+    let k_blocks = weight.k / BLOCK;
+    let (n, k) = (weight.n as i64, weight.k as i64);
+    let blob = BLOCK * usize::from(weight.bits) / 8;
+    let b = graph.initializer(
+        &format!("{name}.qweight"),
+        DataType::Uint8,
+        &[n, k_blocks as i64, blob as i64],
+        weight.b.clone(),
+    );
+    let scales = graph.initializer_f32(
+        &format!("{name}.scales"),
+        &[n * k_blocks as i64],
+        &weight.scales,
+    );
+    let zero_points = match weight.mins {
+        // Q4_1 values are unsigned offsets from the block minimum: zero point 0.
+        Some(_) => graph.initializer(
+            &format!("{name}.zero_points"),
+            DataType::Uint8,
+            &[n * k_blocks.div_ceil(2) as i64],
+            vec![0; weight.n * k_blocks.div_ceil(2)],
+        ),
+        None => String::new(),
+    };
+    let attributes = [
+        ("K", Attr::Int(k)),
+        ("N", Attr::Int(n)),
+        ("bits", Attr::Int(i64::from(weight.bits))),
+        ("block_size", Attr::Int(BLOCK as i64)),
+        ("accuracy_level", Attr::Int(options.accuracy_level)),
+    ];
+    let inputs = [input, b.as_str(), scales.as_str(), zero_points.as_str()];
+    let inputs = if zero_points.is_empty() {
+        &inputs[..3]
+    } else {
+        &inputs[..]
+    };
+    let product = graph
+        .node(MS_DOMAIN, "MatMulNBits", name, inputs, 1, &attributes)
+        .remove(0);
+    let Some(mins) = &weight.mins else {
+        return product;
+    };
+
+    // Σ_k a_k·(q_k·d + m) = MatMulNBits(a, q, d) + Σ_blocks (Σ_{k∈block} a_k)·m_block
+    let shape = graph.initializer_i64(
+        &format!("{name}.block_shape"),
+        &[4],
+        &[0, 0, k_blocks as i64, BLOCK as i64],
+    );
+    let axes = graph.initializer_i64(&format!("{name}.block_axis"), &[1], &[-1]);
+    let mins_t: Vec<f32> = (0..k_blocks)
+        .flat_map(|blk| (0..weight.n).map(move |row| (blk, row)))
+        .map(|(blk, row)| mins[row * k_blocks + blk])
+        .collect();
+    let mins_t = graph.initializer_f32(&format!("{name}.mins_t"), &[k_blocks as i64, n], &mins_t);
+    let blocked = graph
+        .node(
+            "",
+            "Reshape",
+            &format!("{name}/blocks"),
+            &[input, &shape],
+            1,
+            &[],
+        )
+        .remove(0);
+    let sums = graph
+        .node(
+            "",
+            "ReduceSum",
+            &format!("{name}/block_sums"),
+            &[&blocked, &axes],
+            1,
+            &[("keepdims", Attr::Int(0))],
+        )
+        .remove(0);
+    let offset = graph
+        .node(
+            "",
+            "MatMul",
+            &format!("{name}/mins"),
+            &[&sums, &mins_t],
+            1,
+            &[],
+        )
+        .remove(0);
+    graph
+        .node(
+            "",
+            "Add",
+            &format!("{name}/with_mins"),
+            &[&product, &offset],
+            1,
+            &[],
+        )
+        .remove(0)
+}
