@@ -3,5 +3,6 @@
 //! it is a plain library used by the `slough` command and by inference.
 
 pub mod gguf;
+pub mod llama;
 pub mod onnx;
 pub mod tokenizer;

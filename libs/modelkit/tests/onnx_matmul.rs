@@ -9,9 +9,9 @@
     reason = "a test fails by panicking"
 )]
 
-use std::{path::PathBuf, sync::OnceLock};
+mod support;
 
-use ort::{environment::Environment, session::Session, value::Tensor};
+use ort::{session::Session, value::Tensor};
 use slough_modelkit::{
     gguf::{GgmlType, quant},
     onnx::{
@@ -20,32 +20,6 @@ use slough_modelkit::{
         proto::DataType,
     },
 };
-
-fn environment() -> &'static Environment {
-    static ENV: OnceLock<Environment> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let path = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let data = std::env::var_os("SLOUGH_DATA_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".slough")
-                    });
-                data.join("runtime/libonnxruntime.so")
-            });
-        assert!(
-            path.exists(),
-            "{} is missing: run ./scripts/setup",
-            path.display()
-        );
-        ort::init_from(&path)
-            .unwrap()
-            .with_name("modelkit-tests")
-            .build()
-            .unwrap()
-    })
-}
 
 /// A deterministic, irregular matrix.
 fn values(count: usize, seed: u32) -> Vec<f32> {
@@ -88,7 +62,7 @@ fn check(ggml_type: GgmlType, accuracy_level: i64, tolerance: f64) {
     );
     let model = graph.into_bytes();
 
-    let mut session = Session::builder(environment())
+    let mut session = Session::builder(support::environment())
         .unwrap()
         .commit_from_memory(&model)
         .unwrap();

@@ -9,25 +9,16 @@
     reason = "a test fails by panicking"
 )]
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+mod support;
+
+use std::{collections::BTreeMap, time::Instant};
+
+use support::smollm2;
 
 use slough_modelkit::{
     gguf::{GgmlType, GgufFile},
     tokenizer,
 };
-
-fn smollm2() -> PathBuf {
-    let data = std::env::var_os("SLOUGH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".slough"));
-    let path = data.join("cache/sources/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run ./scripts/setup",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn reads_the_real_smollm2_file() {
