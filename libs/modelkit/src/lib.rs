@@ -2,6 +2,7 @@
 //! packages that inference serves. Must not depend on any service crate or on the bus:
 //! it is a plain library used by the `slough` command and by inference.
 
+pub mod chat;
 pub mod gguf;
 pub mod llama;
 pub mod onnx;

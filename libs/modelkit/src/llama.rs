@@ -111,7 +111,6 @@ pub struct BuildOptions {
     pub lm_head_accuracy_level: i64,
 }
 
-
 /// Builds the decoder graph of a llama GGUF file; returns the serialized model.
 pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>, BuildError> {
     let config = LlamaConfig::from_gguf(file)?;

@@ -1,7 +1,8 @@
 //! The real SmolLM2-135M-Instruct Q4_1 file, as `scripts/setup` fetches it: the header
 //! and hyperparameters read as expected, every tensor's data lies inside the file and
-//! decodes to finite values, and its tokenizer matches the known vectors of
-//! `shared/notes/onnx-llama.md`.
+//! decodes to finite values, its tokenizer matches the known vectors of
+//! `shared/notes/onnx-llama.md`, and the decoder graph built from it agrees with candle's
+//! quantized llama over real text and chats fluently.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,12 +14,13 @@ mod support;
 
 use std::{collections::BTreeMap, time::Instant};
 
-use support::smollm2;
-
 use slough_modelkit::{
+    chat::{ChatMessage, ChatTemplate},
     gguf::{GgmlType, GgufFile},
+    llama::{self, BuildOptions},
     tokenizer,
 };
+use support::{Decoder, argmax, candle_logits, compare, smollm2};
 
 #[test]
 fn reads_the_real_smollm2_file() {
@@ -96,5 +98,105 @@ fn smollm2_matches_known_vectors() {
     ] {
         let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
         assert_eq!(tokenizer.decode(&ids, false).unwrap(), text);
+    }
+}
+
+/// Real English prose, written for this test (over 200 tokens).
+const TEXT: &str = "The harbour town woke slowly that morning. Fishing boats rocked against the \
+quay while gulls argued over scraps, and the baker on the corner pulled the first loaves from \
+his oven before the sun had cleared the hills. Most people in the town had lived there all their \
+lives, and they measured the seasons by the weather rather than the calendar: the first storm of \
+autumn, the week the swallows left, the cold snap that froze the water troughs in the square. \
+Children walked to school along the sea wall, counting the ships on the horizon and guessing where \
+each one was bound. The schoolteacher, a patient woman with a loud laugh, had taught most of their \
+parents as well, and she liked to remind them of it whenever they misbehaved. In the afternoons the \
+old men played cards outside the café, complaining about the price of diesel and the noise of the \
+tourists who arrived every summer with cameras and expensive shoes. Nobody could remember when the \
+lighthouse had last been repaired, but everyone agreed that it still worked, more or less, which \
+was good enough for a town that had never asked for very much.";
+
+#[test]
+fn decoder_agrees_with_candle_over_real_text() {
+    let path = smollm2();
+    let file = GgufFile::open(&path).unwrap();
+    let tokens: Vec<u32> = tokenizer::from_gguf(&file)
+        .unwrap()
+        .encode(TEXT, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert!(tokens.len() >= 200, "{} tokens", tokens.len());
+
+    let started = Instant::now();
+    let model = llama::build_from_gguf(&file, BuildOptions::default()).unwrap();
+    eprintln!(
+        "built the graph in {:?}: {:.1} MB",
+        started.elapsed(),
+        model.len() as f64 / 1e6
+    );
+    let started = Instant::now();
+    let ours = Decoder::new(&model, 30, 3, 64, 49_152).feed(&tokens);
+    eprintln!(
+        "onnxruntime prefill of {} tokens: {:?}",
+        tokens.len(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let reference = candle_logits(&std::fs::read(&path).unwrap(), &tokens);
+    eprintln!("candle, token by token: {:?}", started.elapsed());
+
+    let (worst, agreement) = compare(&ours, &reference);
+    let scale = reference.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "teacher-forced over {} positions: top-1 agreement {:.1} %, max |Δlogit| {worst:.4} (logits up to {scale:.1})",
+        tokens.len(),
+        agreement * 100.0
+    );
+    assert!(agreement >= 0.98, "top-1 agreement {agreement}");
+    assert!(
+        worst < support::tolerance(scale) * 10.0,
+        "max |Δlogit| {worst}"
+    );
+}
+
+#[test]
+fn greedy_chat_is_fluent_and_stops_at_im_end() {
+    let file = GgufFile::open(&smollm2()).unwrap();
+    let tokenizer = tokenizer::from_gguf(&file).unwrap();
+    let template = ChatTemplate::new(
+        file.get_str("tokenizer.chat_template").unwrap(),
+        "<|im_start|>",
+        "<|im_end|>",
+    )
+    .unwrap();
+    let model = llama::build_from_gguf(&file, BuildOptions::default()).unwrap();
+    let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
+    for question in [
+        "What is the capital of France?",
+        "What colour is the sky on a clear day?",
+        "Say hello to my friend Anna.",
+    ] {
+        let prompt = template
+            .render(&[ChatMessage::new("user", question)], true)
+            .unwrap();
+        let mut decoder = Decoder::new(&model, 30, 3, 64, 49_152);
+        let prompt_ids = tokenizer
+            .encode(prompt.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let mut next = argmax(decoder.feed(&prompt_ids).last().unwrap()) as u32;
+        let mut answer = Vec::new();
+        while next != im_end && answer.len() < 100 {
+            answer.push(next);
+            next = argmax(&decoder.feed(&[next])[0]) as u32;
+        }
+        let text = tokenizer.decode(&answer, false).unwrap();
+        eprintln!("{question} → {text:?}");
+        assert_eq!(next, im_end, "the answer ends with <|im_end|>: {text:?}");
+        assert!(
+            text.split_whitespace().count() >= 3,
+            "a real answer: {text:?}"
+        );
     }
 }
