@@ -150,7 +150,7 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let map = map_read_only(&file).map_err(io)?;
+        let map = crate::mmap::map_read_only(&file).map_err(io)?;
         GgufFile::from_bytes_inner(Bytes::Mapped(map))
     }
 
@@ -286,12 +286,4 @@ fn wrong_type(key: &str, expected: &'static str, found: &Value) -> GgufError {
         expected,
         found: found.describe(),
     }
-}
-
-#[allow(unsafe_code)]
-fn map_read_only(file: &File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only and private to this process. Another process
-    // truncating the file while it is mapped would fault; model files are written once
-    // (to a temporary name, then renamed) and never modified in place.
-    unsafe { memmap2::Mmap::map(file) }
 }
