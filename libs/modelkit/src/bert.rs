@@ -56,7 +56,11 @@ impl BertConfig {
                 config.hidden_act
             )));
         }
-        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(BertError::Config(format!(
                 "{} heads do not divide width {}",
                 config.num_attention_heads, config.hidden_size

@@ -8,5 +8,6 @@ pub mod gguf;
 pub mod llama;
 mod mmap;
 pub mod onnx;
+pub mod package;
 pub mod safetensors;
 pub mod tokenizer;

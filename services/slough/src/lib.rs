@@ -1,7 +1,8 @@
-//! The `slough` command's library half: the settings of the whole platform and the
-//! code that runs services in one process. The binary (`main.rs`) parses the command
+//! The `slough` command's library half: the settings of the whole platform, the code
+//! that runs services in one process, and model package management. The binary (`main.rs`) parses the command
 //! line; end-to-end tests start services through [`platform`] exactly as `slough up` does.
 
+pub mod models;
 pub mod platform;
 pub mod settings;
 pub mod status_table;

