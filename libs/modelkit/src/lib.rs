@@ -1,6 +1,7 @@
-//! The model toolkit: reads model files (GGUF today), and will build the ONNX model
-//! packages that inference serves. Must not depend on any service crate or on the bus:
-//! it is a plain library used by the `slough` command and by inference.
+//! The model toolkit: reads model files (GGUF, safetensors), writes ONNX graphs for
+//! them (a Llama decoder, a BERT sentence encoder), builds their tokenizers and chat
+//! prompts, and assembles the model packages inference serves. Must not depend on any
+//! service crate or on the bus: it is a plain library used by `slough` and inference.
 
 pub mod bert;
 pub mod chat;

@@ -117,7 +117,9 @@ pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         .filter(|(_, kind)| **kind != TOKEN_TYPE_NORMAL && **kind != TOKEN_TYPE_BYTE)
         .map(|(token, _)| AddedToken::from((*token).to_owned(), true))
         .collect();
-    tokenizer.add_special_tokens(&special);
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|err| TokenizerError::Invalid(format!("special tokens: {err}")))?;
     Ok(tokenizer)
 }
 
