@@ -18,6 +18,14 @@ use slough_protocol::{
 };
 use slough_telemetry::{AdminServer, Readiness};
 
+async fn status(http: &reqwest::Client, base: &str, path: &str) -> reqwest::StatusCode {
+    http.get(format!("{base}/{path}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test]
 async fn serves_metrics_liveness_and_readiness() {
     let registry = slough_telemetry::metrics::service_registry("rag", "9.9.9").unwrap();
@@ -59,22 +67,8 @@ async fn serves_metrics_liveness_and_readiness() {
         "{text}"
     );
 
-    assert_eq!(
-        http.get(format!("{base}/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(&http, &base, "livez").await, 200);
+    assert_eq!(status(&http, &base, "readyz").await, 200);
 
     store_up.store(false, Ordering::SeqCst);
     let not_ready = http.get(format!("{base}/readyz")).send().await.unwrap();
@@ -85,11 +79,7 @@ async fn serves_metrics_liveness_and_readiness() {
         Some("connection refused")
     );
     assert_eq!(
-        http.get(format!("{base}/livez"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(&http, &base, "livez").await,
         200,
         "liveness ignores dependencies"
     );
