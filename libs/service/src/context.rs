@@ -30,15 +30,21 @@ type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 
 /// Everything a service's `run` function needs from the platform.
 pub struct ServiceContext {
-    kind: ServiceKind,
-    version: String,
     common: CommonConfig,
-    bus: Bus,
     registry: Registry,
-    checks: Arc<Mutex<Vec<(String, Check)>>>,
-    instance_id: Arc<OnceLock<String>>,
+    health: Arc<Health>,
     admin: AdminServer,
     admin_url: String,
+}
+
+/// What a readiness report is made from, shared by `/readyz` and the `health` endpoint.
+struct Health {
+    kind: ServiceKind,
+    version: String,
+    bus: Bus,
+    checks: Mutex<Vec<(String, Check)>>,
+    /// Known once the instance has registered.
+    instance_id: OnceLock<String>,
 }
 
 impl ServiceContext {
@@ -58,23 +64,18 @@ impl ServiceContext {
             common.nats.bus_options(),
         )
         .await?;
-        let checks: Arc<Mutex<Vec<(String, Check)>>> = Arc::default();
-        let instance_id: Arc<OnceLock<String>> = Arc::default();
+        let health = Arc::new(Health {
+            kind,
+            version: version.to_owned(),
+            bus,
+            checks: Mutex::default(),
+            instance_id: OnceLock::new(),
+        });
         let readiness: Readiness = {
-            let (bus, checks, instance_id, version) = (
-                bus.clone(),
-                checks.clone(),
-                instance_id.clone(),
-                version.to_owned(),
-            );
+            let health = health.clone();
             Arc::new(move || {
-                let (bus, checks, instance_id, version) = (
-                    bus.clone(),
-                    checks.clone(),
-                    instance_id.clone(),
-                    version.clone(),
-                );
-                Box::pin(async move { report(kind, &version, &bus, &checks, &instance_id).await })
+                let health = health.clone();
+                Box::pin(async move { health.report().await })
             })
         };
         let admin = AdminServer::start(admin_listen, registry.clone(), readiness)?;
@@ -84,13 +85,9 @@ impl ServiceContext {
         );
         tracing::info!(service = %kind, admin = %admin_url, "admin server listening");
         Ok(ServiceContext {
-            kind,
-            version: version.to_owned(),
             common: common.clone(),
-            bus,
             registry,
-            checks,
-            instance_id,
+            health,
             admin,
             admin_url,
         })
@@ -98,7 +95,7 @@ impl ServiceContext {
 
     /// Which service this context belongs to.
     pub fn kind(&self) -> ServiceKind {
-        self.kind
+        self.health.kind
     }
 
     /// The settings every service shares.
@@ -108,7 +105,7 @@ impl ServiceContext {
 
     /// The bus connection.
     pub fn bus(&self) -> &Bus {
-        &self.bus
+        &self.health.bus
     }
 
     /// The instance's metrics registry, served on `/metrics`.
@@ -126,7 +123,8 @@ impl ServiceContext {
     where
         F: Fn() -> CheckFuture + Send + Sync + 'static,
     {
-        self.checks
+        self.health
+            .checks
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push((name.to_owned(), Arc::new(check)));
@@ -144,47 +142,25 @@ impl ServiceContext {
         Ok(store)
     }
 
-    /// The instance's readiness now.
-    pub async fn health(&self) -> HealthReport {
-        report(
-            self.kind,
-            &self.version,
-            &self.bus,
-            &self.checks,
-            &self.instance_id,
-        )
-        .await
-    }
-
     /// Registers the instance on the bus (advertising its admin URL) with the `health`
     /// endpoint every service has. Add the service's own endpoints to the returned host.
     pub async fn register(&self, description: &str) -> Result<ServiceHost, ServiceError> {
         let registration = Registration {
-            kind: self.kind,
-            version: self.version.clone(),
+            kind: self.health.kind,
+            version: self.health.version.clone(),
             description: description.to_owned(),
             metadata: HashMap::from([(
                 subjects::META_ADMIN_URL.to_owned(),
                 self.admin_url.clone(),
             )]),
         };
-        let mut host = ServiceHost::register(&self.bus, registration, &self.registry).await?;
-        let _ = self.instance_id.set(host.id().to_owned());
-        let (kind, version, bus, checks, instance_id) = (
-            self.kind,
-            self.version.clone(),
-            self.bus.clone(),
-            self.checks.clone(),
-            self.instance_id.clone(),
-        );
+        let mut host =
+            ServiceHost::register(&self.health.bus, registration, &self.registry).await?;
+        let _ = self.health.instance_id.set(host.id().to_owned());
+        let health = self.health.clone();
         host.endpoint(subjects::HEALTH_ENDPOINT, move |_: HealthRequest| {
-            let (version, bus, checks, instance_id) = (
-                version.clone(),
-                bus.clone(),
-                checks.clone(),
-                instance_id.clone(),
-            );
-            async move { Ok(report(kind, &version, &bus, &checks, &instance_id).await) }
+            let health = health.clone();
+            async move { Ok(health.report().await) }
         })
         .await?;
         Ok(host)
@@ -199,42 +175,40 @@ impl ServiceContext {
     ) -> Result<(), ServiceError> {
         let served = host.serve(shutdown).await;
         self.admin.stop().await;
-        self.bus.close().await;
+        self.health.bus.close().await;
         Ok(served?)
     }
 }
 
-/// Runs every check (NATS first) and reports them in order.
-async fn report(
-    kind: ServiceKind,
-    version: &str,
-    bus: &Bus,
-    checks: &Mutex<Vec<(String, Check)>>,
-    instance_id: &OnceLock<String>,
-) -> HealthReport {
-    let checks: Vec<(String, Check)> = checks
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
-    let mut results = vec![HealthCheck {
-        name: "nats".to_owned(),
-        ok: bus.is_connected(),
-        detail: (!bus.is_connected()).then(|| "not connected to NATS".to_owned()),
-    }];
-    for (name, check) in checks {
-        let outcome = check().await;
-        results.push(HealthCheck {
-            name,
-            ok: outcome.is_ok(),
-            detail: outcome.err(),
-        });
-    }
-    HealthReport {
-        instance_id: instance_id.get().cloned().unwrap_or_default(),
-        service: kind,
-        version: version.to_owned(),
-        ready: results.iter().all(|check| check.ok),
-        checks: results,
+impl Health {
+    /// Runs every check (NATS first) and reports them in order.
+    async fn report(&self) -> HealthReport {
+        let checks: Vec<(String, Check)> = self
+            .checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let connected = self.bus.is_connected();
+        let mut results = vec![HealthCheck {
+            name: "nats".to_owned(),
+            ok: connected,
+            detail: (!connected).then(|| "not connected to NATS".to_owned()),
+        }];
+        for (name, check) in checks {
+            let outcome = check().await;
+            results.push(HealthCheck {
+                name,
+                ok: outcome.is_ok(),
+                detail: outcome.err(),
+            });
+        }
+        HealthReport {
+            instance_id: self.instance_id.get().cloned().unwrap_or_default(),
+            service: self.kind,
+            version: self.version.clone(),
+            ready: results.iter().all(|check| check.ok),
+            checks: results,
+        }
     }
 }
 
