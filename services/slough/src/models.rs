@@ -4,7 +4,10 @@
 use std::{path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use slough_modelkit::package::{self, ImportOptions, Imported, Manifest, Progress};
+use slough_modelkit::{
+    llama::{BuildOptions, FloatWeights},
+    package::{self, ImportOptions, Imported, Manifest, Progress},
+};
 
 /// Where packages live.
 pub fn models_dir(data_dir: &Path) -> std::path::PathBuf {
@@ -36,7 +39,12 @@ impl Progress for Bar {
 }
 
 /// Imports `source` and says what happened.
-pub fn import(data_dir: &Path, source: &Path, id: Option<String>) -> anyhow::Result<()> {
+pub fn import(
+    data_dir: &Path,
+    source: &Path,
+    id: Option<String>,
+    float_weights: FloatWeights,
+) -> anyhow::Result<()> {
     let bar = Bar(ProgressBar::new_spinner());
     bar.0.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
@@ -45,7 +53,10 @@ pub fn import(data_dir: &Path, source: &Path, id: Option<String>) -> anyhow::Res
         &models_dir(data_dir),
         &ImportOptions {
             id,
-            ..ImportOptions::default()
+            build: BuildOptions {
+                float_weights,
+                ..BuildOptions::default()
+            },
         },
         &bar,
     );

@@ -33,6 +33,31 @@ pub struct NBitsWeight {
     pub mins: Option<Vec<f32>>,
 }
 
+impl NBitsWeight {
+    /// The matrix's values, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let blob = BLOCK * usize::from(self.bits) / 8;
+        let mut values = Vec::with_capacity(self.n * self.k);
+        for (block, bytes) in self.b.chunks_exact(blob).enumerate() {
+            let scale = self.scales[block];
+            let min = self.mins.as_ref().map(|mins| mins[block]);
+            if self.bits == 8 {
+                values.extend(bytes.iter().map(|&q| (f32::from(q) - 128.0) * scale));
+                continue;
+            }
+            for &byte in bytes {
+                for q in [byte & 0x0F, byte >> 4] {
+                    values.push(match min {
+                        Some(min) => f32::from(q) * scale + min,
+                        None => (f32::from(q) - 8.0) * scale,
+                    });
+                }
+            }
+        }
+        values
+    }
+}
+
 /// Repacks an `n × k` ggml matrix (`bytes` as stored in GGUF); `None` for another
 /// type or a shape that does not match the bytes.
 pub fn from_ggml(ggml_type: GgmlType, bytes: &[u8], n: usize, k: usize) -> Option<NBitsWeight> {
@@ -199,4 +224,23 @@ pub fn matmul(
             &[],
         )
         .remove(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::quant;
+
+    #[test]
+    fn dequantized_blocks_equal_ggml_values() {
+        let values: Vec<f32> = (0..4 * 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+            .collect();
+        for ggml_type in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let bytes = quant::quantize(ggml_type, &values).unwrap_or_default();
+            let weight = from_ggml(ggml_type, &bytes, 4, 64);
+            let expected = quant::dequantize(ggml_type, &bytes);
+            assert_eq!(weight.map(|w| w.dequantize()), expected, "{ggml_type}");
+        }
+    }
 }
