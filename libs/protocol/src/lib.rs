@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod health;
+pub mod inference;
 pub mod schemas;
 pub mod status;
 pub mod stream;

@@ -7,6 +7,11 @@ use schemars::{Schema, schema_for};
 use crate::{
     ErrorBody,
     health::{HealthReport, HealthRequest},
+    inference::{
+        DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, GenerateChunk,
+        GenerateEnd, GenerateRequest, ModelEvent, ModelInfo, ModelRequest, ModelsRequest,
+        ModelsResponse, TokenizeRequest, TokenizeResponse,
+    },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
 };
@@ -25,5 +30,19 @@ pub fn all() -> Vec<(&'static str, Schema)> {
             schema_for!(StreamFrame<serde_json::Value, serde_json::Value>),
         ),
         ("cancel_request", schema_for!(CancelRequest)),
+        ("generate_request", schema_for!(GenerateRequest)),
+        ("generate_chunk", schema_for!(GenerateChunk)),
+        ("generate_end", schema_for!(GenerateEnd)),
+        ("embed_request", schema_for!(EmbedRequest)),
+        ("embed_response", schema_for!(EmbedResponse)),
+        ("models_request", schema_for!(ModelsRequest)),
+        ("models_response", schema_for!(ModelsResponse)),
+        ("model_info", schema_for!(ModelInfo)),
+        ("model_request", schema_for!(ModelRequest)),
+        ("tokenize_request", schema_for!(TokenizeRequest)),
+        ("tokenize_response", schema_for!(TokenizeResponse)),
+        ("detokenize_request", schema_for!(DetokenizeRequest)),
+        ("detokenize_response", schema_for!(DetokenizeResponse)),
+        ("model_event", schema_for!(ModelEvent)),
     ]
 }

@@ -97,6 +97,32 @@ pub fn cancel(service: ServiceKind) -> String {
     endpoint(service, "cancel")
 }
 
+/// Endpoint names of the inference service (`slough.v1.inference.<name>`).
+pub mod inference {
+    /// Streamed generation.
+    pub const GENERATE: &str = "generate";
+    /// Embeddings.
+    pub const EMBED: &str = "embed";
+    /// The models an instance serves.
+    pub const MODELS: &str = "models";
+    /// Load a package.
+    pub const LOAD: &str = "load";
+    /// Unload a package.
+    pub const UNLOAD: &str = "unload";
+    /// Render and tokenize a prompt.
+    pub const TOKENIZE: &str = "tokenize";
+    /// Token ids to text.
+    pub const DETOKENIZE: &str = "detokenize";
+}
+
+/// Event topics (`slough.v1.events.<topic>`).
+pub mod events {
+    /// A model package was added to the models directory.
+    pub const MODELS_ADDED: &str = "models.added";
+    /// A model package was removed.
+    pub const MODELS_REMOVED: &str = "models.removed";
+}
+
 /// `slough.v1.events.<topic>`: platform events, e.g. `models.added`.
 pub fn event(topic: &str) -> String {
     format!("{ROOT}.events.{topic}")

@@ -1,0 +1,234 @@
+//! Messages of the inference service: generation (streamed), embeddings, the models it
+//! serves, and tokenizer helpers the gateway uses to count tokens without a model.
+//!
+//! Generation is a stream (see [`crate::stream`]): a [`GenerateRequest`] inside a
+//! `StreamRequest`, then [`GenerateChunk`]s and one [`GenerateEnd`].
+
+use serde::{Deserialize, Serialize};
+
+/// A chat message. The content is plain text (the gateway flattens text parts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// What to generate from: chat messages rendered with the model's chat template, or a
+/// raw prompt used as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptInput {
+    Messages(Vec<ChatMessage>),
+    Text(String),
+}
+
+/// How tokens are chosen. Unset fields take the model's defaults; temperature 0 is
+/// greedy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplingParams {
+    /// 0 to 2; 0 picks the most likely token.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
+    pub top_p: Option<f32>,
+    /// Keep only the k most likely tokens (0: off).
+    pub top_k: Option<u32>,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    pub min_p: Option<f32>,
+    /// Divides positive (multiplies negative) logits of tokens already seen; 1 is off.
+    pub repetition_penalty: Option<f32>,
+    /// −2 to 2, subtracted once from the logit of each token already generated.
+    pub presence_penalty: Option<f32>,
+    /// −2 to 2, times how often each token has been generated.
+    pub frequency_penalty: Option<f32>,
+    /// The same seed and request give the same tokens.
+    pub seed: Option<u64>,
+}
+
+/// Generate text from a chat model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// The model's id.
+    pub model: String,
+    pub input: PromptInput,
+    /// At most this many tokens per choice (default: what is left of the context).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Strings that end a choice; matched on text, never emitted.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// How many choices (default 1).
+    #[serde(default = "one")]
+    pub n: u32,
+    /// Return the log probability of each emitted token.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// With `logprobs`: also the most likely alternatives at each position (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A piece of one choice's text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GenerateChunk {
+    /// Which choice (0 to n − 1).
+    pub index: u32,
+    /// New text, valid UTF-8 (a character split across tokens arrives whole).
+    pub text: String,
+    /// Per token behind `text`, when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// The log probability of a chosen token, and of its best alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One alternative at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a choice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` or the context's end.
+    Length,
+}
+
+/// Token counts of a request.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// The final frame of a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GenerateEnd {
+    /// Why each choice ended, by index.
+    pub finish_reasons: Vec<FinishReason>,
+    pub usage: Usage,
+}
+
+/// Embed texts with an embedding model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    pub model: String,
+    /// One or more texts (at most 2048).
+    pub inputs: Vec<String>,
+}
+
+/// L2-normalized vectors, one per input, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub embeddings: Vec<Vec<f32>>,
+    /// Indices of inputs cut to the model's limit of `context_length` tokens.
+    pub truncated: Vec<u32>,
+    pub context_length: u32,
+    pub usage: Usage,
+}
+
+/// What a served model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+}
+
+/// A model an instance serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelInfo {
+    pub id: String,
+    pub kind: ModelKind,
+    pub architecture: String,
+    /// Longest prompt plus completion, in tokens, as served (may be below the model's).
+    pub context_length: u32,
+    pub quantization: String,
+    /// When the package was built (RFC 3339).
+    pub created_at: String,
+    /// The execution provider the model runs on (`cpu`, `cuda`, `tensorrt`).
+    pub provider: String,
+}
+
+/// Asks for the served models; empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelsRequest {}
+
+/// The models an instance serves, sorted by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelsResponse {
+    pub models: Vec<ModelInfo>,
+}
+
+/// Load or unload a package by id (from the models directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRequest {
+    pub model: String,
+}
+
+/// Render and count a prompt as generation would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub model: String,
+    pub input: PromptInput,
+}
+
+/// The rendered prompt and its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenizeResponse {
+    /// The text the model reads (the chat template applied).
+    pub prompt: String,
+    pub tokens: Vec<u32>,
+    pub context_length: u32,
+}
+
+/// Turn token ids back into text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    pub model: String,
+    pub tokens: Vec<u32>,
+}
+
+/// The text of some tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DetokenizeResponse {
+    pub text: String,
+}
+
+/// Published on `slough.v1.events.models.added|removed` when a package appears in or
+/// leaves the models directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelEvent {
+    pub model: String,
+}

@@ -1,0 +1,237 @@
+//! Chat models: a handle that validates and tokenizes requests, and the scheduler
+//! thread it feeds (continuous batching over the [`engine::Engine`]).
+
+pub mod engine;
+pub mod sampler;
+pub mod scheduler;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use slough_modelkit::package::Manifest;
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::{GenerateRequest, ModelInfo, ModelKind},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    engine::{Engine, Shape},
+    sampler::Settings,
+    scheduler::{Event, Job, Scheduler},
+};
+use crate::{config::Config, metrics::ModelMetrics, runtime::Runtime, text::TextModel};
+
+/// Most choices per request.
+pub const MAX_N: u32 = 16;
+/// Most alternatives per position in logprobs.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most stop strings per request.
+pub const MAX_STOP: usize = 16;
+
+/// A served chat model.
+pub struct ChatModel {
+    pub info: ModelInfo,
+    pub text: Arc<TextModel>,
+    default_temperature: f32,
+    default_top_p: f32,
+    max_batch: usize,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Requests accepted and not yet finished.
+    pending: Arc<AtomicUsize>,
+    /// Most requests accepted at once (running and waiting).
+    limit: usize,
+}
+
+impl std::fmt::Debug for ChatModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An accepted generation: its events and the token that cancels it.
+#[derive(Debug)]
+pub struct Accepted {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub cancel: CancellationToken,
+    pub prompt_tokens: usize,
+}
+
+impl ChatModel {
+    /// Opens the package's session and starts its scheduler thread.
+    pub fn start(
+        dir: &Path,
+        manifest: &Manifest,
+        runtime: &Runtime,
+        config: &Config,
+        metrics: ModelMetrics,
+    ) -> Result<ChatModel, String> {
+        let text = Arc::new(TextModel::load(dir, manifest)?);
+        let (Some(kv_heads), Some(head_dim)) = (manifest.graph.kv_heads, manifest.graph.head_dim)
+        else {
+            return Err("the manifest lacks graph.kv_heads / graph.head_dim".to_owned());
+        };
+        let (session, provider) = runtime
+            .session(&dir.join("model.onnx"))
+            .map_err(|err| err.to_string())?;
+        let max_context = manifest.context_length.min(config.max_context);
+        let shape = Shape {
+            layers: manifest.graph.layers,
+            kv_heads,
+            head_dim,
+            vocab: manifest.graph.vocab_size,
+            max_context,
+        };
+        let (jobs, inbox) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let scheduler = Scheduler::new(
+            Engine::new(session, shape),
+            text.clone(),
+            metrics,
+            config.max_batch,
+            inbox,
+            pending.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("chat-{}", manifest.id))
+            .spawn(move || scheduler.run())
+            .map_err(|err| format!("cannot start the scheduler thread: {err}"))?;
+        let sampling = manifest.default_sampling.as_ref();
+        Ok(ChatModel {
+            info: ModelInfo {
+                id: manifest.id.clone(),
+                kind: ModelKind::Chat,
+                architecture: manifest.architecture.clone(),
+                context_length: max_context as u32,
+                quantization: manifest.quantization.clone(),
+                created_at: manifest.created_at.clone(),
+                provider: provider.name().to_owned(),
+            },
+            text,
+            default_temperature: sampling.map_or(1.0, |s| s.temperature),
+            default_top_p: sampling.map_or(1.0, |s| s.top_p),
+            max_batch: config.max_batch,
+            jobs,
+            pending,
+            limit: config.max_batch + config.max_queue,
+        })
+    }
+
+    /// Checks, renders and tokenizes `request`, then queues it, or refuses it at once:
+    /// `invalid_request` naming the field, `context_length_exceeded` naming both numbers,
+    /// `overloaded` with a retry hint when the queue is full.
+    pub fn submit(&self, request: &GenerateRequest) -> Result<Accepted, ErrorBody> {
+        let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, message);
+        let max_n = MAX_N.min(self.max_batch as u32);
+        if !(1..=max_n).contains(&request.n) {
+            return Err(invalid(format!(
+                "n = {} is out of range (1 to {max_n})",
+                request.n
+            )));
+        }
+        if request.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(invalid(format!(
+                "top_logprobs = {} is out of range (0 to {MAX_TOP_LOGPROBS})",
+                request.top_logprobs
+            )));
+        }
+        if request.top_logprobs > 0 && !request.logprobs {
+            return Err(invalid("top_logprobs needs logprobs = true".to_owned()));
+        }
+        if request.max_tokens == Some(0) {
+            return Err(invalid("max_tokens must be at least 1".to_owned()));
+        }
+        if request.stop.len() > MAX_STOP {
+            return Err(invalid(format!(
+                "stop has {} strings (at most {MAX_STOP})",
+                request.stop.len()
+            )));
+        }
+        sampler::validate(&request.sampling).map_err(invalid)?;
+
+        let prompt = self.text.render(&request.input)?;
+        let tokens = self.text.encode(&request.input, &prompt)?;
+        if tokens.is_empty() {
+            return Err(invalid("the prompt is empty".to_owned()));
+        }
+        let context = self.info.context_length as usize;
+        let room = context.saturating_sub(tokens.len());
+        let max_tokens = match request.max_tokens {
+            Some(asked) if asked as usize > room => {
+                return Err(ErrorBody::new(
+                    ErrorCode::ContextLengthExceeded,
+                    format!(
+                        "the prompt is {} tokens and max_tokens asks for {asked} more, but the context of {} is {context} tokens",
+                        tokens.len(),
+                        self.info.id
+                    ),
+                ));
+            }
+            Some(asked) => asked as usize,
+            None if room == 0 => {
+                return Err(ErrorBody::new(
+                    ErrorCode::ContextLengthExceeded,
+                    format!(
+                        "the prompt is {} tokens, which fills the context of {} ({context} tokens)",
+                        tokens.len(),
+                        self.info.id
+                    ),
+                ));
+            }
+            None => room,
+        };
+
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ErrorBody {
+                code: ErrorCode::Overloaded,
+                message: format!(
+                    "{} has {} requests running or queued; try again shortly",
+                    self.info.id, self.limit
+                ),
+                retry_after_ms: Some(1000),
+            });
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let prompt_tokens = tokens.len();
+        let job = Job {
+            prompt: tokens,
+            n: request.n as usize,
+            max_tokens,
+            settings: Settings::resolve(
+                &request.sampling,
+                self.default_temperature,
+                self.default_top_p,
+            ),
+            seed: request.sampling.seed.unwrap_or_else(rand::random),
+            stop: request.stop.clone(),
+            logprobs: request.logprobs,
+            top_logprobs: request.top_logprobs as usize,
+            events,
+            cancel: cancel.clone(),
+            enqueued: Instant::now(),
+        };
+        if self.jobs.send(job).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("{} is shutting down", self.info.id),
+            ));
+        }
+        Ok(Accepted {
+            events: receiver,
+            cancel,
+            prompt_tokens,
+        })
+    }
+}

@@ -1,0 +1,450 @@
+//! The scheduler of one chat model: a thread that owns the [`Engine`] and runs
+//! continuous batching. Each turn it drops cancelled work, admits one waiting request
+//! (prefill, first token), then runs one decode step for every running sequence.
+//! Requests join and leave the batch between steps.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::{FinishReason, GenerateChunk, GenerateEnd, TokenLogprob, TopLogprob, Usage},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    engine::{Engine, Step},
+    sampler::{self, Sampler, Settings},
+};
+use crate::{
+    metrics::ModelMetrics,
+    text::{Detokenizer, StopMatcher, TextModel},
+};
+
+/// A generation request as the scheduler takes it (validated, tokenized).
+#[derive(Debug)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub n: usize,
+    pub max_tokens: usize,
+    pub settings: Settings,
+    /// Choice i draws from `seed + i`.
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub cancel: CancellationToken,
+    pub enqueued: Instant,
+}
+
+/// What the scheduler tells a request's handler.
+#[derive(Debug)]
+pub enum Event {
+    Chunk(GenerateChunk),
+    End(GenerateEnd),
+    Failed(ErrorBody),
+}
+
+struct JobState {
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+    finish: Vec<Option<FinishReason>>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    enqueued: Instant,
+    first_token: bool,
+}
+
+struct Sequence {
+    job: u64,
+    choice: u32,
+    row: usize,
+    /// Positions in the cache.
+    len: usize,
+    /// The last sampled token, fed at the next step.
+    next: u32,
+    generated: usize,
+    max_tokens: usize,
+    sampler: Sampler,
+    detokenizer: Detokenizer,
+    stop: StopMatcher,
+    logprobs: bool,
+    top_logprobs: usize,
+    last_token_at: Instant,
+}
+
+/// The scheduler thread's state.
+pub struct Scheduler {
+    engine: Engine,
+    text: Arc<TextModel>,
+    metrics: ModelMetrics,
+    max_batch: usize,
+    inbox: mpsc::UnboundedReceiver<Job>,
+    /// Requests admitted but not finished, shared with the handle for overload checks.
+    pending: Arc<AtomicUsize>,
+    waiting: VecDeque<(u64, Job)>,
+    jobs: HashMap<u64, JobState>,
+    next_job: u64,
+    running: Vec<Sequence>,
+    /// Rows of the buffer the running sequences live in.
+    rows: usize,
+}
+
+impl Scheduler {
+    pub fn new(
+        engine: Engine,
+        text: Arc<TextModel>,
+        metrics: ModelMetrics,
+        max_batch: usize,
+        inbox: mpsc::UnboundedReceiver<Job>,
+        pending: Arc<AtomicUsize>,
+    ) -> Scheduler {
+        Scheduler {
+            engine,
+            text,
+            metrics,
+            max_batch,
+            inbox,
+            pending,
+            waiting: VecDeque::new(),
+            jobs: HashMap::new(),
+            next_job: 0,
+            running: Vec::new(),
+            rows: 1,
+        }
+    }
+
+    /// Runs until every handle is gone and the work is done.
+    pub fn run(mut self) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                // Idle: give back the big buffers, then sleep until work comes.
+                self.engine.release_above(1);
+                self.rows = 1;
+                match self.inbox.blocking_recv() {
+                    Some(job) => self.enqueue(job),
+                    None => return,
+                }
+            }
+            while let Ok(job) = self.inbox.try_recv() {
+                self.enqueue(job);
+            }
+            self.drop_cancelled();
+            self.admit_one();
+            self.step();
+            self.shrink();
+            self.observe();
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.waiting.push_back((id, job));
+    }
+
+    fn drop_cancelled(&mut self) {
+        let gone = |cancel: &CancellationToken, events: &mpsc::UnboundedSender<Event>| {
+            cancel.is_cancelled() || events.is_closed()
+        };
+        let before = self.waiting.len();
+        self.waiting
+            .retain(|(_, job)| !gone(&job.cancel, &job.events));
+        for _ in self.waiting.len()..before {
+            self.release_job();
+        }
+        let cancelled: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, state)| gone(&state.cancel, &state.events))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in cancelled {
+            self.running.retain(|seq| seq.job != id);
+            self.jobs.remove(&id);
+            self.metrics.cancelled.inc();
+            self.release_job();
+        }
+    }
+
+    fn release_job(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Prefills the first waiting request that fits and starts its choices.
+    fn admit_one(&mut self) {
+        let Some((_, front)) = self.waiting.front() else {
+            return;
+        };
+        if self.running.len() + front.n > self.max_batch {
+            return;
+        }
+        let Some((id, job)) = self.waiting.pop_front() else {
+            return;
+        };
+        self.metrics
+            .queue_seconds
+            .observe(job.enqueued.elapsed().as_secs_f64());
+        let needed = Engine::rows_for(self.running.len() + job.n);
+        if needed > self.rows
+            && let Err(err) = self.move_to(needed)
+        {
+            self.fail_all(&format!("cannot grow the batch: {err}"));
+            return;
+        }
+        let prefilled = self.engine.prefill(&job.prompt);
+        let (logits, cache) = match prefilled {
+            Ok(prefilled) => prefilled,
+            Err(err) => {
+                let _ = job.events.send(Event::Failed(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("prefill failed: {err}"),
+                )));
+                self.release_job();
+                return;
+            }
+        };
+        self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
+        let mut free = (0..self.rows).filter(|row| self.running.iter().all(|s| s.row != *row));
+        let rows: Vec<usize> = free.by_ref().take(job.n).collect();
+        for &row in &rows {
+            if let Err(err) = self.engine.place(self.rows, row, &cache, job.prompt.len()) {
+                let _ = job.events.send(Event::Failed(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("cannot place the prompt's cache: {err}"),
+                )));
+                self.release_job();
+                return;
+            }
+        }
+        self.jobs.insert(
+            id,
+            JobState {
+                events: job.events.clone(),
+                cancel: job.cancel.clone(),
+                finish: vec![None; job.n],
+                prompt_tokens: job.prompt.len(),
+                completion_tokens: 0,
+                enqueued: job.enqueued,
+                first_token: false,
+            },
+        );
+        for (choice, row) in rows.into_iter().enumerate() {
+            let mut seq = Sequence {
+                job: id,
+                choice: choice as u32,
+                row,
+                len: job.prompt.len(),
+                next: 0,
+                generated: 0,
+                max_tokens: job.max_tokens,
+                sampler: Sampler::new(
+                    job.settings,
+                    job.seed.wrapping_add(choice as u64),
+                    &job.prompt,
+                ),
+                detokenizer: Detokenizer::default(),
+                stop: StopMatcher::new(job.stop.clone()),
+                logprobs: job.logprobs,
+                top_logprobs: job.top_logprobs,
+                last_token_at: Instant::now(),
+            };
+            let mut row_logits = logits.clone();
+            if let Some(reason) = self.advance(&mut seq, &mut row_logits) {
+                self.finish(seq, reason);
+            } else {
+                self.running.push(seq);
+            }
+        }
+    }
+
+    /// One decode step for every running sequence.
+    fn step(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let steps: Vec<Step> = self
+            .running
+            .iter()
+            .map(|seq| Step {
+                row: seq.row,
+                token: seq.next,
+                position: seq.len,
+            })
+            .collect();
+        self.metrics.batch_size.observe(steps.len() as f64);
+        let logits = match self.engine.decode(self.rows, &steps) {
+            Ok(logits) => logits,
+            Err(err) => {
+                self.fail_all(&format!("decode step failed: {err}"));
+                return;
+            }
+        };
+        let running = std::mem::take(&mut self.running);
+        for (mut seq, mut row_logits) in running.into_iter().zip(logits) {
+            seq.len += 1;
+            match self.advance(&mut seq, &mut row_logits) {
+                Some(reason) => self.finish(seq, reason),
+                None => self.running.push(seq),
+            }
+        }
+    }
+
+    /// Samples the sequence's next token from `logits` and emits it; says why the
+    /// sequence is over, if it is.
+    fn advance(&mut self, seq: &mut Sequence, logits: &mut [f32]) -> Option<FinishReason> {
+        let raw = seq.logprobs.then(|| logits.to_vec());
+        let token = seq.sampler.sample(logits);
+        seq.generated += 1;
+        self.metrics.generated_tokens.inc();
+        let now = Instant::now();
+        let state = self.jobs.get_mut(&seq.job)?;
+        if !state.first_token {
+            state.first_token = true;
+            self.metrics
+                .ttft_seconds
+                .observe(state.enqueued.elapsed().as_secs_f64());
+        } else {
+            self.metrics
+                .itl_seconds
+                .observe(now.duration_since(seq.last_token_at).as_secs_f64());
+        }
+        seq.last_token_at = now;
+        state.completion_tokens += 1;
+
+        if self.text.is_stop(token) {
+            return Some(FinishReason::Stop);
+        }
+        let piece = seq.detokenizer.push(&self.text, token);
+        let (text, stopped) = seq.stop.push(&piece);
+        let logprobs = match raw {
+            Some(raw) => {
+                let (logprob, top) = sampler::logprobs(&raw, token, seq.top_logprobs);
+                let (token_text, bytes) = self.text.token_piece(token);
+                vec![TokenLogprob {
+                    token: token_text,
+                    logprob,
+                    bytes,
+                    top_logprobs: top
+                        .into_iter()
+                        .map(|(id, logprob)| {
+                            let (token, bytes) = self.text.token_piece(id);
+                            TopLogprob {
+                                token,
+                                logprob,
+                                bytes,
+                            }
+                        })
+                        .collect(),
+                }]
+            }
+            None => Vec::new(),
+        };
+        if !text.is_empty() || !logprobs.is_empty() {
+            let _ = state.events.send(Event::Chunk(GenerateChunk {
+                index: seq.choice,
+                text,
+                logprobs,
+            }));
+        }
+        if stopped {
+            return Some(FinishReason::Stop);
+        }
+        seq.next = token;
+        let context_full = seq.len + 1 >= self.engine.shape().max_context;
+        (seq.generated >= seq.max_tokens || context_full).then_some(FinishReason::Length)
+    }
+
+    /// Ends a choice; the request ends with its last choice.
+    fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
+        let Some(state) = self.jobs.get_mut(&seq.job) else {
+            return;
+        };
+        let rest = seq.stop.flush();
+        if !rest.is_empty() {
+            let _ = state.events.send(Event::Chunk(GenerateChunk {
+                index: seq.choice,
+                text: rest,
+                logprobs: Vec::new(),
+            }));
+        }
+        if let Some(slot) = state.finish.get_mut(seq.choice as usize) {
+            *slot = Some(reason);
+        }
+        if state.finish.iter().all(Option::is_some) {
+            let usage = Usage {
+                prompt_tokens: state.prompt_tokens as u32,
+                completion_tokens: state.completion_tokens as u32,
+                total_tokens: (state.prompt_tokens + state.completion_tokens) as u32,
+            };
+            let _ = state.events.send(Event::End(GenerateEnd {
+                finish_reasons: state.finish.iter().flatten().copied().collect(),
+                usage,
+            }));
+            self.metrics
+                .e2e_seconds
+                .observe(state.enqueued.elapsed().as_secs_f64());
+            self.jobs.remove(&seq.job);
+            self.release_job();
+        }
+    }
+
+    /// Moves the running sequences into a buffer of `rows` rows (rows 0, 1, ...).
+    fn move_to(&mut self, rows: usize) -> Result<(), ort::Error> {
+        let moves: Vec<(usize, usize, usize)> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(to, seq)| (seq.row, to, seq.len))
+            .collect();
+        if !moves.is_empty() {
+            self.engine.migrate(self.rows, rows, &moves)?;
+        }
+        for (to, seq) in self.running.iter_mut().enumerate() {
+            seq.row = to;
+        }
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// Moves to a smaller buffer once the batch has thinned out (a quarter or less).
+    fn shrink(&mut self) {
+        let needed = Engine::rows_for(self.running.len());
+        if self.waiting.is_empty()
+            && needed * 4 <= self.rows
+            && let Err(err) = self.move_to(needed)
+        {
+            self.fail_all(&format!("cannot shrink the batch: {err}"));
+        }
+    }
+
+    /// Fails every running request (the engine is in trouble).
+    fn fail_all(&mut self, message: &str) {
+        tracing::error!("{message}");
+        for (_, state) in self.jobs.drain() {
+            let _ = state
+                .events
+                .send(Event::Failed(ErrorBody::new(ErrorCode::Internal, message)));
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.running.clear();
+    }
+
+    fn observe(&self) {
+        let s = self.engine.shape();
+        self.metrics.queue_depth.set(self.waiting.len() as i64);
+        self.metrics.running.set(self.running.len() as i64);
+        let used: usize = self.running.iter().map(|seq| seq.len).sum();
+        self.metrics
+            .kv_cache_usage
+            .set(used as f64 / (self.max_batch * s.max_context) as f64);
+    }
+}

@@ -1,0 +1,174 @@
+//! Embedding models: a thread that owns the encoder session and embeds batches of texts
+//! (grouped by length so padding stays small), truncating each to the model's limit.
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use ort::{session::Session, value::Tensor};
+use slough_modelkit::package::Manifest;
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::{EmbedResponse, ModelInfo, ModelKind, Usage},
+};
+use tokenizers::{Tokenizer, TruncationParams};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{metrics::ModelMetrics, runtime::Runtime, text::TextModel};
+
+/// Texts run through the encoder together.
+const CHUNK: usize = 32;
+
+struct EmbedJob {
+    inputs: Vec<String>,
+    reply: oneshot::Sender<Result<EmbedResponse, ErrorBody>>,
+}
+
+/// A served embedding model.
+pub struct EmbeddingModel {
+    pub info: ModelInfo,
+    pub text: Arc<TextModel>,
+    jobs: mpsc::UnboundedSender<EmbedJob>,
+}
+
+impl std::fmt::Debug for EmbeddingModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddingModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddingModel {
+    /// Opens the package's session and starts its thread.
+    pub fn start(
+        dir: &Path,
+        manifest: &Manifest,
+        runtime: &Runtime,
+        metrics: ModelMetrics,
+    ) -> Result<EmbeddingModel, String> {
+        let text = Arc::new(TextModel::load(dir, manifest)?);
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|err| format!("cannot read tokenizer.json: {err}"))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: manifest.context_length,
+                ..TruncationParams::default()
+            }))
+            .map_err(|err| err.to_string())?;
+        let (session, provider) = runtime
+            .session(&dir.join("model.onnx"))
+            .map_err(|err| err.to_string())?;
+        let info = ModelInfo {
+            id: manifest.id.clone(),
+            kind: ModelKind::Embedding,
+            architecture: manifest.architecture.clone(),
+            context_length: manifest.context_length as u32,
+            quantization: manifest.quantization.clone(),
+            created_at: manifest.created_at.clone(),
+            provider: provider.name().to_owned(),
+        };
+        let (jobs, mut inbox) = mpsc::unbounded_channel::<EmbedJob>();
+        let mut worker = Worker {
+            session,
+            tokenizer,
+            info: info.clone(),
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name(format!("embed-{}", manifest.id))
+            .spawn(move || {
+                while let Some(job) = inbox.blocking_recv() {
+                    let _ = job.reply.send(worker.embed(&job.inputs));
+                }
+            })
+            .map_err(|err| format!("cannot start the embedding thread: {err}"))?;
+        Ok(EmbeddingModel { info, text, jobs })
+    }
+
+    /// Embeds `inputs` (already checked for count and emptiness).
+    pub async fn embed(&self, inputs: Vec<String>) -> Result<EmbedResponse, ErrorBody> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || {
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("{} is shutting down", self.info.id),
+            )
+        };
+        self.jobs
+            .send(EmbedJob { inputs, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+struct Worker {
+    session: Session,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    metrics: ModelMetrics,
+}
+
+impl Worker {
+    fn embed(&mut self, inputs: &[String]) -> Result<EmbedResponse, ErrorBody> {
+        let started = Instant::now();
+        let internal = |err: String| ErrorBody::new(ErrorCode::Internal, err);
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs.to_vec(), true)
+            .map_err(|err| ErrorBody::new(ErrorCode::InvalidRequest, err.to_string()))?;
+        let truncated: Vec<u32> = encodings
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.get_overflowing().is_empty())
+            .map(|(i, _)| i as u32)
+            .collect();
+        let prompt_tokens: usize = encodings.iter().map(|e| e.get_ids().len()).sum();
+        // Similar lengths together, so each chunk pads little.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut embeddings = vec![Vec::new(); encodings.len()];
+        for chunk in order.chunks(CHUNK) {
+            let width = chunk
+                .iter()
+                .map(|&i| encodings[i].get_ids().len())
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut ids = vec![0i64; chunk.len() * width];
+            let mut mask = vec![0i64; chunk.len() * width];
+            for (row, &i) in chunk.iter().enumerate() {
+                for (col, &id) in encodings[i].get_ids().iter().enumerate() {
+                    ids[row * width + col] = i64::from(id);
+                    mask[row * width + col] = 1;
+                }
+            }
+            let run = || -> Result<Vec<f32>, ort::Error> {
+                let outputs = self.session.run(ort::inputs![
+                    "input_ids" => Tensor::from_array(([chunk.len(), width], ids))?,
+                    "attention_mask" => Tensor::from_array(([chunk.len(), width], mask))?,
+                ])?;
+                let (_, values) = outputs["embeddings"].try_extract_tensor::<f32>()?;
+                Ok(values.to_vec())
+            };
+            let values = run().map_err(|err| internal(format!("embedding failed: {err}")))?;
+            let hidden = values.len() / chunk.len();
+            for (row, &i) in chunk.iter().enumerate() {
+                embeddings[i] = values[row * hidden..(row + 1) * hidden].to_vec();
+            }
+        }
+        self.metrics.embedded_texts.inc_by(inputs.len() as u64);
+        self.metrics
+            .embed_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(EmbedResponse {
+            model: self.info.id.clone(),
+            embeddings,
+            truncated,
+            context_length: self.info.context_length,
+            usage: Usage {
+                prompt_tokens: prompt_tokens as u32,
+                completion_tokens: 0,
+                total_tokens: prompt_tokens as u32,
+            },
+        })
+    }
+}

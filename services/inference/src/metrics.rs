@@ -1,0 +1,155 @@
+//! The inference service's metrics, labelled by model (ARCHITECTURE.md naming:
+//! `slough_inference_<what>_<unit>`).
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Every inference metric, each a family labelled by `model`.
+#[derive(Clone)]
+pub struct Metrics {
+    ttft: HistogramVec,
+    itl: HistogramVec,
+    e2e: HistogramVec,
+    queue: HistogramVec,
+    batch_size: HistogramVec,
+    queue_depth: IntGaugeVec,
+    running: IntGaugeVec,
+    kv_cache_usage: GaugeVec,
+    prompt_tokens: IntCounterVec,
+    generated_tokens: IntCounterVec,
+    cancelled: IntCounterVec,
+    embedded_texts: IntCounterVec,
+    embed_seconds: HistogramVec,
+}
+
+/// One model's series, handed to its scheduler.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    pub ttft_seconds: Histogram,
+    pub itl_seconds: Histogram,
+    pub e2e_seconds: Histogram,
+    pub queue_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub queue_depth: IntGauge,
+    pub running: IntGauge,
+    pub kv_cache_usage: Gauge,
+    pub prompt_tokens: IntCounter,
+    pub generated_tokens: IntCounter,
+    pub cancelled: IntCounter,
+    pub embedded_texts: IntCounter,
+    pub embed_seconds: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
+                let metric = HistogramVec::new(
+                    HistogramOpts::new(format!("slough_inference_{name}"), help)
+                        .buckets(buckets.to_vec()),
+                    &["model"],
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let int_gauge = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let metric = IntGaugeVec::new(
+                Opts::new(format!("slough_inference_{name}"), help),
+                &["model"],
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let metric = IntCounterVec::new(
+                Opts::new(format!("slough_inference_{name}"), help),
+                &["model"],
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let kv_cache_usage = GaugeVec::new(
+            Opts::new(
+                "slough_inference_kv_cache_usage_ratio",
+                "Positions held in the KV cache over the batch's capacity (max_batch × max_context)",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(kv_cache_usage.clone()))?;
+        Ok(Metrics {
+            ttft: histogram(
+                "time_to_first_token_seconds",
+                "From a request's arrival to its first generated token",
+                LATENCY_BUCKETS,
+            )?,
+            itl: histogram(
+                "inter_token_latency_seconds",
+                "Between consecutive tokens of a sequence",
+                ITL_BUCKETS,
+            )?,
+            e2e: histogram(
+                "request_duration_seconds",
+                "From a generation request's arrival to its last token",
+                LATENCY_BUCKETS,
+            )?,
+            queue: histogram(
+                "queue_duration_seconds",
+                "Time a generation request waited for a batch slot",
+                LATENCY_BUCKETS,
+            )?,
+            batch_size: histogram(
+                "batch_size",
+                "Sequences decoded together per step",
+                BATCH_BUCKETS,
+            )?,
+            queue_depth: int_gauge(
+                "queue_depth",
+                "Generation requests waiting for a batch slot",
+            )?,
+            running: int_gauge("running_sequences", "Sequences being decoded")?,
+            kv_cache_usage,
+            prompt_tokens: counter("prompt_tokens_total", "Prompt tokens prefilled")?,
+            generated_tokens: counter("generated_tokens_total", "Tokens generated")?,
+            cancelled: counter(
+                "cancelled_requests_total",
+                "Generation requests cancelled before they finished",
+            )?,
+            embedded_texts: counter("embedded_texts_total", "Texts embedded")?,
+            embed_seconds: histogram(
+                "embed_duration_seconds",
+                "Time to embed one request's texts",
+                LATENCY_BUCKETS,
+            )?,
+        })
+    }
+
+    /// The series of `model` (created at zero).
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let l = &[model];
+        ModelMetrics {
+            ttft_seconds: self.ttft.with_label_values(l),
+            itl_seconds: self.itl.with_label_values(l),
+            e2e_seconds: self.e2e.with_label_values(l),
+            queue_seconds: self.queue.with_label_values(l),
+            batch_size: self.batch_size.with_label_values(l),
+            queue_depth: self.queue_depth.with_label_values(l),
+            running: self.running.with_label_values(l),
+            kv_cache_usage: self.kv_cache_usage.with_label_values(l),
+            prompt_tokens: self.prompt_tokens.with_label_values(l),
+            generated_tokens: self.generated_tokens.with_label_values(l),
+            cancelled: self.cancelled.with_label_values(l),
+            embedded_texts: self.embedded_texts.with_label_values(l),
+            embed_seconds: self.embed_seconds.with_label_values(l),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Generation end to end over a real nats-server with the real SmolLM2 package:
+//! determinism, seeds, stop strings, limits, n, logprobs, cancellation, overload,
+//! context overflow, and concurrent streams equal to lone ones.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use slough_bus::BusError;
+use slough_inference::Config;
+use slough_protocol::{ErrorCode, inference::FinishReason};
+use support::{Inference, chat};
+
+fn code(err: &BusError) -> Option<ErrorCode> {
+    match err {
+        BusError::Service(body) => Some(body.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_seeded_stops_limits_n_and_logprobs() {
+    let inference = Inference::start(Config::default()).await;
+
+    let question = chat("What is the capital of France?");
+    let first = inference.generate(&question).await.unwrap();
+    eprintln!("greedy: {:?}", first.text());
+    assert!(first.text().contains("Paris"), "{:?}", first.text());
+    assert_eq!(first.finish, [FinishReason::Stop]);
+    let usage = first.end.as_ref().unwrap().usage;
+    assert!(
+        usage.prompt_tokens > 10 && usage.completion_tokens > 3,
+        "{usage:?}"
+    );
+    assert_eq!(
+        usage.total_tokens,
+        usage.prompt_tokens + usage.completion_tokens
+    );
+    let again = inference.generate(&question).await.unwrap();
+    assert_eq!(again.text(), first.text(), "greedy is deterministic");
+
+    let mut seeded = chat("Write a short poem about the sea.");
+    seeded.sampling.temperature = Some(0.9);
+    seeded.sampling.seed = Some(42);
+    let a = inference.generate(&seeded).await.unwrap();
+    let b = inference.generate(&seeded).await.unwrap();
+    assert_eq!(a.text(), b.text(), "the same seed gives the same text");
+    seeded.sampling.seed = Some(43);
+    let c = inference.generate(&seeded).await.unwrap();
+    assert_ne!(a.text(), c.text(), "another seed gives another text");
+
+    let mut stopped = question.clone();
+    stopped.stop = vec!["Paris".to_owned()];
+    let cut = inference.generate(&stopped).await.unwrap();
+    assert_eq!(cut.finish, [FinishReason::Stop]);
+    assert!(!cut.text().contains("Paris"), "{:?}", cut.text());
+    assert!(first.text().starts_with(cut.text()), "{:?}", cut.text());
+
+    let mut short = question.clone();
+    short.max_tokens = Some(3);
+    let three = inference.generate(&short).await.unwrap();
+    assert_eq!(three.finish, [FinishReason::Length]);
+    assert_eq!(three.end.unwrap().usage.completion_tokens, 3);
+
+    let mut two = seeded.clone();
+    two.n = 2;
+    let both = inference.generate(&two).await.unwrap();
+    assert_eq!(both.texts.len(), 2);
+    assert_eq!(both.finish.len(), 2);
+    assert_ne!(both.texts[0], both.texts[1], "two choices differ");
+
+    let mut with_logprobs = question.clone();
+    with_logprobs.logprobs = true;
+    with_logprobs.top_logprobs = 3;
+    let scored = inference.generate(&with_logprobs).await.unwrap();
+    let entries: Vec<_> = scored
+        .chunks
+        .iter()
+        .flat_map(|c| c.logprobs.clone())
+        .collect();
+    assert!(!entries.is_empty());
+    for entry in &entries {
+        assert!(entry.logprob <= 0.0);
+        assert_eq!(entry.top_logprobs.len(), 3);
+        assert_eq!(
+            entry.top_logprobs[0].token, entry.token,
+            "greedy picks the top token"
+        );
+        assert!(entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob);
+    }
+    inference.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_frees_the_slot_and_a_full_queue_refuses() {
+    let config = Config {
+        max_batch: 1,
+        max_queue: 1,
+        ..Config::default()
+    };
+    let inference = Inference::start(config).await;
+    let mut long = chat("Write a long story about a dragon.");
+    long.max_tokens = Some(400);
+
+    let mut running = inference.open(&long).await.unwrap();
+    let _ = running.next().await.unwrap().unwrap();
+    let queued = inference.open(&long).await.unwrap();
+    let refused = inference
+        .open(&long)
+        .await
+        .err()
+        .expect("the queue is full");
+    assert_eq!(code(&refused), Some(ErrorCode::Overloaded), "{refused}");
+    let BusError::Service(body) = &refused else {
+        unreachable!()
+    };
+    assert!(body.retry_after_ms.is_some());
+
+    // Cancel both; the slot and the queue place free up within a step or two.
+    queued.cancel().await.unwrap();
+    let cancelled_at = Instant::now();
+    running.cancel().await.unwrap();
+    let mut quick = chat("Hi");
+    quick.max_tokens = Some(2);
+    loop {
+        match inference.generate(&quick).await {
+            Ok(done) => {
+                assert_eq!(done.finish, [FinishReason::Length]);
+                break;
+            }
+            Err(err) if code(&err) == Some(ErrorCode::Overloaded) => {
+                assert!(
+                    cancelled_at.elapsed() < Duration::from_secs(2),
+                    "the slot was not freed"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    eprintln!(
+        "slot free and the next request done {:?} after cancelling",
+        cancelled_at.elapsed()
+    );
+    inference.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_over_the_context_is_refused_naming_both_numbers() {
+    let config = Config {
+        max_context: 64,
+        ..Config::default()
+    };
+    let inference = Inference::start(config).await;
+    let mut long = chat(&"Tell me about the weather. ".repeat(20));
+    long.max_tokens = Some(10);
+    let err = inference.open(&long).await.err().expect("too long");
+    assert_eq!(code(&err), Some(ErrorCode::ContextLengthExceeded), "{err}");
+    assert!(err.to_string().contains("64 tokens"), "{err}");
+
+    let mut fits = chat("Hi");
+    fits.max_tokens = Some(500);
+    let err = inference
+        .open(&fits)
+        .await
+        .err()
+        .expect("max_tokens too large");
+    assert!(err.to_string().contains("500"), "{err}");
+
+    let mut bad = chat("Hi");
+    bad.sampling.temperature = Some(5.0);
+    let err = inference
+        .open(&bad)
+        .await
+        .err()
+        .expect("temperature out of range");
+    assert_eq!(code(&err), Some(ErrorCode::InvalidRequest));
+    assert!(err.to_string().contains("temperature"), "{err}");
+    bad.model = "nope".to_owned();
+    let err = inference.open(&bad).await.err().expect("unknown model");
+    assert_eq!(code(&err), Some(ErrorCode::ModelNotFound));
+    inference.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_greedy_streams_equal_lone_ones() {
+    let inference = Inference::start(Config::default()).await;
+    let prompts = [
+        "What is the capital of France?",
+        "Name three colors.",
+        "What is 2 + 2?",
+        "Say hello in Spanish.",
+        "What is the largest planet?",
+        "Give me a fruit.",
+        "What do bees make?",
+        "Which animal barks?",
+    ];
+    let request = |prompt: &str| {
+        let mut request = chat(prompt);
+        request.logprobs = true;
+        request.top_logprobs = 2;
+        request
+    };
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        alone.push(inference.generate(&request(prompt)).await.unwrap());
+    }
+    let together = futures::future::join_all(prompts.iter().map(|prompt| {
+        let request = request(prompt);
+        let inference = &inference;
+        async move { inference.generate(&request).await }
+    }))
+    .await;
+    for ((prompt, lone), joint) in prompts.iter().zip(&alone).zip(together) {
+        let joint = joint.unwrap();
+        if joint.text() == lone.text() {
+            continue;
+        }
+        // Batched and lone steps may round differently; only a near-tie may flip a token.
+        let lone_steps: Vec<_> = lone
+            .chunks
+            .iter()
+            .flat_map(|c| c.logprobs.clone())
+            .collect();
+        let joint_steps: Vec<_> = joint
+            .chunks
+            .iter()
+            .flat_map(|c| c.logprobs.clone())
+            .collect();
+        let at = lone_steps
+            .iter()
+            .zip(&joint_steps)
+            .position(|(a, b)| a.token != b.token)
+            .expect("texts differ, so some token does");
+        let top = &lone_steps[at].top_logprobs;
+        let gap = top[0].logprob - top[1].logprob;
+        eprintln!("{prompt:?}: batched output differs at token {at}, logit gap there {gap:.2e}");
+        assert!(
+            gap < 1e-2,
+            "{prompt:?}: not a near-tie (gap {gap}): {:?} vs {:?}",
+            lone.text(),
+            joint.text()
+        );
+    }
+    inference.stop().await;
+}

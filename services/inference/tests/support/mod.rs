@@ -1,0 +1,215 @@
+//! What the inference tests share: the real model packages (imported once into a cache
+//! under the data directory), and an inference service on its own nats-server.
+
+#![allow(dead_code, reason = "each test file uses part of this")]
+
+use std::{net::SocketAddr, path::PathBuf, sync::OnceLock};
+
+use slough_bus::{Bus, BusError, StreamItem};
+use slough_inference::Config;
+use slough_modelkit::package::{self, ImportOptions, Quiet};
+use slough_protocol::{
+    ServiceKind,
+    inference::{
+        ChatMessage, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, PromptInput,
+        SamplingParams,
+    },
+    subjects,
+};
+use slough_service::{CommonConfig, ServiceContext};
+use slough_testkit::TestNats;
+use tokio_util::sync::CancellationToken;
+
+pub const CHAT: &str = "smollm2";
+pub const EMBED: &str = "minilm";
+
+/// `SLOUGH_DATA_DIR`, else `~/.slough`: where setup put the runtime and the sources.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("SLOUGH_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".slough"))
+}
+
+/// SmolLM2 and MiniLM as packages `smollm2` and `minilm`, imported on first use (an
+/// import of an unchanged source is a no-op).
+pub fn models_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let data = data_dir();
+        let dir = data.join("cache/test-models");
+        let sources = data.join("cache/sources");
+        for (id, source) in [
+            (CHAT, sources.join("SmolLM2-135M-Instruct.Q4_1.gguf")),
+            (EMBED, sources.join("all-MiniLM-L6-v2")),
+        ] {
+            assert!(
+                source.exists(),
+                "{} is missing: run ./scripts/setup",
+                source.display()
+            );
+            let options = ImportOptions {
+                id: Some(id.to_owned()),
+                ..ImportOptions::default()
+            };
+            package::import(&source, &dir, &options, &Quiet).expect("import");
+        }
+        dir
+    })
+    .clone()
+}
+
+/// An inference service with the test models, on its own nats-server.
+pub struct Inference {
+    pub nats: TestNats,
+    pub bus: Bus,
+    pub admin: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Inference {
+    /// Starts with `config` (its models directory set to the test models).
+    pub async fn start(mut config: Config) -> Inference {
+        config.models_dir = Some(models_dir());
+        let nats = TestNats::start();
+        let common = CommonConfig {
+            data_dir: data_dir(),
+            ..CommonConfig::default()
+        };
+        let ctx = ServiceContext::start(
+            ServiceKind::Inference,
+            slough_inference::VERSION,
+            &common,
+            &nats.url(),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
+        .expect("context");
+        let admin = ctx.admin_url().to_owned();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            slough_inference::run(ctx, config, stop)
+                .await
+                .expect("inference runs");
+        });
+        let bus = slough_bus::connect(
+            &nats.url(),
+            "test",
+            CommonConfig::default().nats.bus_options(),
+        )
+        .await
+        .expect("bus");
+        // Ready once it answers `models`.
+        for _ in 0..600 {
+            let listed: Result<slough_protocol::inference::ModelsResponse, _> = bus
+                .request(
+                    &subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS),
+                    &slough_protocol::inference::ModelsRequest {},
+                )
+                .await;
+            if listed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Inference {
+            nats,
+            bus,
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Sends a request/reply call to `endpoint`.
+    pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        request: &Req,
+    ) -> Result<Resp, BusError> {
+        self.bus
+            .request(
+                &subjects::endpoint(ServiceKind::Inference, endpoint),
+                request,
+            )
+            .await
+    }
+
+    /// Opens a generation stream.
+    pub async fn open(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<slough_bus::StreamReceiver<GenerateChunk, GenerateEnd>, BusError> {
+        self.bus
+            .request_stream(
+                ServiceKind::Inference,
+                subjects::inference::GENERATE,
+                request,
+            )
+            .await
+    }
+
+    /// Runs a generation to its end.
+    pub async fn generate(&self, request: &GenerateRequest) -> Result<Generated, BusError> {
+        let mut stream = self.open(request).await?;
+        let mut generated = Generated::default();
+        while let Some(item) = stream.next().await {
+            match item? {
+                StreamItem::Chunk(chunk) => {
+                    let i = chunk.index as usize;
+                    if generated.texts.len() <= i {
+                        generated.texts.resize(i + 1, String::new());
+                    }
+                    generated.texts[i].push_str(&chunk.text);
+                    generated.chunks.push(chunk);
+                }
+                StreamItem::End(end) => {
+                    generated.finish = end.finish_reasons.clone();
+                    generated.end = Some(end);
+                }
+            }
+        }
+        Ok(generated)
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub texts: Vec<String>,
+    pub chunks: Vec<GenerateChunk>,
+    pub finish: Vec<FinishReason>,
+    pub end: Option<GenerateEnd>,
+}
+
+impl Generated {
+    pub fn text(&self) -> &str {
+        self.texts.first().map_or("", String::as_str)
+    }
+}
+
+/// A chat request to the test chat model with one user message.
+pub fn chat(prompt: &str) -> GenerateRequest {
+    GenerateRequest {
+        model: CHAT.to_owned(),
+        input: PromptInput::Messages(vec![ChatMessage {
+            role: "user".to_owned(),
+            content: prompt.to_owned(),
+        }]),
+        max_tokens: Some(48),
+        sampling: SamplingParams {
+            temperature: Some(0.0),
+            ..SamplingParams::default()
+        },
+        stop: Vec::new(),
+        n: 1,
+        logprobs: false,
+        top_logprobs: 0,
+    }
+}
