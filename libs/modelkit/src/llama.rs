@@ -1,5 +1,6 @@
 //! The Llama decoder as an ONNX graph (see `shared/notes/onnx-llama.md`): fp32
 //! activations, RMSNorm and skip-RMSNorm contrib ops, one packed QKV matmul,
+//! one packed gate/up matmul,
 //! `GroupQueryAttention` with fused rotary and a KV cache, a SwiGLU MLP, and a tied or
 //! separate lm_head.
 //!
@@ -187,7 +188,8 @@ fn default_rope_theta() -> f32 {
 
 /// Choices that change speed, size or accuracy, not the model. The default computes in
 /// fp32 on the stored weights and stores float weights as int8 blocks.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default)]
 pub struct BuildOptions {
     /// `MatMulNBits` accuracy level inside the layers.
     pub accuracy_level: i64,
@@ -536,15 +538,17 @@ fn build(
             }
         };
 
-        let qkv = stack(
-            [
+        let qkv = fused_matmul(
+            &mut g,
+            &format!("l{i}/qkv"),
+            &hidden,
+            vec![
                 stored(required(weights, Weight::Q(i), q_rows, hidden_size)?)?,
                 stored(required(weights, Weight::K(i), kv_rows, hidden_size)?)?,
                 stored(required(weights, Weight::V(i), kv_rows, hidden_size)?)?,
             ],
-            i,
-        )?;
-        let qkv = matmul(&mut g, &format!("l{i}/qkv"), &hidden, &qkv, layer_opts);
+            layer_opts,
+        );
         let past_key = format!("past_key_values.{i}.key");
         let past_value = format!("past_key_values.{i}.value");
         let attn_out = format!("l{i}/attn/out");
@@ -595,10 +599,32 @@ fn build(
         residual = outs.remove(3);
         let normed = outs.remove(0);
 
-        let gate = stored(required(weights, Weight::Gate(i), config.ffn, hidden_size)?)?;
-        let gate = matmul(&mut g, &format!("l{i}/gate"), &normed, &gate, layer_opts);
-        let up = stored(required(weights, Weight::Up(i), config.ffn, hidden_size)?)?;
-        let up = matmul(&mut g, &format!("l{i}/up"), &normed, &up, layer_opts);
+        // Gate and up in one matmul, then split.
+        let gate_up = fused_matmul(
+            &mut g,
+            &format!("l{i}/gate_up"),
+            &normed,
+            vec![
+                stored(required(weights, Weight::Gate(i), config.ffn, hidden_size)?)?,
+                stored(required(weights, Weight::Up(i), config.ffn, hidden_size)?)?,
+            ],
+            layer_opts,
+        );
+        let halves = g.initializer_i64(
+            &format!("l{i}/gate_up.split"),
+            &[2],
+            &[config.ffn as i64, config.ffn as i64],
+        );
+        let mut halves = g.node(
+            "",
+            "Split",
+            &format!("l{i}/gate_up/split"),
+            &[&gate_up, &halves],
+            2,
+            &[("axis", Attr::Int(-1))],
+        );
+        let up = halves.remove(1);
+        let gate = halves.remove(0);
         let sigmoid = g
             .node("", "Sigmoid", &format!("l{i}/sigmoid"), &[&gate], 1, &[])
             .remove(0);
@@ -678,48 +704,68 @@ fn store(matrix: Matrix, float_weights: FloatWeights) -> Result<Matrix, BuildErr
     Ok(Matrix::Blocks(quantized))
 }
 
-/// Q, K and V stacked into one matrix (rows Q, then K, then V), stored alike.
-fn stack([q, k, v]: [Matrix; 3], layer: usize) -> Result<Matrix, BuildError> {
-    match (q, k, v) {
-        (Matrix::Blocks(q), Matrix::Blocks(k), Matrix::Blocks(v))
-            if q.bits == k.bits
-                && q.bits == v.bits
-                && q.mins.is_some() == k.mins.is_some()
-                && q.mins.is_some() == v.mins.is_some() =>
-        {
-            let concat = |f: fn(&NBitsWeight) -> &[f32]| [f(&q), f(&k), f(&v)].concat();
-            Ok(Matrix::Blocks(NBitsWeight {
-                bits: q.bits,
-                n: q.n + k.n + v.n,
-                k: q.k,
-                b: [&q.b[..], &k.b[..], &v.b[..]].concat(),
-                scales: concat(|w| &w.scales),
-                mins: q
-                    .mins
-                    .as_ref()
-                    .map(|_| concat(|w| w.mins.as_deref().unwrap_or_default())),
-            }))
+/// `input` times several matrices, the outputs side by side (Q, K and V; gate and up):
+/// one matmul over the stacked matrices when they are stored alike (rows of the first,
+/// then the next...), else one matmul each and a `Concat`.
+fn fused_matmul(
+    g: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    parts: Vec<Matrix>,
+    options: MatMulOptions,
+) -> String {
+    let alike = |a: &Matrix, b: &Matrix| match (a, b) {
+        (Matrix::Blocks(a), Matrix::Blocks(b)) => {
+            a.bits == b.bits && a.k == b.k && a.mins.is_some() == b.mins.is_some()
+        }
+        (Matrix::Float { k: a, .. }, Matrix::Float { k: b, .. }) => a == b,
+        _ => false,
+    };
+    if !parts.windows(2).all(|pair| alike(&pair[0], &pair[1])) {
+        let outputs: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| matmul(g, &format!("{name}.{j}"), input, part, options))
+            .collect();
+        let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        return g
+            .node("", "Concat", name, &outputs, 1, &[("axis", Attr::Int(-1))])
+            .remove(0);
+    }
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return input.to_owned();
+    };
+    let stacked = parts.fold(first, below);
+    matmul(g, name, input, &stacked, options)
+}
+
+/// `b`'s rows below `a`'s (both stored alike, as [`fused_matmul`] checks).
+fn below(a: Matrix, b: Matrix) -> Matrix {
+    match (a, b) {
+        (Matrix::Blocks(mut a), Matrix::Blocks(b)) => {
+            a.n += b.n;
+            a.b.extend(b.b);
+            a.scales.extend(b.scales);
+            if let (Some(mins), Some(more)) = (&mut a.mins, b.mins) {
+                mins.extend(more);
+            }
+            Matrix::Blocks(a)
         }
         (
+            Matrix::Float { n, k, mut values },
             Matrix::Float {
-                n: qn,
+                n: more, values: v, ..
+            },
+        ) => {
+            values.extend(v);
+            Matrix::Float {
+                n: n + more,
                 k,
-                values: q,
-            },
-            Matrix::Float {
-                n: kn, values: kv, ..
-            },
-            Matrix::Float {
-                n: vn, values: v, ..
-            },
-        ) => Ok(Matrix::Float {
-            n: qn + kn + vn,
-            k,
-            values: [q, kv, v].concat(),
-        }),
-        _ => Err(BuildError::Unsupported(format!(
-            "layer {layer}: Q, K and V are stored differently"
-        ))),
+                values,
+            }
+        }
+        (a, _) => a,
     }
 }
 

@@ -24,6 +24,11 @@ use crate::{
 /// The manifest's file name.
 pub const MANIFEST: &str = "slough-model.json";
 
+/// Bumped whenever the graphs modelkit writes change (speed or correctness), so that
+/// importing an unchanged source again rebuilds a package made by an older modelkit.
+/// 2: Q8_0 matrices run as two 4-bit halves; gate and up packed.
+pub const GRAPH_VERSION: u32 = 2;
+
 /// `slough-model.json`: everything inference needs to know about a package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -59,6 +64,16 @@ pub struct Manifest {
     pub created_at: String,
     /// The modelkit version that built it.
     pub modelkit_version: String,
+    /// [`GRAPH_VERSION`] of the modelkit that built it (1 before it was recorded).
+    #[serde(default = "first_graph_version")]
+    pub graph_version: u32,
+    /// The options the graph was built with.
+    #[serde(default)]
+    pub build: BuildOptions,
+}
+
+fn first_graph_version() -> u32 {
+    1
 }
 
 /// What a package is served as.
@@ -227,15 +242,21 @@ pub fn import(
     let weights = kind.weights_file(&source);
     let sha256 = sha256_file(&weights, progress)?;
     let target = models_dir.join(&id);
+    // The same source built the same way is already there; the same source built by an
+    // older modelkit or with other options is rebuilt; another source is a conflict.
+    let mut stale = false;
     if target.join(MANIFEST).exists() {
         let existing = read_manifest(&target)?;
-        if existing.source.sha256 == sha256 {
+        if existing.source.sha256 != sha256 {
+            return Err(PackageError::Conflict {
+                id,
+                existing: existing.source.sha256,
+            });
+        }
+        if existing.graph_version == GRAPH_VERSION && existing.build == options.build {
             return Ok(Imported::AlreadyPresent(existing));
         }
-        return Err(PackageError::Conflict {
-            id,
-            existing: existing.source.sha256,
-        });
+        stale = true;
     }
 
     let staging = tempfile::Builder::new()
@@ -255,11 +276,12 @@ pub fn import(
         options,
         progress,
     };
-    let manifest = match kind {
+    let mut manifest = match kind {
         SourceKind::Gguf => build_gguf(job)?,
         SourceKind::Llama => build_llama_safetensors(job)?,
         SourceKind::Bert => build_bert(job)?,
     };
+    manifest.build = options.build;
     progress.stage("writing the manifest");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
         path: MANIFEST.to_owned(),
@@ -267,12 +289,22 @@ pub fn import(
     })?;
     fs::write(staging.path().join(MANIFEST), json).map_err(io("cannot write the manifest"))?;
     let staged = staging.keep();
+    let replaced = models_dir.join(format!(".replaced-{id}-{}", std::process::id()));
+    if stale {
+        fs::rename(&target, &replaced).map_err(io(format!(
+            "cannot move the old {} aside",
+            target.display()
+        )))?;
+    }
     if let Err(err) = fs::rename(&staged, &target) {
         let _ = fs::remove_dir_all(&staged);
         return Err(io(format!(
             "cannot move the package to {}",
             target.display()
         ))(err));
+    }
+    if stale {
+        let _ = fs::remove_dir_all(&replaced);
     }
     Ok(Imported::Created(manifest))
 }
@@ -537,6 +569,8 @@ fn chat_manifest(
         }),
         created_at: chrono::Utc::now().to_rfc3339(),
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+        graph_version: GRAPH_VERSION,
+        build: BuildOptions::default(),
     }
 }
 
@@ -617,6 +651,8 @@ fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         default_sampling: None,
         created_at: chrono::Utc::now().to_rfc3339(),
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+        graph_version: GRAPH_VERSION,
+        build: BuildOptions::default(),
     })
 }
 

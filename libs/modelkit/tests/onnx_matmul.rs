@@ -105,3 +105,8 @@ fn q4_1_maps_exactly_through_the_min_split() {
 fn int8_activations_stay_close() {
     check(GgmlType::Q4_1, 4, 0.15);
 }
+
+#[test]
+fn q8_0_with_int8_activations_stays_close() {
+    check(GgmlType::Q8_0, 4, 0.15);
+}

@@ -198,3 +198,33 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
         "fp32 > int8 > int4 in size: {sizes:?}"
     );
 }
+
+#[test]
+fn importing_again_with_other_options_rebuilds_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let source = dir.path().join("tiny.gguf");
+    std::fs::write(&source, tiny_llama(true)).unwrap();
+    let exact = ImportOptions::default();
+    package::import(&source, &models, &exact, &Quiet).unwrap();
+    let fast = ImportOptions {
+        build: BuildOptions {
+            accuracy_level: 4,
+            ..BuildOptions::default()
+        },
+        ..ImportOptions::default()
+    };
+    let Imported::Created(rebuilt) = package::import(&source, &models, &fast, &Quiet).unwrap()
+    else {
+        panic!("other options rebuild the package");
+    };
+    assert_eq!(rebuilt.build.accuracy_level, 4);
+    assert_eq!(rebuilt.graph_version, package::GRAPH_VERSION);
+    assert_eq!(
+        entries(&models),
+        ["tiny"],
+        "the old package is gone, nothing left over"
+    );
+    let again = package::import(&source, &models, &fast, &Quiet).unwrap();
+    assert!(matches!(again, Imported::AlreadyPresent(_)));
+}

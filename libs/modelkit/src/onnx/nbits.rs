@@ -1,7 +1,8 @@
 //! ggml weight blocks as onnxruntime `MatMulNBits` inputs, without requantizing:
-//! Q4_0 and Q8_0 map exactly (default zero points 8 and 128); Q4_1's per-block minimum
-//! is split off into a second, tiny matmul over the activations' block sums, which is
-//! exact too and keeps the fast integer path (a float zero point would not).
+//! Q4_0 maps exactly (default zero point 8); Q4_1's per-block minimum is split off into
+//! a second, tiny matmul over the activations' block sums, which is exact too and keeps
+//! the fast kernel (a float zero point would not); Q8_0 runs as two 4-bit halves plus
+//! such a block term (see [`matmul`]), because the 8-bit CPU kernel is slow.
 //!
 //! A GGUF matrix with dims `[K, N]` is N rows of K values, each row K/32 blocks: the
 //! `[N, k_blocks, blob]` order `MatMulNBits` wants. Only the nibble order differs: ggml
@@ -128,6 +129,83 @@ pub fn matmul(
     weight: &NBitsWeight,
     options: MatMulOptions,
 ) -> String {
+    if weight.bits == 8 && options.accuracy_level < 4 {
+        return matmul_8bit(graph, name, input, weight, options);
+    }
+    let product = nbits_node(graph, name, input, weight, options);
+    match &weight.mins {
+        // Q4_1 values are unsigned offsets from the block minimum.
+        Some(mins) => add_block_term(graph, name, input, weight, mins, &product),
+        None => product,
+    }
+}
+
+/// 8-bit blocks through the 4-bit kernel: onnxruntime's 8-bit CPU kernel at fp32
+/// accuracy is a slow reference path (about 100 ms for a 49152×576 lm_head), its 4-bit
+/// one is fast. (With int8 activations, accuracy level 4, the 8-bit kernel is fast and
+/// is used as it is.) With u = q + 128 = 16·h + l (nibbles h, l):
+/// `d·q = 16d·(h − 8) + d·(l − 8) + 8d`, so one 4-bit matmul over `[A, A]` (the high
+/// nibbles with scale 16d, then the low ones with scale d, default zero point 8) plus
+/// the block-sum term with 8d gives the product exactly.
+fn matmul_8bit(
+    graph: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    weight: &NBitsWeight,
+    options: MatMulOptions,
+) -> String {
+    let k_blocks = weight.k / BLOCK;
+    let mut split = NBitsWeight {
+        bits: 4,
+        n: weight.n,
+        k: 2 * weight.k,
+        b: Vec::with_capacity(weight.b.len()),
+        scales: Vec::with_capacity(2 * weight.scales.len()),
+        mins: None,
+    };
+    for row in 0..weight.n {
+        for high in [true, false] {
+            for block in 0..k_blocks {
+                let at = row * k_blocks + block;
+                let values = &weight.b[at * BLOCK..(at + 1) * BLOCK];
+                let nibble = |j: usize| {
+                    if high {
+                        values[j] >> 4
+                    } else {
+                        values[j] & 0x0F
+                    }
+                };
+                split
+                    .b
+                    .extend((0..BLOCK / 2).map(|j| nibble(2 * j) | (nibble(2 * j + 1) << 4)));
+                let d = weight.scales[at];
+                split.scales.push(if high { 16.0 * d } else { d });
+            }
+        }
+    }
+    let doubled = graph
+        .node(
+            "",
+            "Concat",
+            &format!("{name}/doubled"),
+            &[input, input],
+            1,
+            &[("axis", Attr::Int(-1))],
+        )
+        .remove(0);
+    let product = nbits_node(graph, name, &doubled, &split, options);
+    let eights: Vec<f32> = weight.scales.iter().map(|d| 8.0 * d).collect();
+    add_block_term(graph, name, input, weight, &eights, &product)
+}
+
+/// One `MatMulNBits` node; Q4_1 blocks get zero point 0 (their minimum is added apart).
+fn nbits_node(
+    graph: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    weight: &NBitsWeight,
+    options: MatMulOptions,
+) -> String {
     let k_blocks = weight.k / BLOCK;
     let (n, k) = (weight.n as i64, weight.k as i64);
     let blob = BLOCK * usize::from(weight.bits) / 8;
@@ -143,7 +221,6 @@ pub fn matmul(
         &weight.scales,
     );
     let zero_points = match weight.mins {
-        // Q4_1 values are unsigned offsets from the block minimum: zero point 0.
         Some(_) => graph.initializer(
             &format!("{name}.zero_points"),
             DataType::Uint8,
@@ -165,51 +242,56 @@ pub fn matmul(
     } else {
         &inputs[..]
     };
-    let product = graph
+    graph
         .node(MS_DOMAIN, "MatMulNBits", name, inputs, 1, &attributes)
-        .remove(0);
-    let Some(mins) = &weight.mins else {
-        return product;
-    };
+        .remove(0)
+}
 
-    // Σ_k a_k·(q_k·d + m) = MatMulNBits(a, q, d) + Σ_blocks (Σ_{k∈block} a_k)·m_block
-    let shape = graph.initializer_i64(
-        &format!("{name}.block_shape"),
-        &[4],
-        &[0, 0, k_blocks as i64, BLOCK as i64],
-    );
-    let axes = graph.initializer_i64(&format!("{name}.block_axis"), &[1], &[-1]);
-    let mins_t: Vec<f32> = (0..k_blocks)
-        .flat_map(|blk| (0..weight.n).map(move |row| (blk, row)))
-        .map(|(blk, row)| mins[row * k_blocks + blk])
+/// `product + Σ_blocks (Σ_{k∈block} a_k)·m[n, block]`: a per-block constant `m` of the
+/// weight (Q4_1's minimum, or 8d for split 8-bit blocks) times the activations' block sums.
+fn add_block_term(
+    graph: &mut GraphBuilder,
+    name: &str,
+    input: &str,
+    weight: &NBitsWeight,
+    per_block: &[f32],
+    product: &str,
+) -> String {
+    let k_blocks = weight.k / BLOCK;
+    // Block sums as one small matmul: S [K, k_blocks] has a 1 where column k lies in block b.
+    let selector: Vec<f32> = (0..weight.k)
+        .flat_map(|col| (0..k_blocks).map(move |blk| f32::from(u8::from(col / BLOCK == blk))))
         .collect();
-    let mins_t = graph.initializer_f32(&format!("{name}.mins_t"), &[k_blocks as i64, n], &mins_t);
-    let blocked = graph
-        .node(
-            "",
-            "Reshape",
-            &format!("{name}/blocks"),
-            &[input, &shape],
-            1,
-            &[],
-        )
-        .remove(0);
+    let selector = graph.initializer_f32(
+        &format!("{name}.block_selector"),
+        &[weight.k as i64, k_blocks as i64],
+        &selector,
+    );
+    let transposed: Vec<f32> = (0..k_blocks)
+        .flat_map(|blk| (0..weight.n).map(move |row| (blk, row)))
+        .map(|(blk, row)| per_block[row * k_blocks + blk])
+        .collect();
+    let transposed = graph.initializer_f32(
+        &format!("{name}.block_terms"),
+        &[k_blocks as i64, weight.n as i64],
+        &transposed,
+    );
     let sums = graph
         .node(
             "",
-            "ReduceSum",
+            "MatMul",
             &format!("{name}/block_sums"),
-            &[&blocked, &axes],
+            &[input, &selector],
             1,
-            &[("keepdims", Attr::Int(0))],
+            &[],
         )
         .remove(0);
     let offset = graph
         .node(
             "",
             "MatMul",
-            &format!("{name}/mins"),
-            &[&sums, &mins_t],
+            &format!("{name}/block_term"),
+            &[&sums, &transposed],
             1,
             &[],
         )
@@ -218,8 +300,8 @@ pub fn matmul(
         .node(
             "",
             "Add",
-            &format!("{name}/with_mins"),
-            &[&product, &offset],
+            &format!("{name}/with_block_term"),
+            &[product, &offset],
             1,
             &[],
         )
