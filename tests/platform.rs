@@ -20,7 +20,7 @@ use slough_protocol::{
     status::StatusReport,
     subjects,
 };
-use slough_testkit::{TestNats, free_port};
+use slough_testkit::{TestNats, free_port, onnxruntime_library};
 
 /// Settings for a platform on `nats`: every port picked free, data in the test's
 /// directory, monitoring sweeping at its default pace.
@@ -28,6 +28,7 @@ fn settings(nats: &TestNats) -> (Settings, String) {
     let mut settings = Settings::default();
     settings.common.data_dir = nats.dir().join("data");
     settings.common.nats_url = Some(nats.url());
+    settings.inference.runtime.library = Some(onnxruntime_library());
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     settings.gateway.listen = any;
     settings.gateway.admin_listen = any;

@@ -14,13 +14,14 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// What to generate from: chat messages rendered with the model's chat template, or a
-/// raw prompt used as it is.
+/// What to generate from: chat messages rendered with the model's chat template, a raw
+/// prompt used as it is, or token ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PromptInput {
     Messages(Vec<ChatMessage>),
     Text(String),
+    Tokens(Vec<u32>),
 }
 
 /// How tokens are chosen. Unset fields take the model's defaults; temperature 0 is
@@ -70,6 +71,10 @@ pub struct GenerateRequest {
     /// With `logprobs`: also the most likely alternatives at each position (0 to 20).
     #[serde(default)]
     pub top_logprobs: u32,
+    /// Keep generating past the model's stop tokens (benchmarks); stop strings and
+    /// `max_tokens` still apply.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 fn one() -> u32 {

@@ -111,3 +111,21 @@ pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a free port");
     listener.local_addr().expect("local address").port()
 }
+
+/// The data directory `scripts/setup` filled: `SLOUGH_DATA_DIR`, else `~/.slough`.
+pub fn setup_data_dir() -> std::path::PathBuf {
+    std::env::var_os("SLOUGH_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".slough"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from(".slough"))
+}
+
+/// libonnxruntime as setup installed it (or `ORT_DYLIB_PATH`), for tests whose data
+/// directory is a throw-away one.
+pub fn onnxruntime_library() -> std::path::PathBuf {
+    std::env::var_os("ORT_DYLIB_PATH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| setup_data_dir().join("runtime/libonnxruntime.so"))
+}

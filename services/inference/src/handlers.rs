@@ -184,18 +184,7 @@ async fn detokenize(
     request: DetokenizeRequest,
 ) -> Result<DetokenizeResponse, ErrorBody> {
     let model = models.get(&request.model).await?;
-    let vocab = model.text().vocab_size();
-    if let Some((i, id)) = request
-        .tokens
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id as usize >= vocab)
-    {
-        return Err(ErrorBody::new(
-            ErrorCode::InvalidRequest,
-            format!("tokens[{i}] = {id} is not in the vocabulary of {vocab} tokens"),
-        ));
-    }
+    model.text().check_ids(&request.tokens, "tokens")?;
     Ok(DetokenizeResponse {
         text: model.text().decode(&request.tokens),
     })

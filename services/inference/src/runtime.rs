@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use ort::{
@@ -57,26 +57,50 @@ pub fn library_path(config: &RuntimeConfig, data_dir: &Path) -> PathBuf {
         .unwrap_or_else(|| data_dir.join("runtime/libonnxruntime.so"))
 }
 
+/// The process's ONNX Runtime environment. The library can be loaded only once per
+/// process, so the first successful load is shared (several inference services in one
+/// process, as tests run them, use it together).
+fn environment(path: &Path) -> Result<Arc<Environment>, RuntimeError> {
+    static LOADED: Mutex<Option<(PathBuf, Arc<Environment>)>> = Mutex::new(None);
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((first, environment)) = loaded.as_ref() {
+        if first != path {
+            tracing::warn!(
+                loaded = %first.display(),
+                asked = %path.display(),
+                "ONNX Runtime is already loaded in this process; using the loaded library"
+            );
+        }
+        return Ok(environment.clone());
+    }
+    if !path.exists() {
+        return Err(RuntimeError::Missing(path.to_path_buf()));
+    }
+    let load = |reason: String| RuntimeError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let environment = ort::init_from(path)
+        .map_err(|err| load(err.to_string()))?
+        .with_name("slough-inference")
+        .build()
+        .map_err(|err| load(err.to_string()))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    let environment = Arc::new(environment);
+    *loaded = Some((path.to_path_buf(), environment.clone()));
+    Ok(environment)
+}
+
 impl Runtime {
     /// Loads libonnxruntime (once per process; later calls reuse it). A library older
     /// than the API `ort` needs is refused with both versions named.
     pub fn load(config: &RuntimeConfig, data_dir: &Path) -> Result<Runtime, RuntimeError> {
         let path = library_path(config, data_dir);
-        if !path.exists() {
-            return Err(RuntimeError::Missing(path));
-        }
-        let load = |reason: String| RuntimeError::Load {
-            path: path.clone(),
-            reason,
-        };
-        let environment = ort::init_from(&path)
-            .map_err(|err| load(err.to_string()))?
-            .with_name("slough-inference")
-            .build()
-            .map_err(|err| load(err.to_string()))?;
-        tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+        let environment = environment(&path)?;
         Ok(Runtime {
-            environment: Arc::new(environment),
+            environment,
             config: config.clone(),
             tensorrt_cache: config
                 .tensorrt_cache_dir

@@ -71,6 +71,10 @@ impl TextModel {
     pub fn render(&self, input: &PromptInput) -> Result<String, ErrorBody> {
         match input {
             PromptInput::Text(text) => Ok(text.clone()),
+            PromptInput::Tokens(ids) => {
+                self.check_ids(ids, "input.tokens")?;
+                Ok(self.tokenizer.decode(ids, false).unwrap_or_default())
+            }
             PromptInput::Messages(messages) => {
                 if messages.is_empty() {
                     return Err(ErrorBody::new(
@@ -98,11 +102,31 @@ impl TextModel {
     /// Token ids of a prompt. A rendered chat prompt already holds its special tokens;
     /// a raw prompt gets the tokenizer's own (e.g. a BOS) added.
     pub fn encode(&self, input: &PromptInput, prompt: &str) -> Result<Vec<u32>, ErrorBody> {
+        if let PromptInput::Tokens(ids) = input {
+            self.check_ids(ids, "input.tokens")?;
+            return Ok(ids.clone());
+        }
         let add_special = matches!(input, PromptInput::Text(_));
         self.tokenizer
             .encode_fast(prompt, add_special)
             .map(|encoding| encoding.get_ids().to_vec())
             .map_err(|err| ErrorBody::new(ErrorCode::InvalidRequest, err.to_string()))
+    }
+
+    /// Refuses ids outside the vocabulary, naming the first one under `field`.
+    pub fn check_ids(&self, ids: &[u32], field: &str) -> Result<(), ErrorBody> {
+        let vocab = self.vocab_size();
+        match ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= vocab)
+        {
+            Some((i, id)) => Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("{field}[{i}] = {id} is not in the vocabulary of {vocab} tokens"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The text of `ids`, special tokens left out.

@@ -94,6 +94,28 @@ async fn greedy_seeded_stops_limits_n_and_logprobs() {
         );
         assert!(entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob);
     }
+
+    // The admin server's metrics saw all of it.
+    let metrics = reqwest::get(format!("{}/metrics", inference.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    };
+    assert!(value("slough_inference_generated_tokens_total{model=\"smollm2\"}") > 20.0);
+    assert!(value("slough_inference_time_to_first_token_seconds_count{model=\"smollm2\"}") >= 9.0);
+    assert!(value("slough_inference_inter_token_latency_seconds_count{model=\"smollm2\"}") > 10.0);
+    assert_eq!(
+        value("slough_inference_running_sequences{model=\"smollm2\"}"),
+        0.0
+    );
     inference.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! that runs services in one process, and model package management. The binary (`main.rs`) parses the command
 //! line; end-to-end tests start services through [`platform`] exactly as `slough up` does.
 
+pub mod bench;
 pub mod models;
 pub mod platform;
 pub mod settings;

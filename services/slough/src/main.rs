@@ -5,8 +5,8 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use slough::{Platform, Settings, models, platform::ServiceHandle, status_table};
-use slough_modelkit::llama::FloatWeights;
+use slough::{Platform, Settings, bench, models, platform::ServiceHandle, status_table};
+use slough_modelkit::llama::{BuildOptions, FloatWeights};
 use slough_protocol::{
     ServiceKind,
     status::{StatusReport, StatusRequest},
@@ -47,6 +47,38 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Measure a service's speed.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Generation speed: decode, prefill, time to first token, aggregate throughput.
+    /// Uses the inference service on NATS_URL when set; otherwise starts nats-server and
+    /// an inference service here.
+    Inference {
+        /// The chat model's package id.
+        #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
+        model: String,
+        /// Tokens generated per stream in the decode runs.
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+        /// Concurrent streams for the aggregate runs.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        /// Repetitions of each latency run (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Call the model's scheduler directly, without NATS.
+        #[arg(long)]
+        in_process: bool,
+        /// Where to write the JSON figures (default bench-inference.json).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +95,14 @@ enum ModelsCommand {
         /// exactly are always kept as they are).
         #[arg(long, default_value = "int8", value_parser = parse_weights)]
         weights: FloatWeights,
+        /// MatMulNBits accuracy level inside the layers: 0 computes in fp32 on the exact
+        /// weights; 4 quantizes activations to int8 (about twice as fast on CPU, less
+        /// exact; see the README for measured agreement).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=4))]
+        accuracy_level: i64,
+        /// The same for the lm_head alone.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=4))]
+        lm_head_accuracy_level: i64,
     },
     /// List the packages.
     List {
@@ -106,7 +146,10 @@ fn main() -> ExitCode {
         .as_ref()
         .map(|settings| settings.common.log.clone())
         .unwrap_or_default();
-    if matches!(cli.command, Command::Status { .. } | Command::Models { .. }) {
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::Models { .. } | Command::Bench { .. }
+    ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
         log.level = "warn".to_owned();
     }
@@ -129,17 +172,55 @@ fn main() -> ExitCode {
         Command::Run { service } => runtime().and_then(|rt| rt.block_on(run(settings, service))),
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status(settings, json))),
         Command::Models { command } => {
-            let data = &settings.common.data_dir;
+            let dir = settings
+                .inference
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| settings.common.data_dir.join("models"));
+            let nats_url = settings.nats_url();
             match command {
                 ModelsCommand::Import {
                     source,
                     id,
                     weights,
-                } => models::import(data, &source, id, weights),
-                ModelsCommand::List { json } => models::list(data, json),
-                ModelsCommand::Rm { id } => models::remove(data, &id),
+                    accuracy_level,
+                    lm_head_accuracy_level,
+                } => models::import(
+                    &dir,
+                    &nats_url,
+                    &source,
+                    id,
+                    BuildOptions {
+                        accuracy_level,
+                        lm_head_accuracy_level,
+                        float_weights: weights,
+                    },
+                ),
+                ModelsCommand::List { json } => models::list(&dir, json),
+                ModelsCommand::Rm { id } => models::remove(&dir, &nats_url, &id),
             }
         }
+        Command::Bench {
+            command:
+                BenchCommand::Inference {
+                    model,
+                    tokens,
+                    concurrency,
+                    repeats,
+                    in_process,
+                    json,
+                },
+        } => bench_inference(
+            settings,
+            bench::BenchOptions {
+                model,
+                tokens,
+                concurrency,
+                repeats: repeats.max(1),
+                in_process,
+                json,
+            },
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,6 +308,55 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         result = tokio::signal::ctrl_c() => { result?; Ok("Ctrl-C") }
         _ = terminate.recv() => Ok("SIGTERM"),
     }
+}
+
+/// `slough bench inference`. Without NATS_URL (and not in-process), nats-server and an
+/// inference service are started here for the run.
+fn bench_inference(mut settings: Settings, options: bench::BenchOptions) -> anyhow::Result<()> {
+    let mut nats = None;
+    if settings.common.nats_url.is_none() && !options.in_process {
+        let store = tempfile_dir(&settings)?;
+        let server = NatsServer::start(&NatsServerOptions {
+            binary: settings.common.nats.server.binary.clone(),
+            port: 0,
+            store_dir: store,
+        })?;
+        settings.common.nats_url = Some(server.url());
+        nats = Some(server);
+    }
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let url = settings.common.nats_url.clone();
+            let service = match &nats {
+                Some(server) => Some(
+                    ServiceHandle::start(
+                        ServiceKind::Inference,
+                        &settings,
+                        &server.url(),
+                        CancellationToken::new(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let outcome = bench::inference(&settings, url, options).await;
+            if let Some(service) = service {
+                service.stop(Duration::from_secs(15)).await?;
+            }
+            outcome
+        })
+    });
+    if let Some(server) = &mut nats {
+        server.stop();
+    }
+    result
+}
+
+/// A scratch JetStream directory for a benchmark's own nats-server.
+fn tempfile_dir(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    let dir = settings.common.data_dir.join("nats").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// `slough run <service>`.

@@ -5,13 +5,38 @@ use std::{path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use slough_modelkit::{
-    llama::{BuildOptions, FloatWeights},
+    llama::BuildOptions,
     package::{self, ImportOptions, Imported, Manifest, Progress},
 };
+use slough_protocol::{inference::ModelEvent, subjects};
 
-/// Where packages live.
-pub fn models_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("models")
+/// Tells running inference services that a package came or went
+/// (`slough.v1.events.models.*`), so they load or unload it. Best effort: with no NATS
+/// server reachable within a second, nobody is running to tell.
+fn announce(nats_url: &str, topic: &str, id: &str) {
+    let publish = async {
+        let client = tokio::time::timeout(Duration::from_secs(1), async_nats::connect(nats_url))
+            .await
+            .ok()?
+            .ok()?;
+        let event = ModelEvent {
+            model: id.to_owned(),
+        };
+        let payload = serde_json::to_vec(&event).ok()?;
+        client
+            .publish(subjects::event(topic), payload.into())
+            .await
+            .ok()?;
+        client.flush().await.ok()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(runtime) = runtime
+        && runtime.block_on(publish).is_some()
+    {
+        tracing::debug!(topic, model = id, "announced");
+    }
 }
 
 /// A terminal progress bar: a spinner per stage, a byte bar while hashing.
@@ -40,30 +65,20 @@ impl Progress for Bar {
 
 /// Imports `source` and says what happened.
 pub fn import(
-    data_dir: &Path,
+    models_dir: &Path,
+    nats_url: &str,
     source: &Path,
     id: Option<String>,
-    float_weights: FloatWeights,
+    build: BuildOptions,
 ) -> anyhow::Result<()> {
     let bar = Bar(ProgressBar::new_spinner());
     bar.0.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
-    let outcome = package::import(
-        source,
-        &models_dir(data_dir),
-        &ImportOptions {
-            id,
-            build: BuildOptions {
-                float_weights,
-                ..BuildOptions::default()
-            },
-        },
-        &bar,
-    );
+    let outcome = package::import(source, models_dir, &ImportOptions { id, build }, &bar);
     bar.0.finish_and_clear();
     match outcome? {
         Imported::Created(manifest) => {
-            let size = package_size(&models_dir(data_dir).join(&manifest.id));
+            let size = package_size(&models_dir.join(&manifest.id));
             println!(
                 "imported {} ({} {}, {:.1} MB) in {:.1} s",
                 manifest.id,
@@ -72,6 +87,7 @@ pub fn import(
                 size as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             );
+            announce(nats_url, subjects::events::MODELS_ADDED, &manifest.id);
         }
         Imported::AlreadyPresent(manifest) => println!(
             "{} is already imported from this source; nothing to do",
@@ -82,9 +98,8 @@ pub fn import(
 }
 
 /// Prints the packages as a table or JSON.
-pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = models_dir(data_dir);
-    let manifests = package::list(&dir)?;
+pub fn list(models_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let manifests = package::list(models_dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifests)?);
         return Ok(());
@@ -115,7 +130,7 @@ pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
                 .to_owned(),
             format!(
                 "{:.1} MB",
-                package_size(&dir.join(&manifest.id)) as f64 / 1e6
+                package_size(&models_dir.join(&manifest.id)) as f64 / 1e6
             ),
             format!(
                 "{} (sha256 {}…)",
@@ -124,14 +139,19 @@ pub fn list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             ),
         ]);
     }
-    println!("{table}\n{} model(s) in {}", manifests.len(), dir.display());
+    println!(
+        "{table}\n{} model(s) in {}",
+        manifests.len(),
+        models_dir.display()
+    );
     Ok(())
 }
 
 /// Removes a package.
-pub fn remove(data_dir: &Path, id: &str) -> anyhow::Result<()> {
-    let manifest = package::remove(&models_dir(data_dir), id)?;
+pub fn remove(models_dir: &Path, nats_url: &str, id: &str) -> anyhow::Result<()> {
+    let manifest = package::remove(models_dir, id)?;
     println!("removed {}", manifest.id);
+    announce(nats_url, subjects::events::MODELS_REMOVED, &manifest.id);
     Ok(())
 }
 

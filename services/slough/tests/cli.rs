@@ -18,7 +18,7 @@ use std::{
 };
 
 use slough_protocol::{ServiceKind, status::StatusReport};
-use slough_testkit::free_port;
+use slough_testkit::{free_port, onnxruntime_library};
 
 /// Environment for a platform under `dir` on its own ports.
 struct Env {
@@ -41,6 +41,10 @@ impl Env {
             (
                 "SLOUGH_GATEWAY__LISTEN".to_owned(),
                 "127.0.0.1:0".to_owned(),
+            ),
+            (
+                "SLOUGH_INFERENCE__RUNTIME__LIBRARY".to_owned(),
+                onnxruntime_library().display().to_string(),
             ),
             (
                 "SLOUGH_MONITORING__LISTEN".to_owned(),

@@ -217,6 +217,7 @@ impl ChatModel {
             stop: request.stop.clone(),
             logprobs: request.logprobs,
             top_logprobs: request.top_logprobs as usize,
+            ignore_eos: request.ignore_eos,
             events,
             cancel: cancel.clone(),
             enqueued: Instant::now(),

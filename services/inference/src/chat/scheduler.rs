@@ -40,6 +40,7 @@ pub struct Job {
     pub stop: Vec<String>,
     pub logprobs: bool,
     pub top_logprobs: usize,
+    pub ignore_eos: bool,
     pub events: mpsc::UnboundedSender<Event>,
     pub cancel: CancellationToken,
     pub enqueued: Instant,
@@ -78,6 +79,7 @@ struct Sequence {
     stop: StopMatcher,
     logprobs: bool,
     top_logprobs: usize,
+    ignore_eos: bool,
     last_token_at: Instant,
 }
 
@@ -255,6 +257,7 @@ impl Scheduler {
                 stop: StopMatcher::new(job.stop.clone()),
                 logprobs: job.logprobs,
                 top_logprobs: job.top_logprobs,
+                ignore_eos: job.ignore_eos,
                 last_token_at: Instant::now(),
             };
             let mut row_logits = logits.clone();
@@ -320,7 +323,7 @@ impl Scheduler {
         seq.last_token_at = now;
         state.completion_tokens += 1;
 
-        if self.text.is_stop(token) {
+        if !seq.ignore_eos && self.text.is_stop(token) {
             return Some(FinishReason::Stop);
         }
         let piece = seq.detokenizer.push(&self.text, token);

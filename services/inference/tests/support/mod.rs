@@ -23,11 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub const CHAT: &str = "smollm2";
 pub const EMBED: &str = "minilm";
 
-/// `SLOUGH_DATA_DIR`, else `~/.slough`: where setup put the runtime and the sources.
+/// Where setup put the runtime and the sources.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("SLOUGH_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".slough"))
+    slough_testkit::setup_data_dir()
 }
 
 /// SmolLM2 and MiniLM as packages `smollm2` and `minilm`, imported on first use (an
@@ -211,5 +209,6 @@ pub fn chat(prompt: &str) -> GenerateRequest {
         n: 1,
         logprobs: false,
         top_logprobs: 0,
+        ignore_eos: false,
     }
 }

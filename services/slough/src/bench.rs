@@ -1,0 +1,331 @@
+//! `slough bench inference`: generation speed through the real NATS path (or, with
+//! `--in-process`, straight into the model's scheduler, to show what the bus costs).
+//! Single-stream decode, prefill at 32 and 128 prompt tokens, time to first token, and
+//! aggregate decode at several concurrencies; prints a table and writes JSON.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use slough_bus::{Bus, StreamItem};
+use slough_inference::{
+    chat::scheduler::Event,
+    models::{Models, Served},
+};
+use slough_protocol::{
+    ServiceKind,
+    inference::{
+        GenerateChunk, GenerateEnd, GenerateRequest, ModelsRequest, ModelsResponse, PromptInput,
+        SamplingParams,
+    },
+    subjects,
+};
+
+use crate::Settings;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: String,
+    /// Tokens generated per stream in the decode runs.
+    pub tokens: u32,
+    pub concurrency: Vec<usize>,
+    /// Repetitions of the latency runs (the median is reported).
+    pub repeats: usize,
+    pub in_process: bool,
+    pub json: Option<PathBuf>,
+}
+
+/// The figures, as printed and written.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub path: &'static str,
+    pub single_stream_decode_tokens_per_s: f64,
+    pub inter_token_latency_ms: f64,
+    pub prefill: Vec<PrefillFigure>,
+    pub aggregate: Vec<AggregateFigure>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrefillFigure {
+    pub prompt_tokens: usize,
+    pub time_to_first_token_ms: f64,
+    pub prefill_tokens_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AggregateFigure {
+    pub streams: usize,
+    pub generated_tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Per stream: generated tokens over the time from its first token to its last.
+    pub per_stream_decode_tokens_per_s: f64,
+}
+
+/// One generation's timing.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    first_token: Duration,
+    total: Duration,
+    tokens: u32,
+}
+
+/// Where requests go.
+enum Target {
+    Bus(Bus),
+    Direct(Models),
+}
+
+impl Target {
+    async fn run(&self, request: GenerateRequest) -> anyhow::Result<Timing> {
+        let started = Instant::now();
+        let mut first = None;
+        let tokens;
+        match self {
+            Target::Bus(bus) => {
+                let mut stream = bus
+                    .request_stream::<_, GenerateChunk, GenerateEnd>(
+                        ServiceKind::Inference,
+                        subjects::inference::GENERATE,
+                        &request,
+                    )
+                    .await?;
+                loop {
+                    match stream.next().await {
+                        Some(Ok(StreamItem::Chunk(_))) => {
+                            first.get_or_insert_with(|| started.elapsed());
+                        }
+                        Some(Ok(StreamItem::End(end))) => {
+                            tokens = end.usage.completion_tokens;
+                            break;
+                        }
+                        Some(Err(err)) => return Err(err.into()),
+                        None => anyhow::bail!("the stream ended without a final frame"),
+                    }
+                }
+            }
+            Target::Direct(models) => {
+                let Served::Chat(model) = models.get(&request.model).await? else {
+                    anyhow::bail!("{} is not a chat model", request.model);
+                };
+                let mut accepted = model.submit(&request)?;
+                loop {
+                    match accepted.events.recv().await {
+                        Some(Event::Chunk(_)) => {
+                            first.get_or_insert_with(|| started.elapsed());
+                        }
+                        Some(Event::End(end)) => {
+                            tokens = end.usage.completion_tokens;
+                            break;
+                        }
+                        Some(Event::Failed(err)) => return Err(err.into()),
+                        None => anyhow::bail!("the scheduler dropped the request"),
+                    }
+                }
+            }
+        }
+        let total = started.elapsed();
+        Ok(Timing {
+            first_token: first.unwrap_or(total),
+            total,
+            tokens,
+        })
+    }
+}
+
+/// A request for `prompt` token ids that generates exactly `tokens` tokens, greedily.
+fn request(model: &str, prompt: Vec<u32>, tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        model: model.to_owned(),
+        input: PromptInput::Tokens(prompt),
+        max_tokens: Some(tokens),
+        sampling: SamplingParams {
+            temperature: Some(0.0),
+            ..SamplingParams::default()
+        },
+        stop: Vec::new(),
+        n: 1,
+        logprobs: false,
+        top_logprobs: 0,
+        ignore_eos: true,
+    }
+}
+
+/// `count` token ids of ordinary English (ids of a word-level text, cycled).
+fn prompt(count: usize, seed: usize) -> Vec<u32> {
+    // A fixed spread of ids from the vocabulary's common range; enough for timing.
+    (0..count)
+        .map(|i| 300 + ((i * 7919 + seed * 104_729) % 20_000) as u32)
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs the benchmark against `target`.
+async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    let model = &options.model;
+    // Warm up: the first runs allocate buffers and warm caches.
+    target.run(request(model, prompt(32, 99), 16)).await?;
+
+    let mut decode = Vec::new();
+    for repeat in 0..options.repeats {
+        let timing = target
+            .run(request(model, prompt(16, repeat), options.tokens))
+            .await?;
+        let decode_time = (timing.total - timing.first_token).as_secs_f64();
+        decode.push(f64::from(timing.tokens.saturating_sub(1)) / decode_time);
+    }
+    let decode = median(decode);
+
+    let mut prefill = Vec::new();
+    for prompt_tokens in [32, 128] {
+        let mut ttft = Vec::new();
+        for repeat in 0..options.repeats {
+            let timing = target
+                .run(request(model, prompt(prompt_tokens, repeat + 1), 1))
+                .await?;
+            ttft.push(timing.first_token.as_secs_f64());
+        }
+        let ttft = median(ttft);
+        prefill.push(PrefillFigure {
+            prompt_tokens,
+            time_to_first_token_ms: ttft * 1e3,
+            prefill_tokens_per_s: prompt_tokens as f64 / ttft,
+        });
+    }
+
+    let mut aggregate = Vec::new();
+    for &streams in &options.concurrency {
+        let started = Instant::now();
+        let runs = futures::future::join_all(
+            (0..streams).map(|i| target.run(request(model, prompt(16, 10 + i), options.tokens))),
+        )
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let timings: Vec<Timing> = runs.into_iter().collect::<Result<_, _>>()?;
+        let generated: u64 = timings.iter().map(|t| u64::from(t.tokens)).sum();
+        aggregate.push(AggregateFigure {
+            streams,
+            generated_tokens: generated,
+            seconds,
+            tokens_per_s: generated as f64 / seconds,
+            per_stream_decode_tokens_per_s: median(
+                timings
+                    .iter()
+                    .map(|t| {
+                        f64::from(t.tokens.saturating_sub(1))
+                            / (t.total - t.first_token).as_secs_f64()
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    Ok(BenchReport {
+        model: model.clone(),
+        path: match target {
+            Target::Bus(_) => "nats",
+            Target::Direct(_) => "in-process",
+        },
+        single_stream_decode_tokens_per_s: decode,
+        inter_token_latency_ms: 1e3 / decode,
+        prefill,
+        aggregate,
+    })
+}
+
+/// `slough bench inference`: against the inference service on NATS_URL when set,
+/// otherwise against one started here (with its own nats-server), or in-process.
+pub async fn inference(
+    settings: &Settings,
+    nats_url: Option<String>,
+    options: BenchOptions,
+) -> anyhow::Result<()> {
+    let report = if options.in_process {
+        let data_dir = &settings.common.data_dir;
+        let config = settings.inference.clone();
+        let runtime = slough_inference::runtime::Runtime::load(&config.runtime, data_dir)
+            .map_err(|err| err.to_string());
+        let registry = prometheus::Registry::new();
+        let metrics = slough_inference::metrics::Metrics::register(&registry)?;
+        let dir = config
+            .models_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("models"));
+        let models = Models::start(dir, runtime, config, metrics).await;
+        measure(&Target::Direct(models), &options).await?
+    } else {
+        let url = nats_url.ok_or_else(|| anyhow::anyhow!("no NATS URL"))?;
+        let bus =
+            slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options()).await?;
+        wait_for_model(&bus, &options.model).await?;
+        measure(&Target::Bus(bus), &options).await?
+    };
+    print(&report);
+    let path = options
+        .json
+        .clone()
+        .unwrap_or_else(|| Path::new("bench-inference.json").to_path_buf());
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+/// Waits (up to a minute) until an inference instance serves `model`.
+async fn wait_for_model(bus: &Bus, model: &str) -> anyhow::Result<()> {
+    let subject = subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed: Result<ModelsResponse, _> = bus.request(&subject, &ModelsRequest {}).await;
+        match listed {
+            Ok(listed) if listed.models.iter().any(|m| m.id == model) => return Ok(()),
+            Ok(listed) if Instant::now() > deadline => anyhow::bail!(
+                "inference does not serve {model:?}; it serves {:?} (see `slough models list`)",
+                listed.models.iter().map(|m| &m.id).collect::<Vec<_>>()
+            ),
+            Err(err) if Instant::now() > deadline => {
+                anyhow::bail!("inference does not answer: {err}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn print(report: &BenchReport) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["measure", "value"]);
+    table.add_row([
+        "single-stream decode".to_owned(),
+        format!(
+            "{:.1} tokens/s ({:.2} ms/token)",
+            report.single_stream_decode_tokens_per_s, report.inter_token_latency_ms
+        ),
+    ]);
+    for p in &report.prefill {
+        table.add_row([
+            format!("prefill, {} prompt tokens", p.prompt_tokens),
+            format!(
+                "{:.1} tokens/s (time to first token {:.1} ms)",
+                p.prefill_tokens_per_s, p.time_to_first_token_ms
+            ),
+        ]);
+    }
+    for a in &report.aggregate {
+        table.add_row([
+            format!("aggregate, {} streams", a.streams),
+            format!(
+                "{:.1} tokens/s ({} tokens in {:.2} s; {:.1} tokens/s per stream while decoding)",
+                a.tokens_per_s, a.generated_tokens, a.seconds, a.per_stream_decode_tokens_per_s
+            ),
+        ]);
+    }
+    println!("inference benchmark: {} via {}", report.model, report.path);
+    println!("{table}");
+}
