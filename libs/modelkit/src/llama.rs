@@ -11,7 +11,8 @@
 //!
 //! Inputs: `input_ids` i64 [batch, seq], `attention_mask` i64 [batch, total],
 //! `past_key_values.{i}.key|value` f32 [batch, kv_heads, past, head_dim].
-//! Outputs: `logits` f32 [batch, seq, vocab], `present.{i}.key|value`.
+//! Outputs: `logits` f32 [batch, 1, vocab] (the last position; every position with
+//! [`BuildOptions::all_logits`]), `present.{i}.key|value`.
 
 use serde::Deserialize;
 
@@ -198,6 +199,11 @@ pub struct BuildOptions {
     /// How float matrices (safetensors, F32/F16/BF16 GGUF tensors, and GGUF types with no
     /// exact block mapping) are stored.
     pub float_weights: FloatWeights,
+    /// `logits` for every position of the input ([batch, sequence, vocab]) instead of the
+    /// last one only ([batch, 1, vocab]). Generation needs the last one; scoring a text
+    /// (teacher forcing, parity checks) needs all. Without it the lm_head runs on one
+    /// position per row, which is a third of a short prompt's prefill.
+    pub all_logits: bool,
 }
 
 /// How float weight matrices are stored in the graph.
@@ -414,14 +420,15 @@ fn build(
         DataType::Int64,
         &[batch(), Dim::Named("total".into())],
     );
+    let positions = if options.all_logits {
+        Dim::Named("sequence".into())
+    } else {
+        Dim::Fixed(1)
+    };
     g.output(
         "logits",
         DataType::Float,
-        &[
-            batch(),
-            Dim::Named("sequence".into()),
-            Dim::Fixed(config.vocab_size as i64),
-        ],
+        &[batch(), positions, Dim::Fixed(config.vocab_size as i64)],
     );
     let kv_dims = |length: &str| {
         [
@@ -644,6 +651,30 @@ fn build(
         ));
     }
     let output_norm = norm(&mut g, weights, Weight::OutputNorm, hidden_size)?;
+    if !options.all_logits {
+        // Only the last position goes on to the lm_head: the last position of the
+        // mlp output and of the residual are all the final norm needs.
+        let starts = g.initializer_i64("last.starts", &[1], &[-1]);
+        let ends = g.initializer_i64("last.ends", &[1], &[i64::MAX]);
+        let axes = g.initializer_i64("last.axes", &[1], &[1]);
+        let last = |g: &mut GraphBuilder, tensor: &str, label: &str| {
+            g.node(
+                "",
+                "Slice",
+                &format!("last/{label}"),
+                &[tensor, &starts, &ends, &axes],
+                1,
+                &[],
+            )
+            .remove(0)
+        };
+        residual = last(&mut g, &residual, "residual");
+        if let Some(mlp) = pending.take() {
+            pending = Some(last(&mut g, &mlp, "mlp"));
+        } else {
+            hidden = last(&mut g, &hidden, "hidden");
+        }
+    }
     if let Some(mlp) = pending {
         hidden = g
             .node(

@@ -27,7 +27,8 @@ pub const MANIFEST: &str = "slough-model.json";
 /// Bumped whenever the graphs modelkit writes change (speed or correctness), so that
 /// importing an unchanged source again rebuilds a package made by an older modelkit.
 /// 2: Q8_0 matrices run as two 4-bit halves; gate and up packed.
-pub const GRAPH_VERSION: u32 = 2;
+/// 3: logits of the last position only.
+pub const GRAPH_VERSION: u32 = 3;
 
 /// `slough-model.json`: everything inference needs to know about a package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

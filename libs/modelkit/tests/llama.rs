@@ -27,7 +27,14 @@ fn ours(gguf: &[u8]) -> Decoder {
         (config.head_dim, config.kv_heads, config.vocab_size),
         (HEAD_DIM, KV_HEADS, VOCAB)
     );
-    let model = llama::build_from_gguf(&file, BuildOptions::default()).unwrap();
+    let model = llama::build_from_gguf(
+        &file,
+        BuildOptions {
+            all_logits: true,
+            ..BuildOptions::default()
+        },
+    )
+    .unwrap();
     Decoder::new(&model, LAYERS, KV_HEADS, HEAD_DIM, VOCAB)
 }
 
@@ -63,4 +70,21 @@ fn decoding_with_the_cache_equals_one_long_prefill() {
     let (worst, agreement) = compare(&logits, &whole);
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
     assert_eq!(agreement, 1.0);
+}
+
+#[test]
+fn the_default_graph_gives_the_last_positions_logits_only() {
+    let gguf = tiny_llama(false);
+    let file = GgufFile::from_bytes(gguf.clone()).unwrap();
+    let last_only = llama::build_from_gguf(&file, BuildOptions::default()).unwrap();
+    let mut decoder = Decoder::new(&last_only, LAYERS, KV_HEADS, HEAD_DIM, VOCAB);
+    let first = decoder.feed(&TOKENS[..6]);
+    assert_eq!(first.len(), 1, "one row of logits for six tokens");
+    let next = decoder.feed(&TOKENS[6..]);
+    let whole = ours(&gguf).feed(&TOKENS);
+    let (worst, _) = compare(
+        &[first[0].clone(), next[0].clone()],
+        &[whole[5].clone(), whole[13].clone()],
+    );
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
 }

@@ -26,6 +26,7 @@ const TOKENS: [u32; 14] = [3, 17, 42, 5, 88, 13, 0, 61, 61, 29, 71, 2, 95, 40];
 fn options(float_weights: FloatWeights) -> BuildOptions {
     BuildOptions {
         float_weights,
+        all_logits: true,
         ..BuildOptions::default()
     }
 }

@@ -194,6 +194,7 @@ fn main() -> ExitCode {
                         accuracy_level,
                         lm_head_accuracy_level,
                         float_weights: weights,
+                        all_logits: false,
                     },
                 ),
                 ModelsCommand::List { json } => models::list(&dir, json),

@@ -100,8 +100,9 @@ impl Engine {
             }
         }
         let outputs = self.session.run(inputs)?;
+        // The last position's row (the graph may give one row or one per position).
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
-        let last = logits[(len - 1) * s.vocab..len * s.vocab].to_vec();
+        let last = logits[logits.len() - s.vocab..].to_vec();
         let mut cache = Vec::with_capacity(s.layers);
         for layer in 0..s.layers {
             let part = |name: &str| -> Result<Vec<f32>, EngineError> {
