@@ -27,14 +27,7 @@ fn ours(gguf: &[u8]) -> Decoder {
         (config.head_dim, config.kv_heads, config.vocab_size),
         (HEAD_DIM, KV_HEADS, VOCAB)
     );
-    let model = llama::build_from_gguf(
-        &file,
-        BuildOptions {
-            all_logits: true,
-            ..BuildOptions::default()
-        },
-    )
-    .unwrap();
+    let model = llama::build_from_gguf(&file, support::scoring()).unwrap();
     Decoder::new(&model, LAYERS, KV_HEADS, HEAD_DIM, VOCAB)
 }
 

@@ -17,8 +17,7 @@ use std::{collections::BTreeMap, time::Instant};
 use slough_modelkit::{
     chat::{ChatMessage, ChatTemplate},
     gguf::{GgmlType, GgufFile},
-    llama::{self, BuildOptions},
-    tokenizer,
+    llama, tokenizer,
 };
 use support::{Decoder, argmax, candle_logits, compare, smollm2};
 
@@ -128,14 +127,7 @@ fn decoder_agrees_with_candle_over_real_text() {
     assert!(tokens.len() >= 200, "{} tokens", tokens.len());
 
     let started = Instant::now();
-    let model = llama::build_from_gguf(
-        &file,
-        BuildOptions {
-            all_logits: true,
-            ..BuildOptions::default()
-        },
-    )
-    .unwrap();
+    let model = llama::build_from_gguf(&file, support::scoring()).unwrap();
     eprintln!(
         "built the graph in {:?}: {:.1} MB",
         started.elapsed(),
@@ -176,14 +168,7 @@ fn greedy_chat_is_fluent_and_stops_at_im_end() {
         "<|im_end|>",
     )
     .unwrap();
-    let model = llama::build_from_gguf(
-        &file,
-        BuildOptions {
-            all_logits: true,
-            ..BuildOptions::default()
-        },
-    )
-    .unwrap();
+    let model = llama::build_from_gguf(&file, support::scoring()).unwrap();
     let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
     for question in [
         "What is the capital of France?",

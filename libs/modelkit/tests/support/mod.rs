@@ -9,6 +9,14 @@ use std::{path::PathBuf, sync::OnceLock};
 
 use ort::{environment::Environment, session::Session, value::Tensor};
 
+/// Build options for scoring a text: logits for every position.
+pub fn scoring() -> slough_modelkit::llama::BuildOptions {
+    slough_modelkit::llama::BuildOptions {
+        all_logits: true,
+        ..slough_modelkit::llama::BuildOptions::default()
+    }
+}
+
 /// `SLOUGH_DATA_DIR`, else `~/.slough`.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("SLOUGH_DATA_DIR")
