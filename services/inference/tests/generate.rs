@@ -95,13 +95,21 @@ async fn greedy_seeded_stops_limits_n_and_logprobs() {
         assert!(entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob);
     }
 
-    // The admin server's metrics saw all of it.
-    let metrics = reqwest::get(format!("{}/metrics", inference.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The admin server's metrics saw all of it (the gauges settle a step after the
+    // last frame, so read until they have).
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = reqwest::get(format!("{}/metrics", inference.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("slough_inference_running_sequences{model=\"smollm2\"} 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let value = |series: &str| -> f64 {
         metrics
             .lines()

@@ -64,6 +64,9 @@ pub struct AggregateFigure {
     pub tokens_per_s: f64,
     /// Per stream: generated tokens over the time from its first token to its last.
     pub per_stream_decode_tokens_per_s: f64,
+    /// Time to first token under this load: median and worst stream.
+    pub median_time_to_first_token_ms: f64,
+    pub max_time_to_first_token_ms: f64,
 }
 
 /// One generation's timing.
@@ -171,8 +174,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Runs the benchmark against `target`.
 async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let model = &options.model;
-    // Warm up: the first runs allocate buffers and warm caches.
-    target.run(request(model, prompt(32, 99), 16)).await?;
+    // Warm up: the first runs make the KV buffers (once per server) and warm caches.
+    let widest = options.concurrency.iter().copied().max().unwrap_or(1);
+    futures::future::join_all(
+        (0..widest).map(|i| target.run(request(model, prompt(32, 90 + i), 4))),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
 
     let mut decode = Vec::new();
     for repeat in 0..options.repeats {
@@ -225,6 +234,16 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
                     })
                     .collect(),
             ),
+            median_time_to_first_token_ms: median(
+                timings
+                    .iter()
+                    .map(|t| t.first_token.as_secs_f64() * 1e3)
+                    .collect(),
+            ),
+            max_time_to_first_token_ms: timings
+                .iter()
+                .map(|t| t.first_token.as_secs_f64() * 1e3)
+                .fold(0.0, f64::max),
         });
     }
     Ok(BenchReport {
@@ -321,8 +340,13 @@ fn print(report: &BenchReport) {
         table.add_row([
             format!("aggregate, {} streams", a.streams),
             format!(
-                "{:.1} tokens/s ({} tokens in {:.2} s; {:.1} tokens/s per stream while decoding)",
-                a.tokens_per_s, a.generated_tokens, a.seconds, a.per_stream_decode_tokens_per_s
+                "{:.1} tokens/s ({} tokens in {:.2} s; {:.1} tokens/s per stream while decoding; first token {:.0} ms median, {:.0} ms worst)",
+                a.tokens_per_s,
+                a.generated_tokens,
+                a.seconds,
+                a.per_stream_decode_tokens_per_s,
+                a.median_time_to_first_token_ms,
+                a.max_time_to_first_token_ms
             ),
         ]);
     }

@@ -2,10 +2,13 @@
 //!
 //! Prompts are prefilled alone on an empty cache; their keys and values are then copied
 //! into rows of a batch buffer, and every decode step runs all rows together. The batch
-//! buffers are ONNX Runtime tensors bound (IoBinding) as both `past_key_values.*` and
-//! `present.*`, so GroupQueryAttention appends each new position in place instead of
-//! copying the cache. Buffers come in power-of-two row counts up to the batch limit,
-//! made when first needed, so one stream does not pay for sixteen rows of compute.
+//! buffer is a set of ONNX Runtime tensors bound (IoBinding) as both `past_key_values.*`
+//! and `present.*`, so GroupQueryAttention appends each new position in place instead
+//! of copying the cache. Its [`Layout`] follows the load: a power-of-two number of rows
+//! (one stream does not pay for sixteen rows of compute) and a power-of-two number of
+//! positions from 256 up to `max_context` (ort zeroes a new tensor, and zeroing 16 rows
+//! of 2048 positions, 1.5 GB with SmolLM2, takes seconds). Sequences move to a new
+//! buffer when the layout changes; only the current buffer is kept.
 
 use ort::{
     memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType},
@@ -24,20 +27,30 @@ pub struct Shape {
     pub max_context: usize,
 }
 
-/// A buffer of `rows` sequences bound to the session.
+/// The size of a batch buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub rows: usize,
+    /// Positions per row.
+    pub capacity: usize,
+}
+
+/// The smallest capacity of a buffer.
+const MIN_CAPACITY: usize = 256;
+
+/// A batch buffer bound to the session.
 struct Batch {
-    rows: usize,
-    /// Per layer: key, value, each [rows, kv_heads, max_context, head_dim].
+    layout: Layout,
+    /// Per layer: key, value, each [rows, kv_heads, capacity, head_dim].
     cache: Vec<[Tensor<f32>; 2]>,
     binding: IoBinding,
 }
 
-/// A chat model's session and batch buffers.
+/// A chat model's session and its batch buffer.
 pub struct Engine {
     session: Session,
     shape: Shape,
-    /// Indexed by log2(rows).
-    batches: Vec<Option<Batch>>,
+    batch: Option<Batch>,
 }
 
 /// A prompt's keys and values per layer ([kv_heads, len, head_dim] each), as prefill
@@ -62,7 +75,7 @@ impl Engine {
         Engine {
             session,
             shape,
-            batches: Vec::new(),
+            batch: None,
         }
     }
 
@@ -70,9 +83,15 @@ impl Engine {
         self.shape
     }
 
-    /// The smallest buffer size holding `sequences` rows.
-    pub fn rows_for(sequences: usize) -> usize {
-        sequences.max(1).next_power_of_two()
+    /// The smallest layout holding `sequences` rows of up to `positions` positions.
+    pub fn layout_for(&self, sequences: usize, positions: usize) -> Layout {
+        Layout {
+            rows: sequences.max(1).next_power_of_two(),
+            capacity: positions
+                .max(MIN_CAPACITY)
+                .next_power_of_two()
+                .min(self.shape.max_context),
+        }
     }
 
     /// Runs `tokens` on an empty cache; returns the last position's logits and the
@@ -115,22 +134,22 @@ impl Engine {
         Ok((last, cache))
     }
 
-    /// Copies a prefilled cache of `len` positions into `row` of the `rows` buffer.
+    /// Copies a prefilled cache of `len` positions into `row` of the current buffer.
     pub fn place(
         &mut self,
-        rows: usize,
         row: usize,
         cache: &PrefillCache,
         len: usize,
     ) -> Result<(), EngineError> {
         let s = self.shape;
-        let batch = self.batch(rows)?;
+        let batch = self.batch.as_mut().ok_or_else(no_buffer)?;
+        let capacity = batch.layout.capacity;
         for (layer, parts) in cache.iter().enumerate() {
             for (part, source) in parts.iter().enumerate() {
                 let (_, data) = batch.cache[layer][part].try_extract_tensor_mut::<f32>()?;
                 for head in 0..s.kv_heads {
                     let from = head * len * s.head_dim;
-                    let to = offset(s, row, head, 0);
+                    let to = offset(s, capacity, row, head);
                     data[to..to + len * s.head_dim]
                         .copy_from_slice(&source[from..from + len * s.head_dim]);
                 }
@@ -139,53 +158,50 @@ impl Engine {
         Ok(())
     }
 
-    /// Moves sequences between buffers: `(from_row, to_row, len)` from the `from` buffer
-    /// to the `to` buffer.
-    pub fn migrate(
+    /// Makes a buffer of `layout` the current one, moving sequences into it:
+    /// `(from_row, to_row, len)` from the current buffer. The old buffer is dropped.
+    pub fn relayout(
         &mut self,
-        from: usize,
-        to: usize,
+        layout: Layout,
         moves: &[(usize, usize, usize)],
     ) -> Result<(), EngineError> {
         let s = self.shape;
-        self.batch(to)?;
-        let mut staged: Vec<Vec<f32>> = Vec::new();
-        {
-            let source = self.batch(from)?;
+        if self.batch.as_ref().is_some_and(|b| b.layout == layout) {
+            return Ok(());
+        }
+        let old = self.batch.take();
+        let mut new = self.make(layout)?;
+        if let Some(old) = old {
             for layer in 0..s.layers {
                 for part in 0..2 {
-                    let (_, data) = source.cache[layer][part].try_extract_tensor::<f32>()?;
-                    for &(from_row, _, len) in moves {
+                    let (_, from) = old.cache[layer][part].try_extract_tensor::<f32>()?;
+                    let (_, to) = new.cache[layer][part].try_extract_tensor_mut::<f32>()?;
+                    for &(from_row, to_row, len) in moves {
                         for head in 0..s.kv_heads {
-                            let at = offset(s, from_row, head, 0);
-                            staged.push(data[at..at + len * s.head_dim].to_vec());
+                            let a = offset(s, old.layout.capacity, from_row, head);
+                            let b = offset(s, layout.capacity, to_row, head);
+                            to[b..b + len * s.head_dim]
+                                .copy_from_slice(&from[a..a + len * s.head_dim]);
                         }
                     }
                 }
             }
         }
-        let target = self.batch(to)?;
-        let mut staged = staged.into_iter();
-        for layer in 0..s.layers {
-            for part in 0..2 {
-                let (_, data) = target.cache[layer][part].try_extract_tensor_mut::<f32>()?;
-                for &(_, to_row, len) in moves {
-                    for head in 0..s.kv_heads {
-                        let at = offset(s, to_row, head, 0);
-                        if let Some(values) = staged.next() {
-                            data[at..at + len * s.head_dim].copy_from_slice(&values);
-                        }
-                    }
-                }
-            }
-        }
+        tracing::debug!(
+            rows = layout.rows,
+            capacity = layout.capacity,
+            "KV buffer laid out"
+        );
+        self.batch = Some(new);
         Ok(())
     }
 
-    /// One decode step over the `rows` buffer: each step's token at its position (rows
+    /// One decode step over the current buffer: each step's token at its position (rows
     /// without a step idle). Returns each step's logits, in the order given.
-    pub fn decode(&mut self, rows: usize, steps: &[Step]) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub fn decode(&mut self, steps: &[Step]) -> Result<Vec<Vec<f32>>, EngineError> {
         let s = self.shape;
+        let batch = self.batch.as_mut().ok_or_else(no_buffer)?;
+        let rows = batch.layout.rows;
         let total = steps.iter().map(|st| st.position + 1).max().unwrap_or(1);
         let mut ids = vec![0i64; rows];
         // An idle row sees one position, so its work is negligible.
@@ -199,14 +215,6 @@ impl Engine {
         }
         let input_ids = Tensor::from_array(([rows, 1], ids))?;
         let attention_mask = Tensor::from_array(([rows, total], mask))?;
-        self.batch(rows)?;
-        let Some(batch) = self
-            .batches
-            .get_mut(rows.trailing_zeros() as usize)
-            .and_then(Option::as_mut)
-        else {
-            return Ok(Vec::new());
-        };
         batch.binding.bind_input("input_ids", &input_ids)?;
         batch
             .binding
@@ -219,69 +227,44 @@ impl Engine {
             .collect())
     }
 
-    /// The `rows` buffer, made and bound on first use.
-    fn batch(&mut self, rows: usize) -> Result<&mut Batch, EngineError> {
-        let index = rows.trailing_zeros() as usize;
-        if self.batches.len() <= index {
-            self.batches.resize_with(index + 1, || None);
+    /// A new buffer of `layout`, bound to the session.
+    fn make(&mut self, layout: Layout) -> Result<Batch, EngineError> {
+        let s = self.shape;
+        let allocator = Allocator::default();
+        let dims = [layout.rows, s.kv_heads, layout.capacity, s.head_dim];
+        let mut binding = self.session.create_binding()?;
+        let mut cache = Vec::with_capacity(s.layers);
+        for layer in 0..s.layers {
+            let mut key = Tensor::<f32>::new(&allocator, dims)?;
+            let mut value = Tensor::<f32>::new(&allocator, dims)?;
+            binding.bind_input(format!("past_key_values.{layer}.key"), &key)?;
+            binding.bind_input(format!("past_key_values.{layer}.value"), &value)?;
+            binding.bind_output(format!("present.{layer}.key"), &mut key)?;
+            binding.bind_output(format!("present.{layer}.value"), &mut value)?;
+            cache.push([key, value]);
         }
-        if self.batches[index].is_none() {
-            let s = self.shape;
-            let allocator = Allocator::new(
-                &self.session,
-                MemoryInfo::new(
-                    AllocationDevice::CPU,
-                    0,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )?,
-            )?;
-            let mut binding = self.session.create_binding()?;
-            let mut cache = Vec::with_capacity(s.layers);
-            for layer in 0..s.layers {
-                let mut key =
-                    Tensor::<f32>::new(&allocator, [rows, s.kv_heads, s.max_context, s.head_dim])?;
-                let mut value =
-                    Tensor::<f32>::new(&allocator, [rows, s.kv_heads, s.max_context, s.head_dim])?;
-                binding.bind_input(format!("past_key_values.{layer}.key"), &key)?;
-                binding.bind_input(format!("past_key_values.{layer}.value"), &value)?;
-                binding.bind_output(format!("present.{layer}.key"), &mut key)?;
-                binding.bind_output(format!("present.{layer}.value"), &mut value)?;
-                cache.push([key, value]);
-            }
-            binding.bind_output_to_device(
-                "logits",
-                &MemoryInfo::new(
-                    AllocationDevice::CPU,
-                    0,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )?,
-            )?;
-            tracing::debug!(rows, "KV batch buffer made");
-            self.batches[index] = Some(Batch {
-                rows,
-                cache,
-                binding,
-            });
-        }
-        match self.batches[index].as_mut() {
-            Some(batch) => Ok(batch),
-            None => Err(ort::Error::new("batch buffer missing")),
-        }
-    }
-
-    /// Frees buffers larger than `rows` (after a busy spell).
-    pub fn release_above(&mut self, rows: usize) {
-        for batch in self.batches.iter_mut() {
-            if batch.as_ref().is_some_and(|b| b.rows > rows) {
-                *batch = None;
-            }
-        }
+        binding.bind_output_to_device(
+            "logits",
+            &MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?,
+        )?;
+        Ok(Batch {
+            layout,
+            cache,
+            binding,
+        })
     }
 }
 
-/// Where `(row, head, position)` starts in a [rows, kv_heads, max_context, head_dim] buffer.
-fn offset(s: Shape, row: usize, head: usize, position: usize) -> usize {
-    ((row * s.kv_heads + head) * s.max_context + position) * s.head_dim
+fn no_buffer() -> EngineError {
+    ort::Error::new("no KV buffer laid out")
+}
+
+/// Where `(row, head)` starts in a [rows, kv_heads, capacity, head_dim] buffer.
+fn offset(s: Shape, capacity: usize, row: usize, head: usize) -> usize {
+    (row * s.kv_heads + head) * capacity * s.head_dim
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    engine::{Engine, Step},
+    engine::{Engine, Layout, Step},
     sampler::{self, Sampler, Settings},
 };
 use crate::{
@@ -96,8 +96,8 @@ pub struct Scheduler {
     jobs: HashMap<u64, JobState>,
     next_job: u64,
     running: Vec<Sequence>,
-    /// Rows of the buffer the running sequences live in.
-    rows: usize,
+    /// The KV buffer the running sequences live in, once one is made.
+    layout: Option<Layout>,
 }
 
 impl Scheduler {
@@ -120,7 +120,7 @@ impl Scheduler {
             jobs: HashMap::new(),
             next_job: 0,
             running: Vec::new(),
-            rows: 1,
+            layout: None,
         }
     }
 
@@ -128,9 +128,7 @@ impl Scheduler {
     pub fn run(mut self) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
-                // Idle: give back the big buffers, then sleep until work comes.
-                self.engine.release_above(1);
-                self.rows = 1;
+                // Idle: sleep until work comes (the buffer stays for the next request).
                 match self.inbox.blocking_recv() {
                     Some(job) => self.enqueue(job),
                     None => return,
@@ -195,14 +193,31 @@ impl Scheduler {
         self.metrics
             .queue_seconds
             .observe(job.enqueued.elapsed().as_secs_f64());
-        let needed = Engine::rows_for(self.running.len() + job.n);
-        if needed > self.rows
-            && let Err(err) = self.move_to(needed)
-        {
+        let longest = self.longest().max(job.prompt.len() + 1);
+        let needed = self.engine.layout_for(self.running.len() + job.n, longest);
+        let target = match self.layout {
+            Some(current) => Layout {
+                rows: current.rows.max(needed.rows),
+                capacity: current.capacity.max(needed.capacity),
+            },
+            None => needed,
+        };
+        if let Err(err) = self.move_to(target) {
             self.fail_all(&format!("cannot grow the batch: {err}"));
+            let _ = job.events.send(Event::Failed(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot grow the batch: {err}"),
+            )));
+            self.release_job();
             return;
         }
+        let started = Instant::now();
         let prefilled = self.engine.prefill(&job.prompt);
+        tracing::debug!(
+            tokens = job.prompt.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "prefill"
+        );
         let (logits, cache) = match prefilled {
             Ok(prefilled) => prefilled,
             Err(err) => {
@@ -215,10 +230,12 @@ impl Scheduler {
             }
         };
         self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
-        let mut free = (0..self.rows).filter(|row| self.running.iter().all(|s| s.row != *row));
-        let rows: Vec<usize> = free.by_ref().take(job.n).collect();
+        let rows: Vec<usize> = (0..target.rows)
+            .filter(|row| self.running.iter().all(|s| s.row != *row))
+            .take(job.n)
+            .collect();
         for &row in &rows {
-            if let Err(err) = self.engine.place(self.rows, row, &cache, job.prompt.len()) {
+            if let Err(err) = self.engine.place(row, &cache, job.prompt.len()) {
                 let _ = job.events.send(Event::Failed(ErrorBody::new(
                     ErrorCode::Internal,
                     format!("cannot place the prompt's cache: {err}"),
@@ -274,6 +291,19 @@ impl Scheduler {
         if self.running.is_empty() {
             return;
         }
+        // Room for the position each sequence writes now.
+        if let Some(current) = self.layout
+            && self.longest() > current.capacity
+        {
+            let target = Layout {
+                rows: current.rows,
+                capacity: self.engine.layout_for(1, self.longest()).capacity,
+            };
+            if let Err(err) = self.move_to(target) {
+                self.fail_all(&format!("cannot grow the batch: {err}"));
+                return;
+            }
+        }
         let steps: Vec<Step> = self
             .running
             .iter()
@@ -284,7 +314,15 @@ impl Scheduler {
             })
             .collect();
         self.metrics.batch_size.observe(steps.len() as f64);
-        let logits = match self.engine.decode(self.rows, &steps) {
+        let started = Instant::now();
+        let decoded = self.engine.decode(&steps);
+        tracing::trace!(
+            sequences = steps.len(),
+            rows = self.layout.map_or(0, |l| l.rows),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "decode step"
+        );
+        let logits = match decoded {
             Ok(logits) => logits,
             Err(err) => {
                 self.fail_all(&format!("decode step failed: {err}"));
@@ -400,29 +438,45 @@ impl Scheduler {
         }
     }
 
-    /// Moves the running sequences into a buffer of `rows` rows (rows 0, 1, ...).
-    fn move_to(&mut self, rows: usize) -> Result<(), ort::Error> {
+    /// Positions the longest running sequence needs in the buffer (its next one included).
+    fn longest(&self) -> usize {
+        self.running
+            .iter()
+            .map(|seq| seq.len + 1)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// Moves the running sequences into a buffer of `layout` (rows 0, 1, ...).
+    fn move_to(&mut self, layout: Layout) -> Result<(), ort::Error> {
+        if self.layout == Some(layout) {
+            return Ok(());
+        }
         let moves: Vec<(usize, usize, usize)> = self
             .running
             .iter()
             .enumerate()
             .map(|(to, seq)| (seq.row, to, seq.len))
             .collect();
-        if !moves.is_empty() {
-            self.engine.migrate(self.rows, rows, &moves)?;
-        }
+        self.engine.relayout(layout, &moves)?;
         for (to, seq) in self.running.iter_mut().enumerate() {
             seq.row = to;
         }
-        self.rows = rows;
+        self.layout = Some(layout);
         Ok(())
     }
 
-    /// Moves to a smaller buffer once the batch has thinned out (a quarter or less).
+    /// Moves to a smaller buffer once the batch has thinned out or shortened (to a
+    /// quarter or less of the rows or positions).
     fn shrink(&mut self) {
-        let needed = Engine::rows_for(self.running.len());
-        if self.waiting.is_empty()
-            && needed * 4 <= self.rows
+        let Some(current) = self.layout else {
+            return;
+        };
+        if !self.waiting.is_empty() || self.running.is_empty() {
+            return;
+        }
+        let needed = self.engine.layout_for(self.running.len(), self.longest());
+        if (needed.rows * 4 <= current.rows || needed.capacity * 4 <= current.capacity)
             && let Err(err) = self.move_to(needed)
         {
             self.fail_all(&format!("cannot shrink the batch: {err}"));
