@@ -85,6 +85,9 @@ pub struct RuntimeConfig {
     pub tensorrt_fp16: bool,
     /// Threads for one operator (0: one per core).
     pub intra_threads: usize,
+    /// Whether those threads spin between operators (faster alone, but they take the
+    /// cores from sampling and the bus while they do).
+    pub intra_op_spinning: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -97,6 +100,7 @@ impl Default for RuntimeConfig {
             tensorrt_cache_dir: None,
             tensorrt_fp16: true,
             intra_threads: 0,
+            intra_op_spinning: true,
         }
     }
 }

@@ -147,6 +147,9 @@ impl Runtime {
             .map_err(|err| session_error(err.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|err| session_error(err.to_string()))?;
+        builder = builder
+            .with_intra_op_spinning(self.config.intra_op_spinning)
+            .map_err(|err| session_error(err.to_string()))?;
         if self.config.intra_threads > 0 {
             builder = builder
                 .with_intra_threads(self.config.intra_threads)
