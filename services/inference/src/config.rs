@@ -24,6 +24,10 @@ pub struct Config {
     pub max_context: usize,
     /// Most texts in one embedding request.
     pub max_embed_inputs: usize,
+    /// Prompt tokens a scheduler prefills between two decode steps once it has admitted
+    /// one request: a burst of short prompts starts together, while a long prompt delays
+    /// running streams by at most about this much prefill.
+    pub prefill_budget: usize,
 }
 
 impl Default for Config {
@@ -36,6 +40,7 @@ impl Default for Config {
             max_queue: 64,
             max_context: 2048,
             max_embed_inputs: 2048,
+            prefill_budget: 256,
         }
     }
 }

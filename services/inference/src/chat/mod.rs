@@ -98,6 +98,7 @@ impl ChatModel {
             text.clone(),
             metrics,
             config.max_batch,
+            config.prefill_budget,
             inbox,
             pending.clone(),
         );

@@ -1,6 +1,7 @@
 //! The scheduler of one chat model: a thread that owns the [`Engine`] and runs
-//! continuous batching. Each turn it drops cancelled work, admits one waiting request
-//! (prefill, first token), then runs one decode step for every running sequence.
+//! continuous batching. Each turn it drops cancelled work, admits waiting requests
+//! (prefill, first token; one, or more within a prompt-token budget), then runs one
+//! decode step for every running sequence.
 //! Requests join and leave the batch between steps.
 
 use std::{
@@ -89,6 +90,8 @@ pub struct Scheduler {
     text: Arc<TextModel>,
     metrics: ModelMetrics,
     max_batch: usize,
+    /// Prompt tokens prefilled per turn beyond the first request.
+    prefill_budget: usize,
     inbox: mpsc::UnboundedReceiver<Job>,
     /// Requests admitted but not finished, shared with the handle for overload checks.
     pending: Arc<AtomicUsize>,
@@ -106,6 +109,7 @@ impl Scheduler {
         text: Arc<TextModel>,
         metrics: ModelMetrics,
         max_batch: usize,
+        prefill_budget: usize,
         inbox: mpsc::UnboundedReceiver<Job>,
         pending: Arc<AtomicUsize>,
     ) -> Scheduler {
@@ -114,6 +118,7 @@ impl Scheduler {
             text,
             metrics,
             max_batch,
+            prefill_budget,
             inbox,
             pending,
             waiting: VecDeque::new(),
@@ -138,7 +143,7 @@ impl Scheduler {
                 self.enqueue(job);
             }
             self.drop_cancelled();
-            self.admit_one();
+            self.admit();
             self.step();
             self.shrink();
             self.observe();
@@ -177,6 +182,23 @@ impl Scheduler {
 
     fn release_job(&self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Admits waiting requests: at least one per turn, then more while their prompts fit
+    /// the prefill budget, so a burst starts together without stalling the running
+    /// streams for long.
+    fn admit(&mut self) {
+        let mut spent = 0;
+        while let Some((_, front)) = self.waiting.front() {
+            let tokens = front.prompt.len();
+            if (spent > 0 && spent + tokens > self.prefill_budget)
+                || self.running.len() + front.n > self.max_batch
+            {
+                return;
+            }
+            spent += tokens;
+            self.admit_one();
+        }
     }
 
     /// Prefills the first waiting request that fits and starts its choices.
