@@ -169,8 +169,8 @@ impl Engine {
         if self.batch.as_ref().is_some_and(|b| b.layout == layout) {
             return Ok(());
         }
-        let old = self.batch.take();
         let mut new = self.make(layout)?;
+        let old = self.batch.take();
         if let Some(old) = old {
             for layer in 0..s.layers {
                 for part in 0..2 {
