@@ -17,6 +17,9 @@ use slough_inference::Config;
 use slough_protocol::{ErrorCode, inference::FinishReason};
 use support::{Inference, chat};
 
+const GENERATED: &str = "slough_inference_generated_tokens_total{model=\"smollm2\"}";
+const RUNNING: &str = "slough_inference_running_sequences{model=\"smollm2\"}";
+
 fn code(err: &BusError) -> Option<ErrorCode> {
     match err {
         BusError::Service(body) => Some(body.code),
@@ -96,33 +99,22 @@ async fn greedy_seeded_stops_limits_n_and_logprobs() {
     }
 
     // The admin server's metrics saw all of it (the gauges settle a step after the
-    // last frame, so read until they have).
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = reqwest::get(format!("{}/metrics", inference.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains("slough_inference_running_sequences{model=\"smollm2\"} 0") {
-            break;
-        }
+    // last frame, so wait for them).
+    while inference.metric(RUNNING).await != 0.0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|line| line.starts_with(series))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
-    };
-    assert!(value("slough_inference_generated_tokens_total{model=\"smollm2\"}") > 20.0);
-    assert!(value("slough_inference_time_to_first_token_seconds_count{model=\"smollm2\"}") >= 9.0);
-    assert!(value("slough_inference_inter_token_latency_seconds_count{model=\"smollm2\"}") > 10.0);
-    assert_eq!(
-        value("slough_inference_running_sequences{model=\"smollm2\"}"),
-        0.0
+    assert!(inference.metric(GENERATED).await > 20.0);
+    assert!(
+        inference
+            .metric("slough_inference_time_to_first_token_seconds_count{model=\"smollm2\"}")
+            .await
+            >= 9.0
+    );
+    assert!(
+        inference
+            .metric("slough_inference_inter_token_latency_seconds_count{model=\"smollm2\"}")
+            .await
+            > 10.0
     );
     inference.stop().await;
 }
@@ -152,10 +144,25 @@ async fn cancelling_frees_the_slot_and_a_full_queue_refuses() {
     };
     assert!(body.retry_after_ms.is_some());
 
-    // Cancel both; the slot and the queue place free up within a step or two.
+    // Cancel both; the slot and the queue place free up at the next step: counted in
+    // tokens, the running sequence makes at most the step in flight after the cancel.
     queued.cancel().await.unwrap();
+    let before = inference.metric(GENERATED).await;
     let cancelled_at = Instant::now();
     running.cancel().await.unwrap();
+    while inference.metric(RUNNING).await != 0.0 {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(5),
+            "never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let after_cancel = inference.metric(GENERATED).await - before;
+    eprintln!("tokens generated after the cancel was sent: {after_cancel}");
+    assert!(
+        after_cancel <= 2.0,
+        "{after_cancel} tokens after the cancel"
+    );
     let mut quick = chat("Hi");
     quick.max_tokens = Some(2);
     loop {

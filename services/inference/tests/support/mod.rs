@@ -125,6 +125,20 @@ impl Inference {
         let _ = self.task.await;
     }
 
+    /// The value of one series on the admin server's `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+    }
+
     /// Sends a request/reply call to `endpoint`.
     pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
