@@ -12,7 +12,7 @@ use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::{ChatMessage, PromptInput},
 };
-use tokenizers::Tokenizer;
+use tokenizers::{DecoderWrapper, Tokenizer};
 
 /// A model's tokenizer, chat template and stop tokens.
 pub struct TextModel {
@@ -56,7 +56,7 @@ impl TextModel {
             .collect();
         let byte_level = tokenizer
             .get_decoder()
-            .is_some_and(|d| format!("{d:?}").contains("ByteLevel"))
+            .is_some_and(|d| matches!(d, DecoderWrapper::ByteLevel(_)))
             .then(byte_level_alphabet);
         Ok(TextModel {
             tokenizer,

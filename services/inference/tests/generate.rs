@@ -97,6 +97,12 @@ async fn greedy_seeded_stops_limits_n_and_logprobs() {
         );
         assert!(entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob);
     }
+    let bytes: Vec<u8> = entries.iter().flat_map(|e| e.bytes.clone()).collect();
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        scored.text(),
+        "the tokens' bytes spell the text"
+    );
 
     // The admin server's metrics saw all of it (the gauges settle a step after the
     // last frame, so wait for them).
