@@ -652,27 +652,67 @@ fn build(
     }
     let output_norm = norm(&mut g, weights, Weight::OutputNorm, hidden_size)?;
     if !options.all_logits {
-        // Only the last position goes on to the lm_head: the last position of the
-        // mlp output and of the residual are all the final norm needs.
-        let starts = g.initializer_i64("last.starts", &[1], &[-1]);
-        let ends = g.initializer_i64("last.ends", &[1], &[i64::MAX]);
-        let axes = g.initializer_i64("last.axes", &[1], &[1]);
-        let last = |g: &mut GraphBuilder, tensor: &str, label: &str| {
-            g.node(
+        // Only each row's last position goes on to the lm_head (the final norm needs the
+        // mlp output and the residual there). A row's last position in this input is
+        // its length − 1 − (mask width − input width): right-padded prompts prefilled
+        // together each get their own; decode rows shorter than the longest clip to 0.
+        let ids_shape = g
+            .node("", "Shape", "last/ids_shape", &["input_ids"], 1, &[])
+            .remove(0);
+        let sequence = g
+            .node(
                 "",
-                "Slice",
-                &format!("last/{label}"),
-                &[tensor, &starts, &ends, &axes],
+                "Gather",
+                "last/sequence",
+                &[&ids_shape, &one],
+                1,
+                &[("axis", Attr::Int(0))],
+            )
+            .remove(0);
+        let past = g
+            .node("", "Sub", "last/past", &[&width, &sequence], 1, &[])
+            .remove(0);
+        let position = g
+            .node("", "Sub", "last/position", &[&last, &past], 1, &[])
+            .remove(0);
+        let highest = g
+            .node("", "Sub", "last/highest", &[&sequence, &one], 1, &[])
+            .remove(0);
+        let zero = g.initializer_i64("const.zero", &[], &[0]);
+        let position = g
+            .node(
+                "",
+                "Clip",
+                "last/clipped",
+                &[&position, &zero, &highest],
                 1,
                 &[],
             )
+            .remove(0);
+        let column = g.initializer_i64("last.column", &[3], &[-1, 1, 1]);
+        let position = g
+            .node("", "Reshape", "last/column", &[&position, &column], 1, &[])
+            .remove(0);
+        let across = g.initializer_i64("last.across", &[3], &[1, 1, config.hidden as i64]);
+        let index = g
+            .node("", "Expand", "last/index", &[&position, &across], 1, &[])
+            .remove(0);
+        let pick = |g: &mut GraphBuilder, tensor: &str, label: &str| {
+            g.node(
+                "",
+                "GatherElements",
+                &format!("last/{label}"),
+                &[tensor, &index],
+                1,
+                &[("axis", Attr::Int(1))],
+            )
             .remove(0)
         };
-        residual = last(&mut g, &residual, "residual");
+        residual = pick(&mut g, &residual, "residual");
         if let Some(mlp) = pending.take() {
-            pending = Some(last(&mut g, &mlp, "mlp"));
+            pending = Some(pick(&mut g, &mlp, "mlp"));
         } else {
-            hidden = last(&mut g, &hidden, "hidden");
+            hidden = pick(&mut g, &hidden, "hidden");
         }
     }
     if let Some(mlp) = pending {

@@ -28,7 +28,8 @@ pub const MANIFEST: &str = "slough-model.json";
 /// importing an unchanged source again rebuilds a package made by an older modelkit.
 /// 2: Q8_0 matrices run as two 4-bit halves; gate and up packed.
 /// 3: logits of the last position only.
-pub const GRAPH_VERSION: u32 = 3;
+/// 4: each row's own last position, so right-padded prompts can be prefilled together.
+pub const GRAPH_VERSION: u32 = 4;
 
 /// `slough-model.json`: everything inference needs to know about a package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -81,3 +81,63 @@ fn the_default_graph_gives_the_last_positions_logits_only() {
     );
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
 }
+
+#[test]
+fn right_padded_prompts_prefilled_together_equal_each_alone() {
+    use ort::{session::Session, value::Tensor};
+
+    let gguf = tiny_llama(true);
+    let file = GgufFile::from_bytes(gguf).unwrap();
+    let model = llama::build_from_gguf(&file, BuildOptions::default()).unwrap();
+    let prompts: [&[u32]; 3] = [&TOKENS[..9], &TOKENS[3..6], &TOKENS[..14]];
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            Decoder::new(&model, LAYERS, KV_HEADS, HEAD_DIM, VOCAB)
+                .feed(p)
+                .remove(0)
+        })
+        .collect();
+
+    let width = prompts.iter().map(|p| p.len()).max().unwrap();
+    let mut ids = vec![0i64; prompts.len() * width];
+    let mut mask = vec![0i64; prompts.len() * width];
+    for (row, prompt) in prompts.iter().enumerate() {
+        for (col, &token) in prompt.iter().enumerate() {
+            ids[row * width + col] = i64::from(token);
+            mask[row * width + col] = 1;
+        }
+    }
+    let rows = prompts.len();
+    let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
+        (
+            "input_ids".into(),
+            Tensor::from_array(([rows, width], ids)).unwrap().into(),
+        ),
+        (
+            "attention_mask".into(),
+            Tensor::from_array(([rows, width], mask)).unwrap().into(),
+        ),
+    ];
+    for layer in 0..LAYERS {
+        for part in ["key", "value"] {
+            inputs.push((
+                format!("past_key_values.{layer}.{part}"),
+                Tensor::from_array(([rows, KV_HEADS, 0, HEAD_DIM], Vec::<f32>::new()))
+                    .unwrap()
+                    .into(),
+            ));
+        }
+    }
+    let mut session = Session::builder(support::environment())
+        .unwrap()
+        .commit_from_memory(&model)
+        .unwrap();
+    let outputs = session.run(inputs).unwrap();
+    let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+    assert_eq!(&**shape, &[rows as i64, 1, VOCAB as i64]);
+    let together: Vec<Vec<f32>> = logits.chunks(VOCAB).map(<[f32]>::to_vec).collect();
+    let (worst, agreement) = compare(&together, &alone);
+    assert!(worst < 1e-4, "max |Δlogit| {worst}");
+    assert_eq!(agreement, 1.0);
+}

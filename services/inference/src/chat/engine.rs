@@ -94,44 +94,76 @@ impl Engine {
         }
     }
 
-    /// Runs `tokens` on an empty cache; returns the last position's logits and the
-    /// keys/values per layer ([kv_heads, len, head_dim] each) for [`Engine::place`].
-    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, PrefillCache), EngineError> {
+    /// Runs prompts on an empty cache, together (right-padded) when there are several;
+    /// returns per prompt its last position's logits and its keys/values per layer
+    /// ([kv_heads, len, head_dim] each) for [`Engine::place`].
+    pub fn prefill(
+        &mut self,
+        prompts: &[&[u32]],
+    ) -> Result<Vec<(Vec<f32>, PrefillCache)>, EngineError> {
         let s = self.shape;
-        let len = tokens.len();
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let rows = prompts.len();
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = vec![0i64; rows * width];
+        let mut mask = vec![0i64; rows * width];
+        for (row, prompt) in prompts.iter().enumerate() {
+            for (col, &token) in prompt.iter().enumerate() {
+                ids[row * width + col] = i64::from(token);
+                mask[row * width + col] = 1;
+            }
+        }
         let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
             (
                 "input_ids".into(),
-                Tensor::from_array(([1, len], ids))?.into(),
+                Tensor::from_array(([rows, width], ids))?.into(),
             ),
             (
                 "attention_mask".into(),
-                Tensor::from_array(([1, len], vec![1i64; len]))?.into(),
+                Tensor::from_array(([rows, width], mask))?.into(),
             ),
         ];
         for layer in 0..s.layers {
             for part in ["key", "value"] {
                 inputs.push((
                     format!("past_key_values.{layer}.{part}"),
-                    Tensor::from_array(([1, s.kv_heads, 0, s.head_dim], Vec::<f32>::new()))?.into(),
+                    Tensor::from_array(([rows, s.kv_heads, 0, s.head_dim], Vec::<f32>::new()))?
+                        .into(),
                 ));
             }
         }
         let outputs = self.session.run(inputs)?;
-        // The last position's row (the graph may give one row or one per position).
+        // One row of logits per prompt (its last position).
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
-        let last = logits[logits.len() - s.vocab..].to_vec();
-        let mut cache = Vec::with_capacity(s.layers);
+        let per_row = logits.len() / rows.max(1);
+        let mut presents = Vec::with_capacity(s.layers);
         for layer in 0..s.layers {
-            let part = |name: &str| -> Result<Vec<f32>, EngineError> {
+            let part = |name: &str| -> Result<&[f32], EngineError> {
                 let (_, data) = outputs[format!("present.{layer}.{name}").as_str()]
                     .try_extract_tensor::<f32>()?;
-                Ok(data.to_vec())
+                Ok(data)
             };
-            cache.push([part("key")?, part("value")?]);
+            presents.push([part("key")?, part("value")?]);
         }
-        Ok((last, cache))
+        let mut prefilled = Vec::with_capacity(rows);
+        for (row, prompt) in prompts.iter().enumerate() {
+            let len = prompt.len();
+            let last = logits[(row + 1) * per_row - s.vocab..(row + 1) * per_row].to_vec();
+            let cache = presents
+                .iter()
+                .map(|parts| {
+                    parts.map(|data| {
+                        (0..s.kv_heads)
+                            .flat_map(|head| {
+                                let at = (row * s.kv_heads + head) * width * s.head_dim;
+                                data[at..at + len * s.head_dim].iter().copied()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            prefilled.push((last, cache));
+        }
+        Ok(prefilled)
     }
 
     /// Copies a prefilled cache of `len` positions into `row` of the current buffer.

@@ -1,7 +1,7 @@
 //! The scheduler of one chat model: a thread that owns the [`Engine`] and runs
 //! continuous batching. Each turn it drops cancelled work, admits waiting requests
-//! (prefill, first token; one, or more within a prompt-token budget), then runs one
-//! decode step for every running sequence.
+//! (one, or more within a prompt-token budget, prefilled together; then each one's
+//! first token), then runs one decode step for every running sequence.
 //! Requests join and leave the batch between steps.
 
 use std::{
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    engine::{Engine, Layout, Step},
+    engine::{Engine, Layout, PrefillCache, Step},
     sampler::{self, Sampler, Settings},
 };
 use crate::{
@@ -186,37 +186,37 @@ impl Scheduler {
 
     /// Admits waiting requests: at least one per turn, then more while their prompts fit
     /// the prefill budget, so a burst starts together without stalling the running
-    /// streams for long.
+    /// streams for long. Their prompts are prefilled in one call (right-padded) unless
+    /// padding would more than double the work.
     fn admit(&mut self) {
-        let mut spent = 0;
+        let (mut picked, mut spent, mut sequences) = (Vec::new(), 0, self.running.len());
         while let Some((_, front)) = self.waiting.front() {
             let tokens = front.prompt.len();
-            if (spent > 0 && spent + tokens > self.prefill_budget)
-                || self.running.len() + front.n > self.max_batch
+            if (!picked.is_empty() && spent + tokens > self.prefill_budget)
+                || sequences + front.n > self.max_batch
             {
-                return;
+                break;
             }
             spent += tokens;
-            self.admit_one();
+            sequences += front.n;
+            picked.extend(self.waiting.pop_front());
         }
-    }
-
-    /// Prefills the first waiting request that fits and starts its choices.
-    fn admit_one(&mut self) {
-        let Some((_, front)) = self.waiting.front() else {
-            return;
-        };
-        if self.running.len() + front.n > self.max_batch {
+        if picked.is_empty() {
             return;
         }
-        let Some((id, job)) = self.waiting.pop_front() else {
-            return;
-        };
-        self.metrics
-            .queue_seconds
-            .observe(job.enqueued.elapsed().as_secs_f64());
-        let longest = self.longest().max(job.prompt.len() + 1);
-        let needed = self.engine.layout_for(self.running.len() + job.n, longest);
+        for (_, job) in &picked {
+            self.metrics
+                .queue_seconds
+                .observe(job.enqueued.elapsed().as_secs_f64());
+        }
+        let longest_prompt = picked
+            .iter()
+            .map(|(_, j)| j.prompt.len())
+            .max()
+            .unwrap_or(0);
+        let needed = self
+            .engine
+            .layout_for(sequences, self.longest().max(longest_prompt + 1));
         let target = match self.layout {
             Some(current) => Layout {
                 rows: current.rows.max(needed.rows),
@@ -225,44 +225,67 @@ impl Scheduler {
             None => needed,
         };
         if let Err(err) = self.move_to(target) {
-            self.fail_all(&format!("cannot grow the batch: {err}"));
-            let _ = job.events.send(Event::Failed(ErrorBody::new(
-                ErrorCode::Internal,
-                format!("cannot grow the batch: {err}"),
-            )));
-            self.release_job();
+            let message = format!("cannot grow the batch: {err}");
+            self.fail_all(&message);
+            for (_, job) in picked {
+                self.refuse(&job, &message);
+            }
             return;
         }
-        let started = Instant::now();
-        let prefilled = self.engine.prefill(&job.prompt);
-        tracing::debug!(
-            tokens = job.prompt.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "prefill"
-        );
-        let (logits, cache) = match prefilled {
-            Ok(prefilled) => prefilled,
-            Err(err) => {
-                let _ = job.events.send(Event::Failed(ErrorBody::new(
-                    ErrorCode::Internal,
-                    format!("prefill failed: {err}"),
-                )));
-                self.release_job();
-                return;
+        let together = picked.len() * longest_prompt <= 2 * spent;
+        let groups: Vec<Vec<(u64, Job)>> = if together {
+            vec![picked]
+        } else {
+            picked.into_iter().map(|one| vec![one]).collect()
+        };
+        for group in groups {
+            let started = Instant::now();
+            let prompts: Vec<&[u32]> = group.iter().map(|(_, j)| j.prompt.as_slice()).collect();
+            let prefilled = self.engine.prefill(&prompts);
+            tracing::debug!(
+                prompts = group.len(),
+                tokens = prompts.iter().map(|p| p.len()).sum::<usize>(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "prefill"
+            );
+            match prefilled {
+                Ok(prefilled) => {
+                    for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
+                        self.start(id, job, &logits, &cache);
+                    }
+                }
+                Err(err) => {
+                    for (_, job) in group {
+                        self.refuse(&job, &format!("prefill failed: {err}"));
+                    }
+                }
             }
+        }
+    }
+
+    /// Fails a request that never started.
+    fn refuse(&self, job: &Job, message: &str) {
+        let _ = job
+            .events
+            .send(Event::Failed(ErrorBody::new(ErrorCode::Internal, message)));
+        self.release_job();
+    }
+
+    /// Starts a prefilled request: its cache into free rows, then each choice's first
+    /// token.
+    fn start(&mut self, id: u64, job: Job, logits: &[f32], cache: &PrefillCache) {
+        let Some(layout) = self.layout else {
+            self.refuse(&job, "no KV buffer");
+            return;
         };
         self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
-        let rows: Vec<usize> = (0..target.rows)
+        let rows: Vec<usize> = (0..layout.rows)
             .filter(|row| self.running.iter().all(|s| s.row != *row))
             .take(job.n)
             .collect();
         for &row in &rows {
-            if let Err(err) = self.engine.place(row, &cache, job.prompt.len()) {
-                let _ = job.events.send(Event::Failed(ErrorBody::new(
-                    ErrorCode::Internal,
-                    format!("cannot place the prompt's cache: {err}"),
-                )));
-                self.release_job();
+            if let Err(err) = self.engine.place(row, cache, job.prompt.len()) {
+                self.refuse(&job, &format!("cannot place the prompt's cache: {err}"));
                 return;
             }
         }
@@ -299,7 +322,7 @@ impl Scheduler {
                 ignore_eos: job.ignore_eos,
                 last_token_at: Instant::now(),
             };
-            let mut row_logits = logits.clone();
+            let mut row_logits = logits.to_vec();
             if let Some(reason) = self.advance(&mut seq, &mut row_logits) {
                 self.finish(seq, reason);
             } else {
