@@ -471,8 +471,7 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
         progress,
     } = job;
     progress.stage("reading config.json");
-    let config_json =
-        fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))?;
+    let config_json = read_config(source)?;
     let config = LlamaConfig::from_hf_json(&config_json)?;
     let tokenizer = tokenizers::Tokenizer::from_file(source.join("tokenizer.json"))
         .map_err(|err| PackageError::TokenizerFile(err.to_string()))?;
@@ -576,6 +575,11 @@ fn chat_manifest(
     }
 }
 
+/// A Hugging Face directory's `config.json`, as text.
+fn read_config(source: &Path) -> Result<String, PackageError> {
+    fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))
+}
+
 fn read_json(path: &Path) -> Result<serde_json::Value, PackageError> {
     let text = fs::read_to_string(path).map_err(io(format!("cannot read {}", path.display())))?;
     serde_json::from_str(&text).map_err(|err| PackageError::Json {
@@ -595,8 +599,7 @@ fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         ..
     } = job;
     progress.stage("reading config.json");
-    let config_json =
-        fs::read_to_string(source.join("config.json")).map_err(io("cannot read config.json"))?;
+    let config_json = read_config(source)?;
     let config = BertConfig::from_json(&config_json)?;
     progress.stage("building the encoder graph");
     let weights = SafetensorsFile::open(&source.join("model.safetensors"))?;

@@ -46,8 +46,8 @@ impl EmbeddingModel {
         metrics: ModelMetrics,
     ) -> Result<EmbeddingModel, String> {
         let text = Arc::new(TextModel::load(dir, manifest)?);
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|err| format!("cannot read tokenizer.json: {err}"))?;
+        // The same tokenizer, cutting inputs at the model's limit.
+        let mut tokenizer = text.tokenizer().clone();
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: manifest.context_length,

@@ -18,15 +18,21 @@ use crate::{
 };
 
 /// Adds every inference endpoint to `host`.
-pub async fn add(host: &mut ServiceHost, models: Models) -> Result<(), BusError> {
+pub async fn add(
+    host: &mut ServiceHost,
+    models: Models,
+    max_embed_inputs: usize,
+) -> Result<(), BusError> {
     let m = models.clone();
     host.stream_endpoint(endpoints::GENERATE, move |request, start| {
         generate(m.clone(), request, start)
     })
     .await?;
     let m = models.clone();
-    host.endpoint(endpoints::EMBED, move |request| embed(m.clone(), request))
-        .await?;
+    host.endpoint(endpoints::EMBED, move |request| {
+        embed(m.clone(), request, max_embed_inputs)
+    })
+    .await?;
     let m = models.clone();
     host.endpoint(endpoints::MODELS, move |_: ModelsRequest| {
         let m = m.clone();
@@ -133,14 +139,18 @@ async fn generate(
     .await
 }
 
-async fn embed(models: Models, request: EmbedRequest) -> Result<EmbedResponse, ErrorBody> {
+async fn embed(
+    models: Models,
+    request: EmbedRequest,
+    max_inputs: usize,
+) -> Result<EmbedResponse, ErrorBody> {
     let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, message);
     if request.inputs.is_empty() {
         return Err(invalid("inputs is empty".to_owned()));
     }
-    if request.inputs.len() > 2048 {
+    if request.inputs.len() > max_inputs {
         return Err(invalid(format!(
-            "inputs has {} texts (at most 2048)",
+            "inputs has {} texts (at most {max_inputs})",
             request.inputs.len()
         )));
     }

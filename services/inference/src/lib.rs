@@ -53,6 +53,7 @@ pub async fn run(
             Box::pin(async move { Err(message) })
         });
     }
+    let max_embed_inputs = config.max_embed_inputs;
     let models = models::Models::start(models_dir, runtime, config, metrics).await;
 
     let events = ctx
@@ -64,7 +65,7 @@ pub async fn run(
     tokio::spawn(follow_events(events, models.clone(), shutdown.clone()));
 
     let mut host = ctx.register(DESCRIPTION).await?;
-    handlers::add(&mut host, models).await?;
+    handlers::add(&mut host, models, max_embed_inputs).await?;
     ctx.serve(host, shutdown).await
 }
 

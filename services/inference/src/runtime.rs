@@ -49,7 +49,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// Where libonnxruntime is looked for: the setting, `ORT_DYLIB_PATH`, then setup's copy.
-pub fn library_path(config: &RuntimeConfig, data_dir: &Path) -> PathBuf {
+fn library_path(config: &RuntimeConfig, data_dir: &Path) -> PathBuf {
     config
         .library
         .clone()

@@ -139,6 +139,11 @@ impl TextModel {
         self.stop_ids.contains(&id)
     }
 
+    /// The tokenizer itself.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// The vocabulary's size (ids at or above it are invalid).
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)

@@ -316,7 +316,7 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
 fn bench_inference(mut settings: Settings, options: bench::BenchOptions) -> anyhow::Result<()> {
     let mut nats = None;
     if settings.common.nats_url.is_none() && !options.in_process {
-        let store = tempfile_dir(&settings)?;
+        let store = bench_nats_store(&settings)?;
         let server = NatsServer::start(&NatsServerOptions {
             binary: settings.common.nats.server.binary.clone(),
             port: 0,
@@ -354,7 +354,7 @@ fn bench_inference(mut settings: Settings, options: bench::BenchOptions) -> anyh
 }
 
 /// A scratch JetStream directory for a benchmark's own nats-server.
-fn tempfile_dir(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+fn bench_nats_store(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
     let dir = settings.common.data_dir.join("nats").join("bench");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -14,20 +14,25 @@ use slough_protocol::{inference::ModelEvent, subjects};
 /// (`slough.v1.events.models.*`), so they load or unload it. Best effort: with no NATS
 /// server reachable within a second, nobody is running to tell.
 fn announce(nats_url: &str, topic: &str, id: &str) {
+    // One connection attempt, no retries: nothing is running when it fails.
+    let options = slough_bus::BusOptions {
+        connect_timeout: Duration::ZERO,
+        ..slough_bus::BusOptions::default()
+    };
     let publish = async {
-        let client = tokio::time::timeout(Duration::from_secs(1), async_nats::connect(nats_url))
-            .await
-            .ok()?
-            .ok()?;
+        let bus = tokio::time::timeout(
+            Duration::from_secs(1),
+            slough_bus::connect(nats_url, "slough-models", options),
+        )
+        .await
+        .ok()?
+        .ok()?;
         let event = ModelEvent {
             model: id.to_owned(),
         };
-        let payload = serde_json::to_vec(&event).ok()?;
-        client
-            .publish(subjects::event(topic), payload.into())
-            .await
-            .ok()?;
-        client.flush().await.ok()
+        let sent = bus.publish(&subjects::event(topic), &event).await.ok();
+        bus.close().await;
+        sent
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
