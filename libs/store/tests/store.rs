@@ -10,7 +10,10 @@
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, Set};
 use secrecy::SecretString;
-use slough_store::{Store, entities::api_key};
+use slough_store::{
+    Store,
+    entities::{api_key, usage},
+};
 use slough_testkit::TestPostgres;
 
 fn key(prefix: &str) -> api_key::ActiveModel {
@@ -22,6 +25,10 @@ fn key(prefix: &str) -> api_key::ActiveModel {
         scopes: Set("inference".to_owned()),
         created_at: Set(Utc::now()),
         revoked_at: Set(None),
+        allowed_models: Set(Some("smollm2".to_owned())),
+        requests_per_minute: Set(Some(60)),
+        tokens_per_minute: Set(None),
+        token_budget: Set(Some(1_000_000)),
     }
 }
 
@@ -47,6 +54,29 @@ async fn round_trip(open: impl AsyncFn() -> Store) {
         .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].name, "key sk-aaaa");
+    assert_eq!(found[0].allowed_models.as_deref(), Some("smollm2"));
+    assert_eq!(found[0].token_budget, Some(1_000_000));
+    usage::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        key_id: Set(found[0].id),
+        endpoint: Set("chat.completions".to_owned()),
+        model: Set("smollm2".to_owned()),
+        prompt_tokens: Set(12),
+        completion_tokens: Set(30),
+        latency_ms: Set(250),
+        status: Set(200),
+        created_at: Set(Utc::now()),
+    }
+    .insert(store.connection())
+    .await
+    .unwrap();
+    let rows = usage::Entity::find()
+        .filter(usage::Column::KeyId.eq(found[0].id))
+        .all(store.connection())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].completion_tokens, 30);
     assert_eq!(
         api_key::Entity::find()
             .all(store.connection())

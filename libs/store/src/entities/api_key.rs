@@ -19,6 +19,14 @@ pub struct Model {
     pub scopes: String,
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
+    /// Space-separated model ids the key may use; `None` allows every model.
+    pub allowed_models: Option<String>,
+    /// Requests per minute; `None` is unlimited.
+    pub requests_per_minute: Option<i32>,
+    /// Prompt plus completion tokens per minute; `None` is unlimited.
+    pub tokens_per_minute: Option<i32>,
+    /// Total tokens the key may ever use (summed from `usage`); `None` is unlimited.
+    pub token_budget: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,3 +1,4 @@
 //! sea-orm entities, one module per table.
 
 pub mod api_key;
+pub mod usage;

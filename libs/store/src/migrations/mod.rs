@@ -4,6 +4,7 @@
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_api_keys;
+mod m20261122_000002_key_limits_and_usage;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -12,6 +13,9 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_api_keys::Migration)]
+        vec![
+            Box::new(m20261122_000001_api_keys::Migration),
+            Box::new(m20261122_000002_key_limits_and_usage::Migration),
+        ]
     }
 }
