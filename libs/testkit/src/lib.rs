@@ -129,3 +129,38 @@ pub fn onnxruntime_library() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| setup_data_dir().join("runtime/libonnxruntime.so"))
 }
+
+/// The id of the test chat model (SmolLM2-135M-Instruct) in [`test_models_dir`].
+pub const CHAT_MODEL: &str = "smollm2";
+/// The id of the test embedding model (all-MiniLM-L6-v2) in [`test_models_dir`].
+pub const EMBED_MODEL: &str = "minilm";
+
+/// A models directory holding the real default models as packages [`CHAT_MODEL`] and
+/// [`EMBED_MODEL`], imported from setup's sources on first use in this process (an
+/// import of an unchanged source is a no-op).
+pub fn test_models_dir() -> std::path::PathBuf {
+    use slough_modelkit::package::{self, ImportOptions, Quiet};
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let data = setup_data_dir();
+        let dir = data.join("cache/test-models");
+        let sources = data.join("cache/sources");
+        for (id, source) in [
+            (CHAT_MODEL, sources.join("SmolLM2-135M-Instruct.Q4_1.gguf")),
+            (EMBED_MODEL, sources.join("all-MiniLM-L6-v2")),
+        ] {
+            assert!(
+                source.exists(),
+                "{} is missing: run ./scripts/setup",
+                source.display()
+            );
+            let options = ImportOptions {
+                id: Some(id.to_owned()),
+                ..ImportOptions::default()
+            };
+            package::import(&source, &dir, &options, &Quiet).expect("import a test model");
+        }
+        dir
+    })
+    .clone()
+}

@@ -265,8 +265,15 @@ fn up(mut settings: Settings) -> anyhow::Result<()> {
 
 async fn up_services(settings: &Settings) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
+    let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
     print_banner(settings, &nats_url, platform.services());
+    if let Some(key) = new_admin_key {
+        println!(
+            "First start: an admin API key was generated (shown once; also in {}):\n  {key}",
+            slough_gateway::keys::admin_key_path(&settings.common.data_dir).display()
+        );
+    }
     let reason = tokio::select! {
         signal = shutdown_signal() => signal?,
         () = platform.failed() => "a service failed",
@@ -278,6 +285,28 @@ async fn up_services(settings: &Settings) -> anyhow::Result<()> {
     }
     tracing::info!("all services stopped");
     Ok(())
+}
+
+/// Makes sure the store holds an admin key (`SLOUGH_ADMIN_KEY`'s, or a generated one,
+/// returned so that it can be printed once).
+async fn bootstrap_admin_key(settings: &Settings) -> anyhow::Result<Option<String>> {
+    let store = slough_store::Store::open(
+        settings.common.database_url.as_ref(),
+        &settings.common.data_dir,
+    )
+    .await?;
+    let from_env = std::env::var("SLOUGH_ADMIN_KEY")
+        .ok()
+        .filter(|key| !key.is_empty());
+    let created = slough_gateway::keys::bootstrap_admin_key(
+        &store,
+        &settings.common.data_dir,
+        from_env.as_deref(),
+    )
+    .await
+    .map_err(anyhow::Error::msg);
+    store.close().await;
+    created
 }
 
 fn print_banner(settings: &Settings, nats_url: &str, services: &[ServiceHandle]) {

@@ -3,11 +3,10 @@
 
 #![allow(dead_code, reason = "each test file uses part of this")]
 
-use std::{net::SocketAddr, path::PathBuf, sync::OnceLock};
+use std::{net::SocketAddr, path::PathBuf};
 
 use slough_bus::{Bus, BusError, StreamItem};
 use slough_inference::Config;
-use slough_modelkit::package::{self, ImportOptions, Quiet};
 use slough_protocol::{
     ServiceKind,
     inference::{
@@ -20,40 +19,17 @@ use slough_service::{CommonConfig, ServiceContext};
 use slough_testkit::TestNats;
 use tokio_util::sync::CancellationToken;
 
-pub const CHAT: &str = "smollm2";
-pub const EMBED: &str = "minilm";
+pub const CHAT: &str = slough_testkit::CHAT_MODEL;
+pub const EMBED: &str = slough_testkit::EMBED_MODEL;
 
 /// Where setup put the runtime and the sources.
 pub fn data_dir() -> PathBuf {
     slough_testkit::setup_data_dir()
 }
 
-/// SmolLM2 and MiniLM as packages `smollm2` and `minilm`, imported on first use (an
-/// import of an unchanged source is a no-op).
+/// SmolLM2 and MiniLM as packages `smollm2` and `minilm`.
 pub fn models_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let data = data_dir();
-        let dir = data.join("cache/test-models");
-        let sources = data.join("cache/sources");
-        for (id, source) in [
-            (CHAT, sources.join("SmolLM2-135M-Instruct.Q4_1.gguf")),
-            (EMBED, sources.join("all-MiniLM-L6-v2")),
-        ] {
-            assert!(
-                source.exists(),
-                "{} is missing: run ./scripts/setup",
-                source.display()
-            );
-            let options = ImportOptions {
-                id: Some(id.to_owned()),
-                ..ImportOptions::default()
-            };
-            package::import(&source, &dir, &options, &Quiet).expect("import");
-        }
-        dir
-    })
-    .clone()
+    slough_testkit::test_models_dir()
 }
 
 /// An inference service with the test models, on its own nats-server.

@@ -1,0 +1,366 @@
+//! Running generations on the inference service for the chat and completions routes:
+//! opening the streams, merging them into one sequence of [`Event`]s, and answering
+//! either as one JSON body ([`collect`]) or as server-sent events ([`sse`]). What the
+//! two routes share of OpenAI's request and response shapes lives here too.
+
+use std::{pin::Pin, time::SystemTime};
+
+use actix_web::{HttpResponse, web::Bytes};
+use futures::{Stream, StreamExt as _, stream};
+use serde::{Deserialize, Serialize};
+use slough_bus::{Bus, StreamItem, StreamReceiver};
+use slough_protocol::{
+    ServiceKind,
+    inference::{FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, TokenLogprob, Usage},
+    subjects,
+};
+use utoipa::ToSchema;
+
+use crate::{error::ApiError, usage::Metered};
+
+/// Token counts as OpenAI reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
+pub struct TokenUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl From<Usage> for TokenUsage {
+    fn from(usage: Usage) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+        }
+    }
+}
+
+/// Why a choice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// A stop token or one of the `stop` sequences.
+    Stop,
+    /// `max_tokens` or the end of the model's context.
+    Length,
+}
+
+impl From<FinishReason> for Finish {
+    fn from(reason: FinishReason) -> Finish {
+        match reason {
+            FinishReason::Stop => Finish::Stop,
+            FinishReason::Length => Finish::Length,
+        }
+    }
+}
+
+/// `stop`: one string or up to four.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    /// The stop strings, checked (at most 4, none empty).
+    pub fn into_list(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
+        let list = match stop {
+            None => Vec::new(),
+            Some(Stop::One(one)) => vec![one],
+            Some(Stop::Many(many)) => many,
+        };
+        if list.len() > 4 {
+            return Err(ApiError::invalid("stop", "stop takes at most 4 sequences"));
+        }
+        if list.iter().any(String::is_empty) {
+            return Err(ApiError::invalid(
+                "stop",
+                "stop sequences must not be empty",
+            ));
+        }
+        Ok(list)
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send one more chunk before `[DONE]`, with no choices and the request's usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Checks the sampling fields both routes share, naming the one out of range.
+pub fn check_sampling(request: &GenerateRequest) -> Result<(), ApiError> {
+    let sampling = &request.sampling;
+    let ranges: [(&str, Option<f32>, f32, f32); 6] = [
+        ("temperature", sampling.temperature, 0.0, 2.0),
+        ("top_p", sampling.top_p, 0.0, 1.0),
+        ("min_p", sampling.min_p, 0.0, 1.0),
+        ("presence_penalty", sampling.presence_penalty, -2.0, 2.0),
+        ("frequency_penalty", sampling.frequency_penalty, -2.0, 2.0),
+        ("repetition_penalty", sampling.repetition_penalty, 0.0, 10.0),
+    ];
+    for (param, value, low, high) in ranges {
+        if let Some(value) = value
+            && !(low..=high).contains(&value)
+        {
+            return Err(ApiError::invalid(
+                param,
+                format!("{param} must be between {low} and {high}, got {value}"),
+            ));
+        }
+    }
+    if sampling.top_p == Some(0.0) {
+        return Err(ApiError::invalid("top_p", "top_p must be above 0"));
+    }
+    if sampling.repetition_penalty == Some(0.0) {
+        return Err(ApiError::invalid(
+            "repetition_penalty",
+            "repetition_penalty must be above 0",
+        ));
+    }
+    if !(1..=16).contains(&request.n) {
+        return Err(ApiError::invalid("n", "n must be between 1 and 16"));
+    }
+    if request.max_tokens == Some(0) {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
+    }
+    if request.top_logprobs > 20 {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs must be between 0 and 20",
+        ));
+    }
+    Ok(())
+}
+
+/// A second count since the epoch, for `created`.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// A fresh response id, e.g. `chatcmpl-…`.
+pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What the merged generations report, in order per choice.
+#[derive(Debug)]
+pub enum Event {
+    /// New text of a choice (its index already offset for several prompts).
+    Chunk(GenerateChunk),
+    /// A choice ended.
+    Finished { index: u32, reason: FinishReason },
+    /// One upstream generation's token counts (there is one per prompt).
+    Usage(Usage),
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<Event, ApiError>>>>;
+
+/// Opens one generation per request, all before reading any, so that inference can
+/// batch them; choice indices of request `i` follow those of the requests before it.
+pub async fn start(bus: &Bus, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
+    let opened = futures::future::join_all(requests.iter().map(|request| {
+        bus.request_stream::<_, GenerateChunk, GenerateEnd>(
+            ServiceKind::Inference,
+            subjects::inference::GENERATE,
+            request,
+        )
+    }))
+    .await;
+    let mut streams = Vec::with_capacity(opened.len());
+    let mut offset = 0;
+    for (receiver, request) in opened.into_iter().zip(requests) {
+        // Dropping the receivers opened so far cancels them.
+        let receiver = receiver.map_err(|err| ApiError::from_bus(&err))?;
+        streams.push(events_of(receiver, offset));
+        offset += request.n;
+    }
+    Ok(Box::pin(stream::select_all(streams)))
+}
+
+fn events_of(
+    receiver: StreamReceiver<GenerateChunk, GenerateEnd>,
+    offset: u32,
+) -> Pin<Box<dyn Stream<Item = Result<Event, ApiError>>>> {
+    let items = stream::unfold(receiver, |mut receiver| async move {
+        let item = receiver.next().await?;
+        Some((item, receiver))
+    });
+    Box::pin(items.flat_map(move |item| {
+        let events: Vec<Result<Event, ApiError>> = match item {
+            Ok(StreamItem::Chunk(mut chunk)) => {
+                chunk.index += offset;
+                vec![Ok(Event::Chunk(chunk))]
+            }
+            Ok(StreamItem::End(end)) => {
+                let mut events: Vec<_> = end
+                    .finish_reasons
+                    .iter()
+                    .zip(0..)
+                    .map(|(&reason, index)| {
+                        Ok(Event::Finished {
+                            index: index + offset,
+                            reason,
+                        })
+                    })
+                    .collect();
+                events.push(Ok(Event::Usage(end.usage)));
+                events
+            }
+            Err(err) => vec![Err(ApiError::from_bus(&err))],
+        };
+        stream::iter(events)
+    }))
+}
+
+/// One choice of a finished generation.
+#[derive(Debug, Default)]
+pub struct Choice {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// Reads `events` to the end: `choices` choices and the summed usage.
+pub async fn collect(
+    mut events: Events,
+    choices: u32,
+    metered: &mut Metered,
+) -> Result<(Vec<Choice>, Usage), ApiError> {
+    let mut collected: Vec<Choice> = (0..choices).map(|_| Choice::default()).collect();
+    let mut usage = Usage::default();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Chunk(chunk)) => {
+                if let Some(choice) = collected.get_mut(chunk.index as usize) {
+                    choice.text.push_str(&chunk.text);
+                    choice.logprobs.extend(chunk.logprobs);
+                }
+            }
+            Ok(Event::Finished { index, reason }) => {
+                if let Some(choice) = collected.get_mut(index as usize) {
+                    choice.finish_reason = Some(reason);
+                }
+            }
+            Ok(Event::Usage(more)) => {
+                metered.add(more);
+                usage.prompt_tokens += more.prompt_tokens;
+                usage.completion_tokens += more.completion_tokens;
+                usage.total_tokens += more.total_tokens;
+            }
+            Err(err) => {
+                metered.finish(err.status().as_u16());
+                return Err(err);
+            }
+        }
+    }
+    metered.finish(200);
+    Ok((collected, usage))
+}
+
+/// How a route writes its stream chunks.
+pub trait ChunkFormat: 'static {
+    /// Chunks sent before any text (chat: each choice's role).
+    fn opening(&self) -> Vec<Bytes> {
+        Vec::new()
+    }
+    /// New text of one choice.
+    fn chunk(&mut self, chunk: GenerateChunk) -> Bytes;
+    /// A choice ended.
+    fn finished(&mut self, index: u32, reason: FinishReason) -> Bytes;
+    /// The usage chunk (`stream_options.include_usage`).
+    fn usage(&self, usage: TokenUsage) -> Bytes;
+}
+
+/// One server-sent event carrying `value` as JSON.
+pub fn event_data<T: Serialize>(value: &T) -> Bytes {
+    let mut data = b"data: ".to_vec();
+    // Our response types always serialize.
+    let _ = serde_json::to_writer(&mut data, value);
+    data.extend_from_slice(b"\n\n");
+    Bytes::from(data)
+}
+
+/// Streams `events` as server-sent events: the route's chunks, the usage chunk when
+/// asked for, then `data: [DONE]`. A failure midway is sent as an `error` event and
+/// ends the stream. When the client goes away the body is dropped, which drops the
+/// upstream receivers, which cancels the generations.
+pub fn sse<F: ChunkFormat>(
+    events: Events,
+    format: F,
+    include_usage: bool,
+    mut metered: Metered,
+) -> HttpResponse {
+    metered.streaming();
+    struct State<F> {
+        events: Events,
+        format: F,
+        include_usage: bool,
+        metered: Metered,
+        usage: Usage,
+        done: bool,
+    }
+    let opening = stream::iter(format.opening().into_iter().map(Ok::<_, actix_web::Error>));
+    let state = State {
+        events,
+        format,
+        include_usage,
+        metered,
+        usage: Usage::default(),
+        done: false,
+    };
+    let body = stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        loop {
+            match state.events.next().await {
+                Some(Ok(Event::Chunk(chunk))) => {
+                    return Some((Ok(state.format.chunk(chunk)), state));
+                }
+                Some(Ok(Event::Finished { index, reason })) => {
+                    return Some((Ok(state.format.finished(index, reason)), state));
+                }
+                Some(Ok(Event::Usage(more))) => {
+                    state.metered.add(more);
+                    state.usage.prompt_tokens += more.prompt_tokens;
+                    state.usage.completion_tokens += more.completion_tokens;
+                    state.usage.total_tokens += more.total_tokens;
+                }
+                Some(Err(err)) => {
+                    state.done = true;
+                    state.metered.finish(err.status().as_u16());
+                    let error = crate::error::ErrorResponse {
+                        error: err.object().clone(),
+                    };
+                    return Some((Ok(event_data(&error)), state));
+                }
+                None => {
+                    state.done = true;
+                    state.metered.finish(200);
+                    let mut tail = Vec::new();
+                    if state.include_usage {
+                        tail.extend_from_slice(&state.format.usage(state.usage.into()));
+                    }
+                    tail.extend_from_slice(b"data: [DONE]\n\n");
+                    return Some((Ok(Bytes::from(tail)), state));
+                }
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(opening.chain(body))
+}

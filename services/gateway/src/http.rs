@@ -1,0 +1,240 @@
+//! HTTP plumbing every route shares: the [`Caller`] (authenticated API key) and
+//! [`JsonBody`] extractors, the middleware that gives each request a span and counts it,
+//! and OpenAI-shaped answers for unknown routes and methods.
+
+use std::{sync::Arc, time::Instant};
+
+use actix_web::{
+    FromRequest, HttpRequest, HttpResponse,
+    body::MessageBody,
+    dev::{Payload, ServiceRequest, ServiceResponse},
+    http::header::{AUTHORIZATION, HeaderMap},
+    middleware::Next,
+    web,
+};
+use futures::future::LocalBoxFuture;
+use opentelemetry::propagation::Extractor;
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::{AppState, error::ApiError, keys::ApiKey};
+
+/// The API key a request authenticated with (401 before the handler runs otherwise).
+pub struct Caller(pub Arc<ApiKey>);
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Caller, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = request.app_data::<web::Data<AppState>>().cloned();
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|value| value.to_str().unwrap_or("unreadable").to_owned());
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal("no application state", "bug"))?;
+            state.keys.authenticate(header.as_deref()).await.map(Caller)
+        })
+    }
+}
+
+/// A JSON request body: 413 over the size limit, 400 naming the field for anything else.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<JsonBody<T>, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = request
+            .app_data::<web::Data<AppState>>()
+            .map_or(0, |state| state.max_body_bytes);
+        let body = web::Bytes::from_request(request, payload);
+        Box::pin(async move {
+            let bytes = body.await.map_err(|err| {
+                if err.as_response_error().status_code().as_u16() == 413 {
+                    ApiError::too_large(limit)
+                } else {
+                    ApiError::malformed(format!("cannot read the request body: {err}"))
+                }
+            })?;
+            parse_json(&bytes).map(JsonBody)
+        })
+    }
+}
+
+/// Decodes a JSON body; errors name the field at fault (`messages[1].role`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::malformed(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::malformed(format!("the request body is not valid JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        // serde reports a missing field at its parent; name the field itself.
+        let field = named_field(&message);
+        let param = match (path.as_str(), field) {
+            (".", Some(field)) => field.to_owned(),
+            (".", None) => "body".to_owned(),
+            (path, Some(field)) if !path.ends_with(field) => format!("{path}.{field}"),
+            (path, _) => path.to_owned(),
+        };
+        ApiError::invalid(param.clone(), format!("{param}: {message}"))
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::malformed(format!("the request body is not valid JSON: {err}")))?;
+    Ok(value)
+}
+
+fn named_field(message: &str) -> Option<&str> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))?;
+    rest.split('`').next()
+}
+
+/// Gives every request a span (a child of the caller's `traceparent`, if any) and counts
+/// it by route and status.
+pub async fn observe(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        otel.name = format!("{} {route}", request.method()),
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HttpHeaders(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+    let metrics = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
+    let response = next.call(request).instrument(span.clone()).await;
+    let status = match &response {
+        Ok(response) => response.status().as_u16(),
+        Err(err) => err.as_response_error().status_code().as_u16(),
+    };
+    span.record("http.response.status_code", status);
+    if let Some(metrics) = metrics {
+        metrics.request(&route, status, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+struct HttpHeaders<'a>(&'a HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+/// Any path no route matches.
+pub async fn no_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(
+        "unknown_route",
+        format!("no route for {} {}", request.method(), request.path()),
+    ))
+}
+
+/// A known path with a method it does not take.
+pub async fn wrong_method(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed(format!(
+        "{} does not take {}",
+        request.path(),
+        request.method()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only decoding is tested")]
+    struct Probe {
+        model: String,
+        items: Vec<Item>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only decoding is tested")]
+    struct Item {
+        n: u32,
+    }
+
+    fn param_of(body: &str) -> (u16, Option<String>, String) {
+        let err = parse_json::<Probe>(body.as_bytes()).unwrap_err();
+        let object = err.object();
+        (
+            err.status().as_u16(),
+            object.param.clone(),
+            object.message.clone(),
+        )
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let (status, param, _) = param_of(r#"{"items": []}"#);
+        assert_eq!((status, param.as_deref()), (400, Some("model")));
+        let (_, param, message) = param_of(r#"{"model": "m", "items": [{"n": 1}, {"n": -1}]}"#);
+        assert_eq!(param.as_deref(), Some("items[1].n"), "{message}");
+        let (_, param, _) = param_of(r#"{"model": "m", "items": [], "temprature": 1}"#);
+        assert_eq!(param.as_deref(), Some("temprature"));
+        let (_, param, _) = param_of(r#"{"model": "m", "items": [{"n": 1e40}]}"#);
+        assert_eq!(param.as_deref(), Some("items[0].n"));
+    }
+
+    #[test]
+    fn malformed_bodies_are_not_field_errors() {
+        for body in [
+            "",
+            "  ",
+            "{",
+            "{\"model\": ",
+            "{\"model\": \"m\", \"items\": []} trailing",
+        ] {
+            let err = parse_json::<Probe>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{body}");
+            assert_eq!(err.object().param, None, "{body}");
+        }
+        let invalid_utf8 = b"{\"model\": \"\xff\xfe\", \"items\": []}";
+        assert_eq!(
+            parse_json::<Probe>(invalid_utf8)
+                .unwrap_err()
+                .status()
+                .as_u16(),
+            400
+        );
+    }
+}

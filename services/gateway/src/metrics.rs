@@ -1,0 +1,110 @@
+//! The gateway's metrics (`slough_gateway_<what>_<unit>`). Labels are bounded: `route`
+//! is the matched route pattern (or `unmatched`), `status` the HTTP status code.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Every gateway metric.
+pub struct Metrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    /// SSE responses being streamed now.
+    pub active_streams: IntGauge,
+    /// Inference requests (chat, completions, embeddings) being answered now.
+    pub in_flight: IntGauge,
+    rejections: IntCounterVec,
+    tokens: IntCounterVec,
+    /// Usage rows lost because the writer fell behind.
+    pub usage_dropped: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "slough_gateway_requests_total",
+                "HTTP requests answered, by route and status.",
+            ),
+            &["route", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "slough_gateway_request_duration_seconds",
+                "Time from receiving a request to sending the response head (the first \
+                 byte of a stream), by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let active_streams = IntGauge::new(
+            "slough_gateway_active_streams",
+            "Server-sent event streams open now.",
+        )?;
+        let in_flight = IntGauge::new(
+            "slough_gateway_in_flight_requests",
+            "Model requests (chat, completions, embeddings) being answered now.",
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "slough_gateway_limit_rejections_total",
+                "Requests refused with 429, by the limit reached (requests_per_minute, \
+                 tokens_per_minute, token_budget, in_flight, upstream_overloaded).",
+            ),
+            &["limit"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "slough_gateway_tokens_total",
+                "Tokens of answered requests, by direction (prompt, completion).",
+            ),
+            &["direction"],
+        )?;
+        let usage_dropped = IntCounter::new(
+            "slough_gateway_usage_dropped_total",
+            "Usage rows not stored because the writer's queue was full.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(active_streams.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(usage_dropped.clone()))?;
+        Ok(Metrics {
+            requests,
+            duration,
+            active_streams,
+            in_flight,
+            rejections,
+            tokens,
+            usage_dropped,
+        })
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Counts a 429 for `limit`.
+    pub fn reject(&self, limit: &str) {
+        self.rejections.with_label_values(&[limit]).inc();
+    }
+
+    /// Counts the tokens of a finished request.
+    pub fn tokens(&self, prompt: u64, completion: u64) {
+        self.tokens.with_label_values(&["prompt"]).inc_by(prompt);
+        self.tokens
+            .with_label_values(&["completion"])
+            .inc_by(completion);
+    }
+}

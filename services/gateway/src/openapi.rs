@@ -1,0 +1,174 @@
+//! The OpenAPI 3.1 document of the API, generated from the route and body types with
+//! utoipa. `schemas/openapi.json` is this document; a test fails when they differ
+//! (`SLOUGH_UPDATE_SCHEMAS=1` rewrites it).
+
+use utoipa::{
+    Modify, OpenApi,
+    openapi::{
+        self, Ref, ResponseBuilder,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
+};
+
+use crate::{error::ErrorResponse, routes};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "SloughGPT API",
+        description = "An OpenAI-compatible API (chat completions, completions, embeddings, \
+            models) with API key management and usage reports. Every error answers with \
+            OpenAI's error object.",
+    ),
+    paths(
+        routes::chat::create,
+        routes::completions::create,
+        routes::embeddings::create,
+        routes::models::list,
+        routes::models::get,
+        routes::keys::create,
+        routes::keys::list,
+        routes::keys::get,
+        routes::keys::update,
+        routes::keys::revoke,
+        routes::usage::report,
+    ),
+    components(schemas(ErrorResponse)),
+    modifiers(&Security, &ErrorResponses),
+)]
+struct ApiDoc;
+
+/// The document, rendered once at start.
+pub struct Document {
+    pub json: String,
+}
+
+impl Document {
+    pub fn new() -> Document {
+        Document { json: render() }
+    }
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Document::new()
+    }
+}
+
+/// The document as pretty JSON.
+pub fn render() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = crate::VERSION.to_owned();
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+/// `Authorization: Bearer sk-...` on every route.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The error answers every route may give, documented once here instead of on each.
+struct ErrorResponses;
+
+const ERRORS: &[(&str, &str)] = &[
+    (
+        "400",
+        "A field is missing, malformed or out of range (`param` names it)",
+    ),
+    ("401", "No API key, or an invalid or revoked one"),
+    ("403", "The key lacks the scope, or may not use the model"),
+    ("404", "Unknown model, key or route"),
+    ("413", "The body is over the gateway's size limit"),
+    (
+        "422",
+        "Well-formed, but impossible (e.g. the prompt is longer than the context)",
+    ),
+    (
+        "429",
+        "A rate limit, the token budget, or capacity reached; see `Retry-After`",
+    ),
+    ("500", "A bug in SloughGPT"),
+    ("503", "No inference replica is answering"),
+    ("504", "Inference did not answer in time"),
+];
+
+impl Modify for ErrorResponses {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in ERRORS {
+                    let response = ResponseBuilder::new()
+                        .description(*description)
+                        .content(
+                            "application/json",
+                            openapi::ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                                .build(),
+                        )
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert(response.into());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `schemas/openapi.json` is what the code generates.
+    #[test]
+    fn the_checked_in_document_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/openapi.json");
+        let current = render() + "\n";
+        if std::env::var_os("SLOUGH_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &current).unwrap();
+            return;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == current,
+            "{} is stale: run SLOUGH_UPDATE_SCHEMAS=1 cargo test -p slough-gateway",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1_with_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(&render()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+        for path in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/models",
+            "/v1/models/{model}",
+            "/v1/keys",
+            "/v1/keys/{id}",
+            "/v1/usage",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert!(doc["paths"]["/v1/chat/completions"]["post"]["responses"]["429"].is_object());
+    }
+}

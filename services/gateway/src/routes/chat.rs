@@ -1,0 +1,443 @@
+//! `POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed, on a chat
+//! model served by inference.
+
+use actix_web::{HttpResponse, web, web::Bytes};
+use serde::{Deserialize, Serialize};
+use slough_protocol::inference::{
+    ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput, SamplingParams,
+    TokenLogprob,
+};
+use utoipa::ToSchema;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    generation::{
+        self, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
+        response_id,
+    },
+    http::{Caller, JsonBody},
+    keys::Scope,
+};
+
+/// A chat completion request. Fields OpenAI defines that SloughGPT does not support
+/// (tools, response formats, ...) are refused by name rather than ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatCompletionRequest {
+    /// The model's id (see `GET /v1/models`).
+    pub model: String,
+    /// The conversation so far; at least one message.
+    pub messages: Vec<RequestMessage>,
+    /// Most tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Most tokens to generate; default: what is left of the context.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// 0 to 2; 0 always picks the most likely token.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling, above 0 and at most 1.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Choices to generate, 1 to 16.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Up to 4 sequences that end a choice; they are not returned.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// The same seed and request give the same answer.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// −2 to 2.
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// −2 to 2.
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Return each token's log probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    /// Answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// An end-user id; accepted for compatibility.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Extension: keep only the k most likely tokens (0: off).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// Extension: drop tokens less likely than this fraction of the most likely one.
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Extension: above 1 discourages repeating tokens already seen.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMessage {
+    pub role: Role,
+    pub content: MessageContent,
+    /// A participant's name; accepted and not used.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Who speaks. `developer` is read as `system`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+}
+
+/// Text, or a list of text parts joined in order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// A part of a message's content; only text is supported.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ContentPart {
+    Text { text: String },
+}
+
+impl ChatCompletionRequest {
+    /// The generation this request asks for, its fields checked.
+    fn to_generate(&self) -> Result<GenerateRequest, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "messages must hold at least one message",
+            ));
+        }
+        let messages = self
+            .messages
+            .iter()
+            .map(|message| ChatMessage {
+                role: match message.role {
+                    Role::System | Role::Developer => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                }
+                .to_owned(),
+                content: match &message.content {
+                    MessageContent::Text(text) => text.clone(),
+                    MessageContent::Parts(parts) => parts
+                        .iter()
+                        .map(|ContentPart::Text { text }| text.as_str())
+                        .collect(),
+                },
+            })
+            .collect();
+        let logprobs = self.logprobs.unwrap_or(false);
+        if self.top_logprobs.is_some() && !logprobs {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs set to true",
+            ));
+        }
+        if self.stream_options.is_some() && self.stream != Some(true) {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "stream_options is only allowed when stream is true",
+            ));
+        }
+        let request = GenerateRequest {
+            model: self.model.clone(),
+            input: PromptInput::Messages(messages),
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                seed: self.seed.map(|seed| seed.cast_unsigned()),
+            },
+            stop: Stop::into_list(self.stop.clone())?,
+            n: self.n.unwrap_or(1),
+            logprobs,
+            top_logprobs: self.top_logprobs.unwrap_or(0),
+            ignore_eos: false,
+        };
+        generation::check_sampling(&request).map_err(|err| {
+            if self.max_completion_tokens.is_some()
+                && err.object().param.as_deref() == Some("max_tokens")
+            {
+                ApiError::invalid(
+                    "max_completion_tokens",
+                    "max_completion_tokens must be at least 1",
+                )
+            } else {
+                err
+            }
+        })?;
+        Ok(request)
+    }
+}
+
+/// A chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: TokenUsage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ResponseMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<Finish>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResponseMessage {
+    /// Always `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// Log probabilities of a choice's tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<LogprobEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogprobEntry {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprobEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopLogprobEntry {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+fn chat_logprobs(tokens: Vec<TokenLogprob>) -> ChatLogprobs {
+    ChatLogprobs {
+        content: tokens
+            .into_iter()
+            .map(|token| LogprobEntry {
+                token: token.token,
+                logprob: token.logprob,
+                bytes: token.bytes,
+                top_logprobs: token
+                    .top_logprobs
+                    .into_iter()
+                    .map(|top| TopLogprobEntry {
+                        token: top.token,
+                        logprob: top.logprob,
+                        bytes: top.bytes,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// One server-sent event of a streamed chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    /// Empty in the final usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// Only in the final chunk, with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: u32,
+    pub delta: Delta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<Finish>,
+}
+
+/// What a chunk adds to a choice's message.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Writes chat completion chunks.
+struct ChatChunks {
+    id: String,
+    created: u64,
+    model: String,
+    n: u32,
+    logprobs: bool,
+}
+
+impl ChatChunks {
+    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<TokenUsage>) -> Bytes {
+        event_data(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+}
+
+impl ChunkFormat for ChatChunks {
+    fn opening(&self) -> Vec<Bytes> {
+        (0..self.n)
+            .map(|index| {
+                let delta = Delta {
+                    role: Some("assistant".to_owned()),
+                    content: Some(String::new()),
+                };
+                self.event(
+                    vec![ChunkChoice {
+                        index,
+                        delta,
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    None,
+                )
+            })
+            .collect()
+    }
+
+    fn chunk(&mut self, chunk: GenerateChunk) -> Bytes {
+        let logprobs = self.logprobs.then(|| chat_logprobs(chunk.logprobs));
+        self.event(
+            vec![ChunkChoice {
+                index: chunk.index,
+                delta: Delta {
+                    role: None,
+                    content: Some(chunk.text),
+                },
+                logprobs,
+                finish_reason: None,
+            }],
+            None,
+        )
+    }
+
+    fn finished(&mut self, index: u32, reason: FinishReason) -> Bytes {
+        self.event(
+            vec![ChunkChoice {
+                index,
+                delta: Delta::default(),
+                logprobs: None,
+                finish_reason: Some(reason.into()),
+            }],
+            None,
+        )
+    }
+
+    fn usage(&self, usage: TokenUsage) -> Bytes {
+        self.event(Vec::new(), Some(usage))
+    }
+}
+
+/// Creates a chat completion.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "OpenAI",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream` a stream of \
+            `ChatCompletionChunk` events ending with `data: [DONE]`",
+            content(
+                (ChatCompletion = "application/json"),
+                (ChatCompletionChunk = "text/event-stream"),
+            )),
+    ),
+    security(("api_key" = [])),
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    Caller(key): Caller,
+    JsonBody(body): JsonBody<ChatCompletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    key.require(Scope::Inference)?;
+    let request = body.to_generate()?;
+    key.allow_model(&body.model)?;
+    let mut metered = state.admit(&key, "chat.completions", &body.model).await?;
+    let events = generation::start(&state.bus, std::slice::from_ref(&request))
+        .await
+        .map_err(|err| state.upstream_failed(&mut metered, err))?;
+    let id = response_id("chatcmpl");
+    let created = now_unix();
+    if body.stream == Some(true) {
+        let include_usage = body
+            .stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage);
+        let format = ChatChunks {
+            id,
+            created,
+            model: body.model,
+            n: request.n,
+            logprobs: request.logprobs,
+        };
+        return Ok(generation::sse(events, format, include_usage, metered));
+    }
+    let (choices, usage) = generation::collect(events, request.n, &mut metered).await?;
+    let choices = choices
+        .into_iter()
+        .zip(0..)
+        .map(|(choice, index)| ChatChoice {
+            index,
+            message: ResponseMessage {
+                role: "assistant".to_owned(),
+                content: choice.text,
+            },
+            logprobs: request.logprobs.then(|| chat_logprobs(choice.logprobs)),
+            finish_reason: choice.finish_reason.map(Finish::from),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ChatCompletion {
+        id,
+        object: "chat.completion".to_owned(),
+        created,
+        model: body.model,
+        choices,
+        usage: usage.into(),
+    }))
+}

@@ -1,0 +1,48 @@
+//! The API's routes, one module per resource, and the table that binds them to paths.
+//! Each route checks the caller's scope, its body, the model it may use and its limits,
+//! in that order, before anything reaches another service.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod keys;
+pub mod models;
+pub mod usage;
+
+use actix_web::{HttpResponse, Resource, web};
+
+use crate::http::wrong_method;
+
+/// Binds every route; other methods on these paths get a 405.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(resource("/v1/chat/completions").route(web::post().to(chat::create)))
+        .service(resource("/v1/completions").route(web::post().to(completions::create)))
+        .service(resource("/v1/embeddings").route(web::post().to(embeddings::create)))
+        .service(resource("/v1/models").route(web::get().to(models::list)))
+        .service(resource("/v1/models/{model}").route(web::get().to(models::get)))
+        .service(
+            resource("/v1/keys")
+                .route(web::get().to(keys::list))
+                .route(web::post().to(keys::create)),
+        )
+        .service(
+            resource("/v1/keys/{id}")
+                .route(web::get().to(keys::get))
+                .route(web::patch().to(keys::update))
+                .route(web::delete().to(keys::revoke)),
+        )
+        .service(resource("/v1/usage").route(web::get().to(usage::report)))
+        .service(resource("/openapi.json").route(web::get().to(openapi)));
+}
+
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(wrong_method))
+}
+
+/// The OpenAPI document of this API.
+async fn openapi(document: web::Data<crate::openapi::Document>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.json.clone())
+}

@@ -1,0 +1,243 @@
+//! Usage accounting: one `usage` row per model request (key, model, tokens, latency,
+//! status). Handlers never wait for the store: a [`Metered`] guard hands its row to a
+//! bounded queue when the request ends (however it ends), and one writer task stores
+//! rows in batches. [`report`] sums a key's rows for `GET /v1/usage`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
+    sea_query::Expr,
+};
+use serde::Serialize;
+use slough_protocol::inference::Usage;
+use slough_store::{Store, entities::usage};
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    task::JoinHandle,
+};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{limits::Limits, metrics::Metrics};
+
+/// Rows written in one insert at most.
+const BATCH: usize = 256;
+
+/// Queues usage rows for the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageRecorder {
+    queue: mpsc::Sender<usage::ActiveModel>,
+    metrics: Arc<Metrics>,
+}
+
+impl UsageRecorder {
+    /// Starts the writer; it stops once every recorder is dropped and the queue is empty.
+    pub fn start(
+        store: Store,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (UsageRecorder, JoinHandle<()>) {
+        let (queue, mut rows) = mpsc::channel(capacity.max(1));
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rows.recv_many(&mut batch, BATCH).await > 0 {
+                let count = batch.len();
+                let insert = usage::Entity::insert_many(batch.drain(..));
+                if let Err(err) = insert.exec(store.connection()).await {
+                    tracing::error!(error = %err, rows = count, "cannot store usage rows");
+                }
+            }
+        });
+        (UsageRecorder { queue, metrics }, writer)
+    }
+
+    fn record(&self, row: usage::ActiveModel) {
+        if self.queue.try_send(row).is_err() {
+            self.metrics.usage_dropped.inc();
+            tracing::warn!("usage queue full: a usage row was dropped");
+        }
+    }
+}
+
+/// Accounts for one admitted model request: holds its in-flight slot, and when dropped
+/// stores its usage row, counts its tokens against the key's limits and in the metrics.
+/// A request dropped before [`Metered::finish`] (the client went away) is stored as 499.
+pub struct Metered {
+    recorder: UsageRecorder,
+    limits: Arc<Limits>,
+    key_id: Uuid,
+    endpoint: &'static str,
+    model: String,
+    started: Instant,
+    usage: Usage,
+    status: u16,
+    stream: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Metered {
+    pub fn new(
+        recorder: UsageRecorder,
+        limits: Arc<Limits>,
+        slot: OwnedSemaphorePermit,
+        key_id: Uuid,
+        endpoint: &'static str,
+        model: &str,
+    ) -> Metered {
+        recorder.metrics.in_flight.inc();
+        Metered {
+            recorder,
+            limits,
+            key_id,
+            endpoint,
+            model: model.to_owned(),
+            started: Instant::now(),
+            usage: Usage::default(),
+            status: 499,
+            stream: false,
+            _slot: slot,
+        }
+    }
+
+    /// Marks the request as streamed (counted in the active-streams gauge until dropped).
+    pub fn streaming(&mut self) {
+        if !self.stream {
+            self.stream = true;
+            self.recorder.metrics.active_streams.inc();
+        }
+    }
+
+    /// Adds tokens used so far (several prompts add up).
+    pub fn add(&mut self, usage: Usage) {
+        self.usage.prompt_tokens += usage.prompt_tokens;
+        self.usage.completion_tokens += usage.completion_tokens;
+        self.usage.total_tokens += usage.total_tokens;
+    }
+
+    /// Records how the request ended.
+    pub fn finish(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// How long the request has taken.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let metrics = &self.recorder.metrics;
+        metrics.in_flight.dec();
+        if self.stream {
+            metrics.active_streams.dec();
+        }
+        let prompt = u64::from(self.usage.prompt_tokens);
+        let completion = u64::from(self.usage.completion_tokens);
+        metrics.tokens(prompt, completion);
+        self.limits.record(self.key_id, prompt + completion);
+        self.recorder.record(usage::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            key_id: Set(self.key_id),
+            endpoint: Set(self.endpoint.to_owned()),
+            model: Set(std::mem::take(&mut self.model)),
+            prompt_tokens: Set(i64::from(self.usage.prompt_tokens)),
+            completion_tokens: Set(i64::from(self.usage.completion_tokens)),
+            latency_ms: Set(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)),
+            status: Set(i16::try_from(self.status).unwrap_or(i16::MAX)),
+            created_at: Set(Utc::now()),
+        });
+    }
+}
+
+/// A key's usage, in all and by model.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub key_id: Uuid,
+    /// Counted from this time on (`null`: since the key was made).
+    pub since: Option<DateTime<Utc>>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// The key's budget, and what is left of it (`null` without a budget).
+    pub token_budget: Option<u64>,
+    pub budget_remaining: Option<u64>,
+    /// By model, most tokens first.
+    pub models: Vec<ModelUsage>,
+}
+
+/// One model's share of a [`UsageReport`].
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelUsage {
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Sums the usage rows of `key_id` since `since`. Rows still queued are not counted yet.
+pub async fn report(
+    store: &Store,
+    key_id: Uuid,
+    since: Option<DateTime<Utc>>,
+    token_budget: Option<u64>,
+) -> Result<UsageReport, sea_orm::DbErr> {
+    let mut query = usage::Entity::find()
+        .select_only()
+        .column(usage::Column::Model)
+        .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "requests")
+        .column_as(Expr::cust("CAST(SUM(prompt_tokens) AS BIGINT)"), "prompt")
+        .column_as(
+            Expr::cust("CAST(SUM(completion_tokens) AS BIGINT)"),
+            "completion",
+        )
+        .filter(usage::Column::KeyId.eq(key_id))
+        .group_by(usage::Column::Model)
+        .order_by_desc(Expr::cust(
+            "CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT)",
+        ));
+    if let Some(since) = since {
+        query = query.filter(usage::Column::CreatedAt.gte(since));
+    }
+    let rows: Vec<(String, i64, i64, i64)> = query.into_tuple().all(store.connection()).await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let models: Vec<ModelUsage> = rows
+        .into_iter()
+        .map(|(model, requests, prompt, completion)| ModelUsage {
+            model,
+            requests: count(requests),
+            prompt_tokens: count(prompt),
+            completion_tokens: count(completion),
+        })
+        .collect();
+    let requests = models.iter().map(|m| m.requests).sum();
+    let prompt_tokens = models.iter().map(|m| m.prompt_tokens).sum();
+    let completion_tokens = models.iter().map(|m| m.completion_tokens).sum();
+    let total_tokens = prompt_tokens + completion_tokens;
+    // The budget counts everything ever used, whatever `since` says.
+    let budget_remaining = match token_budget {
+        Some(budget) if since.is_some() => {
+            let all = Box::pin(report(store, key_id, None, None)).await?;
+            Some(budget.saturating_sub(all.total_tokens))
+        }
+        Some(budget) => Some(budget.saturating_sub(total_tokens)),
+        None => None,
+    };
+    Ok(UsageReport {
+        key_id,
+        since,
+        requests,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        token_budget,
+        budget_remaining,
+        models,
+    })
+}

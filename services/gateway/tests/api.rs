@@ -1,0 +1,815 @@
+//! The API over HTTP against a running platform: real NATS, real inference with
+//! SmolLM2 and MiniLM, the gateway on SQLite.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use support::{CHAT, EMBED, Platform, gateway_config, inference_config, read_events};
+
+fn france() -> Value {
+    json!([{"role": "user", "content": "What is the capital of France?"}])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_plain_streamed_and_with_logprobs() {
+    let platform = Platform::start(gateway_config(), inference_config()).await;
+    let key = platform.admin_key.clone();
+
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "messages": france(), "temperature": 0, "max_tokens": 24}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let plain: Value = response.json().await.unwrap();
+    assert_eq!(plain["object"], "chat.completion");
+    assert!(plain["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(plain["model"], CHAT);
+    let text = plain["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(plain["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(plain["choices"][0]["finish_reason"], "stop");
+    let usage = &plain["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 5);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    // Streamed, greedy: the same text, in OpenAI's chunk sequence.
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({
+                "model": CHAT, "messages": france(), "temperature": 0, "max_tokens": 24,
+                "stream": true, "stream_options": {"include_usage": true}
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let (events, done) = read_events(response).await;
+    assert!(done, "the stream ends with [DONE]");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk")
+    );
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    let finish = &events[events.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(last["usage"], *usage);
+
+    // n, stop, seed and logprobs.
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({
+                "model": CHAT,
+                "messages": [
+                    {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+                    {"role": "user", "content": "Name three colours."}
+                ],
+                "n": 2, "seed": 7, "temperature": 0.8, "max_completion_tokens": 12,
+                "logprobs": true, "top_logprobs": 2, "stop": ["\n\n"]
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        let content = choice["logprobs"]["content"].as_array().unwrap();
+        assert!(!content.is_empty());
+        assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+        assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+        let spelled: Vec<u8> = content
+            .iter()
+            .flat_map(|t| t["bytes"].as_array().unwrap().iter())
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8(spelled).unwrap(),
+            choice["message"]["content"].as_str().unwrap()
+        );
+    }
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() <= 24);
+
+    // Requests are counted by route and status.
+    assert!(
+        platform
+            .gateway_metric(
+                "slough_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"
+            )
+            .await
+            >= 3.0
+    );
+    assert!(
+        platform
+            .gateway_metric("slough_gateway_tokens_total{direction=\"completion\"}")
+            .await
+            > 0.0
+    );
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_embeddings_and_models() {
+    let platform = Platform::start(gateway_config(), inference_config()).await;
+    let key = platform.admin_key.clone();
+
+    let response = platform
+        .post(
+            "/v1/completions",
+            &key,
+            &json!({
+                "model": CHAT, "prompt": ["The sky is", "Two plus two is"],
+                "max_tokens": 5, "temperature": 0, "logprobs": 1
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "text_completion");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    assert_eq!(choices[1]["index"], 1);
+    assert_eq!(choices[0]["finish_reason"], "length");
+    let logprobs = &choices[0]["logprobs"];
+    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["text_offset"][0], 0);
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+
+    // Streamed: the same greedy text as the plain answer.
+    let response = platform
+        .post(
+            "/v1/completions",
+            &key,
+            &json!({"model": CHAT, "prompt": "The sky is", "max_tokens": 5, "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (events, done) = read_events(response).await;
+    assert!(done);
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, choices[0]["text"].as_str().unwrap());
+
+    // Embeddings as floats and as base64 agree.
+    let texts = json!(["A cat sits on the mat.", "Stock markets fell today."]);
+    let floats: Value = platform
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": texts}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(floats["object"], "list");
+    let first: Vec<f32> = serde_json::from_value(floats["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(first.len(), 384);
+    assert!(floats["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let encoded: Value = platform
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": texts, "encoding_format": "base64", "dimensions": 384}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(decoded, first);
+    let response = platform
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": "x", "dimensions": 64}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "dimensions");
+    assert!(error["error"]["message"].as_str().unwrap().contains("384"));
+
+    // Models: the list, one model, an unknown one.
+    let list: Value = platform
+        .get("/v1/models", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [EMBED, CHAT]);
+    let model: Value = platform
+        .get(&format!("/v1/models/{CHAT}"), &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(model["object"], "model");
+    assert_eq!(model["kind"], "chat");
+    assert!(model["created"].as_i64().unwrap() > 1_700_000_000);
+    let missing = platform.get("/v1/models/nope", &key).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    platform.stop().await;
+}
+
+/// Sends `body` to the chat route and returns the status and the error object.
+async fn chat_error(platform: &Platform, key: &str, body: reqwest::Body) -> (u16, Value) {
+    let response = platform
+        .http
+        .post(format!("{}/v1/chat/completions", platform.url))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_follow_the_table() {
+    let mut config = gateway_config();
+    config.cors_origins = vec!["https://app.example.com".to_owned()];
+    let platform = Platform::start(config, inference_config()).await;
+    let admin = platform.admin_key.clone();
+
+    // 401: no key, a malformed key, an unknown key.
+    let no_key = platform
+        .http
+        .get(format!("{}/v1/models", platform.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 401);
+    let error: Value = no_key.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    for bad in [
+        "nonsense",
+        "sk-0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEF",
+    ] {
+        let response = platform.get("/v1/models", bad).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{bad}");
+    }
+
+    // 403: a key without the inference scope; a key limited to another model.
+    let (admin_only, _) = platform.create_key(json!({"scopes": ["admin"]})).await;
+    let body = json!({"model": CHAT, "messages": france()}).to_string();
+    let (status, error) = chat_error(&platform, &admin_only, body.clone().into()).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("missing_scope"))
+    );
+    let (embed_only, _) = platform.create_key(json!({"models": [EMBED]})).await;
+    let (status, error) = chat_error(&platform, &embed_only, body.clone().into()).await;
+    assert_eq!((status, error["param"].as_str()), (403, Some("model")));
+    let listed: Value = platform
+        .get("/v1/models", &embed_only)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    let keys = platform.get("/v1/keys", &embed_only).send().await.unwrap();
+    assert_eq!(keys.status(), 403);
+
+    // 400: each names the problem; the field as `param` where one is at fault.
+    let cases: Vec<(reqwest::Body, Option<&str>)> = vec![
+        ("{\"model\": ".into(), None),
+        ("[]".into(), Some("body")),
+        (b"{\"model\": \"\xff\"}".to_vec().into(), None),
+        (
+            json!({"messages": france()}).to_string().into(),
+            Some("model"),
+        ),
+        (
+            json!({"model": CHAT, "messages": []}).to_string().into(),
+            Some("messages"),
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "max_tokens": "ten"})
+                .to_string()
+                .into(),
+            Some("max_tokens"),
+        ),
+        (
+            "{\"model\": \"smollm2\", \"messages\": [], \"max_tokens\": 1e400}".into(),
+            None,
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "max_tokens": 99_999_999_999u64})
+                .to_string()
+                .into(),
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "temperature": 7})
+                .to_string()
+                .into(),
+            Some("temperature"),
+        ),
+        (
+            json!({"model": CHAT, "messages": [{"role": "robot", "content": "hi"}]})
+                .to_string()
+                .into(),
+            Some("messages[0].role"),
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "tools": []})
+                .to_string()
+                .into(),
+            Some("tools"),
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "n": 0})
+                .to_string()
+                .into(),
+            Some("n"),
+        ),
+        (
+            json!({"model": CHAT, "messages": france(), "stop": ["a", "b", "c", "d", "e"]})
+                .to_string()
+                .into(),
+            Some("stop"),
+        ),
+    ];
+    for (i, (body, param)) in cases.into_iter().enumerate() {
+        let (status, error) = chat_error(&platform, &admin, body).await;
+        assert_eq!(status, 400, "case {i}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+        if let Some(param) = param {
+            assert_eq!(error["param"], param, "case {i}: {error}");
+        }
+    }
+
+    // 404: an unknown model, an unknown route; 405: a known route, another method.
+    let (status, error) = chat_error(
+        &platform,
+        &admin,
+        json!({"model": "gpt-4", "messages": france()})
+            .to_string()
+            .into(),
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let response = platform.get("/v1/nothing", &admin).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_route"
+    );
+    let response = platform
+        .get("/v1/chat/completions", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+
+    // 413: over the body limit (64 KiB in these tests).
+    let huge =
+        json!({"model": CHAT, "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let (status, error) = chat_error(&platform, &admin, huge.to_string().into()).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+
+    // 422: valid, but more than the context holds (512 tokens in these tests).
+    let (status, error) = chat_error(
+        &platform,
+        &admin,
+        json!({"model": CHAT, "messages": france(), "max_tokens": 600})
+            .to_string()
+            .into(),
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (422, Some("context_length_exceeded"))
+    );
+    let long = "word ".repeat(3000);
+    let (status, _) = chat_error(
+        &platform,
+        &admin,
+        json!({"model": CHAT, "messages": [{"role": "user", "content": long}]})
+            .to_string()
+            .into(),
+    )
+    .await;
+    assert_eq!(status, 422);
+
+    // CORS: the allowed origin gets its headers, another does not.
+    let preflight = |origin: &str| {
+        platform
+            .http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/v1/chat/completions", platform.url),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    // Nothing here was a server error.
+    for status in ["500", "503", "504"] {
+        let series = format!(
+            "slough_gateway_requests_total{{route=\"/v1/chat/completions\",status=\"{status}\"}}"
+        );
+        assert_eq!(platform.gateway_metric(&series).await, 0.0, "{series}");
+    }
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_limits_budgets_and_usage() {
+    let platform = Platform::start(gateway_config(), inference_config()).await;
+    let admin = platform.admin_key.clone();
+    let embed = |input: &str| json!({"model": EMBED, "input": input});
+
+    // Requests per minute: a burst of 2, then 429 with Retry-After.
+    let (limited, info) = platform.create_key(json!({"requests_per_minute": 2})).await;
+    assert_eq!(info["requests_per_minute"], 2);
+    assert_eq!(info["scopes"], json!(["inference"]));
+    for _ in 0..2 {
+        let response = platform
+            .post("/v1/embeddings", &limited, &embed("hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let refused = platform
+        .post("/v1/embeddings", &limited, &embed("hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "requests_per_minute");
+
+    // Tokens per minute: one request may use them up; the next is refused.
+    let (tpm, _) = platform.create_key(json!({"tokens_per_minute": 5})).await;
+    let first = platform
+        .post(
+            "/v1/embeddings",
+            &tpm,
+            &embed("a sentence of more than five tokens, surely"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = platform
+        .post("/v1/embeddings", &tpm, &embed("again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+
+    // A token budget: spent, then 429 insufficient_quota until the admin raises it.
+    let (budget, info) = platform.create_key(json!({"token_budget": 20})).await;
+    let id = info["id"].as_str().unwrap().to_owned();
+    let chat = json!({"model": CHAT, "messages": france(), "max_tokens": 8, "temperature": 0});
+    let response = platform
+        .post("/v1/chat/completions", &budget, &chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refused = platform
+        .post("/v1/chat/completions", &budget, &chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota");
+    let raised = platform
+        .http
+        .patch(format!("{}/v1/keys/{id}", platform.url))
+        .bearer_auth(&admin)
+        .json(&json!({"token_budget": null, "name": "unlimited now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raised.status(), 200);
+    let raised: Value = raised.json().await.unwrap();
+    assert_eq!(raised["token_budget"], Value::Null);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the key cache's lifetime
+    let response = platform
+        .post("/v1/chat/completions", &budget, &chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Usage: the key's own rows, by model; written off the response path.
+    let mut report = Value::Null;
+    for _ in 0..100 {
+        report = platform
+            .get("/v1/usage", &budget)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["requests"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(report["requests"], 2, "{report}");
+    assert_eq!(report["models"][0]["model"], CHAT);
+    assert!(report["total_tokens"].as_u64().unwrap() > 20);
+    let other = platform
+        .get(&format!("/v1/usage?key_id={id}"), &limited)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+    let bad_query = platform
+        .get("/v1/usage?since=yesterday", &budget)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_query.status(), 400);
+
+    // Listing shows no secrets; revoking takes effect at once.
+    let list: Value = platform
+        .get("/v1/keys", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 4);
+    assert!(!list.to_string().contains(&budget));
+    let revoked = platform
+        .http
+        .delete(format!("{}/v1/keys/{id}", platform.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let response = platform
+        .post("/v1/chat/completions", &budget, &chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let unknown = platform
+        .get("/v1/keys/00000000-0000-0000-0000-000000000000", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let invalid = platform
+        .post(
+            "/v1/keys",
+            &admin,
+            &json!({"name": "x", "scopes": ["root"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 400);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream() {
+    let mut platform = Platform::start(gateway_config(), inference_config()).await;
+    let key = platform.admin_key.clone();
+    let long = json!({
+        "model": CHAT, "prompt": "Once upon a time", "max_tokens": 400,
+        "temperature": 0, "stream": true
+    });
+
+    // The client reads a few chunks and goes away.
+    let response = platform
+        .post("/v1/completions", &key, &long)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    for _ in 0..3 {
+        body.next().await.unwrap().unwrap();
+    }
+    assert_eq!(
+        platform
+            .gateway_metric("slough_gateway_active_streams")
+            .await,
+        1.0
+    );
+    drop(body);
+    let mut cancelled = 0.0;
+    for _ in 0..40 {
+        cancelled = platform
+            .inference_metric("slough_inference_cancelled_requests_total{model=\"smollm2\"}")
+            .await;
+        if cancelled >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled, 1.0, "inference cancelled the generation");
+    assert_eq!(
+        platform
+            .inference_metric("slough_inference_running_sequences{model=\"smollm2\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        platform
+            .gateway_metric("slough_gateway_active_streams")
+            .await,
+        0.0
+    );
+
+    // Inference goes away mid-stream: the stream ends with an error event.
+    let response = platform
+        .post("/v1/completions", &key, &long)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    platform.stop_inference().await;
+    let mut rest = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream ended");
+    let last = rest.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("data: {\"error\""), "{rest}");
+
+    // With no inference replica: 503.
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "messages": france()}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    platform.stop().await;
+}
+
+/// Opens three long streams at once; returns their statuses and the third's error code.
+async fn three_streams(platform: &Platform) -> (Vec<u16>, Value) {
+    let key = platform.admin_key.clone();
+    let long =
+        json!({"model": CHAT, "prompt": "Once upon a time", "max_tokens": 200, "stream": true});
+    let mut open = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = platform
+            .post("/v1/completions", &key, &long)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        open.push(response);
+    }
+    let third = open.pop().unwrap();
+    let retry_after = third.headers().get("retry-after").cloned();
+    let error: Value = third.json().await.unwrap_or_default();
+    assert!(
+        retry_after.is_some() || statuses[2] != 429,
+        "429 without Retry-After"
+    );
+    (statuses, error["error"]["code"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_limits_answer_429_with_retry_after() {
+    // Inference runs one sequence and queues one: the third is refused upstream.
+    let mut inference = inference_config();
+    inference.max_batch = 1;
+    inference.max_queue = 1;
+    let platform = Platform::start(gateway_config(), inference.clone()).await;
+    let (statuses, code) = three_streams(&platform).await;
+    assert_eq!(
+        (statuses, code.as_str()),
+        (vec![200, 200, 429], Some("overloaded"))
+    );
+    assert_eq!(
+        platform
+            .gateway_metric("slough_gateway_limit_rejections_total{limit=\"upstream_overloaded\"}")
+            .await,
+        1.0
+    );
+    platform.stop().await;
+
+    // The gateway takes two at once: the third is refused before inference.
+    let mut gateway = gateway_config();
+    gateway.max_in_flight = 2;
+    let platform = Platform::start(gateway, inference).await;
+    let (statuses, code) = three_streams(&platform).await;
+    assert_eq!(
+        (statuses, code.as_str()),
+        (vec![200, 200, 429], Some("gateway_busy"))
+    );
+    platform.stop().await;
+}

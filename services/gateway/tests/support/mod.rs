@@ -1,0 +1,243 @@
+//! A platform for the gateway's tests: a real nats-server, the inference service with
+//! the real test models, and the gateway on a free port with a fresh SQLite store.
+
+#![allow(dead_code, reason = "each test file uses part of this")]
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::Value;
+use slough_protocol::ServiceKind;
+use slough_service::{CommonConfig, ServiceContext};
+use slough_testkit::TestNats;
+use tokio_util::sync::CancellationToken;
+
+pub use slough_testkit::{CHAT_MODEL as CHAT, EMBED_MODEL as EMBED};
+
+/// One running service and how to stop it.
+struct Running {
+    admin: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub struct Platform {
+    pub nats: TestNats,
+    pub url: String,
+    pub admin_key: String,
+    pub http: reqwest::Client,
+    gateway: Option<Running>,
+    inference: Option<Running>,
+    data: tempfile::TempDir,
+}
+
+/// The gateway settings tests start from: a free port, small limits.
+pub fn gateway_config() -> slough_gateway::Config {
+    slough_gateway::Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], slough_testkit::free_port())),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        max_body_bytes: 64 * 1024,
+        key_cache_ms: 200,
+        ..slough_gateway::Config::default()
+    }
+}
+
+/// The inference settings tests start from: the test models, a short context.
+pub fn inference_config() -> slough_inference::Config {
+    let mut config = slough_inference::Config {
+        models_dir: Some(slough_testkit::test_models_dir()),
+        max_context: 512,
+        ..slough_inference::Config::default()
+    };
+    config.runtime.library = Some(slough_testkit::onnxruntime_library());
+    config
+}
+
+impl Platform {
+    /// Starts inference, then the gateway, and waits until a chat answers.
+    pub async fn start(
+        gateway: slough_gateway::Config,
+        inference: slough_inference::Config,
+    ) -> Platform {
+        let nats = TestNats::start();
+        let data = tempfile::tempdir().expect("data dir");
+        let common = CommonConfig {
+            data_dir: data.path().to_owned(),
+            ..CommonConfig::default()
+        };
+        let url = format!("http://{}", gateway.listen);
+        let inference = start_service(ServiceKind::Inference, &common, &nats, move |ctx, stop| {
+            Box::pin(async move {
+                slough_inference::run(ctx, inference, stop)
+                    .await
+                    .expect("inference runs")
+            })
+        })
+        .await;
+        let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
+            Box::pin(async move {
+                slough_gateway::run(ctx, gateway, stop)
+                    .await
+                    .expect("gateway runs")
+            })
+        })
+        .await;
+        let key_file = slough_gateway::keys::admin_key_path(data.path());
+        let mut platform = Platform {
+            nats,
+            url,
+            admin_key: String::new(),
+            http: reqwest::Client::new(),
+            gateway: Some(gateway),
+            inference: Some(inference),
+            data,
+        };
+        for _ in 0..600 {
+            if let Ok(key) = std::fs::read_to_string(&key_file) {
+                platform.admin_key = key.trim().to_owned();
+                let models = platform.get("/v1/models", &platform.admin_key).send().await;
+                if let Ok(response) = models
+                    && response.status() == 200
+                {
+                    let body: Value = response.json().await.expect("models json");
+                    if body["data"]
+                        .as_array()
+                        .is_some_and(|models| models.len() == 2)
+                    {
+                        return platform;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the platform did not become ready");
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(body)
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+    }
+
+    /// Creates an API key with `settings` (merged over a name) and returns its secret.
+    pub async fn create_key(&self, settings: Value) -> (String, Value) {
+        let mut body = serde_json::json!({"name": "test key"});
+        if let (Some(body), Some(settings)) = (body.as_object_mut(), settings.as_object()) {
+            body.extend(settings.clone());
+        }
+        let response = self
+            .post("/v1/keys", &self.admin_key, &body)
+            .send()
+            .await
+            .expect("create key");
+        assert_eq!(response.status(), 201);
+        let created: Value = response.json().await.expect("created key");
+        (
+            created["secret"].as_str().expect("secret").to_owned(),
+            created["key"].clone(),
+        )
+    }
+
+    /// The gateway's `/metrics` value of `series` (0 when absent).
+    pub async fn gateway_metric(&self, series: &str) -> f64 {
+        metric(self.gateway.as_ref().map(|g| g.admin.as_str()), series).await
+    }
+
+    /// The inference service's `/metrics` value of `series` (0 when absent).
+    pub async fn inference_metric(&self, series: &str) -> f64 {
+        metric(self.inference.as_ref().map(|i| i.admin.as_str()), series).await
+    }
+
+    /// Stops the inference service (the gateway stays).
+    pub async fn stop_inference(&mut self) {
+        if let Some(inference) = self.inference.take() {
+            inference.stop().await;
+        }
+    }
+
+    /// Stops the gateway (flushing its usage rows), then inference.
+    pub async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop().await;
+        }
+        self.stop_inference().await;
+    }
+
+    /// The SQLite store's directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
+    }
+}
+
+async fn metric(admin: Option<&str>, series: &str) -> f64 {
+    let Some(admin) = admin else { return 0.0 };
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+type RunFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+async fn start_service(
+    kind: ServiceKind,
+    common: &CommonConfig,
+    nats: &TestNats,
+    run: impl FnOnce(ServiceContext, CancellationToken) -> RunFuture,
+) -> Running {
+    let ctx = ServiceContext::start(
+        kind,
+        slough_gateway::VERSION,
+        common,
+        &nats.url(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("service context");
+    let admin = ctx.admin_url().to_owned();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(ctx, shutdown.clone()));
+    Running {
+        admin,
+        shutdown,
+        task,
+    }
+}
+
+/// Reads a server-sent event stream to its end: the JSON events, and whether it ended
+/// with `data: [DONE]`.
+pub async fn read_events(response: reqwest::Response) -> (Vec<Value>, bool) {
+    let text = response.text().await.expect("stream body");
+    let mut events = Vec::new();
+    let mut done = false;
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+        } else {
+            events.push(serde_json::from_str(data).expect("event JSON"));
+        }
+    }
+    (events, done)
+}
