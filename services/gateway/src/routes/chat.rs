@@ -28,20 +28,26 @@ pub struct ChatCompletionRequest {
     /// The model's id (see `GET /v1/models`).
     pub model: String,
     /// The conversation so far; at least one message.
+    #[schema(min_items = 1)]
     pub messages: Vec<RequestMessage>,
     /// Most tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
     /// Most tokens to generate; default: what is left of the context.
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
     /// 0 to 2; 0 always picks the most likely token.
+    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
     /// Nucleus sampling, above 0 and at most 1.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
     /// Choices to generate, 1 to 16.
+    #[schema(minimum = 1, maximum = 16)]
     #[serde(default)]
     pub n: Option<u32>,
     /// Up to 4 sequences that end a choice; they are not returned.
@@ -51,15 +57,18 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub seed: Option<i64>,
     /// −2 to 2.
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
     /// −2 to 2.
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     /// Return each token's log probability.
     #[serde(default)]
     pub logprobs: Option<bool>,
     /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
+    #[schema(maximum = 20)]
     #[serde(default)]
     pub top_logprobs: Option<u32>,
     /// Answer as server-sent events.
@@ -74,9 +83,11 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub top_k: Option<u32>,
     /// Extension: drop tokens less likely than this fraction of the most likely one.
+    #[schema(minimum = 0, maximum = 1)]
     #[serde(default)]
     pub min_p: Option<f32>,
     /// Extension: above 1 discourages repeating tokens already seen.
+    #[schema(exclusive_minimum = 0, maximum = 10)]
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
 }

@@ -32,24 +32,31 @@ pub struct CompletionRequest {
     /// A prompt, a list of prompts, or the same as token ids.
     pub prompt: Prompt,
     /// Most tokens to generate per choice (OpenAI's default: 16).
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
     /// Choices per prompt, 1 to 16.
+    #[schema(minimum = 1, maximum = 16)]
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
     pub seed: Option<i64>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     /// Return the log probabilities of this many (0 to 5) most likely tokens per position.
+    #[schema(maximum = 5)]
     #[serde(default)]
     pub logprobs: Option<u32>,
     /// Not supported: `true` is refused.
@@ -71,9 +78,11 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub top_k: Option<u32>,
     /// Extension.
+    #[schema(minimum = 0, maximum = 1)]
     #[serde(default)]
     pub min_p: Option<f32>,
     /// Extension.
+    #[schema(exclusive_minimum = 0, maximum = 10)]
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
 }

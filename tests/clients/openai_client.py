@@ -1,0 +1,103 @@
+"""The official `openai` Python client against a running gateway, unmodified.
+
+Run by scripts/check-clients with SLOUGH_BASE_URL, SLOUGH_API_KEY, SLOUGH_CHAT_MODEL
+and SLOUGH_EMBED_MODEL set. Exits non-zero on the first failed check.
+"""
+
+import os
+
+import httpx
+import openai
+
+BASE_URL = os.environ["SLOUGH_BASE_URL"]
+KEY = os.environ["SLOUGH_API_KEY"]
+CHAT = os.environ["SLOUGH_CHAT_MODEL"]
+EMBED = os.environ["SLOUGH_EMBED_MODEL"]
+
+# No retries: a 429 must reach us, not be retried away.
+client = openai.OpenAI(base_url=BASE_URL, api_key=KEY, max_retries=0)
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        raise SystemExit(f"FAILED {name}: {detail}")
+    print(f"ok  {name}")
+
+
+def expect_error(name, error_type, call):
+    try:
+        call()
+    except error_type as err:
+        check(name, err.body is not None and "message" in err.body, repr(err.body))
+        return err
+    except openai.APIError as err:
+        raise SystemExit(f"FAILED {name}: expected {error_type.__name__}, got {type(err).__name__}: {err}")
+    raise SystemExit(f"FAILED {name}: expected {error_type.__name__}, got no error")
+
+
+chat = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=24)
+answer = chat.choices[0].message.content
+check("chat completion", "Paris" in answer and chat.choices[0].finish_reason == "stop", answer)
+check("chat usage", chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens)
+
+stream = client.chat.completions.create(
+    model=CHAT, messages=QUESTION, temperature=0, max_tokens=24, stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, usage, finish = [], None, None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        pieces.append(choice.delta.content or "")
+        finish = choice.finish_reason or finish
+check("streamed chat equals the plain answer", "".join(pieces) == answer, "".join(pieces))
+check("streamed chat usage", usage is not None and usage.completion_tokens == chat.usage.completion_tokens)
+check("streamed finish reason", finish == "stop", finish)
+
+completion = client.completions.create(model=CHAT, prompt=["The sky is", "Water is"], max_tokens=5, temperature=0)
+check("completions", len(completion.choices) == 2 and completion.usage.completion_tokens == 10)
+
+# The client asks for base64 by default and decodes it.
+embedded = client.embeddings.create(model=EMBED, input=["A cat sits on the mat.", "A kitten rests on a rug."])
+vectors = [item.embedding for item in embedded.data]
+check("embeddings (base64 by default)", len(vectors) == 2 and len(vectors[0]) == 384)
+as_floats = client.embeddings.create(model=EMBED, input="A cat sits on the mat.", encoding_format="float")
+check("embeddings as floats match", max(abs(a - b) for a, b in zip(as_floats.data[0].embedding, vectors[0])) < 1e-6)
+similarity = sum(a * b for a, b in zip(vectors[0], vectors[1]))
+check("similar sentences are close", similarity > 0.5, similarity)
+
+models = [model.id for model in client.models.list()]
+check("model list", CHAT in models and EMBED in models, models)
+check("one model", client.models.retrieve(CHAT).id == CHAT)
+
+bad_key = openai.OpenAI(base_url=BASE_URL, api_key="sk-not-a-real-key-but-long-enough-to-look-like-one", max_retries=0)
+expect_error("401 AuthenticationError", openai.AuthenticationError, lambda: bad_key.models.list())
+expect_error(
+    "400 BadRequestError names the field",
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=9),
+)
+expect_error(
+    "404 NotFoundError for an unknown model",
+    openai.NotFoundError,
+    lambda: client.chat.completions.create(model="no-such-model", messages=QUESTION),
+)
+expect_error(
+    "422 UnprocessableEntityError over the context",
+    openai.UnprocessableEntityError,
+    lambda: client.chat.completions.create(model=CHAT, messages=QUESTION, max_tokens=100_000),
+)
+
+# A key limited to one request per minute: the second is a RateLimitError with Retry-After.
+created = httpx.post(
+    f"{BASE_URL}/keys",
+    headers={"Authorization": f"Bearer {KEY}"},
+    json={"name": "client check", "requests_per_minute": 1},
+).json()
+limited = openai.OpenAI(base_url=BASE_URL, api_key=created["secret"], max_retries=0)
+limited.embeddings.create(model=EMBED, input="one")
+error = expect_error("429 RateLimitError", openai.RateLimitError, lambda: limited.embeddings.create(model=EMBED, input="two"))
+check("429 carries Retry-After", int(error.response.headers["retry-after"]) >= 1)
+print("openai client: all checks passed")
