@@ -813,3 +813,48 @@ async fn capacity_limits_answer_429_with_retry_after() {
     );
     platform.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_budgets_and_usage_on_postgresql() {
+    let database = slough_testkit::TestPostgres::create().await;
+    let platform = Platform::start_on(
+        gateway_config(),
+        inference_config(),
+        Some(database.url().to_owned()),
+    )
+    .await;
+    let (key, _) = platform.create_key(json!({"token_budget": 3})).await;
+    let embed = json!({"model": EMBED, "input": "a budget of three tokens is soon spent"});
+    let first = platform
+        .post("/v1/embeddings", &key, &embed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = platform
+        .post("/v1/embeddings", &key, &embed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429);
+    let mut report = Value::Null;
+    for _ in 0..100 {
+        report = platform
+            .get("/v1/usage", &key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(report["requests"], 1, "{report}");
+    assert_eq!(report["budget_remaining"], 0);
+    assert_eq!(report["models"][0]["model"], EMBED);
+    platform.stop().await;
+    database.drop_database().await;
+}

@@ -3,6 +3,7 @@
 //! line; end-to-end tests start services through [`platform`] exactly as `slough up` does.
 
 pub mod bench;
+pub mod bench_gateway;
 pub mod models;
 pub mod platform;
 pub mod settings;

@@ -5,7 +5,9 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use slough::{Platform, Settings, bench, models, platform::ServiceHandle, status_table};
+use slough::{
+    Platform, Settings, bench, bench_gateway, models, platform::ServiceHandle, status_table,
+};
 use slough_modelkit::llama::{BuildOptions, FloatWeights};
 use slough_protocol::{
     ServiceKind,
@@ -76,6 +78,29 @@ enum BenchCommand {
         #[arg(long)]
         in_process: bool,
         /// Where to write the JSON figures (default bench-inference.json).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// What the gateway adds per request: `GET /v1/models` and a short chat through the
+    /// gateway, against the same calls straight over NATS. Starts nats-server, inference
+    /// and a gateway on a free port here.
+    Gateway {
+        /// The chat model's package id.
+        #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
+        model: String,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Requests per run of the models route.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Requests per run of the chat route.
+        #[arg(long, default_value_t = 512)]
+        chat_requests: usize,
+        /// Tokens each chat generates.
+        #[arg(long, default_value_t = 8)]
+        chat_tokens: u32,
+        /// Where to write the JSON figures (default bench-gateway.json).
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
@@ -222,6 +247,27 @@ fn main() -> ExitCode {
                 json,
             },
         ),
+        Command::Bench {
+            command:
+                BenchCommand::Gateway {
+                    model,
+                    concurrency,
+                    requests,
+                    chat_requests,
+                    chat_tokens,
+                    json,
+                },
+        } => bench_gateway(
+            settings,
+            bench_gateway::GatewayBenchOptions {
+                model,
+                concurrency: concurrency.max(1),
+                requests,
+                chat_requests,
+                chat_tokens: chat_tokens.max(1),
+                json,
+            },
+        ),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,13 +313,12 @@ async fn up_services(settings: &Settings) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
-    print_banner(settings, &nats_url, platform.services());
-    if let Some(key) = new_admin_key {
-        println!(
-            "First start: an admin API key was generated (shown once; also in {}):\n  {key}",
-            slough_gateway::keys::admin_key_path(&settings.common.data_dir).display()
-        );
-    }
+    print_banner(
+        settings,
+        &nats_url,
+        platform.services(),
+        new_admin_key.as_deref(),
+    );
     let reason = tokio::select! {
         signal = shutdown_signal() => signal?,
         () = platform.failed() => "a service failed",
@@ -309,7 +354,12 @@ async fn bootstrap_admin_key(settings: &Settings) -> anyhow::Result<Option<Strin
     created
 }
 
-fn print_banner(settings: &Settings, nats_url: &str, services: &[ServiceHandle]) {
+fn print_banner(
+    settings: &Settings,
+    nats_url: &str,
+    services: &[ServiceHandle],
+    new_admin_key: Option<&str>,
+) {
     println!("SloughGPT {} is up.", env!("CARGO_PKG_VERSION"));
     println!(
         "  gateway (OpenAI API)  http://{}/v1",
@@ -327,6 +377,13 @@ fn print_banner(settings: &Settings, nats_url: &str, services: &[ServiceHandle])
     println!("  admin endpoints (/metrics /livez /readyz):");
     for service in services {
         println!("    {:<12} {}", service.kind().name(), service.admin_url());
+    }
+    if let Some(key) = new_admin_key {
+        println!(
+            "First start: generated an admin API key (shown only now; also in {}):",
+            slough_gateway::keys::admin_key_path(&settings.common.data_dir).display()
+        );
+        println!("  {key}");
     }
     println!("Press Ctrl-C to stop.");
 }
@@ -380,6 +437,98 @@ fn bench_inference(mut settings: Settings, options: bench::BenchOptions) -> anyh
         server.stop();
     }
     result
+}
+
+/// `slough bench gateway`: nats-server, inference and a gateway (on a free port) started
+/// here; a bench API key created for the run and revoked after it.
+fn bench_gateway(
+    mut settings: Settings,
+    options: bench_gateway::GatewayBenchOptions,
+) -> anyhow::Result<()> {
+    let mut server = NatsServer::start(&NatsServerOptions {
+        binary: settings.common.nats.server.binary.clone(),
+        port: 0,
+        store_dir: bench_nats_store(&settings)?,
+    })?;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    settings.gateway.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    settings.gateway.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.inference.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let url = server.url();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let store = slough_store::Store::open(
+                settings.common.database_url.as_ref(),
+                &settings.common.data_dir,
+            )
+            .await?;
+            let keys = slough_gateway::keys::Keys::new(store.clone(), Duration::ZERO);
+            let key = keys
+                .create(slough_gateway::keys::KeySettings {
+                    name: "slough bench gateway".to_owned(),
+                    scopes: vec![slough_gateway::keys::Scope::Inference],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot create a bench key: {err}"))?;
+            let mut services = Vec::new();
+            for kind in [ServiceKind::Inference, ServiceKind::Gateway] {
+                services.push(
+                    ServiceHandle::start(kind, &settings, &url, CancellationToken::new()).await?,
+                );
+            }
+            let base = format!("http://{}", settings.gateway.listen);
+            let outcome = async {
+                wait_for_gateway(&base, &key.secret, &options.model).await?;
+                let bus =
+                    slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options())
+                        .await?;
+                let report = bench_gateway::measure(&base, &key.secret, &bus, &options).await?;
+                bench_gateway::print(&report);
+                let path = options
+                    .json
+                    .clone()
+                    .unwrap_or_else(|| "bench-gateway.json".into());
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                println!("written to {}", path.display());
+                anyhow::Ok(())
+            }
+            .await;
+            for service in services.into_iter().rev() {
+                service.stop(Duration::from_secs(15)).await?;
+            }
+            let _ = keys.revoke(key.key.id).await;
+            store.close().await;
+            outcome
+        })
+    });
+    server.stop();
+    result
+}
+
+/// Waits until the gateway at `base` lists `model`.
+async fn wait_for_gateway(base: &str, key: &str, model: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + bench_gateway::READY_TIMEOUT;
+    let client = reqwest::Client::new();
+    loop {
+        let listed = client
+            .get(format!("{base}/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await;
+        if let Ok(response) = listed
+            && let Ok(text) = response.text().await
+            && text.contains(&format!("\"{model}\""))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the gateway does not list {model:?} (see `slough models list`)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A scratch JetStream directory for a benchmark's own nats-server.

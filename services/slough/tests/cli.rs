@@ -66,6 +66,7 @@ impl Env {
             .args(args)
             .env_remove("NATS_URL")
             .env_remove("SLOUGH_CONFIG")
+            .env_remove("SLOUGH_ADMIN_KEY")
             .envs(self.vars.iter().cloned());
         command
     }
@@ -162,6 +163,13 @@ async fn up_status_run_and_shutdown() {
         banner.contains("gateway (OpenAI API)") && banner.contains("admin endpoints"),
         "{banner}"
     );
+    // The first start prints the generated admin key once and keeps it, private.
+    let key_file = dir.path().join("data/admin-key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(banner.contains(key.trim()), "{banner}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 
     let (report, _) = env.wait_for(Duration::from_secs(30), |report| {
         ServiceKind::ALL

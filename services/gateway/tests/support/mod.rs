@@ -60,15 +60,25 @@ pub fn inference_config() -> slough_inference::Config {
 }
 
 impl Platform {
-    /// Starts inference, then the gateway, and waits until a chat answers.
+    /// Starts inference, then the gateway (on SQLite), and waits until both answer.
     pub async fn start(
         gateway: slough_gateway::Config,
         inference: slough_inference::Config,
+    ) -> Platform {
+        Platform::start_on(gateway, inference, None).await
+    }
+
+    /// As [`Platform::start`], the gateway's store at `database_url` when given.
+    pub async fn start_on(
+        gateway: slough_gateway::Config,
+        inference: slough_inference::Config,
+        database_url: Option<String>,
     ) -> Platform {
         let nats = TestNats::start();
         let data = tempfile::tempdir().expect("data dir");
         let common = CommonConfig {
             data_dir: data.path().to_owned(),
+            database_url: database_url.map(secrecy::SecretString::from),
             ..CommonConfig::default()
         };
         let url = format!("http://{}", gateway.listen);

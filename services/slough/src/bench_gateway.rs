@@ -1,0 +1,283 @@
+//! `slough bench gateway`: what the gateway adds to a request. The same work is timed
+//! twice at the same concurrency, once through the gateway over HTTP (key check, limits,
+//! JSON in OpenAI's shapes, usage row) and once straight over NATS, for a route that
+//! does not reach a model (`GET /v1/models` vs inference's `models`) and a short chat
+//! (`POST /v1/chat/completions` vs inference's `generate`). Prints requests per second
+//! and p50/p99 latency of each, and the difference; writes JSON.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use slough_bus::{Bus, StreamItem};
+use slough_protocol::{
+    ServiceKind,
+    inference::{
+        ChatMessage, GenerateChunk, GenerateEnd, GenerateRequest, ModelsRequest, ModelsResponse,
+        PromptInput, SamplingParams,
+    },
+    subjects,
+};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct GatewayBenchOptions {
+    pub model: String,
+    pub concurrency: usize,
+    /// Requests per run of the models route.
+    pub requests: usize,
+    /// Requests per run of the chat route.
+    pub chat_requests: usize,
+    /// Tokens each chat generates.
+    pub chat_tokens: u32,
+    pub json: Option<PathBuf>,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFigure {
+    pub requests: usize,
+    pub errors: usize,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One route: through the gateway, direct, and what the gateway adds.
+#[derive(Debug, Serialize)]
+pub struct RouteFigure {
+    pub route: &'static str,
+    pub gateway: RunFigure,
+    pub direct: RunFigure,
+    pub added_p50_ms: f64,
+    pub added_p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GatewayBenchReport {
+    pub concurrency: usize,
+    pub routes: Vec<RouteFigure>,
+}
+
+/// Runs `requests` calls of `call`, `concurrency` at a time, after a short warm-up.
+async fn run<F, Fut>(concurrency: usize, requests: usize, call: F) -> RunFigure
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    for _ in 0..concurrency.min(8) {
+        call().await;
+    }
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                    let sent = Instant::now();
+                    if !call().await {
+                        errors += 1;
+                    }
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests);
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((mut some, failed)) = worker.await {
+            latencies.append(&mut some);
+            errors += failed;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(index).copied().unwrap_or(0.0)
+    };
+    RunFigure {
+        requests: latencies.len(),
+        errors,
+        requests_per_s: latencies.len() as f64 / elapsed,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+fn route(route: &'static str, gateway: RunFigure, direct: RunFigure) -> RouteFigure {
+    RouteFigure {
+        route,
+        added_p50_ms: gateway.p50_ms - direct.p50_ms,
+        added_p99_ms: gateway.p99_ms - direct.p99_ms,
+        gateway,
+        direct,
+    }
+}
+
+/// Measures the gateway at `base_url` (authenticating with `key`) against the bus.
+pub async fn measure(
+    base_url: &str,
+    key: &str,
+    bus: &Bus,
+    options: &GatewayBenchOptions,
+) -> anyhow::Result<GatewayBenchReport> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency)
+        .build()?;
+    let concurrency = options.concurrency;
+    let auth = format!("Bearer {key}");
+
+    let models = {
+        let (http, url, auth) = (http.clone(), format!("{base_url}/v1/models"), auth.clone());
+        run(concurrency, options.requests, move || {
+            let request = http.get(&url).header("Authorization", &auth);
+            async move { answered(request).await }
+        })
+        .await
+    };
+    let models_direct = {
+        let bus = bus.clone();
+        let subject = subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS);
+        run(concurrency, options.requests, move || {
+            let (bus, subject) = (bus.clone(), subject.clone());
+            async move {
+                bus.request::<_, ModelsResponse>(&subject, &ModelsRequest {})
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    };
+
+    let question = "What is the capital of France?";
+    let chat = {
+        let body = serde_json::json!({
+            "model": options.model,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": options.chat_tokens,
+            "temperature": 0,
+        });
+        let (http, url, auth) = (
+            http.clone(),
+            format!("{base_url}/v1/chat/completions"),
+            auth,
+        );
+        run(concurrency, options.chat_requests, move || {
+            let request = http.post(&url).header("Authorization", &auth).json(&body);
+            async move { answered(request).await }
+        })
+        .await
+    };
+    let chat_direct = {
+        let bus = bus.clone();
+        let request = GenerateRequest {
+            model: options.model.clone(),
+            input: PromptInput::Messages(vec![ChatMessage {
+                role: "user".to_owned(),
+                content: question.to_owned(),
+            }]),
+            max_tokens: Some(options.chat_tokens),
+            sampling: SamplingParams {
+                temperature: Some(0.0),
+                ..SamplingParams::default()
+            },
+            stop: Vec::new(),
+            n: 1,
+            logprobs: false,
+            top_logprobs: 0,
+            ignore_eos: false,
+        };
+        run(concurrency, options.chat_requests, move || {
+            let (bus, request) = (bus.clone(), request.clone());
+            async move { generate(&bus, &request).await }
+        })
+        .await
+    };
+    Ok(GatewayBenchReport {
+        concurrency,
+        routes: vec![
+            route("GET /v1/models", models, models_direct),
+            route("POST /v1/chat/completions", chat, chat_direct),
+        ],
+    })
+}
+
+/// Sends an HTTP request and reads the whole answer; true on 200.
+async fn answered(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// One generation over the bus, read to its end like the gateway does.
+async fn generate(bus: &Bus, request: &GenerateRequest) -> bool {
+    let Ok(mut stream) = bus
+        .request_stream::<_, GenerateChunk, GenerateEnd>(
+            ServiceKind::Inference,
+            subjects::inference::GENERATE,
+            request,
+        )
+        .await
+    else {
+        return false;
+    };
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamItem::Chunk(chunk)) => text.push_str(&chunk.text),
+            Ok(StreamItem::End(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Prints the report as a table.
+pub fn print(report: &GatewayBenchReport) {
+    let mut table = comfy_table::Table::new();
+    table.set_header([
+        "route", "path", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+    ]);
+    for route in &report.routes {
+        for (path, run) in [("gateway", &route.gateway), ("NATS direct", &route.direct)] {
+            table.add_row([
+                route.route.to_owned(),
+                path.to_owned(),
+                run.requests.to_string(),
+                run.errors.to_string(),
+                format!("{:.0}", run.requests_per_s),
+                format!("{:.2}", run.p50_ms),
+                format!("{:.2}", run.p99_ms),
+            ]);
+        }
+        table.add_row([
+            route.route.to_owned(),
+            "added by the gateway".to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("{:+.2}", route.added_p50_ms),
+            format!("{:+.2}", route.added_p99_ms),
+        ]);
+    }
+    println!(
+        "gateway overhead at {} concurrent connections",
+        report.concurrency
+    );
+    println!("{table}");
+}
+
+/// How long to wait for the platform to answer before giving up.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
