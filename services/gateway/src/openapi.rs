@@ -1,5 +1,5 @@
 //! The OpenAPI 3.1 document of the API, generated from the route and body types with
-//! utoipa. `schemas/openapi.json` is this document; a test fails when they differ
+//! utoipa. `schemas/gateway/openapi.json` is this document; a test fails when they differ
 //! (`SLOUGH_UPDATE_SCHEMAS=1` rewrites it).
 
 use utoipa::{
@@ -135,11 +135,11 @@ impl Modify for ErrorResponses {
 mod tests {
     use super::*;
 
-    /// `schemas/openapi.json` is what the code generates.
+    /// `schemas/gateway/openapi.json` is what the code generates.
     #[test]
     fn the_checked_in_document_is_current() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/openapi.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/gateway/openapi.json");
         let current = render() + "\n";
         if std::env::var_os("SLOUGH_UPDATE_SCHEMAS").is_some() {
             std::fs::write(&path, &current).unwrap();

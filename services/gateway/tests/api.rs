@@ -597,21 +597,7 @@ async fn keys_limits_budgets_and_usage() {
     assert_eq!(response.status(), 200);
 
     // Usage: the key's own rows, by model; written off the response path.
-    let mut report = Value::Null;
-    for _ in 0..100 {
-        report = platform
-            .get("/v1/usage", &budget)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if report["requests"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let report = platform.usage_once(&budget, 2).await;
     assert_eq!(report["requests"], 2, "{report}");
     assert_eq!(report["models"][0]["model"], CHAT);
     assert!(report["total_tokens"].as_u64().unwrap() > 20);
@@ -837,21 +823,7 @@ async fn keys_budgets_and_usage_on_postgresql() {
         .await
         .unwrap();
     assert_eq!(second.status(), 429);
-    let mut report = Value::Null;
-    for _ in 0..100 {
-        report = platform
-            .get("/v1/usage", &key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if report["requests"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let report = platform.usage_once(&key, 1).await;
     assert_eq!(report["requests"], 1, "{report}");
     assert_eq!(report["budget_remaining"], 0);
     assert_eq!(report["models"][0]["model"], EMBED);

@@ -161,6 +161,27 @@ impl Platform {
         )
     }
 
+    /// `GET /v1/usage` for `key`, once it counts `requests` requests (usage rows are
+    /// written off the response path), or as it is after five seconds.
+    pub async fn usage_once(&self, key: &str, requests: u64) -> Value {
+        let mut report = Value::Null;
+        for _ in 0..100 {
+            report = self
+                .get("/v1/usage", key)
+                .send()
+                .await
+                .expect("usage")
+                .json()
+                .await
+                .expect("usage json");
+            if report["requests"] == requests {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        report
+    }
+
     /// The gateway's `/metrics` value of `series` (0 when absent).
     pub async fn gateway_metric(&self, series: &str) -> f64 {
         metric(self.gateway.as_ref().map(|g| g.admin.as_str()), series).await
