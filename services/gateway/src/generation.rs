@@ -242,6 +242,7 @@ pub async fn collect(
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Chunk(chunk)) => {
+                metered.chunk();
                 if let Some(choice) = collected.get_mut(chunk.index as usize) {
                     choice.text.push_str(&chunk.text);
                     choice.logprobs.extend(chunk.logprobs);
@@ -326,6 +327,7 @@ pub fn sse<F: ChunkFormat>(
         loop {
             match state.events.next().await {
                 Some(Ok(Event::Chunk(chunk))) => {
+                    state.metered.chunk();
                     return Some((Ok(state.format.chunk(chunk)), state));
                 }
                 Some(Ok(Event::Finished { index, reason })) => {

@@ -66,7 +66,9 @@ impl UsageRecorder {
 
 /// Accounts for one admitted model request: holds its in-flight slot, and when dropped
 /// stores its usage row, counts its tokens against the key's limits and in the metrics.
-/// A request dropped before [`Metered::finish`] (the client went away) is stored as 499.
+/// A request dropped before [`Metered::finish`] (the client went away) is stored as 499
+/// with the chunks it received as its completion tokens (its prompt is not counted:
+/// inference reports usage only at the end).
 pub struct Metered {
     recorder: UsageRecorder,
     limits: Arc<Limits>,
@@ -75,6 +77,8 @@ pub struct Metered {
     model: String,
     started: Instant,
     usage: Usage,
+    /// Chunks received that no upstream usage report covers yet.
+    unreported_chunks: u32,
     status: u16,
     stream: bool,
     _slot: OwnedSemaphorePermit,
@@ -98,6 +102,7 @@ impl Metered {
             model: model.to_owned(),
             started: Instant::now(),
             usage: Usage::default(),
+            unreported_chunks: 0,
             status: 499,
             stream: false,
             _slot: slot,
@@ -112,8 +117,17 @@ impl Metered {
         }
     }
 
+    /// Counts a chunk of generated text, so that a request abandoned before inference
+    /// reports its usage is still charged about what it generated.
+    pub fn chunk(&mut self) {
+        self.unreported_chunks += 1;
+    }
+
     /// Adds tokens used so far (several prompts add up).
     pub fn add(&mut self, usage: Usage) {
+        self.unreported_chunks = self
+            .unreported_chunks
+            .saturating_sub(usage.completion_tokens);
         self.usage.prompt_tokens += usage.prompt_tokens;
         self.usage.completion_tokens += usage.completion_tokens;
         self.usage.total_tokens += usage.total_tokens;
@@ -132,6 +146,11 @@ impl Metered {
 
 impl Drop for Metered {
     fn drop(&mut self) {
+        if self.status == 499 {
+            // Inference reports usage at the end; a chunk is at least one token.
+            self.usage.completion_tokens += self.unreported_chunks;
+            self.usage.total_tokens += self.unreported_chunks;
+        }
         let metrics = &self.recorder.metrics;
         metrics.in_flight.dec();
         if self.stream {
