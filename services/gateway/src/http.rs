@@ -8,7 +8,7 @@ use actix_web::{
     FromRequest, HttpRequest, HttpResponse,
     body::MessageBody,
     dev::{Payload, ServiceRequest, ServiceResponse},
-    http::header::{AUTHORIZATION, HeaderMap},
+    http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
     middleware::Next,
     web,
 };
@@ -108,8 +108,8 @@ fn named_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-/// Gives every request a span (a child of the caller's `traceparent`, if any) and counts
-/// it by route and status.
+/// Gives every request a span (a child of the caller's `traceparent`, if any), answers
+/// with its `x-request-id`, and counts it by route and status.
 pub async fn observe(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -130,10 +130,16 @@ pub async fn observe(
         propagator.extract(&HttpHeaders(request.headers()))
     });
     let _ = span.set_parent(parent);
+    let request_id = request_id(&span);
     let metrics = request
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
-    let response = next.call(request).instrument(span.clone()).await;
+    let mut response = next.call(request).instrument(span.clone()).await;
+    if let Ok(response) = &mut response
+        && let Ok(value) = HeaderValue::from_str(&request_id)
+    {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
     let status = match &response {
         Ok(response) => response.status().as_u16(),
         Err(err) => err.as_response_error().status_code().as_u16(),
@@ -143,6 +149,21 @@ pub async fn observe(
         metrics.request(&route, status, started.elapsed().as_secs_f64());
     }
     response
+}
+
+/// `x-request-id` on every answer: the request's trace id (to find it in traces and
+/// logs), or a random id when tracing is off.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+fn request_id(span: &tracing::Span) -> String {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span_context.trace_id().to_string()
+    } else {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
 }
 
 struct HttpHeaders<'a>(&'a HeaderMap);

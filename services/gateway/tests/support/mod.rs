@@ -1,7 +1,7 @@
 //! A platform for the gateway's tests: a real nats-server, the inference service with
 //! the real test models, and the gateway on a free port with a fresh SQLite store.
 
-#![allow(dead_code, reason = "each test file uses part of this")]
+#![allow(dead_code, unused_imports, reason = "each test file uses part of this")]
 
 use std::{net::SocketAddr, time::Duration};
 
