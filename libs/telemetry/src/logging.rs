@@ -55,7 +55,8 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber: logs to stderr, spans to OpenTelemetry. A tracer
+/// Installs the global subscriber: logs to stderr (filtered by the log level), spans to
+/// OpenTelemetry (filtered on their own, see below). A tracer
 /// provider is always installed so that spans carry trace ids that travel across NATS;
 /// spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
@@ -71,7 +72,11 @@ pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
     let provider = tracer_provider(process_name)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("slough"));
+    // Spans reach OpenTelemetry at `info` whatever the log level says: a quiet log must
+    // not cut traces (or the trace context that travels to other services).
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("slough"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
 
     let fmt_layer = match config.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
@@ -86,8 +91,7 @@ pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
     };
 
     tracing_subscriber::registry()
-        .with(env_filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(env_filter))
         .with(otel_layer)
         .try_init()
         .map_err(|err| TelemetryError::AlreadyInitialised(err.to_string()))?;
