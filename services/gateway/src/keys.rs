@@ -613,4 +613,47 @@ mod tests {
             "admin inference"
         );
     }
+
+    #[tokio::test]
+    async fn the_first_admin_key_is_generated_once_or_taken_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        let generated = bootstrap_admin_key(&store, dir.path(), None)
+            .await
+            .unwrap()
+            .expect("a key on the first start");
+        let file = std::fs::read_to_string(admin_key_path(dir.path())).unwrap();
+        assert_eq!(file.trim(), generated);
+        assert_eq!(
+            bootstrap_admin_key(&store, dir.path(), None).await,
+            Ok(None)
+        );
+
+        let keys = Keys::new(store.clone(), Duration::ZERO);
+        let admin = keys
+            .authenticate(Some(&format!("Bearer {generated}")))
+            .await
+            .unwrap();
+        assert_eq!(admin.scopes, [Scope::Admin, Scope::Inference]);
+
+        let from_env = format!("sk-{}", "e".repeat(40));
+        assert_eq!(
+            bootstrap_admin_key(&store, dir.path(), Some(&from_env)).await,
+            Ok(None)
+        );
+        assert_eq!(
+            bootstrap_admin_key(&store, dir.path(), Some(&from_env)).await,
+            Ok(None),
+            "a second start keeps it"
+        );
+        keys.authenticate(Some(&format!("Bearer {from_env}")))
+            .await
+            .unwrap();
+        let short = bootstrap_admin_key(&store, dir.path(), Some("sk-short")).await;
+        assert!(short.unwrap_err().contains("SLOUGH_ADMIN_KEY"));
+        let clash = format!("sk-{}{}", "e".repeat(12), "f".repeat(28));
+        let clash = bootstrap_admin_key(&store, dir.path(), Some(&clash)).await;
+        assert!(clash.unwrap_err().contains("starts like another"));
+        store.close().await;
+    }
 }
