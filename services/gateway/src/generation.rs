@@ -1,6 +1,7 @@
-//! Running generations on the inference service for the chat and completions routes:
-//! opening the streams, merging them into one sequence of [`Event`]s, and answering
-//! either as one JSON body ([`collect`]) or as server-sent events ([`sse`]). What the
+//! Running generations on the inference service for the chat and completions routes
+//! ([`answer`]): opening the streams, merging them into one sequence of [`Event`]s, and
+//! answering either as server-sent events ([`sse`]) or read to the end ([`collect`]) for
+//! the route to shape as one JSON body. What the
 //! two routes share of OpenAI's request and response shapes lives here too.
 
 use std::{pin::Pin, time::SystemTime};
@@ -16,7 +17,7 @@ use slough_protocol::{
 };
 use utoipa::ToSchema;
 
-use crate::{error::ApiError, usage::Metered};
+use crate::{AppState, error::ApiError, keys::ApiKey, usage::Metered};
 
 /// Token counts as OpenAI reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
@@ -153,6 +154,41 @@ pub fn response_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A generation route's answer.
+pub enum Answer {
+    /// Streamed: the response is on its way.
+    Streamed(HttpResponse),
+    /// Read to the end: the choices and their usage, for the route to shape.
+    Collected(Vec<Choice>, Usage),
+}
+
+/// Runs `requests` for `key`: admits them (in-flight slot and the key's limits), opens
+/// them on inference, then streams them as `format` says when `stream` is given, or
+/// reads them to the end. Usage is recorded however the request ends.
+pub async fn answer<F: ChunkFormat>(
+    state: &AppState,
+    key: &ApiKey,
+    endpoint: &'static str,
+    requests: &[GenerateRequest],
+    stream: Option<&StreamOptions>,
+    format: F,
+) -> Result<Answer, ApiError> {
+    let model = requests
+        .first()
+        .map_or("", |request| request.model.as_str());
+    let mut metered = state.admit(key, endpoint, model).await?;
+    let events = start(&state.bus, requests)
+        .await
+        .map_err(|err| state.upstream_failed(&mut metered, err))?;
+    if let Some(options) = stream {
+        let response = sse(events, format, options.include_usage, metered);
+        return Ok(Answer::Streamed(response));
+    }
+    let choices = requests.iter().map(|request| request.n).sum();
+    let (choices, usage) = collect(events, choices, &mut metered).await?;
+    Ok(Answer::Collected(choices, usage))
+}
+
 /// What the merged generations report, in order per choice.
 #[derive(Debug)]
 pub enum Event {
@@ -168,7 +204,7 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event, ApiError>>>>;
 
 /// Opens one generation per request, all before reading any, so that inference can
 /// batch them; choice indices of request `i` follow those of the requests before it.
-pub async fn start(bus: &Bus, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
+async fn start(bus: &Bus, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
     let opened = futures::future::join_all(requests.iter().map(|request| {
         bus.request_stream::<_, GenerateChunk, GenerateEnd>(
             ServiceKind::Inference,
@@ -232,7 +268,7 @@ pub struct Choice {
 }
 
 /// Reads `events` to the end: `choices` choices and the summed usage.
-pub async fn collect(
+async fn collect(
     mut events: Events,
     choices: u32,
     metered: &mut Metered,
@@ -296,7 +332,7 @@ pub fn event_data<T: Serialize>(value: &T) -> Bytes {
 /// asked for, then `data: [DONE]`. A failure midway is sent as an `error` event and
 /// ends the stream. When the client goes away the body is dropped, which drops the
 /// upstream receivers, which cancels the generations.
-pub fn sse<F: ChunkFormat>(
+fn sse<F: ChunkFormat>(
     events: Events,
     format: F,
     include_usage: bool,

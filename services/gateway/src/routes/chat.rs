@@ -13,7 +13,7 @@ use crate::{
     AppState,
     error::ApiError,
     generation::{
-        self, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
+        self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
         response_id,
     },
     http::{Caller, JsonBody},
@@ -409,27 +409,29 @@ pub async fn create(
     key.require(Scope::Inference)?;
     let request = body.to_generate()?;
     key.allow_model(&body.model)?;
-    let mut metered = state.admit(&key, "chat.completions", &body.model).await?;
-    let events = generation::start(&state.bus, std::slice::from_ref(&request))
-        .await
-        .map_err(|err| state.upstream_failed(&mut metered, err))?;
     let id = response_id("chatcmpl");
     let created = now_unix();
-    if body.stream == Some(true) {
-        let include_usage = body
-            .stream_options
-            .as_ref()
-            .is_some_and(|options| options.include_usage);
-        let format = ChatChunks {
-            id,
-            created,
-            model: body.model,
-            n: request.n,
-            logprobs: request.logprobs,
-        };
-        return Ok(generation::sse(events, format, include_usage, metered));
-    }
-    let (choices, usage) = generation::collect(events, request.n, &mut metered).await?;
+    let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
+    let format = ChatChunks {
+        id: id.clone(),
+        created,
+        model: body.model.clone(),
+        n: request.n,
+        logprobs: request.logprobs,
+    };
+    let requests = std::slice::from_ref(&request);
+    let answer = generation::answer(
+        &state,
+        &key,
+        "chat.completions",
+        requests,
+        stream.as_ref(),
+        format,
+    );
+    let (choices, usage) = match answer.await? {
+        Answer::Streamed(response) => return Ok(response),
+        Answer::Collected(choices, usage) => (choices, usage),
+    };
     let choices = choices
         .into_iter()
         .zip(0..)

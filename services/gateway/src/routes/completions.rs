@@ -14,7 +14,7 @@ use crate::{
     AppState,
     error::ApiError,
     generation::{
-        self, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
+        self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
         response_id,
     },
     http::{Caller, JsonBody},
@@ -325,29 +325,29 @@ pub async fn create(
     key.require(Scope::Inference)?;
     let requests = body.to_generate()?;
     key.allow_model(&body.model)?;
-    let mut metered = state.admit(&key, "completions", &body.model).await?;
-    let events = generation::start(&state.bus, &requests)
-        .await
-        .map_err(|err| state.upstream_failed(&mut metered, err))?;
     let id = response_id("cmpl");
     let created = now_unix();
     let logprobs = body.logprobs.is_some();
-    if body.stream == Some(true) {
-        let include_usage = body
-            .stream_options
-            .as_ref()
-            .is_some_and(|options| options.include_usage);
-        let format = CompletionChunks {
-            id,
-            created,
-            model: body.model,
-            logprobs,
-            offsets: Vec::new(),
-        };
-        return Ok(generation::sse(events, format, include_usage, metered));
-    }
-    let choices: u32 = requests.iter().map(|request| request.n).sum();
-    let (choices, usage) = generation::collect(events, choices, &mut metered).await?;
+    let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
+    let format = CompletionChunks {
+        id: id.clone(),
+        created,
+        model: body.model.clone(),
+        logprobs,
+        offsets: Vec::new(),
+    };
+    let answer = generation::answer(
+        &state,
+        &key,
+        "completions",
+        &requests,
+        stream.as_ref(),
+        format,
+    );
+    let (choices, usage) = match answer.await? {
+        Answer::Streamed(response) => return Ok(response),
+        Answer::Collected(choices, usage) => (choices, usage),
+    };
     let choices = choices
         .into_iter()
         .zip(0..)
