@@ -132,6 +132,15 @@ pub struct Usage {
     pub total_tokens: u32,
 }
 
+/// Usage of several requests adds up (several prompts of one API request).
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, more: Usage) {
+        self.prompt_tokens += more.prompt_tokens;
+        self.completion_tokens += more.completion_tokens;
+        self.total_tokens += more.total_tokens;
+    }
+}
+
 /// The final frame of a generation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GenerateEnd {

@@ -130,6 +130,20 @@ pub fn onnxruntime_library() -> std::path::PathBuf {
         .unwrap_or_else(|| setup_data_dir().join("runtime/libonnxruntime.so"))
 }
 
+/// The value of one series, written as `/metrics` writes it (`name{label="value"}`), on
+/// the admin server at `admin_url`; `None` when the series is absent.
+pub async fn scrape_metric(admin_url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{admin_url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text");
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
 /// The id of the test chat model (SmolLM2-135M-Instruct) in [`test_models_dir`].
 pub const CHAT_MODEL: &str = "smollm2";
 /// The id of the test embedding model (all-MiniLM-L6-v2) in [`test_models_dir`].

@@ -94,8 +94,23 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// Checks the sampling fields both routes share, naming the one out of range.
-pub fn check_sampling(request: &GenerateRequest) -> Result<(), ApiError> {
+/// `stream_options` only goes with `stream: true`.
+pub fn check_stream_options(
+    stream: Option<bool>,
+    options: Option<&StreamOptions>,
+) -> Result<(), ApiError> {
+    if options.is_some() && stream != Some(true) {
+        return Err(ApiError::invalid(
+            "stream_options",
+            "stream_options is only allowed when stream is true",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the sampling fields both routes share, naming the one out of range; the
+/// route says what its request calls `max_tokens`.
+pub fn check_sampling(request: &GenerateRequest, max_tokens_param: &str) -> Result<(), ApiError> {
     let sampling = &request.sampling;
     let ranges: [(&str, Option<f32>, f32, f32); 6] = [
         ("temperature", sampling.temperature, 0.0, 2.0),
@@ -129,8 +144,8 @@ pub fn check_sampling(request: &GenerateRequest) -> Result<(), ApiError> {
     }
     if request.max_tokens == Some(0) {
         return Err(ApiError::invalid(
-            "max_tokens",
-            "max_tokens must be at least 1",
+            max_tokens_param,
+            format!("{max_tokens_param} must be at least 1"),
         ));
     }
     if request.top_logprobs > 20 {
@@ -274,7 +289,6 @@ async fn collect(
     metered: &mut Metered,
 ) -> Result<(Vec<Choice>, Usage), ApiError> {
     let mut collected: Vec<Choice> = (0..choices).map(|_| Choice::default()).collect();
-    let mut usage = Usage::default();
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Chunk(chunk)) => {
@@ -289,12 +303,7 @@ async fn collect(
                     choice.finish_reason = Some(reason);
                 }
             }
-            Ok(Event::Usage(more)) => {
-                metered.add(more);
-                usage.prompt_tokens += more.prompt_tokens;
-                usage.completion_tokens += more.completion_tokens;
-                usage.total_tokens += more.total_tokens;
-            }
+            Ok(Event::Usage(more)) => metered.add(more),
             Err(err) => {
                 metered.finish(err.status().as_u16());
                 return Err(err);
@@ -302,7 +311,7 @@ async fn collect(
         }
     }
     metered.finish(200);
-    Ok((collected, usage))
+    Ok((collected, metered.usage()))
 }
 
 /// How a route writes its stream chunks.
@@ -344,7 +353,6 @@ fn sse<F: ChunkFormat>(
         format: F,
         include_usage: bool,
         metered: Metered,
-        usage: Usage,
         done: bool,
     }
     let opening = stream::iter(format.opening().into_iter().map(Ok::<_, actix_web::Error>));
@@ -353,7 +361,6 @@ fn sse<F: ChunkFormat>(
         format,
         include_usage,
         metered,
-        usage: Usage::default(),
         done: false,
     };
     let body = stream::unfold(state, |mut state| async move {
@@ -369,12 +376,7 @@ fn sse<F: ChunkFormat>(
                 Some(Ok(Event::Finished { index, reason })) => {
                     return Some((Ok(state.format.finished(index, reason)), state));
                 }
-                Some(Ok(Event::Usage(more))) => {
-                    state.metered.add(more);
-                    state.usage.prompt_tokens += more.prompt_tokens;
-                    state.usage.completion_tokens += more.completion_tokens;
-                    state.usage.total_tokens += more.total_tokens;
-                }
+                Some(Ok(Event::Usage(more))) => state.metered.add(more),
                 Some(Err(err)) => {
                     state.done = true;
                     state.metered.finish(err.status().as_u16());
@@ -388,7 +390,7 @@ fn sse<F: ChunkFormat>(
                     state.metered.finish(200);
                     let mut tail = Vec::new();
                     if state.include_usage {
-                        tail.extend_from_slice(&state.format.usage(state.usage.into()));
+                        tail.extend_from_slice(&state.format.usage(state.metered.usage().into()));
                     }
                     tail.extend_from_slice(b"data: [DONE]\n\n");
                     return Some((Ok(Bytes::from(tail)), state));

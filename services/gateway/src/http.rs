@@ -156,14 +156,8 @@ pub async fn observe(
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn request_id(span: &tracing::Span) -> String {
-    use opentelemetry::trace::TraceContextExt as _;
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span_context.trace_id().to_string()
-    } else {
-        uuid::Uuid::new_v4().simple().to_string()
-    }
+    span.in_scope(slough_telemetry::logging::current_trace_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 struct HttpHeaders<'a>(&'a HeaderMap);

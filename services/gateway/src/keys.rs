@@ -453,6 +453,13 @@ pub async fn bootstrap_admin_key(
     Ok(Some(created.secret))
 }
 
+/// `SLOUGH_ADMIN_KEY`, when set and not empty.
+pub fn admin_key_from_env() -> Option<String> {
+    std::env::var("SLOUGH_ADMIN_KEY")
+        .ok()
+        .filter(|key| !key.is_empty())
+}
+
 /// Where a generated admin key is written.
 pub fn admin_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin-key")
@@ -563,29 +570,29 @@ fn validate_limits(
     tpm: Option<u32>,
     budget: Option<u64>,
 ) -> Result<(), ApiError> {
-    for (param, value) in [
-        ("requests_per_minute", rpm.map(u64::from)),
-        ("tokens_per_minute", tpm.map(u64::from)),
-        ("token_budget", budget),
+    // What the store's columns hold.
+    let int = i32::MAX as u64;
+    let bigint = i64::MAX as u64;
+    for (param, value, max) in [
+        ("requests_per_minute", rpm.map(u64::from), int),
+        ("tokens_per_minute", tpm.map(u64::from), int),
+        ("token_budget", budget, bigint),
     ] {
-        if value == Some(0) {
-            return Err(ApiError::invalid(
-                param,
-                format!("{param} must be at least 1 (null removes the limit)"),
-            ));
+        match value {
+            Some(0) => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be at least 1 (null removes the limit)"),
+                ));
+            }
+            Some(value) if value > max => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("{param} must be at most {max}"),
+                ));
+            }
+            _ => {}
         }
-        if value.is_some_and(|value| value > i32::MAX as u64) && param != "token_budget" {
-            return Err(ApiError::invalid(
-                param,
-                format!("{param} must be at most {}", i32::MAX),
-            ));
-        }
-    }
-    if budget.is_some_and(|budget| budget > i64::MAX as u64) {
-        return Err(ApiError::invalid(
-            "token_budget",
-            format!("token_budget must be at most {}", i64::MAX),
-        ));
     }
     Ok(())
 }

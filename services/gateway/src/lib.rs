@@ -30,6 +30,7 @@ use serde::Deserialize;
 use slough_bus::Bus;
 use slough_service::{ServiceContext, ServiceError};
 use slough_store::Store;
+use slough_telemetry::TelemetryError;
 use tokio::{sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -151,13 +152,11 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     validate(&config)?;
     let store = ctx.open_store().await?;
-    let admin_key = std::env::var("SLOUGH_ADMIN_KEY")
-        .ok()
-        .filter(|key| !key.is_empty());
+    let admin_key = keys::admin_key_from_env();
     keys::bootstrap_admin_key(&store, &ctx.common().data_dir, admin_key.as_deref())
         .await
         .map_err(ServiceError::Config)?;
-    let metrics = Arc::new(Metrics::register(ctx.registry()).map_err(slough_telemetry_error)?);
+    let metrics = Arc::new(Metrics::register(ctx.registry()).map_err(TelemetryError::from)?);
     let (usage, writer) = UsageRecorder::start(store.clone(), config.usage_queue, metrics.clone());
     let cache = Duration::from_millis(config.key_cache_ms);
     let state = web::Data::new(AppState {
@@ -191,10 +190,6 @@ pub async fn run(
     let _ = writer.await;
     store.close().await;
     served
-}
-
-fn slough_telemetry_error(err: prometheus::Error) -> ServiceError {
-    ServiceError::Config(format!("cannot register the gateway's metrics: {err}"))
 }
 
 fn validate(config: &Config) -> Result<(), ServiceError> {

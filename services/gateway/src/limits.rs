@@ -14,13 +14,10 @@ use std::{
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
-use sea_orm::{
-    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _, sea_query::Expr,
-};
-use slough_store::{Store, entities::usage};
+use slough_store::Store;
 use uuid::Uuid;
 
-use crate::{error::ApiError, keys::ApiKey, metrics::Metrics};
+use crate::{error::ApiError, keys::ApiKey, metrics::Metrics, usage};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -127,18 +124,9 @@ impl Limits {
                 return Ok(limits.spent);
             }
         }
-        let total: Option<i64> = usage::Entity::find()
-            .select_only()
-            .column_as(
-                Expr::cust("CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT)"),
-                "spent",
-            )
-            .filter(usage::Column::KeyId.eq(key_id))
-            .into_tuple()
-            .one(self.store.connection())
+        let spent = usage::spent(&self.store, key_id)
             .await
             .map_err(|err| ApiError::internal("cannot read the key's usage", err))?;
-        let spent = u64::try_from(total.unwrap_or(0)).unwrap_or(0);
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
         limits.spent = spent;

@@ -38,14 +38,16 @@ use crate::{error::ErrorResponse, routes};
 )]
 struct ApiDoc;
 
-/// The document, rendered once at start.
+/// The document, rendered once at start (cheap to clone into each answer).
 pub struct Document {
-    pub json: String,
+    pub json: actix_web::web::Bytes,
 }
 
 impl Document {
     pub fn new() -> Document {
-        Document { json: render() }
+        Document {
+            json: render().into(),
+        }
     }
 }
 

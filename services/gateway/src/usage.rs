@@ -3,10 +3,7 @@
 //! bounded queue when the request ends (however it ends), and one writer task stores
 //! rows in batches. [`report`] sums a key's rows for `GET /v1/usage`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -128,19 +125,17 @@ impl Metered {
         self.unreported_chunks = self
             .unreported_chunks
             .saturating_sub(usage.completion_tokens);
-        self.usage.prompt_tokens += usage.prompt_tokens;
-        self.usage.completion_tokens += usage.completion_tokens;
-        self.usage.total_tokens += usage.total_tokens;
+        self.usage += usage;
+    }
+
+    /// The tokens reported so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
     }
 
     /// Records how the request ended.
     pub fn finish(&mut self, status: u16) {
         self.status = status;
-    }
-
-    /// How long the request has taken.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
     }
 }
 
@@ -172,6 +167,21 @@ impl Drop for Metered {
             created_at: Set(Utc::now()),
         });
     }
+}
+
+/// Tokens `key_id` has used in all (prompt plus completion), from the stored rows.
+pub async fn spent(store: &Store, key_id: Uuid) -> Result<u64, sea_orm::DbErr> {
+    let total: Option<i64> = usage::Entity::find()
+        .select_only()
+        .column_as(
+            Expr::cust("CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT)"),
+            "spent",
+        )
+        .filter(usage::Column::KeyId.eq(key_id))
+        .into_tuple()
+        .one(store.connection())
+        .await?;
+    Ok(u64::try_from(total.unwrap_or(0)).unwrap_or(0))
 }
 
 /// A key's usage, in all and by model.
@@ -241,10 +251,7 @@ pub async fn report(
     let total_tokens = prompt_tokens + completion_tokens;
     // The budget counts everything ever used, whatever `since` says.
     let budget_remaining = match token_budget {
-        Some(budget) if since.is_some() => {
-            let all = Box::pin(report(store, key_id, None, None)).await?;
-            Some(budget.saturating_sub(all.total_tokens))
-        }
+        Some(budget) if since.is_some() => Some(budget.saturating_sub(spent(store, key_id).await?)),
         Some(budget) => Some(budget.saturating_sub(total_tokens)),
         None => None,
     };

@@ -195,33 +195,19 @@ async fn completions_embeddings_and_models() {
     // Embeddings as floats and as base64 agree.
     let texts = json!(["A cat sits on the mat.", "Stock markets fell today."]);
     let floats: Value = platform
-        .post(
+        .post_json(
             "/v1/embeddings",
             &key,
             &json!({"model": EMBED, "input": texts}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(floats["object"], "list");
     let first: Vec<f32> = serde_json::from_value(floats["data"][0]["embedding"].clone()).unwrap();
     assert_eq!(first.len(), 384);
     assert!(floats["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     let encoded: Value = platform
-        .post(
-            "/v1/embeddings",
-            &key,
-            &json!({"model": EMBED, "input": texts, "encoding_format": "base64", "dimensions": 384}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .post_json("/v1/embeddings", &key, &json!({"model": EMBED, "input": texts, "encoding_format": "base64", "dimensions": 384}))
+        .await;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded["data"][0]["embedding"].as_str().unwrap())
         .unwrap();
@@ -245,14 +231,7 @@ async fn completions_embeddings_and_models() {
     assert!(error["error"]["message"].as_str().unwrap().contains("384"));
 
     // Models: the list, one model, an unknown one.
-    let list: Value = platform
-        .get("/v1/models", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = platform.get_json("/v1/models", &key).await;
     let ids: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
@@ -260,14 +239,7 @@ async fn completions_embeddings_and_models() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [EMBED, CHAT]);
-    let model: Value = platform
-        .get(&format!("/v1/models/{CHAT}"), &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let model: Value = platform.get_json(&format!("/v1/models/{CHAT}"), &key).await;
     assert_eq!(model["object"], "model");
     assert_eq!(model["kind"], "chat");
     assert!(model["created"].as_i64().unwrap() > 1_700_000_000);
@@ -328,14 +300,7 @@ async fn errors_follow_the_table() {
     let (embed_only, _) = platform.create_key(json!({"models": [EMBED]})).await;
     let (status, error) = chat_error(&platform, &embed_only, body.clone().into()).await;
     assert_eq!((status, error["param"].as_str()), (403, Some("model")));
-    let listed: Value = platform
-        .get("/v1/models", &embed_only)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = platform.get_json("/v1/models", &embed_only).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     let keys = platform.get("/v1/keys", &embed_only).send().await.unwrap();
     assert_eq!(keys.status(), 403);
@@ -615,14 +580,7 @@ async fn keys_limits_budgets_and_usage() {
     assert_eq!(bad_query.status(), 400);
 
     // Listing shows no secrets; revoking takes effect at once.
-    let list: Value = platform
-        .get("/v1/keys", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = platform.get_json("/v1/keys", &admin).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 4);
     assert!(!list.to_string().contains(&budget));
     let revoked = platform

@@ -89,28 +89,7 @@ impl Target {
         let mut first = None;
         let tokens;
         match self {
-            Target::Bus(bus) => {
-                let mut stream = bus
-                    .request_stream::<_, GenerateChunk, GenerateEnd>(
-                        ServiceKind::Inference,
-                        subjects::inference::GENERATE,
-                        &request,
-                    )
-                    .await?;
-                loop {
-                    match stream.next().await {
-                        Some(Ok(StreamItem::Chunk(_))) => {
-                            first.get_or_insert_with(|| started.elapsed());
-                        }
-                        Some(Ok(StreamItem::End(end))) => {
-                            tokens = end.usage.completion_tokens;
-                            break;
-                        }
-                        Some(Err(err)) => return Err(err.into()),
-                        None => anyhow::bail!("the stream ended without a final frame"),
-                    }
-                }
-            }
+            Target::Bus(bus) => (first, tokens) = generate_over_bus(bus, &request, started).await?,
             Target::Direct(models) => {
                 let Served::Chat(model) = models.get(&request.model).await? else {
                     anyhow::bail!("{} is not a chat model", request.model);
@@ -137,6 +116,33 @@ impl Target {
             total,
             tokens,
         })
+    }
+}
+
+/// Runs one generation over the bus to its end: when its first chunk came (counted from
+/// `started`) and how many tokens it generated.
+pub(crate) async fn generate_over_bus(
+    bus: &Bus,
+    request: &GenerateRequest,
+    started: Instant,
+) -> anyhow::Result<(Option<Duration>, u32)> {
+    let mut stream = bus
+        .request_stream::<_, GenerateChunk, GenerateEnd>(
+            ServiceKind::Inference,
+            subjects::inference::GENERATE,
+            request,
+        )
+        .await?;
+    let mut first = None;
+    loop {
+        match stream.next().await {
+            Some(Ok(StreamItem::Chunk(_))) => {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+            Some(Ok(StreamItem::End(end))) => return Ok((first, end.usage.completion_tokens)),
+            Some(Err(err)) => return Err(err.into()),
+            None => anyhow::bail!("the stream ended without a final frame"),
+        }
     }
 }
 

@@ -12,12 +12,13 @@ use std::{
 };
 
 use serde::Serialize;
-use slough_bus::{Bus, StreamItem};
+
+use crate::bench;
+use slough_bus::Bus;
 use slough_protocol::{
     ServiceKind,
     inference::{
-        ChatMessage, GenerateChunk, GenerateEnd, GenerateRequest, ModelsRequest, ModelsResponse,
-        PromptInput, SamplingParams,
+        ChatMessage, GenerateRequest, ModelsRequest, ModelsResponse, PromptInput, SamplingParams,
     },
     subjects,
 };
@@ -200,7 +201,11 @@ pub async fn measure(
         };
         run(concurrency, options.chat_requests, move || {
             let (bus, request) = (bus.clone(), request.clone());
-            async move { generate(&bus, &request).await }
+            async move {
+                bench::generate_over_bus(&bus, &request, Instant::now())
+                    .await
+                    .is_ok()
+            }
         })
         .await
     };
@@ -219,29 +224,6 @@ async fn answered(request: reqwest::RequestBuilder) -> bool {
         Ok(response) => response.status() == 200 && response.bytes().await.is_ok(),
         Err(_) => false,
     }
-}
-
-/// One generation over the bus, read to its end like the gateway does.
-async fn generate(bus: &Bus, request: &GenerateRequest) -> bool {
-    let Ok(mut stream) = bus
-        .request_stream::<_, GenerateChunk, GenerateEnd>(
-            ServiceKind::Inference,
-            subjects::inference::GENERATE,
-            request,
-        )
-        .await
-    else {
-        return false;
-    };
-    let mut text = String::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(StreamItem::Chunk(chunk)) => text.push_str(&chunk.text),
-            Ok(StreamItem::End(_)) => return true,
-            Err(_) => return false,
-        }
-    }
-    false
 }
 
 /// Prints the report as a table.

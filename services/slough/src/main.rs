@@ -340,9 +340,7 @@ async fn bootstrap_admin_key(settings: &Settings) -> anyhow::Result<Option<Strin
         &settings.common.data_dir,
     )
     .await?;
-    let from_env = std::env::var("SLOUGH_ADMIN_KEY")
-        .ok()
-        .filter(|key| !key.is_empty());
+    let from_env = slough_gateway::keys::admin_key_from_env();
     let created = slough_gateway::keys::bootstrap_admin_key(
         &store,
         &settings.common.data_dir,

@@ -163,12 +163,7 @@ impl ChatCompletionRequest {
                 "top_logprobs needs logprobs set to true",
             ));
         }
-        if self.stream_options.is_some() && self.stream != Some(true) {
-            return Err(ApiError::invalid(
-                "stream_options",
-                "stream_options is only allowed when stream is true",
-            ));
-        }
+        generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
         let request = GenerateRequest {
             model: self.model.clone(),
             input: PromptInput::Messages(messages),
@@ -189,18 +184,12 @@ impl ChatCompletionRequest {
             top_logprobs: self.top_logprobs.unwrap_or(0),
             ignore_eos: false,
         };
-        generation::check_sampling(&request).map_err(|err| {
-            if self.max_completion_tokens.is_some()
-                && err.object().param.as_deref() == Some("max_tokens")
-            {
-                ApiError::invalid(
-                    "max_completion_tokens",
-                    "max_completion_tokens must be at least 1",
-                )
-            } else {
-                err
-            }
-        })?;
+        let max_tokens_param = if self.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        generation::check_sampling(&request, max_tokens_param)?;
         Ok(request)
     }
 }

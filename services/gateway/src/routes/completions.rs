@@ -135,12 +135,7 @@ impl CompletionRequest {
                 "logprobs must be between 0 and 5",
             ));
         }
-        if self.stream_options.is_some() && self.stream != Some(true) {
-            return Err(ApiError::invalid(
-                "stream_options",
-                "stream_options is only allowed when stream is true",
-            ));
-        }
+        generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
         let choices = u32::try_from(inputs.len())
             .unwrap_or(u32::MAX)
             .saturating_mul(n);
@@ -175,7 +170,7 @@ impl CompletionRequest {
             })
             .collect();
         if let Some(first) = requests.first() {
-            generation::check_sampling(first)?;
+            generation::check_sampling(first, "max_tokens")?;
         }
         Ok(requests)
     }

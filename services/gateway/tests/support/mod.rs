@@ -142,6 +142,18 @@ impl Platform {
             .bearer_auth(key)
     }
 
+    /// `GET path` with `key`: the JSON answer.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let response = self.get(path, key).send().await.expect("GET");
+        response.json().await.expect("a JSON answer")
+    }
+
+    /// `POST path` with `key` and `body`: the JSON answer.
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> Value {
+        let response = self.post(path, key, body).send().await.expect("POST");
+        response.json().await.expect("a JSON answer")
+    }
+
     /// Creates an API key with `settings` (merged over a name) and returns its secret.
     pub async fn create_key(&self, settings: Value) -> (String, Value) {
         let mut body = serde_json::json!({"name": "test key"});
@@ -166,14 +178,7 @@ impl Platform {
     pub async fn usage_once(&self, key: &str, requests: u64) -> Value {
         let mut report = Value::Null;
         for _ in 0..100 {
-            report = self
-                .get("/v1/usage", key)
-                .send()
-                .await
-                .expect("usage")
-                .json()
-                .await
-                .expect("usage json");
+            report = self.get_json("/v1/usage", key).await;
             if report["requests"] == requests {
                 break;
             }
@@ -214,17 +219,12 @@ impl Platform {
 }
 
 async fn metric(admin: Option<&str>, series: &str) -> f64 {
-    let Some(admin) = admin else { return 0.0 };
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    match admin {
+        Some(admin) => slough_testkit::scrape_metric(admin, series)
+            .await
+            .unwrap_or(0.0),
+        None => 0.0,
+    }
 }
 
 type RunFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

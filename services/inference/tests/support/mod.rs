@@ -103,15 +103,8 @@ impl Inference {
 
     /// The value of one series on the admin server's `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
+        slough_testkit::scrape_metric(&self.admin, series)
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find(|line| line.starts_with(series))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("{series} missing from /metrics"))
     }
 
