@@ -16,9 +16,8 @@ use std::{
 use slough::{Platform, Settings, platform::ServiceHandle};
 use slough_protocol::{
     ServiceKind,
-    health::{HealthReport, HealthRequest},
+    health::{self, HealthRequest},
     status::StatusReport,
-    subjects,
 };
 use slough_testkit::{TestNats, free_port, onnxruntime_library};
 
@@ -198,7 +197,7 @@ async fn replicas_share_requests_through_their_queue_group() {
     let started = Instant::now();
     while answered_by.values().sum::<usize>() < 60 {
         match bus
-            .request::<_, HealthReport>(&subjects::health(ServiceKind::Rag), &HealthRequest {})
+            .call(&health::endpoint(ServiceKind::Rag), &HealthRequest {})
             .await
         {
             Ok(report) => {

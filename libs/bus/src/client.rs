@@ -2,19 +2,22 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message, client::RequestErrorKind};
 use futures::StreamExt as _;
 use serde::{Serialize, de::DeserializeOwned};
-use slough_protocol::{ErrorBody, ErrorCode};
+use slough_protocol::{Endpoint, ErrorBody, ErrorCode};
 use tracing::Instrument as _;
 
-use crate::{BusError, BusOptions, ERROR_CODE_HEADER, RETRY_AFTER_HEADER, trace};
+use crate::{
+    BusError, BusOptions, DEADLINE_HEADER, ERROR_CODE_HEADER, PARAM_HEADER, RETRY_AFTER_HEADER,
+    trace,
+};
 
 /// A connection to the bus. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -31,11 +34,25 @@ struct ConnectionState {
     connected_before: AtomicBool,
     /// Set once we drain on purpose, so the disconnect that follows is not a warning.
     closing: AtomicBool,
+    /// The last client or server error logged, so that the same error repeated at every
+    /// reconnect attempt is logged once with a count instead of filling the log.
+    last_error: Mutex<Option<RepeatedError>>,
 }
 
+/// An error message and how often it came again since it was logged.
+struct RepeatedError {
+    message: String,
+    repeats: u64,
+    logged_at: Instant,
+}
+
+/// How often a repeating error is logged again with its count.
+const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Connects to `url`, retrying with exponential backoff (100 ms doubling to 5 s) until
-/// `options.connect_timeout`. Once connected, the client reconnects forever with the same
-/// backoff; disconnects, reconnects and slow consumers are logged.
+/// `options.connect_timeout`. Once connected, the client reconnects forever, trying at
+/// least every [`MAX_RECONNECT_DELAY`] so service resumes soon after NATS returns;
+/// disconnects, reconnects and slow consumers are logged, a repeating error once.
 pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -76,16 +93,27 @@ pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, 
     }
 }
 
+/// The longest wait between two reconnect attempts.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
 fn backoff(attempts: usize) -> Duration {
     let exponent = u32::try_from(attempts.min(6)).unwrap_or(6);
-    Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5))
+    Duration::from_millis(50 * 2u64.pow(exponent)).min(MAX_RECONNECT_DELAY)
 }
 
 fn log_event(event: Event, state: &ConnectionState) {
     match event {
         // The first one is logged by `connect` with the URL.
         Event::Connected if !state.connected_before.swap(true, Ordering::Relaxed) => {}
-        Event::Connected => tracing::info!("NATS connection re-established"),
+        Event::Connected => {
+            let repeated = lock(&state.last_error)
+                .take()
+                .map_or(0, |last| last.repeats);
+            tracing::info!(
+                errors_while_away = repeated,
+                "NATS connection re-established"
+            );
+        }
         Event::Disconnected if state.closing.load(Ordering::Relaxed) => {
             tracing::debug!("NATS connection closed")
         }
@@ -95,13 +123,42 @@ fn log_event(event: Event, state: &ConnectionState) {
         }
         Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
         Event::Draining | Event::Closed => tracing::debug!(%event, "NATS connection closing"),
-        Event::ServerError(err) => tracing::error!(error = %err, "NATS server error"),
-        Event::ClientError(err) => tracing::error!(error = %err, "NATS client error"),
+        Event::ServerError(err) => log_error(state, "NATS server error", &err.to_string()),
+        Event::ClientError(err) => log_error(state, "NATS client error", &err.to_string()),
     }
 }
 
+/// Logs an error the first time, then only its count every [`REPEAT_LOG_INTERVAL`]
+/// while the same error keeps coming (a server that is down fails every reconnect).
+fn log_error(state: &ConnectionState, what: &str, message: &str) {
+    let mut last = lock(&state.last_error);
+    match last.as_mut() {
+        Some(last) if last.message == message => {
+            last.repeats += 1;
+            if last.logged_at.elapsed() >= REPEAT_LOG_INTERVAL {
+                tracing::error!(error = %message, repeated = last.repeats, "{what} (still)");
+                last.logged_at = Instant::now();
+            }
+        }
+        _ => {
+            tracing::error!(error = %message, "{what}");
+            *last = Some(RepeatedError {
+                message: message.to_owned(),
+                repeats: 0,
+                logged_at: Instant::now(),
+            });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Bus {
-    /// The underlying client, for what this crate does not wrap (discovery, JetStream).
+    /// The underlying client, for what this crate does not wrap (`$SRV` discovery).
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -116,10 +173,61 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Sends `request` to `subject` and decodes the reply. An error reply becomes
+    /// The largest message the server carries (its `max_payload`, learnt on connect).
+    pub fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// Refuses a message that the server would not carry, naming both sizes, before
+    /// anything is sent. Some room is kept for the headers we add.
+    pub(crate) fn check_size(&self, subject: &str, size: usize) -> Result<(), BusError> {
+        let limit = self.max_payload().saturating_sub(HEADER_ROOM);
+        if size > limit {
+            return Err(BusError::PayloadTooLarge {
+                subject: subject.to_owned(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Headers for an outgoing request: the trace context and the caller's deadline.
+    fn request_headers(&self, timeout: Duration) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        trace::inject(&mut headers);
+        let deadline = SystemTime::now() + timeout;
+        if let Ok(since_epoch) = deadline.duration_since(SystemTime::UNIX_EPOCH) {
+            headers.insert(
+                DEADLINE_HEADER,
+                since_epoch.as_millis().to_string().as_str(),
+            );
+        }
+        headers
+    }
+
+    /// Calls `endpoint` with `request` and decodes the reply. An error reply becomes
     /// [`BusError::Service`] with its code; nobody listening becomes
-    /// [`BusError::NoResponders`].
-    pub async fn request<Req, Resp>(&self, subject: &str, request: &Req) -> Result<Resp, BusError>
+    /// [`BusError::NoResponders`]; a request the server would not carry becomes
+    /// [`BusError::PayloadTooLarge`] before anything is sent.
+    pub async fn call<Req, Resp>(
+        &self,
+        endpoint: &Endpoint<Req, Resp>,
+        request: &Req,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        self.request(&endpoint.subject(), request).await
+    }
+
+    /// Sends `request` to `subject` and decodes the reply (see [`Bus::call`]).
+    pub(crate) async fn request<Req, Resp>(
+        &self,
+        subject: &str,
+        request: &Req,
+    ) -> Result<Resp, BusError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -132,9 +240,10 @@ impl Bus {
         );
         async {
             let payload = encode(subject, request)?;
-            let mut headers = HeaderMap::new();
-            trace::inject(&mut headers);
+            self.check_size(subject, payload.len())?;
             let timeout = self.options.request_timeout;
+            let headers = self.request_headers(timeout);
+            let payload_size = payload.len();
             let nats_request = async_nats::Request::new()
                 .payload(payload.into())
                 .headers(headers)
@@ -151,12 +260,41 @@ impl Bus {
                         subject: subject.to_owned(),
                         after: timeout,
                     },
+                    RequestErrorKind::MaxPayloadExceeded => BusError::PayloadTooLarge {
+                        subject: subject.to_owned(),
+                        size: payload_size,
+                        limit: self.max_payload(),
+                    },
                     _ => BusError::nats(err),
                 })?;
             decode_reply(subject, &reply)
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether JetStream answers on this connection (`$JS.API.INFO`), or why not. Read
+    /// as plain JSON rather than through a typed client, so that any server version's
+    /// answer is understood.
+    pub async fn jetstream_ready(&self) -> Result<(), String> {
+        let reply = self
+            .client
+            .request(
+                slough_protocol::subjects::JETSTREAM_ACCOUNT_INFO,
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|err| {
+                format!(
+                    "JetStream does not answer (is nats-server started with --jetstream?): {err}"
+                )
+            })?;
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload)
+            .map_err(|err| format!("JetStream answered something unreadable: {err}"))?;
+        match answer.get("error") {
+            None => Ok(()),
+            Some(error) => Err(format!("JetStream refused: {error}")),
+        }
     }
 
     /// Delivers what is buffered and closes the connection (for every clone).
@@ -195,8 +333,13 @@ impl Bus {
     }
 
     /// Publishes a message (an event, a cancellation) with the current trace context.
-    pub async fn publish<T: Serialize>(&self, subject: &str, message: &T) -> Result<(), BusError> {
+    pub(crate) async fn publish<T: Serialize>(
+        &self,
+        subject: &str,
+        message: &T,
+    ) -> Result<(), BusError> {
         let payload = encode(subject, message)?;
+        self.check_size(subject, payload.len())?;
         let mut headers = HeaderMap::new();
         trace::inject(&mut headers);
         self.client
@@ -205,6 +348,10 @@ impl Bus {
             .map_err(BusError::nats)
     }
 }
+
+/// Bytes kept free for headers (trace context, deadline, error codes) when checking a
+/// payload against the server's `max_payload`.
+const HEADER_ROOM: usize = 1024;
 
 pub(crate) fn encode<T: Serialize>(subject: &str, value: &T) -> Result<Vec<u8>, BusError> {
     serde_json::to_vec(value).map_err(|err| BusError::Codec {
@@ -244,6 +391,7 @@ fn error_of(reply: &Message) -> Option<ErrorBody> {
             // A service that is not ours (or older): keep the meaning of its number.
             Some(400) => ErrorCode::InvalidRequest,
             Some(404) => ErrorCode::NotFound,
+            Some(413) => ErrorCode::PayloadTooLarge,
             Some(429) => ErrorCode::Overloaded,
             Some(503) => ErrorCode::Unavailable,
             Some(504) => ErrorCode::Timeout,
@@ -252,9 +400,13 @@ fn error_of(reply: &Message) -> Option<ErrorBody> {
     let retry_after_ms = headers
         .get(RETRY_AFTER_HEADER)
         .and_then(|ms| ms.as_str().parse().ok());
+    let param = headers
+        .get(PARAM_HEADER)
+        .map(|param| param.as_str().to_owned());
     Some(ErrorBody {
         code,
         message,
         retry_after_ms,
+        param,
     })
 }

@@ -42,6 +42,20 @@ pub enum BusError {
         expected: u64,
         got: u64,
     },
+    /// A message is larger than the NATS server carries (its `max_payload`).
+    #[error(
+        "a message of {size} bytes for {subject} is over the bus's limit of {limit} bytes (NATS max_payload)"
+    )]
+    PayloadTooLarge {
+        subject: String,
+        size: usize,
+        limit: usize,
+    },
+    /// The caller's deadline passed before the request was handled.
+    #[error(
+        "the request on {subject} arrived {late_by:?} after its caller's deadline; it was not run"
+    )]
+    DeadlinePassed { subject: String, late_by: Duration },
     /// The stream was already finished or cancelled.
     #[error("stream {request_id} is closed")]
     StreamClosed { request_id: String },
@@ -53,7 +67,10 @@ impl BusError {
         match self {
             BusError::Service(body) => body.code,
             BusError::NoResponders { .. } | BusError::Connect { .. } => ErrorCode::Unavailable,
-            BusError::Timeout { .. } | BusError::ProducerLost { .. } => ErrorCode::Timeout,
+            BusError::Timeout { .. }
+            | BusError::ProducerLost { .. }
+            | BusError::DeadlinePassed { .. } => ErrorCode::Timeout,
+            BusError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             BusError::Codec { .. } => ErrorCode::InvalidRequest,
             BusError::StreamClosed { .. } => ErrorCode::Cancelled,
             BusError::Nats(_) | BusError::StreamGap { .. } => ErrorCode::Internal,

@@ -5,19 +5,21 @@ use std::{
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_nats::{HeaderMap, service::ServiceExt as _};
 use futures::StreamExt as _;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Serialize, de::DeserializeOwned};
-use slough_protocol::{ErrorBody, ErrorCode, ServiceKind, stream::CancelRequest, subjects};
+use slough_protocol::{
+    Endpoint, ErrorBody, ErrorCode, ServiceKind, StreamEndpoint, stream::CancelRequest, subjects,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
-    Bus, BusError, ERROR_CODE_HEADER, RETRY_AFTER_HEADER,
+    Bus, BusError, DEADLINE_HEADER, ERROR_CODE_HEADER, PARAM_HEADER, RETRY_AFTER_HEADER,
     client::{decode, encode},
     stream::{StreamShared, StreamStart},
     trace,
@@ -36,7 +38,8 @@ pub struct Registration {
     pub metadata: HashMap<String, String>,
 }
 
-/// A service instance registered on the bus. Add endpoints, then [`ServiceHost::serve`].
+/// A service instance registered on the bus. Add endpoints with [`ServiceHost::serve`]
+/// and [`ServiceHost::serve_stream`], then [`ServiceHost::run`].
 pub struct ServiceHost {
     bus: Bus,
     kind: ServiceKind,
@@ -96,37 +99,47 @@ impl ServiceHost {
         self.kind
     }
 
-    /// Adds a request/reply endpoint on `slough.v1.<service>.<name>`. Each request is
-    /// decoded, handed to `handler` on its own task, and always answered: with the
-    /// handler's value, or with its error and code.
-    pub async fn endpoint<Req, Resp, F, Fut>(
+    /// Serves a request/reply endpoint. Each request is decoded and handed, with a clone
+    /// of `state`, to `handler` on its own task, and always answered: with the handler's
+    /// value, or with its error and code.
+    pub async fn serve<S, Req, Resp, F, Fut>(
         &mut self,
-        name: &str,
+        endpoint: &Endpoint<Req, Resp>,
+        state: S,
         handler: F,
     ) -> Result<(), BusError>
     where
+        S: Clone + Send + Sync + 'static,
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
-        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        F: Fn(S, Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
+        let name = endpoint.name();
         let handler = Arc::new(handler);
         let endpoint_name: Arc<str> = name.into();
         let metrics = self.metrics.clone();
-        self.serve_endpoint(name, move |request| {
+        let bus = self.bus.clone();
+        self.serve_endpoint(endpoint.subject(), name, name, move |request| {
             let handler = handler.clone();
             let name = endpoint_name.clone();
             let metrics = metrics.clone();
+            let bus = bus.clone();
+            let state = state.clone();
             async move {
                 let started = Instant::now();
                 let result = match decode::<Req>(&request.message.subject, &request.message.payload)
                 {
-                    Ok(decoded) => handler(decoded).await,
+                    Ok(decoded) => handler(state, decoded).await,
                     Err(err) => Err(invalid_request(&name, &err)),
                 };
+                let subject = request.message.subject.as_str();
                 let result = result.and_then(|value| {
-                    encode(&request.message.subject, &value)
-                        .map_err(|err| ErrorBody::new(ErrorCode::Internal, err.to_string()))
+                    let payload = encode(subject, &value).map_err(|err| err.to_body())?;
+                    // A reply the server would refuse is an error reply, never silence.
+                    bus.check_size(subject, payload.len())
+                        .map_err(|err| err.to_body())?;
+                    Ok(payload)
                 });
                 metrics.observe(&name, result.as_ref().err(), started);
                 respond(&request, result).await;
@@ -135,24 +148,27 @@ impl ServiceHost {
         .await
     }
 
-    /// Adds a streaming endpoint on `slough.v1.<service>.<name>`. The handler gets the
-    /// request and a [`StreamStart`]: it refuses by returning an error before
-    /// [`StreamStart::accept`] (the caller gets an error reply), or accepts and then sends
-    /// chunks and a final frame. An error returned after accepting becomes the final
-    /// error frame; a handler that forgets the final frame gets one sent for it.
-    pub async fn stream_endpoint<Req, C, E, F, Fut>(
+    /// Serves a streaming endpoint. The handler gets a clone of `state`, the request and
+    /// a [`StreamStart`]: it refuses by returning an error before [`StreamStart::accept`]
+    /// (the caller gets an error reply), or accepts and then sends chunks and a final
+    /// frame. An error returned after accepting becomes the final error frame; a handler
+    /// that forgets the final frame gets one sent for it.
+    pub async fn serve_stream<S, Req, C, E, F, Fut>(
         &mut self,
-        name: &str,
+        endpoint: &StreamEndpoint<Req, C, E>,
+        state: S,
         handler: F,
     ) -> Result<(), BusError>
     where
+        S: Clone + Send + Sync + 'static,
         Req: DeserializeOwned + Send + 'static,
         C: Serialize + Send + 'static,
         E: Serialize + Send + 'static,
-        F: Fn(Req, StreamStart<C, E>) -> Fut + Send + Sync + 'static,
+        F: Fn(S, Req, StreamStart<C, E>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), ErrorBody>> + Send + 'static,
     {
         self.listen_for_cancels().await?;
+        let name = endpoint.name();
         let handler = Arc::new(handler);
         let endpoint_name: Arc<str> = name.into();
         let metrics = self.metrics.clone();
@@ -160,7 +176,8 @@ impl ServiceHost {
         let client = self.bus.client().clone();
         let instance_id: Arc<str> = self.id.as_str().into();
         let heartbeat = self.bus.options().heartbeat;
-        self.serve_endpoint(name, move |request| {
+        let handle = move |request: async_nats::service::Request| {
+            let state = state.clone();
             let handler = handler.clone();
             let name = endpoint_name.clone();
             let metrics = metrics.clone();
@@ -195,7 +212,7 @@ impl ServiceHost {
                 let request = Arc::new(tokio::sync::Mutex::new(Some(request)));
                 let start =
                     StreamStart::new(shared.clone(), request.clone(), instance_id.to_string());
-                let outcome = handler(envelope.request, start).await;
+                let outcome = handler(state, envelope.request, start).await;
 
                 let unanswered = request.lock().await.take();
                 let error = match (unanswered, outcome) {
@@ -242,13 +259,24 @@ impl ServiceHost {
                 metrics.streams_active.with_label_values(&[&name]).dec();
                 metrics.observe(&name, error.as_ref(), started);
             }
-        })
-        .await
+        };
+        // Every replica answers on the shared subject (the queue group picks one) and on
+        // its own, for callers that choose the replica.
+        let direct = format!("{name}-direct");
+        self.serve_endpoint(
+            endpoint.instance_subject(&self.id),
+            &direct,
+            name,
+            handle.clone(),
+        )
+        .await?;
+        self.serve_endpoint(endpoint.subject(), name, name, handle)
+            .await
     }
 
-    /// Serves until `shutdown`, then stops taking requests, waits (up to 10 s) for
-    /// in-flight ones, and deregisters.
-    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), BusError> {
+    /// Answers requests until `shutdown`, then stops taking requests, waits (up to 10 s)
+    /// for in-flight ones, and deregisters.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         shutdown.cancelled().await;
         self.stop.cancel();
         self.tasks.close();
@@ -263,12 +291,19 @@ impl ServiceHost {
         Ok(())
     }
 
-    async fn serve_endpoint<H, Fut>(&mut self, name: &str, handle: H) -> Result<(), BusError>
+    /// Subscribes `handle` to `subject` as the service API endpoint `name`; metrics and
+    /// spans call it `label`.
+    async fn serve_endpoint<H, Fut>(
+        &mut self,
+        subject: String,
+        name: &str,
+        label: &str,
+        handle: H,
+    ) -> Result<(), BusError>
     where
         H: Fn(async_nats::service::Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let subject = subjects::endpoint(self.kind, name);
         let mut endpoint = self
             .service
             .endpoint_builder()
@@ -281,8 +316,9 @@ impl ServiceHost {
         self.bus.round_trip().await?;
         let tasks = self.tasks.clone();
         let stop = self.stop.clone();
-        let endpoint_name = name.to_owned();
-        self.metrics.announce(name);
+        let endpoint_name = label.to_owned();
+        let metrics = self.metrics.clone();
+        self.metrics.announce(label);
         self.tasks.spawn(async move {
             loop {
                 let request = tokio::select! {
@@ -302,6 +338,19 @@ impl ServiceHost {
                 );
                 trace::adopt(&span, request.message.headers.as_ref());
                 record_trace_id(&span);
+                if let Some(late_by) = past_deadline(&request) {
+                    // The caller gave up already (e.g. the request waited in a client's
+                    // buffer while NATS was down): do not run work nobody waits for.
+                    let error = BusError::DeadlinePassed {
+                        subject: subject.clone(),
+                        late_by,
+                    }
+                    .to_body();
+                    tracing::debug!(parent: &span, %subject, ?late_by, "dropping a request past its deadline");
+                    metrics.observe(&endpoint_name, Some(&error), Instant::now());
+                    tasks.spawn(async move { respond(&request, Err(error)).await });
+                    continue;
+                }
                 tasks.spawn(handle(request).instrument(span));
             }
             let _ = endpoint.stop().await;
@@ -359,6 +408,20 @@ fn invalid_request(endpoint: &str, err: &BusError) -> ErrorBody {
     )
 }
 
+/// How long ago the request's deadline passed, if it did.
+fn past_deadline(request: &async_nats::service::Request) -> Option<Duration> {
+    let deadline_ms: u64 = request
+        .message
+        .headers
+        .as_ref()?
+        .get(DEADLINE_HEADER)?
+        .as_str()
+        .parse()
+        .ok()?;
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    SystemTime::now().duration_since(deadline).ok()
+}
+
 fn record_trace_id(span: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -383,6 +446,9 @@ pub(crate) async fn respond(
             headers.insert(ERROR_CODE_HEADER, error.code.as_str());
             if let Some(ms) = error.retry_after_ms {
                 headers.insert(RETRY_AFTER_HEADER, ms.to_string().as_str());
+            }
+            if let Some(param) = &error.param {
+                headers.insert(PARAM_HEADER, param.as_str());
             }
             let status = error.message.replace(['\r', '\n'], " ");
             let nats_error = async_nats::service::error::Error {

@@ -7,6 +7,7 @@
 
 mod client;
 mod error;
+mod event;
 mod host;
 mod stream;
 mod trace;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use client::{Bus, connect};
 pub use error::BusError;
+pub use event::EventStream;
 pub use host::{Registration, ServiceHost};
 pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
 
@@ -24,6 +26,13 @@ pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
 pub const ERROR_CODE_HEADER: &str = "Slough-Error-Code";
 /// Header carrying a retry hint in milliseconds on `overloaded` error replies.
 pub const RETRY_AFTER_HEADER: &str = "Slough-Retry-After-Ms";
+/// Header naming the request field at fault on `invalid_request` error replies.
+pub const PARAM_HEADER: &str = "Slough-Error-Param";
+/// Header carrying a request's deadline, in milliseconds since the Unix epoch: the
+/// caller stops waiting then, so a handler that gets the request later does not run it
+/// (e.g. requests that sat in a client's buffer while NATS was down). Hosts compare it
+/// with their own clock; keep clocks in sync (NTP) in a distributed layout.
+pub const DEADLINE_HEADER: &str = "Slough-Deadline-Ms";
 
 /// Timing of the bus.
 #[derive(Debug, Clone, Copy)]

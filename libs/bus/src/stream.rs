@@ -11,7 +11,7 @@ use async_nats::{Client, Subscriber};
 use futures::StreamExt as _;
 use serde::{Serialize, de::DeserializeOwned};
 use slough_protocol::{
-    ErrorBody, ServiceKind,
+    ErrorBody, StreamEndpoint,
     stream::{CancelRequest, StreamAck, StreamEvent, StreamFrame, StreamRequest},
     subjects,
 };
@@ -341,12 +341,43 @@ impl<C, E> Drop for StreamReceiver<C, E> {
 }
 
 impl Bus {
-    /// Opens a stream on `slough.v1.<service>.<endpoint>`: subscribes to a fresh inbox,
-    /// sends the request naming it, and waits for the acknowledgement (or error reply).
-    pub async fn request_stream<Req, C, E>(
+    /// Opens a stream on `endpoint`, answered by whichever replica the queue group
+    /// picks: subscribes to a fresh inbox, sends the request naming it, and waits for
+    /// the acknowledgement (or error reply).
+    pub async fn open<Req, C, E>(
         &self,
-        service: ServiceKind,
-        endpoint: &str,
+        endpoint: &StreamEndpoint<Req, C, E>,
+        request: &Req,
+    ) -> Result<StreamReceiver<C, E>, BusError>
+    where
+        Req: Serialize,
+        C: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        self.open_at(endpoint, &endpoint.subject(), request).await
+    }
+
+    /// Opens a stream on `endpoint` at one replica, `instance_id`; nobody answering
+    /// there (the replica is gone) is [`BusError::NoResponders`] at once.
+    pub async fn open_on<Req, C, E>(
+        &self,
+        endpoint: &StreamEndpoint<Req, C, E>,
+        instance_id: &str,
+        request: &Req,
+    ) -> Result<StreamReceiver<C, E>, BusError>
+    where
+        Req: Serialize,
+        C: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let subject = endpoint.instance_subject(instance_id);
+        self.open_at(endpoint, &subject, request).await
+    }
+
+    async fn open_at<Req, C, E>(
+        &self,
+        endpoint: &StreamEndpoint<Req, C, E>,
+        subject: &str,
         request: &Req,
     ) -> Result<StreamReceiver<C, E>, BusError>
     where
@@ -365,13 +396,11 @@ impl Bus {
             inbox,
             request,
         };
-        let ack: StreamAck = self
-            .request(&subjects::endpoint(service, endpoint), &envelope)
-            .await?;
+        let ack: StreamAck = self.request(subject, &envelope).await?;
         Ok(StreamReceiver {
             bus: self.clone(),
             subscriber,
-            cancel_subject: subjects::cancel(service),
+            cancel_subject: subjects::cancel(endpoint.service()),
             ack,
             next_seq: 0,
             done: false,

@@ -1,6 +1,7 @@
-//! The bus against a real nats-server: typed request/reply and its error codes, streams
-//! (order, heartbeats, refusal, a producer that dies, cancellation), and trace context
-//! crossing NATS.
+//! The bus against a real nats-server: typed request/reply from one descriptor on both
+//! sides and its error codes, message sizes against `max_payload`, deadlines, streams
+//! (order, heartbeats, refusal, a producer that dies, cancellation), events, and trace
+//! context crossing NATS.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use slough_bus::{
     Bus, BusError, BusOptions, Registration, ServiceHost, StreamItem, StreamReceiver,
 };
-use slough_protocol::{ErrorBody, ErrorCode, ServiceKind, subjects};
+use slough_protocol::{Endpoint, ErrorBody, ErrorCode, Event, ServiceKind, StreamEndpoint};
 use slough_testkit::TestNats;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,18 @@ struct Count {
     upto: u64,
     pause_ms: u64,
 }
+
+const ECHO: Endpoint<Echo, Echo> = Endpoint::new(ServiceKind::Personality, "echo");
+/// The same subject declared with another request type, as a stale caller would.
+const ECHO_ANYTHING: Endpoint<serde_json::Value, Echo> =
+    Endpoint::new(ServiceKind::Personality, "echo");
+const BUSY: Endpoint<Echo, Echo> = Endpoint::new(ServiceKind::Personality, "busy");
+const NOTHING: Endpoint<Echo, Echo> = Endpoint::new(ServiceKind::Rag, "nothing");
+const TRACE: Endpoint<Echo, Option<String>> = Endpoint::new(ServiceKind::Personality, "trace");
+const COUNT: StreamEndpoint<Count, u64, u64> =
+    StreamEndpoint::new(ServiceKind::Personality, "count");
+const FOREVER: StreamEndpoint<Echo, u64, ()> =
+    StreamEndpoint::new(ServiceKind::Personality, "forever");
 
 fn options() -> BusOptions {
     BusOptions {
@@ -58,20 +71,16 @@ async fn host(bus: &Bus) -> ServiceHost {
 
 fn serve(host: ServiceHost) -> CancellationToken {
     let stop = CancellationToken::new();
-    tokio::spawn(host.serve(stop.clone()));
+    tokio::spawn(host.run(stop.clone()));
     stop
 }
 
 /// Streams `upto` numbers, pausing between them, then ends with their sum.
 async fn counting_host(bus: &Bus) -> ServiceHost {
     let mut host = host(bus).await;
-    host.stream_endpoint("count", |request: Count, start| async move {
+    host.serve_stream(&COUNT, (), |(), request, start| async move {
         if request.upto > 100 {
-            return Err(ErrorBody {
-                code: ErrorCode::Overloaded,
-                message: "too many".to_owned(),
-                retry_after_ms: Some(50),
-            });
+            return Err(ErrorBody::overloaded("too many", 50));
         }
         let sender = start.accept().await.map_err(|err| err.to_body())?;
         for n in 0..request.upto {
@@ -96,15 +105,11 @@ async fn request_reply_carries_values_and_error_codes() {
     let nats = TestNats::start();
     let bus = bus(&nats).await;
     let mut host = host(&bus).await;
-    host.endpoint("echo", |request: Echo| async move { Ok(request) })
+    host.serve(&ECHO, (), |(), request| async move { Ok(request) })
         .await
         .unwrap();
-    host.endpoint("busy", |_: Echo| async move {
-        Err::<Echo, _>(ErrorBody {
-            code: ErrorCode::Overloaded,
-            message: "queue full (64 waiting)".to_owned(),
-            retry_after_ms: Some(250),
-        })
+    host.serve(&BUSY, (), |(), _| async move {
+        Err(ErrorBody::overloaded("queue full (64 waiting)", 250))
     })
     .await
     .unwrap();
@@ -113,16 +118,10 @@ async fn request_reply_carries_values_and_error_codes() {
     let echo = Echo {
         text: "héllo".to_owned(),
     };
-    let answer: Echo = bus
-        .request(&subjects::endpoint(ServiceKind::Personality, "echo"), &echo)
-        .await
-        .unwrap();
+    let answer = bus.call(&ECHO, &echo).await.unwrap();
     assert_eq!(answer, echo);
 
-    let err = bus
-        .request::<_, Echo>(&subjects::endpoint(ServiceKind::Personality, "busy"), &echo)
-        .await
-        .unwrap_err();
+    let err = bus.call(&BUSY, &echo).await.unwrap_err();
     let BusError::Service(body) = err else {
         panic!("expected a service error, got {err:?}")
     };
@@ -132,13 +131,7 @@ async fn request_reply_carries_values_and_error_codes() {
 
     // A request of the wrong shape is refused with a code and names the endpoint.
     let wrong = serde_json::json!({ "txt": 1 });
-    let err = bus
-        .request::<_, Echo>(
-            &subjects::endpoint(ServiceKind::Personality, "echo"),
-            &wrong,
-        )
-        .await
-        .unwrap_err();
+    let err = bus.call(&ECHO_ANYTHING, &wrong).await.unwrap_err();
     let BusError::Service(body) = err else {
         panic!("expected a service error, got {err:?}")
     };
@@ -156,8 +149,8 @@ async fn nobody_listening_is_reported_at_once() {
     let bus = bus(&nats).await;
     let started = std::time::Instant::now();
     let err = bus
-        .request::<_, Echo>(
-            &subjects::endpoint(ServiceKind::Rag, "nothing"),
+        .call(
+            &NOTHING,
             &Echo {
                 text: String::new(),
             },
@@ -181,9 +174,8 @@ async fn streams_deliver_numbered_chunks_heartbeats_and_a_final_frame() {
     // 350 ms between chunks is longer than the 300 ms silence limit: only heartbeats
     // keep the stream alive.
     let mut stream: StreamReceiver<u64, u64> = bus
-        .request_stream(
-            ServiceKind::Personality,
-            "count",
+        .open(
+            &COUNT,
             &Count {
                 upto: 3,
                 pause_ms: 350,
@@ -213,9 +205,8 @@ async fn a_refused_stream_is_an_error_reply() {
     let bus = bus(&nats).await;
     let _stop = serve(counting_host(&bus).await);
     let refused = bus
-        .request_stream::<_, u64, u64>(
-            ServiceKind::Personality,
-            "count",
+        .open(
+            &COUNT,
             &Count {
                 upto: 1_000,
                 pause_ms: 0,
@@ -236,10 +227,9 @@ async fn a_consumer_detects_a_producer_that_died_mid_stream() {
     let consumer = bus(&nats).await;
     let _stop = serve(counting_host(&producer).await);
 
-    let mut stream: StreamReceiver<u64, u64> = consumer
-        .request_stream(
-            ServiceKind::Personality,
-            "count",
+    let mut stream = consumer
+        .open(
+            &COUNT,
             &Count {
                 upto: 50,
                 pause_ms: 20,
@@ -275,33 +265,30 @@ async fn dropping_the_receiver_cancels_the_producer() {
     let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel::<u64>();
     let cancelled_tx = std::sync::Mutex::new(Some(cancelled_tx));
     let mut host = host(&bus).await;
-    host.stream_endpoint(
-        "forever",
-        move |_: Echo, start: slough_bus::StreamStart<u64, ()>| {
-            let report = cancelled_tx.lock().unwrap().take();
-            async move {
-                let sender = start.accept().await.map_err(|err| err.to_body())?;
-                let mut sent = 0;
-                while !sender.is_cancelled() {
-                    sender.chunk(sent).await.map_err(|err| err.to_body())?;
-                    sent += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if let Some(report) = report {
-                    let _ = report.send(sent);
-                }
-                Ok::<(), ErrorBody>(())
+    let cancelled_tx = std::sync::Arc::new(cancelled_tx);
+    host.serve_stream(&FOREVER, cancelled_tx, |cancelled_tx, _, start| {
+        let report = cancelled_tx.lock().unwrap().take();
+        async move {
+            let sender = start.accept().await.map_err(|err| err.to_body())?;
+            let mut sent = 0;
+            while !sender.is_cancelled() {
+                sender.chunk(sent).await.map_err(|err| err.to_body())?;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        },
-    )
+            if let Some(report) = report {
+                let _ = report.send(sent);
+            }
+            Ok::<(), ErrorBody>(())
+        }
+    })
     .await
     .unwrap();
     let _stop = serve(host);
 
-    let mut stream: StreamReceiver<u64, ()> = bus
-        .request_stream(
-            ServiceKind::Personality,
-            "forever",
+    let mut stream = bus
+        .open(
+            &FOREVER,
             &Echo {
                 text: String::new(),
             },
@@ -324,7 +311,7 @@ async fn trace_context_crosses_the_bus() {
     let nats = TestNats::start();
     let bus = bus(&nats).await;
     let mut host = host(&bus).await;
-    host.endpoint("trace", |_: Echo| async move {
+    host.serve(&TRACE, (), |(), _| async move {
         Ok(slough_telemetry::logging::current_trace_id())
     })
     .await
@@ -336,9 +323,9 @@ async fn trace_context_crosses_the_bus() {
         use tracing::Instrument as _;
         async {
             let ours = slough_telemetry::logging::current_trace_id();
-            let theirs: Option<String> = bus
-                .request(
-                    &subjects::endpoint(ServiceKind::Personality, "trace"),
+            let theirs = bus
+                .call(
+                    &TRACE,
                     &Echo {
                         text: String::new(),
                     },
@@ -352,4 +339,136 @@ async fn trace_context_crosses_the_bus() {
     };
     assert!(ours.is_some(), "the caller's span has a trace id");
     assert_eq!(ours, theirs, "the handler runs in the caller's trace");
+}
+
+#[tokio::test]
+async fn messages_over_max_payload_are_refused_by_name_and_never_silent() {
+    let nats = TestNats::start();
+    let bus = bus(&nats).await;
+    let mut host = host(&bus).await;
+    // Answers with a text `n` times as long as the request's: a small request, a large reply.
+    host.serve(&ECHO, (), |(), request: Echo| async move {
+        let times: usize = request.text.parse().unwrap_or(1);
+        Ok(Echo {
+            text: "x".repeat(times),
+        })
+    })
+    .await
+    .unwrap();
+    let _stop = serve(host);
+    let limit = bus.max_payload();
+    assert_eq!(limit, 1024 * 1024, "the test server keeps NATS's default");
+
+    // Too large to send: refused before publishing, naming both sizes.
+    let huge = Echo {
+        text: "y".repeat(limit + 10),
+    };
+    let err = bus.call(&ECHO, &huge).await.unwrap_err();
+    let BusError::PayloadTooLarge {
+        size, limit: named, ..
+    } = &err
+    else {
+        panic!("expected PayloadTooLarge, got {err:?}")
+    };
+    assert!(*size > limit && *named < limit, "{err}");
+    assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
+
+    // A reply too large to send comes back as an error reply at once, not a timeout.
+    let started = std::time::Instant::now();
+    let asks_too_much = Echo {
+        text: (limit * 2).to_string(),
+    };
+    let err = bus.call(&ECHO, &asks_too_much).await.unwrap_err();
+    let BusError::Service(body) = &err else {
+        panic!("expected an error reply, got {err:?}")
+    };
+    assert_eq!(body.code, ErrorCode::PayloadTooLarge);
+    assert!(body.message.contains("bytes"), "{}", body.message);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_not_run_and_params_travel() {
+    let nats = TestNats::start();
+    let bus = bus(&nats).await;
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut host = host(&bus).await;
+    host.serve(&ECHO, runs.clone(), |runs, request: Echo| async move {
+        runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if request.text.is_empty() {
+            return Err(ErrorBody::invalid("text", "text is empty"));
+        }
+        Ok(request)
+    })
+    .await
+    .unwrap();
+    let _stop = serve(host);
+
+    // The field at fault travels with the error.
+    let err = bus
+        .call(
+            &ECHO,
+            &Echo {
+                text: String::new(),
+            },
+        )
+        .await
+        .unwrap_err();
+    let BusError::Service(body) = err else {
+        panic!("expected an error reply")
+    };
+    assert_eq!(body.param.as_deref(), Some("text"));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A request whose caller's deadline passed (as after sitting in a client's buffer
+    // while NATS was down) is answered with `timeout` and never reaches the handler.
+    let client = nats.client().await;
+    let mut headers = async_nats::HeaderMap::new();
+    let past = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 1_000;
+    headers.insert(slough_bus::DEADLINE_HEADER, past.to_string().as_str());
+    let reply = client
+        .request_with_headers(
+            ECHO.subject(),
+            headers,
+            serde_json::to_vec(&Echo {
+                text: "late".to_owned(),
+            })
+            .unwrap()
+            .into(),
+        )
+        .await
+        .unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(slough_bus::ERROR_CODE_HEADER))
+        .map(|code| code.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("timeout"));
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn events_reach_every_subscriber_typed() {
+    const HAPPENED: Event<Echo> = Event::new("test.happened");
+    let nats = TestNats::start();
+    let publisher = bus(&nats).await;
+    let listener = bus(&nats).await;
+    let mut first = listener.subscribe(&HAPPENED).await.unwrap();
+    let mut second = listener.subscribe(&HAPPENED).await.unwrap();
+    let event = Echo {
+        text: "it happened".to_owned(),
+    };
+    publisher.emit(&HAPPENED, &event).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        let got = tokio::time::timeout(Duration::from_secs(2), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, event);
+    }
 }

@@ -16,6 +16,9 @@ pub enum ErrorCode {
     NotFound,
     /// The model asked for is not served.
     ModelNotFound,
+    /// A message is larger than the bus carries (NATS's `max_payload`); the message names
+    /// both sizes.
+    PayloadTooLarge,
     /// The prompt plus the requested completion does not fit the model's context.
     ContextLengthExceeded,
     /// The service is at capacity; retry after the hinted delay.
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ContextLengthExceeded => "context_length_exceeded",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
@@ -58,6 +62,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
+            ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ContextLengthExceeded => 422,
             ErrorCode::Overloaded => 429,
             ErrorCode::Cancelled => 499,
@@ -84,6 +89,10 @@ pub struct ErrorBody {
     /// For `overloaded`: how long the caller should wait before retrying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For `invalid_request`: the request field at fault (`inputs[3]`,
+    /// `sampling.temperature`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
 }
 
 impl ErrorBody {
@@ -93,6 +102,23 @@ impl ErrorBody {
             code,
             message: message.into(),
             retry_after_ms: None,
+            param: None,
+        }
+    }
+
+    /// `overloaded`, to be retried after `retry_after_ms`.
+    pub fn overloaded(message: impl Into<String>, retry_after_ms: u64) -> ErrorBody {
+        ErrorBody {
+            retry_after_ms: Some(retry_after_ms),
+            ..ErrorBody::new(ErrorCode::Overloaded, message)
+        }
+    }
+
+    /// `invalid_request` naming the field at fault.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            param: Some(param.into()),
+            ..ErrorBody::new(ErrorCode::InvalidRequest, message)
         }
     }
 }
@@ -115,6 +141,7 @@ mod tests {
             ErrorCode::InvalidRequest,
             ErrorCode::NotFound,
             ErrorCode::ModelNotFound,
+            ErrorCode::PayloadTooLarge,
             ErrorCode::ContextLengthExceeded,
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,

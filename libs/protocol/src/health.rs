@@ -3,7 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ServiceKind;
+use crate::{ServiceKind, endpoint::Endpoint};
+
+/// `slough.v1.<service>.health`: every service answers it with its readiness.
+pub const fn endpoint(service: ServiceKind) -> Endpoint<HealthRequest, HealthReport> {
+    Endpoint::new(service, "health")
+}
 
 /// Asks any replica of a service for its readiness. Carries nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

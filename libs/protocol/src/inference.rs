@@ -6,6 +6,39 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    ServiceKind,
+    endpoint::{Endpoint, Event, StreamEndpoint},
+};
+
+/// Streamed generation from a chat model.
+pub const GENERATE: StreamEndpoint<GenerateRequest, GenerateChunk, GenerateEnd> =
+    StreamEndpoint::new(ServiceKind::Inference, "generate");
+/// Embeddings from an embedding model.
+pub const EMBED: Endpoint<EmbedRequest, EmbedResponse> =
+    Endpoint::new(ServiceKind::Inference, "embed");
+/// The models an instance serves.
+pub const MODELS: Endpoint<ModelsRequest, ModelsResponse> =
+    Endpoint::new(ServiceKind::Inference, "models");
+/// Load a package from the models directory.
+pub const LOAD: Endpoint<ModelRequest, ModelInfo> = Endpoint::new(ServiceKind::Inference, "load");
+/// Unload a package.
+pub const UNLOAD: Endpoint<ModelRequest, ModelInfo> =
+    Endpoint::new(ServiceKind::Inference, "unload");
+/// Render and tokenize a prompt as generation would.
+pub const TOKENIZE: Endpoint<TokenizeRequest, TokenizeResponse> =
+    Endpoint::new(ServiceKind::Inference, "tokenize");
+/// Token ids back to text.
+pub const DETOKENIZE: Endpoint<DetokenizeRequest, DetokenizeResponse> =
+    Endpoint::new(ServiceKind::Inference, "detokenize");
+/// Each inference replica's load, published a few times a second while it changes and
+/// every second otherwise, so callers can send work where there is room.
+pub const LOAD_REPORTS: Event<InstanceLoad> = Event::new("inference.load");
+/// A model package was added to the models directory.
+pub const MODEL_ADDED: Event<ModelEvent> = Event::new("models.added");
+/// A model package was removed from the models directory.
+pub const MODEL_REMOVED: Event<ModelEvent> = Event::new("models.removed");
+
 /// A chat message. The content is plain text (the gateway flattens text parts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatMessage {
@@ -156,6 +189,10 @@ pub struct EmbedRequest {
     pub model: String,
     /// One or more texts (at most 2048).
     pub inputs: Vec<String>,
+    /// Cut inputs longer than the model's limit instead of refusing them; the response
+    /// lists which were cut.
+    #[serde(default)]
+    pub truncate: bool,
 }
 
 /// L2-normalized vectors, one per input, in order.
@@ -163,7 +200,8 @@ pub struct EmbedRequest {
 pub struct EmbedResponse {
     pub model: String,
     pub embeddings: Vec<Vec<f32>>,
-    /// Indices of inputs cut to the model's limit of `context_length` tokens.
+    /// Indices of inputs cut to the model's limit of `context_length` tokens (only with
+    /// `truncate`; otherwise a longer input is refused).
     pub truncated: Vec<u32>,
     pub context_length: u32,
     pub usage: Usage,
@@ -245,4 +283,24 @@ pub struct DetokenizeResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelEvent {
     pub model: String,
+}
+
+/// How loaded one inference replica is (see [`LOAD_REPORTS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InstanceLoad {
+    /// The replica's instance id; its streamed endpoints also answer on
+    /// `<subject>.<instance_id>` (see `StreamEndpoint::instance_subject`).
+    pub instance_id: String,
+    /// Its chat models.
+    pub models: Vec<ModelLoad>,
+}
+
+/// The load of one chat model on one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ModelLoad {
+    pub model: String,
+    /// Generations running or queued.
+    pub pending: u32,
+    /// How many run at once (the batch size).
+    pub capacity: u32,
 }

@@ -5,6 +5,7 @@
 //! Must not depend on any other SloughGPT crate, on NATS, or on a runtime: it is plain
 //! data plus serde and schemars, so that `schemas/*.json` can be generated from it.
 
+pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod inference;
@@ -13,5 +14,6 @@ pub mod status;
 pub mod stream;
 pub mod subjects;
 
+pub use endpoint::{Endpoint, Event, StreamEndpoint};
 pub use error::{ErrorBody, ErrorCode};
 pub use subjects::ServiceKind;

@@ -9,8 +9,8 @@ use crate::{
     health::{HealthReport, HealthRequest},
     inference::{
         DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, GenerateChunk,
-        GenerateEnd, GenerateRequest, ModelEvent, ModelInfo, ModelRequest, ModelsRequest,
-        ModelsResponse, TokenizeRequest, TokenizeResponse,
+        GenerateEnd, GenerateRequest, InstanceLoad, ModelEvent, ModelInfo, ModelRequest,
+        ModelsRequest, ModelsResponse, TokenizeRequest, TokenizeResponse,
     },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
@@ -44,5 +44,6 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("detokenize_request", schema_for!(DetokenizeRequest)),
         ("detokenize_response", schema_for!(DetokenizeResponse)),
         ("model_event", schema_for!(ModelEvent)),
+        ("instance_load", schema_for!(InstanceLoad)),
     ]
 }

@@ -4,6 +4,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// `slough.v1.monitoring.status`: the platform status as monitoring sees it.
+pub const STATUS: crate::endpoint::Endpoint<StatusRequest, StatusReport> =
+    crate::endpoint::Endpoint::new(crate::ServiceKind::Monitoring, "status");
+
 use crate::ServiceKind;
 
 /// Asks monitoring for the current status. Carries nothing.

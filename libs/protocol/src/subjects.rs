@@ -1,5 +1,6 @@
 //! Subject names. `slough.v1.<service>.<endpoint>` for requests, `slough.v1.events.<topic>`
-//! for events. Nothing else in the workspace formats a subject string.
+//! for events. Nothing else in the workspace formats a subject string; endpoints and
+//! events are declared with their types in [`crate::endpoint`]'s descriptors.
 
 use std::fmt;
 
@@ -75,52 +76,15 @@ pub fn endpoint(service: ServiceKind, endpoint: &str) -> String {
     format!("{ROOT}.{service}.{endpoint}")
 }
 
-/// `slough.v1.<service>.health`: answered by any replica of the service with its readiness.
-pub fn health(service: ServiceKind) -> String {
-    endpoint(service, HEALTH_ENDPOINT)
-}
-
-/// The endpoint name every service registers for its readiness report.
-pub const HEALTH_ENDPOINT: &str = "health";
-
-/// The monitoring endpoint that answers with the platform status.
-pub const STATUS_ENDPOINT: &str = "status";
-
-/// `slough.v1.monitoring.status`: the platform status as monitoring sees it.
-pub fn monitoring_status() -> String {
-    endpoint(ServiceKind::Monitoring, STATUS_ENDPOINT)
+/// `<subject>.<instance_id>`: an endpoint's subject on which only one instance answers.
+pub fn instance(subject: &str, instance_id: &str) -> String {
+    format!("{subject}.{instance_id}")
 }
 
 /// `slough.v1.<service>.cancel`: fan-out (no queue group) cancellation of a stream by
 /// request id; whichever replica owns the stream stops it.
 pub fn cancel(service: ServiceKind) -> String {
     endpoint(service, "cancel")
-}
-
-/// Endpoint names of the inference service (`slough.v1.inference.<name>`).
-pub mod inference {
-    /// Streamed generation.
-    pub const GENERATE: &str = "generate";
-    /// Embeddings.
-    pub const EMBED: &str = "embed";
-    /// The models an instance serves.
-    pub const MODELS: &str = "models";
-    /// Load a package.
-    pub const LOAD: &str = "load";
-    /// Unload a package.
-    pub const UNLOAD: &str = "unload";
-    /// Render and tokenize a prompt.
-    pub const TOKENIZE: &str = "tokenize";
-    /// Token ids to text.
-    pub const DETOKENIZE: &str = "detokenize";
-}
-
-/// Event topics (`slough.v1.events.<topic>`).
-pub mod events {
-    /// A model package was added to the models directory.
-    pub const MODELS_ADDED: &str = "models.added";
-    /// A model package was removed.
-    pub const MODELS_REMOVED: &str = "models.removed";
 }
 
 /// `slough.v1.events.<topic>`: platform events, e.g. `models.added`.
@@ -164,10 +128,9 @@ mod tests {
 
     #[test]
     fn subjects_follow_the_scheme() {
-        assert_eq!(health(ServiceKind::Rag), "slough.v1.rag.health");
+        assert_eq!(endpoint(ServiceKind::Rag, "health"), "slough.v1.rag.health");
         assert_eq!(cancel(ServiceKind::Inference), "slough.v1.inference.cancel");
         assert_eq!(event("models.added"), "slough.v1.events.models.added");
-        assert_eq!(monitoring_status(), "slough.v1.monitoring.status");
         assert_eq!(discovery(DiscoveryVerb::Info), "$SRV.INFO");
     }
 

@@ -36,6 +36,17 @@ pub struct CommonConfig {
     pub nats: NatsConfig,
 }
 
+impl CommonConfig {
+    /// Creates the data directory, readable by its owner only, when it is missing.
+    pub fn create_data_dir(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.data_dir)
+    }
+}
+
 impl Default for CommonConfig {
     fn default() -> Self {
         CommonConfig {
@@ -94,6 +105,10 @@ pub struct EmbeddedNatsConfig {
     /// Port to listen on (loopback only). 4223, not NATS's usual 4222, so a NATS server
     /// the machine already runs is left alone; 0 picks a free port.
     pub port: u16,
+    /// The largest message the server carries (its `max_payload`). 8 MiB by default:
+    /// twice the gateway's largest body (`gateway.max_body_bytes`, 4 MiB), so that any
+    /// body the gateway accepts fits one message.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for EmbeddedNatsConfig {
@@ -101,6 +116,19 @@ impl Default for EmbeddedNatsConfig {
         EmbeddedNatsConfig {
             binary: None,
             port: 4223,
+            max_payload_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl EmbeddedNatsConfig {
+    /// How to start this server on `port` (0: a free one) with its store in `store_dir`.
+    pub fn options(&self, port: u16, store_dir: PathBuf) -> crate::NatsServerOptions {
+        crate::NatsServerOptions {
+            binary: self.binary.clone(),
+            port,
+            store_dir,
+            max_payload: Some(self.max_payload_bytes),
         }
     }
 }

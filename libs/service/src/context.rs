@@ -14,7 +14,7 @@ use prometheus::Registry;
 use slough_bus::{Bus, Registration, ServiceHost};
 use slough_protocol::{
     ServiceKind,
-    health::{HealthCheck, HealthReport, HealthRequest},
+    health::{self, HealthCheck, HealthReport},
     subjects,
 };
 use slough_store::Store;
@@ -157,10 +157,9 @@ impl ServiceContext {
         let mut host =
             ServiceHost::register(&self.health.bus, registration, &self.registry).await?;
         let _ = self.health.instance_id.set(host.id().to_owned());
-        let health = self.health.clone();
-        host.endpoint(subjects::HEALTH_ENDPOINT, move |_: HealthRequest| {
-            let health = health.clone();
-            async move { Ok(health.report().await) }
+        let endpoint = health::endpoint(self.health.kind);
+        host.serve(&endpoint, self.health.clone(), |health, _| async move {
+            Ok(health.report().await)
         })
         .await?;
         Ok(host)
@@ -173,7 +172,7 @@ impl ServiceContext {
         host: ServiceHost,
         shutdown: CancellationToken,
     ) -> Result<(), ServiceError> {
-        let served = host.serve(shutdown).await;
+        let served = host.run(shutdown).await;
         self.admin.stop().await;
         self.health.bus.close().await;
         Ok(served?)

@@ -18,14 +18,19 @@ pub struct NatsServerOptions {
     pub binary: Option<PathBuf>,
     /// Port on 127.0.0.1; 0 picks a free one.
     pub port: u16,
-    /// JetStream's store directory (created if missing). The log file goes beside it.
+    /// JetStream's store directory (created if missing). The log file and the
+    /// configuration file go beside it.
     pub store_dir: PathBuf,
+    /// The largest message the server carries; NATS's default (1 MiB) when `None`.
+    pub max_payload: Option<usize>,
 }
 
 /// A running `nats-server`. Stopped (SIGTERM, then SIGKILL) when dropped, and killed by
 /// the kernel if this process dies first, so it is never orphaned.
 pub struct NatsServer {
     child: Child,
+    binary: PathBuf,
+    options: NatsServerOptions,
     port: u16,
     log_file: PathBuf,
 }
@@ -66,34 +71,28 @@ impl NatsServer {
             }
         };
         let log_file = options.store_dir.with_extension("log");
-        let mut command = Command::new(&binary);
-        command
-            .args([
-                "--addr",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--jetstream",
-            ])
-            .arg("--store_dir")
-            .arg(&options.store_dir)
-            .arg("--log")
-            .arg(&log_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        die_with_parent(&mut command);
-        let child = command.spawn().map_err(|source| ServiceError::Io {
-            context: format!("cannot start {}", binary.display()),
-            source,
-        })?;
         let mut server = NatsServer {
-            child,
+            child: spawn(&binary, options, port, &log_file)?,
+            binary,
+            options: options.clone(),
             port,
             log_file,
         };
         server.wait_ready(Duration::from_secs(15))?;
         Ok(server)
+    }
+
+    /// Whether the server has exited (reaping it), and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Starts the server again on the same port with the same store, after it exited.
+    /// Spawn from the thread that started it first (see [`NatsServer::start`]).
+    pub fn restart(&mut self) -> Result<(), ServiceError> {
+        self.stop();
+        self.child = spawn(&self.binary, &self.options, self.port, &self.log_file)?;
+        self.wait_ready(Duration::from_secs(15))
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -162,6 +161,47 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `nats-server` on 127.0.0.1:`port` with JetStream, logging to `log_file`; a
+/// `max_payload` goes in a configuration file beside the store (the server has no flag).
+fn spawn(
+    binary: &Path,
+    options: &NatsServerOptions,
+    port: u16,
+    log_file: &Path,
+) -> Result<Child, ServiceError> {
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--jetstream",
+        ])
+        .arg("--store_dir")
+        .arg(&options.store_dir)
+        .arg("--log")
+        .arg(log_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(max_payload) = options.max_payload {
+        let config = options.store_dir.with_extension("conf");
+        std::fs::write(&config, format!("max_payload: {max_payload}\n")).map_err(|source| {
+            ServiceError::Io {
+                context: format!("cannot write {}", config.display()),
+                source,
+            }
+        })?;
+        command.arg("--config").arg(config);
+    }
+    die_with_parent(&mut command);
+    command.spawn().map_err(|source| ServiceError::Io {
+        context: format!("cannot start {}", binary.display()),
+        source,
+    })
 }
 
 fn free_port() -> Result<u16, ServiceError> {

@@ -55,6 +55,27 @@ const MIGRATION_LOCK_KEY: i64 = 0x534c_4f55_4748; // "SLOUGH"
 /// Serializes migrations between services of one process (SQLite has no advisory locks).
 static MIGRATION_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Creates the data directory (mode 0700) and the SQLite file (mode 0600) when they are
+/// missing: the store holds API key hashes and usage, for its owner's eyes only. SQLite
+/// gives its `-wal` and `-shm` files the database file's mode.
+fn create_private(data_dir: &Path, file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 impl Store {
     /// Opens PostgreSQL at `database_url`, or `<data_dir>/slough.db` when it is `None`,
     /// and applies pending migrations.
@@ -65,11 +86,12 @@ impl Store {
         let url = match database_url {
             Some(url) => url.expose_secret().to_owned(),
             None => {
-                std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+                let file = data_dir.join("slough.db");
+                create_private(data_dir, &file).map_err(|source| StoreError::DataDir {
                     path: data_dir.display().to_string(),
                     source,
                 })?;
-                format!("sqlite://{}?mode=rwc", data_dir.join("slough.db").display())
+                format!("sqlite://{}?mode=rwc", file.display())
             }
         };
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {

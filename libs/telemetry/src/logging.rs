@@ -1,5 +1,7 @@
 //! Process-wide logging and tracing, set up once by [`init`].
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use serde::Deserialize;
@@ -38,8 +40,9 @@ impl Default for LogConfig {
     }
 }
 
-/// Our own info logs; the NATS client and actix only when something goes wrong.
-const DEFAULT_LEVEL: &str = "info,async_nats=warn,actix_server=warn";
+/// Our own info logs; libraries (the NATS client, actix, ONNX Runtime's session dumps)
+/// only when something goes wrong.
+const DEFAULT_LEVEL: &str = "info,async_nats=warn,actix_server=warn,ort=warn";
 
 /// Keeps the tracer provider alive; flushes pending spans when dropped.
 #[must_use = "dropping the guard shuts tracing down"]
@@ -79,8 +82,10 @@ pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
 
     let fmt_layer = match config.format {
+        // Colours only on a terminal: a log written to a file or a pipe stays plain text.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

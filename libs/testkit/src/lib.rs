@@ -19,6 +19,7 @@ impl TestNats {
             binary: None,
             port: 0,
             store_dir: dir.path().join("jetstream"),
+            max_payload: None,
         })
         .unwrap_or_else(|err| panic!("cannot start nats-server for the test: {err}"));
         TestNats { server, dir }
@@ -44,6 +45,13 @@ impl TestNats {
     /// Stops the server now (to test what happens when the bus goes away).
     pub fn stop(&mut self) {
         self.server.stop();
+    }
+
+    /// Starts the stopped server again on the same port (to test recovery).
+    pub fn restart(&mut self) {
+        self.server
+            .restart()
+            .unwrap_or_else(|err| panic!("cannot restart nats-server for the test: {err}"));
     }
 }
 

@@ -127,6 +127,18 @@ impl ApiError {
         error
     }
 
+    /// 503 with a retry hint: a dependency (the bus) is down for now.
+    pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "unavailable",
+            message,
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// 429 without a retry hint: the key's token budget is spent.
     pub fn quota_exceeded(message: impl Into<String>) -> ApiError {
         ApiError::new(
@@ -134,6 +146,17 @@ impl ApiError {
             "insufficient_quota",
             "insufficient_quota",
             message,
+        )
+    }
+
+    /// 499 (nginx's "client closed request"): the client left before the answer was
+    /// ready. Nobody reads it; it marks the request in logs and usage.
+    pub fn client_gone() -> ApiError {
+        ApiError::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::REQUEST_TIMEOUT),
+            "invalid_request_error",
+            "client_closed_request",
+            "the client closed the connection before the answer was ready",
         )
     }
 
@@ -156,6 +179,7 @@ impl ApiError {
             ErrorCode::NotFound | ErrorCode::ModelNotFound => {
                 (StatusCode::NOT_FOUND, "not_found_error")
             }
+            ErrorCode::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
             ErrorCode::ContextLengthExceeded => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error")
             }
@@ -167,6 +191,7 @@ impl ApiError {
             ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };
         let mut api = ApiError::new(status, kind, body.code.as_str(), body.message);
+        api.body.param = body.param;
         if body.code == ErrorCode::Overloaded {
             let hint = Duration::from_millis(body.retry_after_ms.unwrap_or(1000));
             api.retry_after = Some(hint);
@@ -235,6 +260,7 @@ mod tests {
             (ErrorCode::InvalidRequest, 400),
             (ErrorCode::NotFound, 404),
             (ErrorCode::ModelNotFound, 404),
+            (ErrorCode::PayloadTooLarge, 413),
             (ErrorCode::ContextLengthExceeded, 422),
             (ErrorCode::Overloaded, 429),
             (ErrorCode::Unavailable, 503),

@@ -9,15 +9,15 @@ use std::{pin::Pin, time::SystemTime};
 use actix_web::{HttpResponse, web::Bytes};
 use futures::{Stream, StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
-use slough_bus::{Bus, StreamItem, StreamReceiver};
-use slough_protocol::{
-    ServiceKind,
-    inference::{FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, TokenLogprob, Usage},
-    subjects,
+use slough_bus::{Bus, BusError, StreamItem, StreamReceiver};
+use slough_protocol::inference::{
+    self, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, TokenLogprob, Usage,
 };
 use utoipa::ToSchema;
 
-use crate::{AppState, error::ApiError, keys::ApiKey, usage::Metered};
+use crate::{
+    AppState, error::ApiError, http::Connection, keys::ApiKey, replicas::Replicas, usage::Metered,
+};
 
 /// Token counts as OpenAI reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
@@ -179,9 +179,11 @@ pub enum Answer {
 
 /// Runs `requests` for `key`: admits them (in-flight slot and the key's limits), opens
 /// them on inference, then streams them as `format` says when `stream` is given, or
-/// reads them to the end. Usage is recorded however the request ends.
+/// reads them to the end unless the client on `connection` leaves first (which cancels
+/// them, as a dropped stream does). Usage is recorded however the request ends.
 pub async fn answer<F: ChunkFormat>(
     state: &AppState,
+    connection: Connection,
     key: &ApiKey,
     endpoint: &'static str,
     requests: &[GenerateRequest],
@@ -192,7 +194,7 @@ pub async fn answer<F: ChunkFormat>(
         .first()
         .map_or("", |request| request.model.as_str());
     let mut metered = state.admit(key, endpoint, model).await?;
-    let events = start(&state.bus, requests)
+    let events = start(state, requests)
         .await
         .map_err(|err| state.upstream_failed(&mut metered, err))?;
     if let Some(options) = stream {
@@ -200,8 +202,18 @@ pub async fn answer<F: ChunkFormat>(
         return Ok(Answer::Streamed(response));
     }
     let choices = requests.iter().map(|request| request.n).sum();
-    let (choices, usage) = collect(events, choices, &mut metered).await?;
-    Ok(Answer::Collected(choices, usage))
+    tokio::select! {
+        collected = collect(events, choices, &mut metered) => {
+            let (choices, usage) = collected?;
+            Ok(Answer::Collected(choices, usage))
+        }
+        // Returning drops the upstream receivers, which cancels the generations; the
+        // unfinished `metered` records the request as 499 with what it received.
+        () = connection.closed() => {
+            tracing::info!("the client left before its answer was ready; generation cancelled");
+            Err(ApiError::client_gone())
+        }
+    }
 }
 
 /// What the merged generations report, in order per choice.
@@ -219,14 +231,12 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event, ApiError>>>>;
 
 /// Opens one generation per request, all before reading any, so that inference can
 /// batch them; choice indices of request `i` follow those of the requests before it.
-async fn start(bus: &Bus, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
-    let opened = futures::future::join_all(requests.iter().map(|request| {
-        bus.request_stream::<_, GenerateChunk, GenerateEnd>(
-            ServiceKind::Inference,
-            subjects::inference::GENERATE,
-            request,
-        )
-    }))
+async fn start(state: &AppState, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
+    let opened = futures::future::join_all(
+        requests
+            .iter()
+            .map(|request| open(&state.bus, &state.replicas, request)),
+    )
     .await;
     let mut streams = Vec::with_capacity(opened.len());
     let mut offset = 0;
@@ -237,6 +247,26 @@ async fn start(bus: &Bus, requests: &[GenerateRequest]) -> Result<Events, ApiErr
         offset += request.n;
     }
     Ok(Box::pin(stream::select_all(streams)))
+}
+
+/// Opens a generation on the replica with the most room for its model, or where the
+/// queue group sends it when no replica's load is known. A chosen replica that has gone
+/// (nobody answers on its subject) is forgotten and the queue group decides.
+async fn open(
+    bus: &Bus,
+    replicas: &Replicas,
+    request: &GenerateRequest,
+) -> Result<StreamReceiver<GenerateChunk, GenerateEnd>, BusError> {
+    let Some(instance) = replicas.pick(&request.model) else {
+        return bus.open(&inference::GENERATE, request).await;
+    };
+    match bus.open_on(&inference::GENERATE, &instance, request).await {
+        Err(BusError::NoResponders { .. }) => {
+            replicas.forget(&instance);
+            bus.open(&inference::GENERATE, request).await
+        }
+        opened => opened,
+    }
 }
 
 fn events_of(

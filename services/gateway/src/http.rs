@@ -1,8 +1,13 @@
-//! HTTP plumbing every route shares: the [`Caller`] (authenticated API key) and
-//! [`JsonBody`] extractors, the middleware that gives each request a span and counts it,
-//! and OpenAI-shaped answers for unknown routes and methods.
+//! HTTP plumbing every route shares: the [`Caller`] (authenticated API key),
+//! [`JsonBody`] and [`Connection`] extractors, the middleware that gives each request a
+//! span and counts it, and OpenAI-shaped answers for unknown routes and methods.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    any::Any,
+    os::fd::{AsRawFd as _, RawFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web::{
     FromRequest, HttpRequest, HttpResponse,
@@ -37,6 +42,79 @@ impl FromRequest for Caller {
             let state = state.ok_or_else(|| ApiError::internal("no application state", "bug"))?;
             state.keys.authenticate(header.as_deref()).await.map(Caller)
         })
+    }
+}
+
+/// The client's connection, to notice that it went away while a plain (not streamed)
+/// answer is being made. actix-web notices only when it writes, so without this a
+/// handler awaiting a long generation would run on for nobody.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection(Option<RawFd>);
+
+/// The socket of an HTTP connection, stored by [`remember_socket`].
+#[derive(Debug, Clone, Copy)]
+struct Socket(RawFd);
+
+/// The server's `on_connect` hook: keeps each connection's socket for [`Connection`].
+pub fn remember_socket(connection: &dyn Any, data: &mut actix_web::dev::Extensions) {
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        data.insert(Socket(stream.as_raw_fd()));
+    }
+}
+
+impl FromRequest for Connection {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Connection, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let socket = request.conn_data::<Socket>().map(|socket| socket.0);
+        std::future::ready(Ok(Connection(socket)))
+    }
+}
+
+/// How often a waiting handler looks at its client's connection.
+const CONNECTION_CHECK: Duration = Duration::from_millis(100);
+
+impl Connection {
+    /// Resolves once the client has closed its side of the connection (never, when the
+    /// socket is unknown). Cheap: a non-blocking peek every 100 ms.
+    pub async fn closed(self) {
+        let Some(fd) = self.0 else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(CONNECTION_CHECK).await;
+            if peer_closed(fd) {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the peer of `fd` has closed the connection: a peek that reads end-of-file or
+/// fails for a reason other than "nothing to read yet".
+#[allow(unsafe_code)] // std has no peek that does not block on a socket it does not own
+fn peer_closed(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the socket of the connection whose request is being handled; the
+    // server keeps it open until the handler's future is done, and this runs inside that
+    // future. recv writes at most one byte into `byte`, and MSG_PEEK leaves the data
+    // for the server to read.
+    let read = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match read {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
     }
 }
 

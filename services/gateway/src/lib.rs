@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod replicas;
 pub mod routes;
 pub mod usage;
 
@@ -95,6 +96,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
+    /// The inference replicas' load, to send each generation where there is room.
+    pub replicas: Arc<replicas::Replicas>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     /// The largest body a request may have.
@@ -110,6 +113,15 @@ impl AppState {
         endpoint: &'static str,
         model: &str,
     ) -> Result<Metered, ApiError> {
+        if !self.bus.is_connected() {
+            // Answer now rather than after the request timeout: nothing can reach a model
+            // until the connection is back (it reconnects within a second of NATS).
+            self.metrics.reject("bus_down");
+            return Err(ApiError::unavailable(
+                "the gateway has lost its connection to the message bus; retry shortly",
+                Duration::from_secs(1),
+            ));
+        }
         let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
             self.metrics.reject("in_flight");
             return Err(ApiError::rate_limited(
@@ -159,6 +171,8 @@ pub async fn run(
     let metrics = Arc::new(Metrics::register(ctx.registry()).map_err(TelemetryError::from)?);
     let (usage, writer) = UsageRecorder::start(store.clone(), config.usage_queue, metrics.clone());
     let cache = Duration::from_millis(config.key_cache_ms);
+    let replicas = Arc::new(replicas::Replicas::default());
+    replicas::follow(ctx.bus().clone(), replicas.clone(), shutdown.clone()).await?;
     let state = web::Data::new(AppState {
         bus: ctx.bus().clone(),
         store: store.clone(),
@@ -166,6 +180,7 @@ pub async fn run(
         limits: Arc::new(Limits::new(store.clone(), cache, metrics.clone())),
         usage,
         metrics,
+        replicas,
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         max_in_flight: config.max_in_flight,
         max_body_bytes: config.max_body_bytes,
@@ -236,6 +251,7 @@ fn start_api(
             .configure(routes::configure)
             .default_service(web::to(http::no_route))
     })
+    .on_connect(http::remember_socket)
     .workers(config.workers.max(1))
     .disable_signals()
     .shutdown_timeout(10)
@@ -255,7 +271,7 @@ fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allow_any_method()
         .allow_any_header()
-        .expose_headers(["Retry-After"])
+        .expose_headers(["Retry-After", "x-request-id"])
         .max_age(3600);
     for origin in origins {
         cors = if origin == "*" {

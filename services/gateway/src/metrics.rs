@@ -53,8 +53,9 @@ impl Metrics {
         let rejections = IntCounterVec::new(
             Opts::new(
                 "slough_gateway_limit_rejections_total",
-                "Requests refused with 429, by the limit reached (requests_per_minute, \
-                 tokens_per_minute, token_budget, in_flight, upstream_overloaded).",
+                "Model requests refused before reaching a model, by reason: 429s for \
+                 requests_per_minute, tokens_per_minute, token_budget, in_flight, \
+                 upstream_overloaded; 503s for bus_down.",
             ),
             &["limit"],
         )?;
@@ -95,7 +96,7 @@ impl Metrics {
         self.duration.with_label_values(&[route]).observe(seconds);
     }
 
-    /// Counts a 429 for `limit`.
+    /// Counts a refusal for `limit` (see the metric's description).
     pub fn reject(&self, limit: &str) {
         self.rejections.with_label_values(&[limit]).inc();
     }

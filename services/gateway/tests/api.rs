@@ -788,3 +788,232 @@ async fn keys_budgets_and_usage_on_postgresql() {
     platform.stop().await;
     database.drop_database().await;
 }
+
+/// What the hardening pass found, each a request that failed before: bodies the bus
+/// cannot carry, embedding batches whose reply outgrew a message, over-long embedding
+/// inputs cut silently, `since` as a date, CORS hiding `x-request-id`, a plain answer
+/// running on after its client left, and a NATS outage answered after the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_departed_clients_and_a_nats_outage() {
+    let config = slough_gateway::Config {
+        max_body_bytes: 4 * 1024 * 1024,
+        cors_origins: vec!["https://app.example.com".to_owned()],
+        ..gateway_config()
+    };
+    let mut platform = Platform::start(config, inference_config()).await;
+    let key = platform.admin_key.clone();
+
+    // A 1.5 MB chat message fits the gateway's limit but not the bus's (the test's
+    // nats-server keeps NATS's 1 MiB): a 413 naming the limit, before any publishing.
+    let huge = "word ".repeat(300_000);
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "messages": [{"role": "user", "content": huge}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit of"),
+        "{error}"
+    );
+
+    // 300 texts: their vectors would not fit one reply; batches answer them in order.
+    let texts: Vec<String> = (0..300).map(|i| format!("sentence number {i}")).collect();
+    let response = platform
+        .post(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": texts, "encoding_format": "base64"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let many: Value = response.json().await.unwrap();
+    let data = many["data"].as_array().unwrap();
+    assert_eq!(data.len(), 300);
+    assert!(data.iter().zip(0..).all(|(item, i)| item["index"] == i));
+    let alone: Value = platform
+        .post_json(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": texts[257], "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(data[257]["embedding"], alone["data"][0]["embedding"]);
+
+    // An input over the model's limit is refused by index, unless truncation is asked.
+    let long = "many words here ".repeat(6_000);
+    let body = json!({"model": EMBED, "input": ["short", long]});
+    let response = platform
+        .post("/v1/embeddings", &key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "input[1]");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("256-token limit"), "{message}");
+    let cut: Value = platform
+        .post_json(
+            "/v1/embeddings",
+            &key,
+            &json!({"model": EMBED, "input": ["short", long], "truncate": true}),
+        )
+        .await;
+    assert_eq!(cut["truncated"], json!([1]));
+    assert_eq!(cut["usage"]["prompt_tokens"], 256 + 3);
+
+    // `since` takes a date; CORS lets a browser read x-request-id.
+    let response = platform
+        .get("/v1/usage?since=2026-01-01", &key)
+        .header("Origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let exposed = response
+        .headers()
+        .get("access-control-expose-headers")
+        .map(|value| value.to_str().unwrap().to_lowercase())
+        .unwrap_or_default();
+    assert!(exposed.contains("x-request-id"), "{exposed:?}");
+
+    // A client that gives up on a plain (not streamed) answer cancels its generation.
+    let cancelled_before = platform
+        .inference_metric("slough_inference_cancelled_requests_total{model=\"smollm2\"}")
+        .await;
+    let impatient = platform
+        .post(
+            "/v1/completions",
+            &key,
+            &json!({"model": CHAT, "prompt": "Once upon a time", "max_tokens": 400, "temperature": 0}),
+        )
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up");
+    let mut cancelled = cancelled_before;
+    for _ in 0..40 {
+        cancelled = platform
+            .inference_metric("slough_inference_cancelled_requests_total{model=\"smollm2\"}")
+            .await;
+        if cancelled > cancelled_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cancelled,
+        cancelled_before + 1.0,
+        "the generation was cancelled"
+    );
+    assert_eq!(
+        platform
+            .inference_metric("slough_inference_running_sequences{model=\"smollm2\"}")
+            .await,
+        0.0
+    );
+
+    // NATS goes away: model requests are answered at once with 503 and Retry-After.
+    platform.nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "messages": france(), "max_tokens": 5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    println!("503 during the outage after {:?}", started.elapsed());
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // NATS returns: service resumes within five seconds.
+    platform.nats.restart();
+    let back = std::time::Instant::now();
+    loop {
+        let response = platform
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &json!({"model": CHAT, "messages": france(), "max_tokens": 5}),
+            )
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still {} after {:?}",
+            response.status(),
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("service resumed {:?} after NATS returned", back.elapsed());
+    platform.stop().await;
+}
+
+/// Two inference replicas and eight streams arriving together: each replica runs about
+/// half (the queue group alone picks at random and gave 8/0 splits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_are_spread_over_replicas_by_load() {
+    let mut platform = Platform::start(gateway_config(), inference_config()).await;
+    let second = platform.add_inference_replica().await;
+    let running = "slough_inference_running_sequences{model=\"smollm2\"}";
+    for _ in 0..200 {
+        if platform.replica_has(second, running).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both replicas' load reports reach the gateway (they come every 500 ms at least).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let key = platform.admin_key.clone();
+    let story = json!({
+        "model": CHAT, "prompt": "Once upon a time", "max_tokens": 40,
+        "temperature": 0, "stream": true
+    });
+    let answered = futures::future::join_all((0..8).map(|_| async {
+        let response = platform
+            .post("/v1/completions", &key, &story)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        read_events(response).await
+    }))
+    .await;
+    assert!(answered.iter().all(|(_, done)| *done));
+    let handled = "slough_inference_bus_requests_total{code=\"ok\",endpoint=\"generate\"}";
+    let first = platform.inference_metric(handled).await;
+    let other = platform.replica_metric(second, handled).await;
+    println!("8 streams over two replicas: {first} and {other}");
+    assert_eq!(first + other, 8.0);
+    assert!(
+        first.max(other) <= 1.5 * first.min(other),
+        "split {first}/{other}"
+    );
+    platform.stop().await;
+}

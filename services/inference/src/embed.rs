@@ -1,5 +1,6 @@
 //! Embedding models: a thread that owns the encoder session and embeds batches of texts
-//! (grouped by length so padding stays small), truncating each to the model's limit.
+//! (grouped by length so padding stays small). A text over the model's limit is refused,
+//! naming it and both lengths, unless the request asks for truncation.
 
 use std::{path::Path, sync::Arc, time::Instant};
 
@@ -19,6 +20,7 @@ const CHUNK: usize = 32;
 
 struct EmbedJob {
     inputs: Vec<String>,
+    truncate: bool,
     reply: oneshot::Sender<Result<EmbedResponse, ErrorBody>>,
 }
 
@@ -70,6 +72,7 @@ impl EmbeddingModel {
         let mut worker = Worker {
             session,
             tokenizer,
+            full_tokenizer: text.tokenizer().clone(),
             info: info.clone(),
             metrics,
         };
@@ -77,15 +80,20 @@ impl EmbeddingModel {
             .name(format!("embed-{}", manifest.id))
             .spawn(move || {
                 while let Some(job) = inbox.blocking_recv() {
-                    let _ = job.reply.send(worker.embed(&job.inputs));
+                    let _ = job.reply.send(worker.embed(&job.inputs, job.truncate));
                 }
             })
             .map_err(|err| format!("cannot start the embedding thread: {err}"))?;
         Ok(EmbeddingModel { info, text, jobs })
     }
 
-    /// Embeds `inputs` (already checked for count and emptiness).
-    pub async fn embed(&self, inputs: Vec<String>) -> Result<EmbedResponse, ErrorBody> {
+    /// Embeds `inputs` (already checked for count and emptiness); with `truncate`, texts
+    /// over the model's limit are cut instead of refused.
+    pub async fn embed(
+        &self,
+        inputs: Vec<String>,
+        truncate: bool,
+    ) -> Result<EmbedResponse, ErrorBody> {
         let (reply, answer) = oneshot::channel();
         let gone = || {
             ErrorBody::new(
@@ -94,7 +102,11 @@ impl EmbeddingModel {
             )
         };
         self.jobs
-            .send(EmbedJob { inputs, reply })
+            .send(EmbedJob {
+                inputs,
+                truncate,
+                reply,
+            })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -102,13 +114,16 @@ impl EmbeddingModel {
 
 struct Worker {
     session: Session,
+    /// Cuts texts at the model's limit.
     tokenizer: Tokenizer,
+    /// Does not cut: measures a text that is over the limit, for the refusal.
+    full_tokenizer: Tokenizer,
     info: ModelInfo,
     metrics: ModelMetrics,
 }
 
 impl Worker {
-    fn embed(&mut self, inputs: &[String]) -> Result<EmbedResponse, ErrorBody> {
+    fn embed(&mut self, inputs: &[String], truncate: bool) -> Result<EmbedResponse, ErrorBody> {
         let started = Instant::now();
         let internal = |err: String| ErrorBody::new(ErrorCode::Internal, err);
         let encodings = self
@@ -121,6 +136,24 @@ impl Worker {
             .filter(|(_, e)| !e.get_overflowing().is_empty())
             .map(|(i, _)| i as u32)
             .collect();
+        if let Some(&first) = truncated.first()
+            && !truncate
+        {
+            let index = first as usize;
+            let length = self
+                .full_tokenizer
+                .encode_fast(inputs[index].as_str(), true)
+                .map_or(0, |encoding| encoding.get_ids().len());
+            return Err(ErrorBody::invalid(
+                format!("inputs[{index}]"),
+                format!(
+                    "inputs[{index}] is {length} tokens, over the {limit}-token limit of {model}; shorten it, \
+                     or set truncate to have it cut",
+                    limit = self.info.context_length,
+                    model = self.info.id
+                ),
+            ));
+        }
         let prompt_tokens: usize = encodings.iter().map(|e| e.get_ids().len()).sum();
         // Similar lengths together, so each chunk pads little.
         let mut order: Vec<usize> = (0..encodings.len()).collect();

@@ -4,11 +4,10 @@ use slough_bus::{BusError, ServiceHost, StreamStart};
 use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::{
-        DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, GenerateChunk,
-        GenerateEnd, GenerateRequest, ModelRequest, ModelsRequest, ModelsResponse, TokenizeRequest,
-        TokenizeResponse,
+        self, DetokenizeRequest, DetokenizeResponse, EmbedRequest, EmbedResponse, GenerateChunk,
+        GenerateEnd, GenerateRequest, ModelInfo, ModelRequest, ModelsRequest, ModelsResponse,
+        TokenizeRequest, TokenizeResponse,
     },
-    subjects::inference as endpoints,
 };
 use tracing::Instrument as _;
 
@@ -17,60 +16,49 @@ use crate::{
     models::{Models, Served},
 };
 
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Inference {
+    pub models: Models,
+    /// The most texts one embed request may hold.
+    pub max_embed_inputs: usize,
+}
+
 /// Adds every inference endpoint to `host`.
-pub async fn add(
-    host: &mut ServiceHost,
-    models: Models,
-    max_embed_inputs: usize,
-) -> Result<(), BusError> {
-    let m = models.clone();
-    host.stream_endpoint(endpoints::GENERATE, move |request, start| {
-        generate(m.clone(), request, start)
-    })
-    .await?;
-    let m = models.clone();
-    host.endpoint(endpoints::EMBED, move |request| {
-        embed(m.clone(), request, max_embed_inputs)
-    })
-    .await?;
-    let m = models.clone();
-    host.endpoint(endpoints::MODELS, move |_: ModelsRequest| {
-        let m = m.clone();
-        async move {
-            Ok(ModelsResponse {
-                models: m.list().await,
-            })
-        }
-    })
-    .await?;
-    let m = models.clone();
-    host.endpoint(endpoints::LOAD, move |request: ModelRequest| {
-        let m = m.clone();
-        async move { m.load(&request.model).await }
-    })
-    .await?;
-    let m = models.clone();
-    host.endpoint(endpoints::UNLOAD, move |request: ModelRequest| {
-        let m = m.clone();
-        async move { m.unload(&request.model).await }
-    })
-    .await?;
-    let m = models.clone();
-    host.endpoint(endpoints::TOKENIZE, move |request| {
-        tokenize(m.clone(), request)
-    })
-    .await?;
-    host.endpoint(endpoints::DETOKENIZE, move |request| {
-        detokenize(models.clone(), request)
-    })
-    .await?;
+pub async fn add(host: &mut ServiceHost, state: Inference) -> Result<(), BusError> {
+    host.serve_stream(&inference::GENERATE, state.clone(), generate)
+        .await?;
+    host.serve(&inference::EMBED, state.clone(), embed).await?;
+    host.serve(&inference::MODELS, state.clone(), models)
+        .await?;
+    host.serve(&inference::LOAD, state.clone(), load).await?;
+    host.serve(&inference::UNLOAD, state.clone(), unload)
+        .await?;
+    host.serve(&inference::TOKENIZE, state.clone(), tokenize)
+        .await?;
+    host.serve(&inference::DETOKENIZE, state, detokenize)
+        .await?;
     Ok(())
+}
+
+async fn models(state: Inference, _: ModelsRequest) -> Result<ModelsResponse, ErrorBody> {
+    Ok(ModelsResponse {
+        models: state.models.list().await,
+    })
+}
+
+async fn load(state: Inference, request: ModelRequest) -> Result<ModelInfo, ErrorBody> {
+    state.models.load(&request.model).await
+}
+
+async fn unload(state: Inference, request: ModelRequest) -> Result<ModelInfo, ErrorBody> {
+    state.models.unload(&request.model).await
 }
 
 /// Streams one generation: refused before the acknowledgement when it cannot run,
 /// then chunks until the scheduler's end, an error, or the caller's cancel.
 async fn generate(
-    models: Models,
+    Inference { models, .. }: Inference,
     request: GenerateRequest,
     start: StreamStart<GenerateChunk, GenerateEnd>,
 ) -> Result<(), ErrorBody> {
@@ -139,29 +127,34 @@ async fn generate(
     .await
 }
 
-async fn embed(
-    models: Models,
-    request: EmbedRequest,
-    max_inputs: usize,
-) -> Result<EmbedResponse, ErrorBody> {
-    let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, message);
+async fn embed(state: Inference, request: EmbedRequest) -> Result<EmbedResponse, ErrorBody> {
+    let Inference {
+        models,
+        max_embed_inputs: max_inputs,
+    } = state;
     if request.inputs.is_empty() {
-        return Err(invalid("inputs is empty".to_owned()));
+        return Err(ErrorBody::invalid("inputs", "inputs is empty"));
     }
     if request.inputs.len() > max_inputs {
-        return Err(invalid(format!(
-            "inputs has {} texts (at most {max_inputs})",
-            request.inputs.len()
-        )));
+        return Err(ErrorBody::invalid(
+            "inputs",
+            format!(
+                "inputs has {} texts (at most {max_inputs})",
+                request.inputs.len()
+            ),
+        ));
     }
     if let Some(i) = request.inputs.iter().position(String::is_empty) {
-        return Err(invalid(format!("inputs[{i}] is empty")));
+        return Err(ErrorBody::invalid(
+            format!("inputs[{i}]"),
+            format!("inputs[{i}] is empty"),
+        ));
     }
     let Served::Embedding(model) = models.get(&request.model).await? else {
-        return Err(invalid(format!(
-            "model {:?} is a chat model; it cannot embed",
-            request.model
-        )));
+        return Err(ErrorBody::invalid(
+            "model",
+            format!("model {:?} is a chat model; it cannot embed", request.model),
+        ));
     };
     let span = tracing::info_span!(
         "gen_ai.embeddings",
@@ -170,7 +163,7 @@ async fn embed(
         gen_ai.usage.input_tokens = tracing::field::Empty,
     );
     async move {
-        let response = model.embed(request.inputs).await?;
+        let response = model.embed(request.inputs, request.truncate).await?;
         tracing::Span::current().record("gen_ai.usage.input_tokens", response.usage.prompt_tokens);
         Ok(response)
     }
@@ -178,22 +171,24 @@ async fn embed(
     .await
 }
 
-async fn tokenize(models: Models, request: TokenizeRequest) -> Result<TokenizeResponse, ErrorBody> {
-    let model = models.get(&request.model).await?;
-    let prompt = model.text().render(&request.input)?;
-    let tokens = model.text().encode(&request.input, &prompt)?;
+async fn tokenize(
+    state: Inference,
+    request: TokenizeRequest,
+) -> Result<TokenizeResponse, ErrorBody> {
+    let model = state.models.get(&request.model).await?;
+    let prompt = model.text().prompt(&request.input)?;
     Ok(TokenizeResponse {
-        prompt,
-        tokens,
+        prompt: prompt.text,
+        tokens: prompt.tokens,
         context_length: model.info().context_length,
     })
 }
 
 async fn detokenize(
-    models: Models,
+    state: Inference,
     request: DetokenizeRequest,
 ) -> Result<DetokenizeResponse, ErrorBody> {
-    let model = models.get(&request.model).await?;
+    let model = state.models.get(&request.model).await?;
     model.text().check_ids(&request.tokens, "tokens")?;
     Ok(DetokenizeResponse {
         text: model.text().decode(&request.tokens),

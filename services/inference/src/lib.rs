@@ -16,8 +16,10 @@ pub mod models;
 pub mod runtime;
 pub mod text;
 
-use futures::StreamExt as _;
-use slough_protocol::{inference::ModelEvent, subjects};
+use slough_bus::EventStream;
+use std::time::{Duration, Instant};
+
+use slough_protocol::inference::{self, InstanceLoad, ModelEvent};
 use slough_service::{ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
 
@@ -56,37 +58,87 @@ pub async fn run(
     let max_embed_inputs = config.max_embed_inputs;
     let models = models::Models::start(models_dir, runtime, config, metrics).await;
 
-    let events = ctx
-        .bus()
-        .client()
-        .subscribe(subjects::event("models.*"))
-        .await
-        .map_err(|err| ServiceError::Bus(slough_bus::BusError::Nats(err.to_string())))?;
-    tokio::spawn(follow_events(events, models.clone(), shutdown.clone()));
+    let added = ctx.bus().subscribe(&inference::MODEL_ADDED).await?;
+    let removed = ctx.bus().subscribe(&inference::MODEL_REMOVED).await?;
+    tokio::spawn(follow_events(
+        added,
+        removed,
+        models.clone(),
+        shutdown.clone(),
+    ));
 
     let mut host = ctx.register(DESCRIPTION).await?;
-    handlers::add(&mut host, models, max_embed_inputs).await?;
+    tokio::spawn(report_load(
+        ctx.bus().clone(),
+        host.id().to_owned(),
+        models.clone(),
+        shutdown.clone(),
+    ));
+    let state = handlers::Inference {
+        models,
+        max_embed_inputs,
+    };
+    handlers::add(&mut host, state).await?;
     ctx.serve(host, shutdown).await
+}
+
+/// How often the load is looked at, and published when it changed.
+const LOAD_CHECK: Duration = Duration::from_millis(100);
+/// The longest time between two load reports, changed or not (callers trust a report
+/// for 1.5 s).
+const LOAD_REPORT_AT_LEAST: Duration = Duration::from_millis(500);
+
+/// Publishes this instance's load ([`inference::LOAD_REPORTS`]) whenever it changes
+/// (checked every 100 ms) and every 500 ms regardless, so gateways can send work
+/// where there is room.
+async fn report_load(
+    bus: slough_bus::Bus,
+    instance_id: String,
+    models: models::Models,
+    shutdown: CancellationToken,
+) {
+    let mut last: Option<(Vec<inference::ModelLoad>, Instant)> = None;
+    let mut tick = tokio::time::interval(LOAD_CHECK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let loads = models.loads().await;
+        let due = last.as_ref().is_none_or(|(previous, at)| {
+            *previous != loads || at.elapsed() >= LOAD_REPORT_AT_LEAST
+        });
+        if !due || !bus.is_connected() {
+            continue;
+        }
+        let report = InstanceLoad {
+            instance_id: instance_id.clone(),
+            models: loads.clone(),
+        };
+        if let Err(err) = bus.emit(&inference::LOAD_REPORTS, &report).await {
+            tracing::debug!("cannot publish the load: {err}");
+        }
+        last = Some((loads, Instant::now()));
+    }
 }
 
 /// Loads and unloads models as `slough.v1.events.models.added|removed` say.
 async fn follow_events(
-    mut events: async_nats::Subscriber,
+    mut added: EventStream<ModelEvent>,
+    mut removed: EventStream<ModelEvent>,
     models: models::Models,
     shutdown: CancellationToken,
 ) {
-    let added = subjects::event(subjects::events::MODELS_ADDED);
     loop {
-        let message = tokio::select! {
-            message = events.next() => message,
-            () = shutdown.cancelled() => None,
+        let (event, load) = tokio::select! {
+            event = added.next() => (event, true),
+            event = removed.next() => (event, false),
+            () = shutdown.cancelled() => return,
         };
-        let Some(message) = message else {
-            return;
-        };
-        match serde_json::from_slice::<ModelEvent>(&message.payload) {
-            Ok(event) => models.follow(event.model, message.subject.as_str() == added),
-            Err(err) => tracing::warn!(subject = %message.subject, "unreadable model event: {err}"),
+        match event {
+            Some(Ok(event)) => models.follow(event.model, load),
+            Some(Err(err)) => tracing::warn!("unreadable model event: {err}"),
+            None => return,
         }
     }
 }

@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use slough_modelkit::package::{self, ModelKind as PackageKind};
-use slough_protocol::{ErrorBody, ErrorCode, inference::ModelInfo};
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::{ModelInfo, ModelLoad},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -39,6 +42,7 @@ impl Served {
 
 enum Message {
     Get(String, oneshot::Sender<Option<Served>>),
+    Loads(oneshot::Sender<Vec<ModelLoad>>),
     List(oneshot::Sender<Vec<ModelInfo>>),
     Load(String, oneshot::Sender<Result<ModelInfo, ErrorBody>>),
     Loaded(
@@ -158,6 +162,13 @@ impl Models {
         answer.await.unwrap_or_default()
     }
 
+    /// The load of every chat model.
+    pub async fn loads(&self) -> Vec<ModelLoad> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.sender.send(Message::Loads(reply));
+        answer.await.unwrap_or_default()
+    }
+
     /// Loads package `id` (a no-op when it is served already).
     pub async fn load(&self, id: &str) -> Result<ModelInfo, ErrorBody> {
         let (reply, answer) = oneshot::channel();
@@ -197,6 +208,13 @@ impl Actor {
             match message {
                 Message::Get(id, reply) => {
                     let _ = reply.send(self.models.get(&id).cloned());
+                }
+                Message::Loads(reply) => {
+                    let loads = self.models.values().filter_map(|model| match model {
+                        Served::Chat(chat) => Some(chat.load()),
+                        Served::Embedding(_) => None,
+                    });
+                    let _ = reply.send(loads.collect());
                 }
                 Message::List(reply) => {
                     let _ = reply.send(self.models.values().map(|m| m.info().clone()).collect());

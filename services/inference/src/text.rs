@@ -8,15 +8,15 @@ use slough_modelkit::{
     chat::{ChatMessage as TemplateMessage, ChatTemplate},
     package::Manifest,
 };
-use slough_protocol::{
-    ErrorBody, ErrorCode,
-    inference::{ChatMessage, PromptInput},
-};
+use slough_protocol::{ErrorBody, ErrorCode, inference::PromptInput};
 use tokenizers::{DecoderWrapper, Tokenizer};
 
 /// A model's tokenizer, chat template and stop tokens.
 pub struct TextModel {
     tokenizer: Tokenizer,
+    /// The same tokenizer reading special tokens' spellings as plain text, for the text
+    /// of messages.
+    plain_tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     stop_ids: HashSet<u32>,
     /// GPT-2 byte-level alphabet, char → byte, when the vocabulary uses it.
@@ -58,59 +58,105 @@ impl TextModel {
             .get_decoder()
             .is_some_and(|d| matches!(d, DecoderWrapper::ByteLevel(_)))
             .then(byte_level_alphabet);
+        let mut plain_tokenizer = tokenizer.clone();
+        plain_tokenizer.set_encode_special_tokens(true);
         Ok(TextModel {
             tokenizer,
+            plain_tokenizer,
             template,
             stop_ids,
             byte_level,
         })
     }
 
-    /// The text the model reads: messages through the chat template (ending where the
-    /// assistant's answer begins), or a raw prompt as it is.
-    pub fn render(&self, input: &PromptInput) -> Result<String, ErrorBody> {
+    /// The text the model reads and its token ids: messages through the chat template
+    /// (ending where the assistant's answer begins), a raw prompt as it is (with the
+    /// tokenizer's own special tokens added, e.g. a BOS), or token ids as they are.
+    ///
+    /// The text of a message is always tokenized as text: `<|im_end|>` typed by a user is
+    /// the characters, never the end-of-turn token, so no one can close their turn and
+    /// forge another. Only the template's own markers are special tokens.
+    pub fn prompt(&self, input: &PromptInput) -> Result<Prompt, ErrorBody> {
+        let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, message);
         match input {
-            PromptInput::Text(text) => Ok(text.clone()),
+            PromptInput::Text(text) => {
+                let encoding = self
+                    .tokenizer
+                    .encode_fast(text.as_str(), true)
+                    .map_err(|err| invalid(err.to_string()))?;
+                Ok(Prompt {
+                    text: text.clone(),
+                    tokens: encoding.get_ids().to_vec(),
+                })
+            }
             PromptInput::Tokens(ids) => {
                 self.check_ids(ids, "input.tokens")?;
-                Ok(self.tokenizer.decode(ids, false).unwrap_or_default())
+                Ok(Prompt {
+                    text: self.tokenizer.decode(ids, false).unwrap_or_default(),
+                    tokens: ids.clone(),
+                })
             }
             PromptInput::Messages(messages) => {
                 if messages.is_empty() {
-                    return Err(ErrorBody::new(
-                        ErrorCode::InvalidRequest,
+                    return Err(ErrorBody::invalid(
+                        "input.messages",
                         "input.messages is empty",
                     ));
                 }
                 let Some(template) = &self.template else {
-                    return Err(ErrorBody::new(
-                        ErrorCode::InvalidRequest,
-                        "this model has no chat template; send a text prompt",
+                    return Err(invalid(
+                        "this model has no chat template; send a text prompt".to_owned(),
                     ));
                 };
-                let messages: Vec<TemplateMessage> = messages
+                // Render with a placeholder for each message's text, so the template's
+                // own text and the messages' texts can be told apart afterwards.
+                let placeholders: Vec<TemplateMessage> = messages
                     .iter()
-                    .map(|ChatMessage { role, content }| TemplateMessage::new(role, content))
+                    .enumerate()
+                    .map(|(i, message)| {
+                        TemplateMessage::new(message.role.as_str(), &placeholder(i))
+                    })
                     .collect();
-                template
-                    .render(&messages, true)
-                    .map_err(|err| ErrorBody::new(ErrorCode::InvalidRequest, err.to_string()))
+                let skeleton = template
+                    .render(&placeholders, true)
+                    .map_err(|err| invalid(err.to_string()))?;
+                let mut prompt = Prompt::default();
+                for piece in pieces(&skeleton, messages.len()) {
+                    match piece {
+                        Piece::Template(text) => self.push_encoded(&mut prompt, text, false)?,
+                        Piece::Message { index, lead } => {
+                            let text = format!("{lead}{}", messages[index].content);
+                            self.push_encoded(&mut prompt, &text, true)?;
+                        }
+                    }
+                }
+                Ok(prompt)
             }
         }
     }
 
-    /// Token ids of a prompt. A rendered chat prompt already holds its special tokens;
-    /// a raw prompt gets the tokenizer's own (e.g. a BOS) added.
-    pub fn encode(&self, input: &PromptInput, prompt: &str) -> Result<Vec<u32>, ErrorBody> {
-        if let PromptInput::Tokens(ids) = input {
-            self.check_ids(ids, "input.tokens")?;
-            return Ok(ids.clone());
+    /// Appends `text` and its tokens to `prompt`; `as_text` encodes special tokens'
+    /// spellings as plain text.
+    fn push_encoded(
+        &self,
+        prompt: &mut Prompt,
+        text: &str,
+        as_text: bool,
+    ) -> Result<(), ErrorBody> {
+        if text.is_empty() {
+            return Ok(());
         }
-        let add_special = matches!(input, PromptInput::Text(_));
-        self.tokenizer
-            .encode_fast(prompt, add_special)
-            .map(|encoding| encoding.get_ids().to_vec())
-            .map_err(|err| ErrorBody::new(ErrorCode::InvalidRequest, err.to_string()))
+        let tokenizer = if as_text {
+            &self.plain_tokenizer
+        } else {
+            &self.tokenizer
+        };
+        let encoding = tokenizer
+            .encode_fast(text, false)
+            .map_err(|err| ErrorBody::new(ErrorCode::InvalidRequest, err.to_string()))?;
+        prompt.text.push_str(text);
+        prompt.tokens.extend_from_slice(encoding.get_ids());
+        Ok(())
     }
 
     /// Refuses ids outside the vocabulary, naming the first one under `field`.
@@ -168,6 +214,63 @@ impl TextModel {
 
 /// GPT-2's byte-level alphabet: printable bytes stand for themselves, the others are
 /// shifted to code points from 256 on.
+/// A rendered prompt: the text the model reads and its token ids.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
+
+/// Characters around a message's index in the placeholder the template renders in the
+/// message's place (Unicode private use: no template writes them).
+const PLACEHOLDER_OPEN: char = '\u{E000}';
+const PLACEHOLDER_CLOSE: char = '\u{E001}';
+
+fn placeholder(index: usize) -> String {
+    format!("{PLACEHOLDER_OPEN}{index}{PLACEHOLDER_CLOSE}")
+}
+
+/// A part of a rendered prompt: the template's own text, or message `index`'s text
+/// after `lead`, the spaces that ended the template's text before it (so that
+/// `[INST] ` + `Hi` splits into words as `[INST] Hi` would).
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Template(&'a str),
+    Message { index: usize, lead: &'a str },
+}
+
+/// Splits a prompt rendered with placeholders into the template's text and the places
+/// of the messages (a template may leave a message out or use it twice).
+fn pieces(skeleton: &str, messages: usize) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = skeleton;
+    let mut scanned = 0;
+    while let Some(open) = rest[scanned..]
+        .find(PLACEHOLDER_OPEN)
+        .map(|at| at + scanned)
+    {
+        let after = open + PLACEHOLDER_OPEN.len_utf8();
+        let found = rest[after..].find(PLACEHOLDER_CLOSE).and_then(|close| {
+            let index: usize = rest[after..after + close].parse().ok()?;
+            (index < messages).then_some((index, after + close + PLACEHOLDER_CLOSE.len_utf8()))
+        });
+        let Some((index, end)) = found else {
+            scanned = after;
+            continue;
+        };
+        let template = rest[..open].trim_end_matches(' ');
+        pieces.push(Piece::Template(template));
+        pieces.push(Piece::Message {
+            index,
+            lead: &rest[template.len()..open],
+        });
+        rest = &rest[end..];
+        scanned = 0;
+    }
+    pieces.push(Piece::Template(rest));
+    pieces
+}
+
 fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut next = 256u32;
@@ -287,6 +390,33 @@ mod tests {
         assert_eq!(matcher.push("ENTER"), ("ENTER".to_owned(), false));
         assert_eq!(matcher.push(" E"), (" ".to_owned(), false));
         assert_eq!(matcher.flush(), "E");
+    }
+
+    #[test]
+    fn a_rendered_prompt_splits_into_template_and_messages() {
+        let skeleton = format!(
+            "<s>[INST] {} [/INST]{}\u{E000}9\u{E001}{}",
+            placeholder(0),
+            placeholder(1),
+            placeholder(0)
+        );
+        assert_eq!(
+            pieces(&skeleton, 2),
+            [
+                Piece::Template("<s>[INST]"),
+                Piece::Message {
+                    index: 0,
+                    lead: " "
+                },
+                Piece::Template(" [/INST]"),
+                Piece::Message { index: 1, lead: "" },
+                // An index beyond the messages is not a placeholder: kept as text.
+                Piece::Template("\u{E000}9\u{E001}"),
+                Piece::Message { index: 0, lead: "" },
+                Piece::Template(""),
+            ]
+        );
+        assert_eq!(pieces("no messages", 0), [Piece::Template("no messages")]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod tracker;
 use std::{net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
-use slough_protocol::{status::StatusRequest, subjects};
+use slough_protocol::status;
 use slough_service::{ServiceContext, ServiceError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -96,9 +96,8 @@ pub async fn run(
     ));
 
     let mut host = ctx.register(DESCRIPTION).await?;
-    let for_bus = latest.clone();
-    host.endpoint(subjects::STATUS_ENDPOINT, move |_: StatusRequest| {
-        let report = for_bus.borrow().clone();
+    host.serve(&status::STATUS, latest.clone(), |latest, _| {
+        let report = latest.borrow().clone();
         async move { Ok(report) }
     })
     .await?;

@@ -14,13 +14,8 @@ use slough_inference::{
     chat::scheduler::Event,
     models::{Models, Served},
 };
-use slough_protocol::{
-    ServiceKind,
-    inference::{
-        GenerateChunk, GenerateEnd, GenerateRequest, ModelsRequest, ModelsResponse, PromptInput,
-        SamplingParams,
-    },
-    subjects,
+use slough_protocol::inference::{
+    self as protocol, GenerateRequest, ModelsRequest, PromptInput, SamplingParams,
 };
 
 use crate::Settings;
@@ -126,13 +121,7 @@ pub(crate) async fn generate_over_bus(
     request: &GenerateRequest,
     started: Instant,
 ) -> anyhow::Result<(Option<Duration>, u32)> {
-    let mut stream = bus
-        .request_stream::<_, GenerateChunk, GenerateEnd>(
-            ServiceKind::Inference,
-            subjects::inference::GENERATE,
-            request,
-        )
-        .await?;
+    let mut stream = bus.open(&protocol::GENERATE, request).await?;
     let mut first = None;
     loop {
         match stream.next().await {
@@ -304,10 +293,9 @@ pub async fn inference(
 
 /// Waits (up to a minute) until an inference instance serves `model`.
 async fn wait_for_model(bus: &Bus, model: &str) -> anyhow::Result<()> {
-    let subject = subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let listed: Result<ModelsResponse, _> = bus.request(&subject, &ModelsRequest {}).await;
+        let listed = bus.call(&protocol::MODELS, &ModelsRequest {}).await;
         match listed {
             Ok(listed) if listed.models.iter().any(|m| m.id == model) => return Ok(()),
             Ok(listed) if Instant::now() > deadline => anyhow::bail!(

@@ -15,12 +15,8 @@ use serde::Serialize;
 
 use crate::bench;
 use slough_bus::Bus;
-use slough_protocol::{
-    ServiceKind,
-    inference::{
-        ChatMessage, GenerateRequest, ModelsRequest, ModelsResponse, PromptInput, SamplingParams,
-    },
-    subjects,
+use slough_protocol::inference::{
+    self, ChatMessage, GenerateRequest, ModelsRequest, PromptInput, SamplingParams,
 };
 
 /// What to measure.
@@ -149,11 +145,10 @@ pub async fn measure(
     };
     let models_direct = {
         let bus = bus.clone();
-        let subject = subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS);
         run(concurrency, options.requests, move || {
-            let (bus, subject) = (bus.clone(), subject.clone());
+            let bus = bus.clone();
             async move {
-                bus.request::<_, ModelsResponse>(&subject, &ModelsRequest {})
+                bus.call(&inference::MODELS, &ModelsRequest {})
                     .await
                     .is_ok()
             }

@@ -11,10 +11,9 @@ use slough::{
 use slough_modelkit::llama::{BuildOptions, FloatWeights};
 use slough_protocol::{
     ServiceKind,
-    status::{StatusReport, StatusRequest},
-    subjects,
+    status::{STATUS, StatusReport, StatusRequest},
 };
-use slough_service::{NatsServer, NatsServerOptions};
+use slough_service::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -192,6 +191,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !matches!(cli.command, Command::Status { .. })
+        && let Err(err) = settings.common.create_data_dir()
+    {
+        tracing::error!(
+            "cannot create the data directory {}: {err}",
+            settings.common.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let outcome = match cli.command {
         Command::Up => up(settings),
         Command::Run { service } => runtime().and_then(|rt| rt.block_on(run(settings, service))),
@@ -291,17 +299,15 @@ fn up(mut settings: Settings) -> anyhow::Result<()> {
     let mut nats = match &settings.common.nats_url {
         Some(_) => None,
         None => {
-            let server = NatsServer::start(&NatsServerOptions {
-                binary: settings.common.nats.server.binary.clone(),
-                port: settings.common.nats.server.port,
-                store_dir: settings.common.data_dir.join("nats").join("jetstream"),
-            })?;
+            let embedded = &settings.common.nats.server;
+            let store = settings.common.data_dir.join("nats").join("jetstream");
+            let server = NatsServer::start(&embedded.options(embedded.port, store))?;
             tracing::info!(url = %server.url(), log = %server.log_file().display(), "started nats-server");
             settings.common.nats_url = Some(server.url());
             Some(server)
         }
     };
-    let result = runtime().and_then(|rt| rt.block_on(up_services(&settings)));
+    let result = runtime().and_then(|rt| rt.block_on(up_services(&settings, nats.as_mut())));
     if let Some(server) = &mut nats {
         server.stop();
         tracing::info!("nats-server stopped");
@@ -309,7 +315,10 @@ fn up(mut settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-async fn up_services(settings: &Settings) -> anyhow::Result<()> {
+/// Runs every service until Ctrl-C, SIGTERM or a service's failure, restarting the
+/// nats-server child (`nats`) whenever it exits. This future runs on the main thread
+/// (`block_on`), so a restarted server keeps the parent-death signal of the first.
+async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
@@ -319,9 +328,20 @@ async fn up_services(settings: &Settings) -> anyhow::Result<()> {
         platform.services(),
         new_admin_key.as_deref(),
     );
-    let reason = tokio::select! {
-        signal = shutdown_signal() => signal?,
-        () = platform.failed() => "a service failed",
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut supervisor = Supervisor::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let reason = loop {
+        tokio::select! {
+            signal = &mut shutdown => break signal?,
+            () = platform.failed() => break "a service failed",
+            _ = tick.tick() => {
+                if let Some(server) = nats.as_deref_mut() {
+                    supervisor.check(server);
+                }
+            }
+        }
     };
     tracing::info!("stopping ({reason})");
     let errors = platform.stop().await;
@@ -330,6 +350,51 @@ async fn up_services(settings: &Settings) -> anyhow::Result<()> {
     }
     tracing::info!("all services stopped");
     Ok(())
+}
+
+/// Restarts the nats-server child when it exits: at once the first time, then with a
+/// backoff doubling from 0.5 s to 10 s while restarts keep failing.
+#[derive(Default)]
+struct Supervisor {
+    failures: u32,
+    next_try: Option<std::time::Instant>,
+}
+
+impl Supervisor {
+    fn check(&mut self, server: &mut NatsServer) {
+        if self.next_try.is_none() {
+            let Some(status) = server.exited() else {
+                return;
+            };
+            tracing::error!(%status, log = %server.log_file().display(), "nats-server exited; restarting it");
+            self.next_try = Some(std::time::Instant::now());
+        }
+        if self
+            .next_try
+            .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match server.restart() {
+            Ok(()) => {
+                tracing::info!(
+                    url = %server.url(),
+                    after_failed_tries = self.failures,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "nats-server restarted; services reconnect on their own"
+                );
+                *self = Supervisor::default();
+            }
+            Err(err) => {
+                self.failures += 1;
+                let delay = Duration::from_millis(500 * 2u64.pow(self.failures.min(5)))
+                    .min(Duration::from_secs(10));
+                tracing::error!(error = %err, retry_in = ?delay, "nats-server did not restart");
+                self.next_try = Some(std::time::Instant::now() + delay);
+            }
+        }
+    }
 }
 
 /// Makes sure the store holds an admin key (`SLOUGH_ADMIN_KEY`'s, or a generated one,
@@ -401,11 +466,7 @@ fn bench_inference(mut settings: Settings, options: bench::BenchOptions) -> anyh
     let mut nats = None;
     if settings.common.nats_url.is_none() && !options.in_process {
         let store = bench_nats_store(&settings)?;
-        let server = NatsServer::start(&NatsServerOptions {
-            binary: settings.common.nats.server.binary.clone(),
-            port: 0,
-            store_dir: store,
-        })?;
+        let server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
         settings.common.nats_url = Some(server.url());
         nats = Some(server);
     }
@@ -443,11 +504,8 @@ fn bench_gateway(
     mut settings: Settings,
     options: bench_gateway::GatewayBenchOptions,
 ) -> anyhow::Result<()> {
-    let mut server = NatsServer::start(&NatsServerOptions {
-        binary: settings.common.nats.server.binary.clone(),
-        port: 0,
-        store_dir: bench_nats_store(&settings)?,
-    })?;
+    let store = bench_nats_store(&settings)?;
+    let mut server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
     let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port();
@@ -567,10 +625,7 @@ async fn status(settings: Settings, json: bool) -> anyhow::Result<()> {
                 "{err}; is the platform running (`slough up`)? NATS_URL selects another server"
             )
         })?;
-    let report: StatusReport = match bus
-        .request(&subjects::monitoring_status(), &StatusRequest {})
-        .await
-    {
+    let report: StatusReport = match bus.call(&STATUS, &StatusRequest {}).await {
         Ok(report) => report,
         Err(slough_bus::BusError::NoResponders { .. }) => {
             anyhow::bail!(

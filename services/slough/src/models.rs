@@ -8,12 +8,15 @@ use slough_modelkit::{
     llama::BuildOptions,
     package::{self, ImportOptions, Imported, Manifest, Progress},
 };
-use slough_protocol::{inference::ModelEvent, subjects};
+use slough_protocol::{
+    Event,
+    inference::{self, ModelEvent},
+};
 
 /// Tells running inference services that a package came or went
 /// (`slough.v1.events.models.*`), so they load or unload it. Best effort: with no NATS
 /// server reachable within a second, nobody is running to tell.
-fn announce(nats_url: &str, topic: &str, id: &str) {
+fn announce(nats_url: &str, topic: &Event<ModelEvent>, id: &str) {
     // One connection attempt, no retries: nothing is running when it fails.
     let options = slough_bus::BusOptions {
         connect_timeout: Duration::ZERO,
@@ -30,7 +33,7 @@ fn announce(nats_url: &str, topic: &str, id: &str) {
         let event = ModelEvent {
             model: id.to_owned(),
         };
-        let sent = bus.publish(&subjects::event(topic), &event).await.ok();
+        let sent = bus.emit(topic, &event).await.ok();
         bus.close().await;
         sent
     };
@@ -40,7 +43,7 @@ fn announce(nats_url: &str, topic: &str, id: &str) {
     if let Ok(runtime) = runtime
         && runtime.block_on(publish).is_some()
     {
-        tracing::debug!(topic, model = id, "announced");
+        tracing::debug!(topic = topic.topic(), model = id, "announced");
     }
 }
 
@@ -92,7 +95,7 @@ pub fn import(
                 size as f64 / 1e6,
                 started.elapsed().as_secs_f64()
             );
-            announce(nats_url, subjects::events::MODELS_ADDED, &manifest.id);
+            announce(nats_url, &inference::MODEL_ADDED, &manifest.id);
         }
         Imported::AlreadyPresent(manifest) => println!(
             "{} is already imported from this source; nothing to do",
@@ -156,7 +159,7 @@ pub fn list(models_dir: &Path, json: bool) -> anyhow::Result<()> {
 pub fn remove(models_dir: &Path, nats_url: &str, id: &str) -> anyhow::Result<()> {
     let manifest = package::remove(models_dir, id)?;
     println!("removed {}", manifest.id);
-    announce(nats_url, subjects::events::MODELS_REMOVED, &manifest.id);
+    announce(nats_url, &inference::MODEL_REMOVED, &manifest.id);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The `slough` binary as a user runs it: `slough up` starts nats-server and all six
-//! services, `slough status` lists them with working metrics URLs, a `slough run`
-//! replica that is killed leaves the status within 10 s, SIGTERM stops everything
+//! services in an owner-only data directory, `slough status` lists them with working
+//! metrics URLs, a `slough run` replica that is killed leaves the status within 10 s, a
+//! nats-server that dies is restarted and everything recovers, SIGTERM stops everything
 //! (nats-server included), and a missing nats-server is explained.
 
 #![allow(
@@ -144,10 +145,11 @@ async fn up_status_run_and_shutdown() {
         stderr(&output)
     );
 
+    let log_path = dir.path().join("up.log");
     let mut up = env
         .command(&["up"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let mut banner = String::new();
@@ -168,8 +170,16 @@ async fn up_status_run_and_shutdown() {
     let key = std::fs::read_to_string(&key_file).unwrap();
     assert!(banner.contains(key.trim()), "{banner}");
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key_file), 0o600);
+    // The whole data directory is its owner's: the store holds key hashes and usage.
+    assert_eq!(mode(&dir.path().join("data")), 0o700);
+    for file in ["slough.db", "slough.db-wal", "slough.db-shm"] {
+        let path = dir.path().join("data").join(file);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
 
     let (report, _) = env.wait_for(Duration::from_secs(30), |report| {
         ServiceKind::ALL
@@ -208,6 +218,40 @@ async fn up_status_run_and_shutdown() {
     });
     eprintln!("a killed replica left the status after {took:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
+
+    // nats-server dies: `slough up` says so, restarts it, and every service comes back.
+    let killed = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("nats-server.*--port {}", env.nats_port),
+        ])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no nats-server to kill");
+    let gone = Instant::now();
+    let (_, took) = env.wait_for(Duration::from_secs(20), |report| {
+        ServiceKind::ALL
+            .iter()
+            .all(|&kind| count(report, kind) == 1)
+            && report.instances.iter().all(|i| i.healthy)
+    });
+    eprintln!(
+        "all six healthy again {:?} after nats-server was killed ({took:?} of polling)",
+        gone.elapsed()
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colours in a log that is not a terminal"
+    );
+    assert!(log.contains("nats-server exited; restarting it"), "{log}");
+    assert!(log.contains("nats-server restarted"), "{log}");
+    // Libraries stay quiet: no ONNX Runtime session dumps at the default level.
+    assert!(
+        !log.lines().any(|line| line.contains("ort::")),
+        "ONNX Runtime's info logs are shown:\n{log}"
+    );
 
     signal(&up, "TERM");
     let status = wait_exit(&mut up, Duration::from_secs(30));

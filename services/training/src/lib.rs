@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use serde::Deserialize;
-use slough_protocol::subjects;
 use slough_service::{ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
 
@@ -37,27 +36,11 @@ pub async fn run(
     _config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let client = ctx.bus().client().clone();
+    let bus = ctx.bus().clone();
     ctx.add_check("jetstream", move || {
-        Box::pin(jetstream_answers(client.clone()))
+        let bus = bus.clone();
+        Box::pin(async move { bus.jetstream_ready().await })
     });
     let host = ctx.register(DESCRIPTION).await?;
     ctx.serve(host, shutdown).await
-}
-
-/// Asks JetStream for the account's information. Read as plain JSON rather than through
-/// a typed client, so that any server version's answer is understood.
-async fn jetstream_answers(client: async_nats::Client) -> Result<(), String> {
-    let reply = client
-        .request(subjects::JETSTREAM_ACCOUNT_INFO, bytes::Bytes::new())
-        .await
-        .map_err(|err| {
-            format!("JetStream does not answer (is nats-server started with --jetstream?): {err}")
-        })?;
-    let answer: serde_json::Value = serde_json::from_slice(&reply.payload)
-        .map_err(|err| format!("JetStream answered something unreadable: {err}"))?;
-    match answer.get("error") {
-        None => Ok(()),
-        Some(error) => Err(format!("JetStream refused: {error}")),
-    }
 }

@@ -16,7 +16,7 @@ use crate::{
         self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
         response_id,
     },
-    http::{Caller, JsonBody},
+    http::{Caller, Connection, JsonBody},
     keys::Scope,
 };
 
@@ -393,6 +393,7 @@ impl ChunkFormat for ChatChunks {
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,
+    connection: Connection,
     JsonBody(body): JsonBody<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
@@ -411,6 +412,7 @@ pub async fn create(
     let requests = std::slice::from_ref(&request);
     let answer = generation::answer(
         &state,
+        connection,
         &key,
         "chat.completions",
         requests,

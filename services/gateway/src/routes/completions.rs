@@ -17,7 +17,7 @@ use crate::{
         self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
         response_id,
     },
-    http::{Caller, JsonBody},
+    http::{Caller, Connection, JsonBody},
     keys::Scope,
 };
 
@@ -315,6 +315,7 @@ impl ChunkFormat for CompletionChunks {
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,
+    connection: Connection,
     JsonBody(body): JsonBody<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
@@ -333,6 +334,7 @@ pub async fn create(
     };
     let answer = generation::answer(
         &state,
+        connection,
         &key,
         "completions",
         &requests,

@@ -1,14 +1,13 @@
 //! `POST /v1/embeddings`: vectors from an embedding model served by inference, as
 //! floats or base64 (little-endian f32, which the OpenAI clients ask for by default).
+//! Many texts go to inference in bounded batches, a few at a time (so every message
+//! fits the bus and several replicas share the work), and come back in order.
 
 use actix_web::{HttpResponse, web};
 use base64::Engine as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
-use slough_protocol::{
-    ServiceKind,
-    inference::{EmbedRequest, EmbedResponse},
-    subjects,
-};
+use slough_protocol::inference::{self, EmbedRequest, EmbedResponse, Usage};
 use utoipa::ToSchema;
 
 use crate::{
@@ -33,6 +32,10 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<u32>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Extension: cut texts longer than the model's limit instead of refusing them
+    /// (the response's `truncated` lists which were cut).
+    #[serde(default)]
+    pub truncate: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -59,6 +62,9 @@ pub struct EmbeddingList {
     pub data: Vec<Embedding>,
     pub model: String,
     pub usage: EmbeddingUsage,
+    /// Extension, with `truncate`: the indices of the inputs that were cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,16 +141,8 @@ pub async fn create(
     }
     key.allow_model(&body.model)?;
     let mut metered = state.admit(&key, "embeddings", &body.model).await?;
-    let request = EmbedRequest {
-        model: body.model.clone(),
-        inputs,
-    };
-    let response: EmbedResponse = state
-        .bus
-        .request(
-            &subjects::endpoint(ServiceKind::Inference, subjects::inference::EMBED),
-            &request,
-        )
+    let truncate = body.truncate.unwrap_or(false);
+    let response = embed_in_batches(&state, &body.model, inputs, truncate)
         .await
         .map_err(|err| state.upstream_failed(&mut metered, err))?;
     metered.add(response.usage);
@@ -187,5 +185,131 @@ pub async fn create(
             prompt_tokens: response.usage.prompt_tokens,
             total_tokens: response.usage.total_tokens,
         },
+        truncated: truncate.then_some(response.truncated),
     }))
+}
+
+/// Texts in one embed request on the bus. With up to 256 tokens each, a batch takes
+/// inference about two seconds on two cores, and its reply (about 4 KB of JSON per
+/// 384-float vector) stays far below NATS's default 1 MiB `max_payload`.
+const BATCH_TEXTS: usize = 16;
+/// Batches of one API request on the bus at once: enough to keep a couple of replicas
+/// busy, few enough that the last one queued is answered within the request timeout.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Embeds `inputs` in batches of [`BATCH_TEXTS`] (fewer when long texts would make the
+/// request itself large), [`BATCHES_IN_FLIGHT`] at a time, and merges the answers in
+/// input order. A refused input is named by its index in the API request.
+async fn embed_in_batches(
+    state: &AppState,
+    model: &str,
+    inputs: Vec<String>,
+    truncate: bool,
+) -> Result<EmbedResponse, ApiError> {
+    let byte_budget = state.bus.max_payload() / 2;
+    let calls = batches(&inputs, BATCH_TEXTS, byte_budget)
+        .into_iter()
+        .map(|range| {
+            let request = EmbedRequest {
+                model: model.to_owned(),
+                inputs: inputs[range.clone()].to_vec(),
+                truncate,
+            };
+            async move {
+                let response: Result<EmbedResponse, _> =
+                    state.bus.call(&inference::EMBED, &request).await;
+                response.map_err(|err| in_request_terms(&err, range.start))
+            }
+        });
+    let answers: Vec<EmbedResponse> = futures::stream::iter(calls)
+        .buffered(BATCHES_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let mut merged = EmbedResponse {
+        model: model.to_owned(),
+        embeddings: Vec::with_capacity(inputs.len()),
+        truncated: Vec::new(),
+        context_length: 0,
+        usage: Usage::default(),
+    };
+    for answer in answers {
+        let offset = merged.embeddings.len() as u32;
+        merged.model = answer.model;
+        merged.context_length = answer.context_length;
+        merged
+            .truncated
+            .extend(answer.truncated.iter().map(|i| i + offset));
+        merged.embeddings.extend(answer.embeddings);
+        merged.usage += answer.usage;
+    }
+    Ok(merged)
+}
+
+/// Consecutive ranges of at most `most` texts and about `byte_budget` bytes (a text
+/// larger than that goes alone, and the bus refuses it by size).
+fn batches(inputs: &[String], most: usize, byte_budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, text) in inputs.iter().enumerate() {
+        let full = i - start == most || (i > start && bytes + text.len() > byte_budget);
+        if full {
+            ranges.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += text.len();
+    }
+    if start < inputs.len() {
+        ranges.push(start..inputs.len());
+    }
+    ranges
+}
+
+/// A batch's error as the API request sees it: inference names `inputs[k]` of the
+/// batch; the client sent it as `input[offset + k]`.
+fn in_request_terms(error: &slough_bus::BusError, offset: usize) -> ApiError {
+    let api = ApiError::from_bus(error);
+    let body = error.to_body();
+    let Some(k) = body
+        .param
+        .as_deref()
+        .and_then(|param| param.strip_prefix("inputs["))
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|k| k.parse::<usize>().ok())
+    else {
+        return api;
+    };
+    let index = offset + k;
+    let detail = body
+        .message
+        .strip_prefix(&format!("inputs[{k}] "))
+        .unwrap_or(&body.message);
+    ApiError::invalid(
+        format!("input[{index}]"),
+        format!("input[{index}] {detail}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes_and_keep_order() {
+        let texts: Vec<String> = (0..40).map(|i| "x".repeat(10 + i)).collect();
+        let ranges = batches(&texts, 16, usize::MAX);
+        assert_eq!(ranges, [0..16, 16..32, 32..40]);
+        let ranges = batches(&texts, 16, 100);
+        assert!(ranges.iter().all(|r| r.len() <= 16));
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert_eq!(ranges.last().map(|r| r.end), Some(40));
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        for range in &ranges {
+            let bytes: usize = texts[range.clone()].iter().map(String::len).sum();
+            assert!(bytes <= 100 || range.len() == 1, "{range:?}: {bytes}");
+        }
+        let huge = vec!["y".repeat(500), "z".to_owned()];
+        assert_eq!(batches(&huge, 16, 100), [0..1, 1..2]);
+    }
 }

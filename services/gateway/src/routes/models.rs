@@ -3,11 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
-use slough_protocol::{
-    ServiceKind,
-    inference::{ModelInfo, ModelKind, ModelsRequest, ModelsResponse},
-    subjects,
-};
+use slough_protocol::inference::{self, ModelInfo, ModelKind, ModelsRequest};
 use utoipa::ToSchema;
 
 use crate::{AppState, error::ApiError, http::Caller, keys::Scope};
@@ -54,12 +50,9 @@ impl From<ModelInfo> for Model {
 }
 
 async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
-    let response: ModelsResponse = state
+    let response = state
         .bus
-        .request(
-            &subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS),
-            &ModelsRequest {},
-        )
+        .call(&inference::MODELS, &ModelsRequest {})
         .await
         .map_err(|err| ApiError::from_bus(&err))?;
     Ok(response.models)

@@ -2,7 +2,7 @@
 //! key with `key_id`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -19,10 +19,31 @@ use crate::{
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// Count from this time on (RFC 3339); default: since the key was made.
-    pub since: Option<DateTime<Utc>>,
+    /// Count from this time on: an RFC 3339 time (`2026-01-01T08:00:00Z`) or a date
+    /// (`2026-01-01`, from midnight UTC); default: since the key was made.
+    pub since: Option<String>,
     /// Another key's id (needs the `admin` scope).
     pub key_id: Option<Uuid>,
+}
+
+/// Reads `since`: an RFC 3339 time or a plain date (midnight UTC).
+fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(since) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(since, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|midnight| midnight.and_utc())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "since",
+                format!(
+                    "since must be a date (2026-01-01) or an RFC 3339 time \
+                     (2026-01-01T08:00:00Z), got {since:?}"
+                ),
+            )
+        })
 }
 
 /// Reports a key's usage.
@@ -42,6 +63,7 @@ pub async fn report(
     let query = web::Query::<UsageQuery>::from_query(request.query_string())
         .map_err(|err| ApiError::invalid("query", format!("bad query string: {err}")))?
         .into_inner();
+    let since = query.since.as_deref().map(parse_since).transpose()?;
     let budget = match query.key_id {
         Some(id) if id != caller.id => {
             caller.require(Scope::Admin)?;
@@ -50,8 +72,24 @@ pub async fn report(
         _ => caller.token_budget,
     };
     let id = query.key_id.unwrap_or(caller.id);
-    let report = usage::report(&state.store, id, query.since, budget)
+    let report = usage::report(&state.store, id, since, budget)
         .await
         .map_err(|err| ApiError::internal("cannot read usage", err))?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_date_or_a_time_and_names_itself_otherwise() {
+        let midnight = parse_since("2026-01-01").unwrap();
+        assert_eq!(midnight.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        let time = parse_since("2026-01-01T08:30:00+02:00").unwrap();
+        assert_eq!(time.to_rfc3339(), "2026-01-01T06:30:00+00:00");
+        let error = parse_since("yesterday").unwrap_err();
+        assert_eq!(error.status().as_u16(), 400);
+        assert_eq!(error.object().param.as_deref(), Some("since"));
+    }
 }

@@ -34,6 +34,10 @@ pub struct Platform {
     pub http: reqwest::Client,
     gateway: Option<Running>,
     inference: Option<Running>,
+    /// More inference replicas, from [`Platform::add_inference_replica`].
+    replicas: Vec<Running>,
+    common: CommonConfig,
+    inference_config: slough_inference::Config,
     data: tempfile::TempDir,
 }
 
@@ -82,14 +86,8 @@ impl Platform {
             ..CommonConfig::default()
         };
         let url = format!("http://{}", gateway.listen);
-        let inference = start_service(ServiceKind::Inference, &common, &nats, move |ctx, stop| {
-            Box::pin(async move {
-                slough_inference::run(ctx, inference, stop)
-                    .await
-                    .expect("inference runs")
-            })
-        })
-        .await;
+        let inference_config = inference.clone();
+        let inference = start_inference(&common, &nats, inference).await;
         let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
             Box::pin(async move {
                 slough_gateway::run(ctx, gateway, stop)
@@ -106,6 +104,9 @@ impl Platform {
             http: reqwest::Client::new(),
             gateway: Some(gateway),
             inference: Some(inference),
+            replicas: Vec::new(),
+            common,
+            inference_config,
             data,
         };
         for _ in 0..600 {
@@ -197,10 +198,37 @@ impl Platform {
         metric(self.inference.as_ref().map(|i| i.admin.as_str()), series).await
     }
 
+    /// Starts another inference replica on the same NATS; returns its index for
+    /// [`Platform::replica_metric`].
+    pub async fn add_inference_replica(&mut self) -> usize {
+        let replica =
+            start_inference(&self.common, &self.nats, self.inference_config.clone()).await;
+        self.replicas.push(replica);
+        self.replicas.len() - 1
+    }
+
+    /// Whether extra replica `index` has `series` on its `/metrics` yet.
+    pub async fn replica_has(&self, index: usize, series: &str) -> bool {
+        match self.replicas.get(index) {
+            Some(replica) => slough_testkit::scrape_metric(&replica.admin, series)
+                .await
+                .is_some(),
+            None => false,
+        }
+    }
+
+    /// The `/metrics` value of `series` on extra replica `index` (0 when absent).
+    pub async fn replica_metric(&self, index: usize, series: &str) -> f64 {
+        metric(self.replicas.get(index).map(|r| r.admin.as_str()), series).await
+    }
+
     /// Stops the inference service (the gateway stays).
     pub async fn stop_inference(&mut self) {
         if let Some(inference) = self.inference.take() {
             inference.stop().await;
+        }
+        for replica in self.replicas.drain(..) {
+            replica.stop().await;
         }
     }
 
@@ -225,6 +253,21 @@ async fn metric(admin: Option<&str>, series: &str) -> f64 {
             .unwrap_or(0.0),
         None => 0.0,
     }
+}
+
+async fn start_inference(
+    common: &CommonConfig,
+    nats: &TestNats,
+    config: slough_inference::Config,
+) -> Running {
+    start_service(ServiceKind::Inference, common, nats, move |ctx, stop| {
+        Box::pin(async move {
+            slough_inference::run(ctx, config, stop)
+                .await
+                .expect("inference runs")
+        })
+    })
+    .await
 }
 
 type RunFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

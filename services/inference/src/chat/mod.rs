@@ -17,7 +17,7 @@ use std::{
 use slough_modelkit::package::Manifest;
 use slough_protocol::{
     ErrorBody, ErrorCode,
-    inference::{GenerateRequest, ModelInfo, ModelKind},
+    inference::{GenerateRequest, ModelInfo, ModelKind, ModelLoad},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -127,6 +127,15 @@ impl ChatModel {
         })
     }
 
+    /// Its load now: generations running or queued, and the batch size.
+    pub fn load(&self) -> ModelLoad {
+        ModelLoad {
+            model: self.info.id.clone(),
+            pending: u32::try_from(self.pending.load(Ordering::Acquire)).unwrap_or(u32::MAX),
+            capacity: u32::try_from(self.max_batch).unwrap_or(u32::MAX),
+        }
+    }
+
     /// Checks, renders and tokenizes `request`, then queues it, or refuses it at once:
     /// `invalid_request` naming the field, `context_length_exceeded` naming both numbers,
     /// `overloaded` with a retry hint when the queue is full.
@@ -159,8 +168,7 @@ impl ChatModel {
         }
         sampler::validate(&request.sampling).map_err(invalid)?;
 
-        let prompt = self.text.render(&request.input)?;
-        let tokens = self.text.encode(&request.input, &prompt)?;
+        let tokens = self.text.prompt(&request.input)?.tokens;
         if tokens.is_empty() {
             return Err(invalid("the prompt is empty".to_owned()));
         }
@@ -193,14 +201,13 @@ impl ChatModel {
 
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(ErrorBody {
-                code: ErrorCode::Overloaded,
-                message: format!(
+            return Err(ErrorBody::overloaded(
+                format!(
                     "{} has {} requests running or queued; try again shortly",
                     self.info.id, self.limit
                 ),
-                retry_after_ms: Some(1000),
-            });
+                1000,
+            ));
         }
         let (events, receiver) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();

@@ -8,12 +8,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use slough_bus::{Bus, BusError, StreamItem};
 use slough_inference::Config;
 use slough_protocol::{
-    ServiceKind,
+    Endpoint, ServiceKind,
     inference::{
-        ChatMessage, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, PromptInput,
+        self, ChatMessage, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, PromptInput,
         SamplingParams,
     },
-    subjects,
 };
 use slough_service::{CommonConfig, ServiceContext};
 use slough_testkit::TestNats;
@@ -76,11 +75,8 @@ impl Inference {
         .expect("bus");
         // Ready once it answers `models`.
         for _ in 0..600 {
-            let listed: Result<slough_protocol::inference::ModelsResponse, _> = bus
-                .request(
-                    &subjects::endpoint(ServiceKind::Inference, subjects::inference::MODELS),
-                    &slough_protocol::inference::ModelsRequest {},
-                )
+            let listed = bus
+                .call(&inference::MODELS, &inference::ModelsRequest {})
                 .await;
             if listed.is_ok() {
                 break;
@@ -108,18 +104,13 @@ impl Inference {
             .unwrap_or_else(|| panic!("{series} missing from /metrics"))
     }
 
-    /// Sends a request/reply call to `endpoint`.
+    /// Calls `endpoint`.
     pub async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
-        endpoint: &str,
+        endpoint: &Endpoint<Req, Resp>,
         request: &Req,
     ) -> Result<Resp, BusError> {
-        self.bus
-            .request(
-                &subjects::endpoint(ServiceKind::Inference, endpoint),
-                request,
-            )
-            .await
+        self.bus.call(endpoint, request).await
     }
 
     /// Opens a generation stream.
@@ -127,13 +118,7 @@ impl Inference {
         &self,
         request: &GenerateRequest,
     ) -> Result<slough_bus::StreamReceiver<GenerateChunk, GenerateEnd>, BusError> {
-        self.bus
-            .request_stream(
-                ServiceKind::Inference,
-                subjects::inference::GENERATE,
-                request,
-            )
-            .await
+        self.bus.open(&inference::GENERATE, request).await
     }
 
     /// Runs a generation to its end.

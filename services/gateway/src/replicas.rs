@@ -1,0 +1,201 @@
+//! Where generations go. NATS's queue group picks a replica at random per request, so
+//! with two inference replicas eight streams can all land on one while the other idles.
+//! Each replica publishes its load (`slough.v1.events.inference.load`, a few times a
+//! second while it changes); the gateway keeps the latest reports here and sends each
+//! generation to the replica serving the model with the most room, straight to that
+//! replica's own subject. With no fresh report (one replica, or just after start) the
+//! queue group decides, as before.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use slough_bus::Bus;
+use slough_protocol::inference::{self, InstanceLoad};
+use tokio_util::sync::CancellationToken;
+
+/// A report older than this is not trusted: its replica may be gone.
+const FRESH_FOR: Duration = Duration::from_millis(1500);
+
+/// The inference replicas' latest load, by instance id.
+///
+/// A plain mutex rather than an actor: every generation reads it on its way out, the
+/// lock is held for a lookup and never across an await.
+#[derive(Debug, Default)]
+pub struct Replicas {
+    known: Mutex<HashMap<String, Replica>>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    reported_at: Instant,
+    /// By model: requests running or queued, and how many run at once.
+    models: HashMap<String, (u32, u32)>,
+    /// Generations sent to it since its last report, by model (not in the report yet).
+    sent: HashMap<String, u32>,
+}
+
+/// One replica as [`least_loaded`] sees it for a model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate<'a> {
+    pub instance: &'a str,
+    /// Requests it holds for the model (reported, plus sent since the report).
+    pub pending: u32,
+    /// How many of them it runs at once.
+    pub capacity: u32,
+}
+
+/// The candidate with the most room: the lowest share of its capacity in use, the most
+/// free slots on a tie, the first on a full tie. `None` when there is none.
+pub fn least_loaded<'a>(candidates: &[Candidate<'a>]) -> Option<&'a str> {
+    let share = |c: &Candidate<'_>| f64::from(c.pending) / f64::from(c.capacity.max(1));
+    let free = |c: &Candidate<'_>| i64::from(c.capacity) - i64::from(c.pending);
+    candidates
+        .iter()
+        .min_by(|a, b| {
+            share(a)
+                .total_cmp(&share(b))
+                .then_with(|| free(b).cmp(&free(a)))
+        })
+        .map(|c| c.instance)
+}
+
+impl Replicas {
+    /// Takes a replica's report; what was sent to it before is now counted in it.
+    pub fn update(&self, report: InstanceLoad) {
+        let models = report
+            .models
+            .into_iter()
+            .map(|load| (load.model, (load.pending, load.capacity)))
+            .collect();
+        self.lock().insert(
+            report.instance_id,
+            Replica {
+                reported_at: Instant::now(),
+                models,
+                sent: HashMap::new(),
+            },
+        );
+    }
+
+    /// The replica to send a generation of `model` to, counted as sent there; `None`
+    /// when no fresh report names the model (the queue group decides then).
+    pub fn pick(&self, model: &str) -> Option<String> {
+        let mut known = self.lock();
+        known.retain(|_, replica| replica.reported_at.elapsed() < FRESH_FOR);
+        let candidates: Vec<Candidate<'_>> = known
+            .iter()
+            .filter_map(|(instance, replica)| {
+                let &(pending, capacity) = replica.models.get(model)?;
+                let sent = replica.sent.get(model).copied().unwrap_or(0);
+                Some(Candidate {
+                    instance,
+                    pending: pending + sent,
+                    capacity,
+                })
+            })
+            .collect();
+        let chosen = least_loaded(&candidates)?.to_owned();
+        if let Some(replica) = known.get_mut(&chosen) {
+            *replica.sent.entry(model.to_owned()).or_default() += 1;
+        }
+        Some(chosen)
+    }
+
+    /// Forgets a replica that did not answer (it went away before its report aged).
+    pub fn forget(&self, instance: &str) {
+        self.lock().remove(instance);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Replica>> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Keeps `replicas` up to date with the load reports until `shutdown`.
+pub async fn follow(
+    bus: Bus,
+    replicas: std::sync::Arc<Replicas>,
+    shutdown: CancellationToken,
+) -> Result<(), slough_bus::BusError> {
+    let mut reports = bus.subscribe(&inference::LOAD_REPORTS).await?;
+    tokio::spawn(async move {
+        loop {
+            let report = tokio::select! {
+                report = reports.next() => report,
+                () = shutdown.cancelled() => return,
+            };
+            match report {
+                Some(Ok(report)) => replicas.update(report),
+                Some(Err(err)) => tracing::warn!("unreadable load report: {err}"),
+                None => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slough_protocol::inference::ModelLoad;
+
+    fn candidate(instance: &str, pending: u32, capacity: u32) -> Candidate<'_> {
+        Candidate {
+            instance,
+            pending,
+            capacity,
+        }
+    }
+
+    #[test]
+    fn the_replica_with_the_most_room_wins() {
+        assert_eq!(least_loaded(&[]), None);
+        let idle_and_busy = [candidate("a", 5, 16), candidate("b", 0, 16)];
+        assert_eq!(least_loaded(&idle_and_busy), Some("b"));
+        // Shares, not counts: 4 of 16 is less loaded than 2 of 4.
+        let sizes = [candidate("small", 2, 4), candidate("big", 4, 16)];
+        assert_eq!(least_loaded(&sizes), Some("big"));
+        // Equal shares: the one with more free slots.
+        let tie = [candidate("small", 1, 2), candidate("big", 8, 16)];
+        assert_eq!(least_loaded(&tie), Some("big"));
+    }
+
+    fn report(instance: &str, pending: u32) -> InstanceLoad {
+        InstanceLoad {
+            instance_id: instance.to_owned(),
+            models: vec![ModelLoad {
+                model: "m".to_owned(),
+                pending,
+                capacity: 16,
+            }],
+        }
+    }
+
+    #[test]
+    fn requests_arriving_together_are_spread_before_the_next_report() {
+        let replicas = Replicas::default();
+        assert_eq!(
+            replicas.pick("m"),
+            None,
+            "no reports: the queue group decides"
+        );
+        replicas.update(report("a", 0));
+        replicas.update(report("b", 0));
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for _ in 0..8 {
+            *counts.entry(replicas.pick("m").unwrap()).or_default() += 1;
+        }
+        assert_eq!(counts.get("a"), Some(&4));
+        assert_eq!(counts.get("b"), Some(&4));
+        assert_eq!(replicas.pick("other model"), None);
+        // A report replaces what was counted as sent.
+        replicas.update(report("a", 1));
+        replicas.forget("b");
+        assert_eq!(replicas.pick("m").as_deref(), Some("a"));
+    }
+}
