@@ -222,6 +222,22 @@ impl Bus {
         self.request(&endpoint.subject(), request).await
     }
 
+    /// Calls `endpoint` at one replica, `instance_id` (see [`Bus::call`]); nobody
+    /// answering there (the replica is gone) is [`BusError::NoResponders`] at once.
+    pub async fn call_on<Req, Resp>(
+        &self,
+        endpoint: &Endpoint<Req, Resp>,
+        instance_id: &str,
+        request: &Req,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        self.request(&endpoint.instance_subject(instance_id), request)
+            .await
+    }
+
     /// Sends `request` to `subject` and decodes the reply (see [`Bus::call`]).
     pub(crate) async fn request<Req, Resp>(
         &self,

@@ -120,7 +120,7 @@ impl ServiceHost {
         let endpoint_name: Arc<str> = name.into();
         let metrics = self.metrics.clone();
         let bus = self.bus.clone();
-        self.serve_endpoint(endpoint.subject(), name, name, move |request| {
+        let handle = move |request: async_nats::service::Request| {
             let handler = handler.clone();
             let name = endpoint_name.clone();
             let metrics = metrics.clone();
@@ -144,8 +144,10 @@ impl ServiceHost {
                 metrics.observe(&name, result.as_ref().err(), started);
                 respond(&request, result).await;
             }
-        })
-        .await
+        };
+        let instance_subject = endpoint.instance_subject(&self.id);
+        self.serve_on_both(endpoint.subject(), instance_subject, name, handle)
+            .await
     }
 
     /// Serves a streaming endpoint. The handler gets a clone of `state`, the request and
@@ -260,18 +262,29 @@ impl ServiceHost {
                 metrics.observe(&name, error.as_ref(), started);
             }
         };
-        // Every replica answers on the shared subject (the queue group picks one) and on
-        // its own, for callers that choose the replica.
-        let direct = format!("{name}-direct");
-        self.serve_endpoint(
-            endpoint.instance_subject(&self.id),
-            &direct,
-            name,
-            handle.clone(),
-        )
-        .await?;
-        self.serve_endpoint(endpoint.subject(), name, name, handle)
+        let instance_subject = endpoint.instance_subject(&self.id);
+        self.serve_on_both(endpoint.subject(), instance_subject, name, handle)
             .await
+    }
+
+    /// Every replica answers on the endpoint's shared subject (the queue group picks one)
+    /// and on its own instance subject, for callers that choose the replica (the least
+    /// loaded, or another one when the first is gone).
+    async fn serve_on_both<H, Fut>(
+        &mut self,
+        subject: String,
+        instance_subject: String,
+        name: &str,
+        handle: H,
+    ) -> Result<(), BusError>
+    where
+        H: Fn(async_nats::service::Request) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let direct = format!("{name}-direct");
+        self.serve_endpoint(instance_subject, &direct, name, handle.clone())
+            .await?;
+        self.serve_endpoint(subject, name, name, handle).await
     }
 
     /// Answers requests until `shutdown`, then stops taking requests, waits (up to 10 s)

@@ -52,6 +52,11 @@ impl<Req, Resp> Endpoint<Req, Resp> {
     pub fn subject(&self) -> String {
         subjects::endpoint(self.service, self.name)
     }
+
+    /// The subject on which only instance `instance_id` answers.
+    pub fn instance_subject(&self, instance_id: &str) -> String {
+        subjects::instance(&self.subject(), instance_id)
+    }
 }
 
 impl<Req, Chunk, End> StreamEndpoint<Req, Chunk, End> {

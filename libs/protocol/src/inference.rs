@@ -291,16 +291,16 @@ pub struct InstanceLoad {
     /// The replica's instance id; its streamed endpoints also answer on
     /// `<subject>.<instance_id>` (see `StreamEndpoint::instance_subject`).
     pub instance_id: String,
-    /// Its chat models.
+    /// Its models.
     pub models: Vec<ModelLoad>,
 }
 
-/// The load of one chat model on one replica.
+/// The load of one model on one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModelLoad {
     pub model: String,
-    /// Generations running or queued.
+    /// Requests running or queued.
     pub pending: u32,
-    /// How many run at once (the batch size).
+    /// How many run at once (a chat model's batch size; 1 for an embedding model).
     pub capacity: u32,
 }

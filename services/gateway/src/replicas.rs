@@ -1,10 +1,14 @@
-//! Where generations go. NATS's queue group picks a replica at random per request, so
-//! with two inference replicas eight streams can all land on one while the other idles.
-//! Each replica publishes its load (`slough.v1.events.inference.load`, a few times a
-//! second while it changes); the gateway keeps the latest reports here and sends each
-//! generation to the replica serving the model with the most room, straight to that
-//! replica's own subject. With no fresh report (one replica, or just after start) the
-//! queue group decides, as before.
+//! Where inference requests go. NATS's queue group picks a replica at random per
+//! request, so with two inference replicas eight streams can all land on one while the
+//! other idles. Each replica publishes its load (`slough.v1.events.inference.load`, a
+//! few times a second while it changes); the gateway keeps the latest reports here and
+//! sends each request to the replica serving the model with the most room, straight to
+//! that replica's own subject. With no fresh report (one replica, or just after start)
+//! the queue group decides, as before.
+//!
+//! A replica that dies stops reporting: requests waiting on it are given up once its
+//! last report is 1.5 s old, and idempotent ones ([`Replicas::call`]) are sent once more
+//! to another replica, so nobody waits out the request timeout for a replica that is gone.
 
 use std::{
     collections::HashMap,
@@ -12,8 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use slough_bus::Bus;
-use slough_protocol::inference::{self, InstanceLoad};
+use serde::{Serialize, de::DeserializeOwned};
+use slough_bus::{Bus, BusError};
+use slough_protocol::{
+    Endpoint,
+    inference::{self, InstanceLoad},
+};
 use tokio_util::sync::CancellationToken;
 
 /// A report older than this is not trusted: its replica may be gone.
@@ -80,16 +88,34 @@ impl Replicas {
         );
     }
 
-    /// The replica to send a generation of `model` to, counted as sent there; `None`
+    /// The replica to send a request for `model` to, counted as sent there; `None`
     /// when no fresh report names the model (the queue group decides then).
     pub fn pick(&self, model: &str) -> Option<String> {
+        self.choose(Some(model), None)
+    }
+
+    /// The replica with the most room for `model` (any model when `None`), other than
+    /// `except`, counted as sent there.
+    fn choose(&self, model: Option<&str>, except: Option<&str>) -> Option<String> {
         let mut known = self.lock();
         known.retain(|_, replica| replica.reported_at.elapsed() < FRESH_FOR);
         let candidates: Vec<Candidate<'_>> = known
             .iter()
+            .filter(|(instance, _)| Some(instance.as_str()) != except)
             .filter_map(|(instance, replica)| {
-                let &(pending, capacity) = replica.models.get(model)?;
-                let sent = replica.sent.get(model).copied().unwrap_or(0);
+                let (pending, capacity) = match model {
+                    Some(model) => *replica.models.get(model)?,
+                    None => replica
+                        .models
+                        .values()
+                        .fold((0, 0), |(p, c), &(pending, capacity)| {
+                            (p + pending, c + capacity)
+                        }),
+                };
+                let sent = match model {
+                    Some(model) => replica.sent.get(model).copied().unwrap_or(0),
+                    None => replica.sent.values().sum(),
+                };
                 Some(Candidate {
                     instance,
                     pending: pending + sent,
@@ -98,10 +124,60 @@ impl Replicas {
             })
             .collect();
         let chosen = least_loaded(&candidates)?.to_owned();
-        if let Some(replica) = known.get_mut(&chosen) {
+        if let (Some(model), Some(replica)) = (model, known.get_mut(&chosen)) {
             *replica.sent.entry(model.to_owned()).or_default() += 1;
         }
         Some(chosen)
+    }
+
+    /// Calls an idempotent `endpoint` (embed, models, tokenize) on the replica with the
+    /// most room for `model`. If that replica is gone (nobody answers on its subject, or
+    /// its reports stop while the call waits) the call goes once more to another one.
+    pub async fn call<Req, Resp>(
+        &self,
+        bus: &Bus,
+        endpoint: &Endpoint<Req, Resp>,
+        model: Option<&str>,
+        request: &Req,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let mut gone: Option<String> = None;
+        loop {
+            let Some(instance) = self.choose(model, gone.as_deref()) else {
+                return bus.call(endpoint, request).await;
+            };
+            let outcome = tokio::select! {
+                outcome = bus.call_on(endpoint, &instance, request) => outcome,
+                () = self.lost(&instance) => Err(BusError::NoResponders {
+                    subject: endpoint.instance_subject(&instance),
+                }),
+            };
+            match outcome {
+                Err(BusError::NoResponders { .. } | BusError::Timeout { .. }) if gone.is_none() => {
+                    tracing::warn!(%instance, endpoint = endpoint.name(), "inference replica gone; asking another");
+                    self.forget(&instance);
+                    gone = Some(instance);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Resolves once `instance` has not reported for [`FRESH_FOR`] (it is gone).
+    async fn lost(&self, instance: &str) {
+        loop {
+            tokio::time::sleep(FRESH_FOR / 4).await;
+            let fresh = self
+                .lock()
+                .get(instance)
+                .is_some_and(|replica| replica.reported_at.elapsed() < FRESH_FOR);
+            if !fresh {
+                return;
+            }
+        }
     }
 
     /// Forgets a replica that did not answer (it went away before its report aged).

@@ -2,13 +2,20 @@
 //! (grouped by length so padding stays small). A text over the model's limit is refused,
 //! naming it and both lengths, unless the request asks for truncation.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
 
 use ort::{session::Session, value::Tensor};
 use slough_modelkit::package::Manifest;
 use slough_protocol::{
     ErrorBody, ErrorCode,
-    inference::{EmbedResponse, ModelInfo, ModelKind, Usage},
+    inference::{EmbedResponse, ModelInfo, ModelKind, ModelLoad, Usage},
 };
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +36,8 @@ pub struct EmbeddingModel {
     pub info: ModelInfo,
     pub text: Arc<TextModel>,
     jobs: mpsc::UnboundedSender<EmbedJob>,
+    /// Requests being embedded or waiting for the thread.
+    pending: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -84,7 +93,21 @@ impl EmbeddingModel {
                 }
             })
             .map_err(|err| format!("cannot start the embedding thread: {err}"))?;
-        Ok(EmbeddingModel { info, text, jobs })
+        Ok(EmbeddingModel {
+            info,
+            text,
+            jobs,
+            pending: Arc::default(),
+        })
+    }
+
+    /// Its load now: requests being embedded or waiting (one runs at a time).
+    pub fn load(&self) -> ModelLoad {
+        ModelLoad {
+            model: self.info.id.clone(),
+            pending: u32::try_from(self.pending.load(Ordering::Acquire)).unwrap_or(u32::MAX),
+            capacity: 1,
+        }
     }
 
     /// Embeds `inputs` (already checked for count and emptiness); with `truncate`, texts
@@ -95,6 +118,8 @@ impl EmbeddingModel {
         truncate: bool,
     ) -> Result<EmbedResponse, ErrorBody> {
         let (reply, answer) = oneshot::channel();
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let _done = Done(&self.pending);
         let gone = || {
             ErrorBody::new(
                 ErrorCode::Unavailable,
@@ -109,6 +134,15 @@ impl EmbeddingModel {
             })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+}
+
+/// Counts a request as finished when dropped, however it ends.
+struct Done<'a>(&'a AtomicUsize);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -162,7 +162,7 @@ impl Models {
         answer.await.unwrap_or_default()
     }
 
-    /// The load of every chat model.
+    /// The load of every model.
     pub async fn loads(&self) -> Vec<ModelLoad> {
         let (reply, answer) = oneshot::channel();
         let _ = self.sender.send(Message::Loads(reply));
@@ -210,9 +210,9 @@ impl Actor {
                     let _ = reply.send(self.models.get(&id).cloned());
                 }
                 Message::Loads(reply) => {
-                    let loads = self.models.values().filter_map(|model| match model {
-                        Served::Chat(chat) => Some(chat.load()),
-                        Served::Embedding(_) => None,
+                    let loads = self.models.values().map(|model| match model {
+                        Served::Chat(chat) => chat.load(),
+                        Served::Embedding(embedding) => embedding.load(),
                     });
                     let _ = reply.send(loads.collect());
                 }

@@ -303,3 +303,200 @@ fn unknown_services_and_bad_settings_are_named() {
         stderr(&output)
     );
 }
+
+/// Two `slough run inference` replicas behind a `slough run gateway`, eight streams
+/// spread over them, and one replica killed with SIGKILL mid-load: only the streams it
+/// held fail (with a clean error event, within the heartbeat window), new requests
+/// succeed at once, and every request is in the usage accounting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_inference_replica_fails_only_what_it_held() {
+    let nats = slough_testkit::TestNats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+    let models = slough_testkit::test_models_dir();
+    let admin_key = format!("sk-{}", "k".repeat(40));
+    let gateway_port = free_port();
+    let replica_admins = [free_port(), free_port()];
+    let spawn = |service: &str, extra: &[(&str, String)]| {
+        env.command(&["run", service])
+            .env("NATS_URL", nats.url())
+            .env("SLOUGH_INFERENCE__MODELS_DIR", models.display().to_string())
+            .env("SLOUGH_INFERENCE__MAX_CONTEXT", "512")
+            .envs(extra.iter().map(|(k, v)| (*k, v.clone())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut replicas: Vec<Child> = replica_admins
+        .iter()
+        .map(|port| {
+            spawn(
+                "inference",
+                &[(
+                    "SLOUGH_INFERENCE__ADMIN_LISTEN",
+                    format!("127.0.0.1:{port}"),
+                )],
+            )
+        })
+        .collect();
+    let mut gateway = spawn(
+        "gateway",
+        &[
+            (
+                "SLOUGH_GATEWAY__LISTEN",
+                format!("127.0.0.1:{gateway_port}"),
+            ),
+            ("SLOUGH_ADMIN_KEY", admin_key.clone()),
+        ],
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{gateway_port}/v1");
+    let running = "slough_inference_running_sequences{model=\"smollm2\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ready = 0;
+        for port in replica_admins {
+            let metrics = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await;
+            if let Ok(metrics) = metrics
+                && metrics.text().await.unwrap_or_default().contains(running)
+            {
+                ready += 1;
+            }
+        }
+        let models = http
+            .get(format!("{base}/models"))
+            .bearer_auth(&admin_key)
+            .send()
+            .await;
+        if ready == 2 && models.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the platform did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both replicas' load reports reach the gateway.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let long = serde_json::json!({
+        "model": "smollm2", "prompt": "Once upon a time", "max_tokens": 200,
+        "temperature": 0, "stream": true
+    });
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut response = http
+            .post(format!("{base}/completions"))
+            .bearer_auth(&admin_key)
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.chunk().await.unwrap().unwrap();
+        streams.push(response);
+    }
+    let victim_admin = format!("http://127.0.0.1:{}", replica_admins[0]);
+    let survivor_admin = format!("http://127.0.0.1:{}", replica_admins[1]);
+    let held = slough_testkit::scrape_metric(&victim_admin, running)
+        .await
+        .unwrap();
+    let other = slough_testkit::scrape_metric(&survivor_admin, running)
+        .await
+        .unwrap();
+    eprintln!("before the kill: {held} and {other} streams running");
+    replicas[0].kill().unwrap();
+    replicas[0].wait().unwrap();
+    let killed = Instant::now();
+
+    // New requests succeed at once.
+    let plain = serde_json::json!({"model": "smollm2", "prompt": "The sky is", "max_tokens": 3});
+    let response = http
+        .post(format!("{base}/completions"))
+        .bearer_auth(&admin_key)
+        .json(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first_success = killed.elapsed();
+    let embedded = http
+        .post(format!("{base}/embeddings"))
+        .bearer_auth(&admin_key)
+        .json(&serde_json::json!({"model": "minilm", "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(embedded.status(), 200);
+    let embedding_success = killed.elapsed();
+
+    // The open streams end: those on the killed replica with an error event, the rest
+    // with [DONE]; none hangs past the heartbeat window.
+    let (mut failed, mut finished) = (0, 0);
+    for mut stream in streams {
+        let mut text = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(chunk) = stream.chunk().await.unwrap() {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "a stream hung after the kill");
+        let last = text
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        if last == "data: [DONE]" {
+            finished += 1;
+        } else {
+            assert!(last.starts_with("data: {\"error\""), "{last}");
+            failed += 1;
+        }
+    }
+    eprintln!(
+        "after the kill: {failed} streams failed, {finished} finished; a new completion \
+         answered after {first_success:?}, an embedding after {embedding_success:?}; all \
+         streams ended {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(
+        f64::from(failed),
+        held,
+        "only the killed replica's streams fail"
+    );
+    assert_eq!(failed + finished, 8);
+    assert!(first_success < Duration::from_secs(1), "{first_success:?}");
+    assert!(
+        embedding_success < Duration::from_secs(3),
+        "{embedding_success:?}"
+    );
+
+    // Every request is accounted for: 8 streams, the completion and the embedding.
+    let mut usage = serde_json::Value::Null;
+    for _ in 0..50 {
+        usage = http
+            .get(format!("{base}/usage"))
+            .bearer_auth(&admin_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["requests"] == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(usage["requests"], 10, "{usage}");
+
+    for child in [&gateway, &replicas[1]] {
+        signal(child, "TERM");
+    }
+    wait_exit(&mut gateway, Duration::from_secs(30));
+    wait_exit(&mut replicas[1], Duration::from_secs(30));
+}

@@ -216,8 +216,10 @@ async fn embed_in_batches(
                 truncate,
             };
             async move {
-                let response: Result<EmbedResponse, _> =
-                    state.bus.call(&inference::EMBED, &request).await;
+                let response = state
+                    .replicas
+                    .call(&state.bus, &inference::EMBED, Some(model), &request)
+                    .await;
                 response.map_err(|err| in_request_terms(&err, range.start))
             }
         });

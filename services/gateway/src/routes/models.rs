@@ -51,8 +51,8 @@ impl From<ModelInfo> for Model {
 
 async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
     let response = state
-        .bus
-        .call(&inference::MODELS, &ModelsRequest {})
+        .replicas
+        .call(&state.bus, &inference::MODELS, None, &ModelsRequest {})
         .await
         .map_err(|err| ApiError::from_bus(&err))?;
     Ok(response.models)
