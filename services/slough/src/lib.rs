@@ -1,11 +1,14 @@
-//! The `slough` command's library half: the settings of the whole platform, the code
-//! that runs services in one process, and model package management. The binary (`main.rs`) parses the command
-//! line; end-to-end tests start services through [`platform`] exactly as `slough up` does.
+//! The `slough` command's library half: the settings of the whole platform, the table
+//! of services ([`services`]), the code that runs them in one process ([`platform`]),
+//! model package management and the benchmarks. The binary (`main.rs`) parses the
+//! command line; end-to-end tests start services through [`platform`] exactly as
+//! `slough up` does.
 
 pub mod bench;
 pub mod bench_gateway;
 pub mod models;
 pub mod platform;
+pub mod services;
 pub mod settings;
 pub mod status_table;
 

@@ -9,7 +9,7 @@ use slough_service::{ServiceContext, ServiceError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::Settings;
+use crate::{Settings, services};
 
 /// One service running in this process.
 pub struct ServiceHandle {
@@ -29,17 +29,18 @@ impl ServiceHandle {
         nats_url: &str,
         failed: CancellationToken,
     ) -> Result<ServiceHandle, ServiceError> {
+        let spec = services::spec(kind);
         let ctx = ServiceContext::start(
             kind,
-            Settings::version(kind),
+            spec.version,
             &settings.common,
             nats_url,
-            settings.admin_listen(kind),
+            (spec.admin_listen)(settings),
         )
         .await?;
         let admin_url = ctx.admin_url().to_owned();
         let shutdown = CancellationToken::new();
-        let run = run_service(ctx, settings.clone(), shutdown.clone());
+        let run = (spec.run)(ctx, settings, shutdown.clone());
         let task = tokio::spawn(async move {
             let result = run.await;
             if let Err(err) = &result {
@@ -83,24 +84,6 @@ impl ServiceHandle {
                 "{kind} did not stop within {limit:?}"
             ))),
         }
-    }
-}
-
-/// Dispatches to the service's own `run` with its section of the settings.
-async fn run_service(
-    ctx: ServiceContext,
-    settings: Settings,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    match ctx.kind() {
-        ServiceKind::Gateway => slough_gateway::run(ctx, settings.gateway, shutdown).await,
-        ServiceKind::Inference => slough_inference::run(ctx, settings.inference, shutdown).await,
-        ServiceKind::Rag => slough_rag::run(ctx, settings.rag, shutdown).await,
-        ServiceKind::Personality => {
-            slough_personality::run(ctx, settings.personality, shutdown).await
-        }
-        ServiceKind::Training => slough_training::run(ctx, settings.training, shutdown).await,
-        ServiceKind::Monitoring => slough_monitoring::run(ctx, settings.monitoring, shutdown).await,
     }
 }
 

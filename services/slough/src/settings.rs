@@ -1,10 +1,7 @@
 //! The configuration of the whole platform: the shared settings at the top level of
 //! `slough.toml`, and one section per service (`[gateway]`, `[monitoring]`, ...).
 
-use std::net::SocketAddr;
-
 use serde::Deserialize;
-use slough_protocol::ServiceKind;
 use slough_service::{CommonConfig, ConfigError};
 
 /// Everything `slough.toml` and `SLOUGH_*` can set.
@@ -32,30 +29,6 @@ impl Settings {
         match &self.common.nats_url {
             Some(url) => url.clone(),
             None => format!("nats://127.0.0.1:{}", self.common.nats.server.port),
-        }
-    }
-
-    /// Where a service's admin server listens.
-    pub fn admin_listen(&self, kind: ServiceKind) -> SocketAddr {
-        match kind {
-            ServiceKind::Gateway => self.gateway.admin_listen,
-            ServiceKind::Inference => self.inference.admin_listen,
-            ServiceKind::Rag => self.rag.admin_listen,
-            ServiceKind::Personality => self.personality.admin_listen,
-            ServiceKind::Training => self.training.admin_listen,
-            ServiceKind::Monitoring => self.monitoring.admin_listen,
-        }
-    }
-
-    /// The crate version a service registers with.
-    pub fn version(kind: ServiceKind) -> &'static str {
-        match kind {
-            ServiceKind::Gateway => slough_gateway::VERSION,
-            ServiceKind::Inference => slough_inference::VERSION,
-            ServiceKind::Rag => slough_rag::VERSION,
-            ServiceKind::Personality => slough_personality::VERSION,
-            ServiceKind::Training => slough_training::VERSION,
-            ServiceKind::Monitoring => slough_monitoring::VERSION,
         }
     }
 }
