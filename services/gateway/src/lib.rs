@@ -171,7 +171,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::register(ctx.registry()).map_err(TelemetryError::from)?);
     let (usage, writer) = UsageRecorder::start(store.clone(), config.usage_queue, metrics.clone());
     let cache = Duration::from_millis(config.key_cache_ms);
-    let replicas = Arc::new(replicas::Replicas::default());
+    let replicas = Arc::new(replicas::Replicas::new(metrics.inference_replicas.clone()));
     replicas::follow(ctx.bus().clone(), replicas.clone(), shutdown.clone()).await?;
     let state = web::Data::new(AppState {
         bus: ctx.bus().clone(),

@@ -17,6 +17,8 @@ pub struct Metrics {
     tokens: IntCounterVec,
     /// Usage rows lost because the writer fell behind.
     pub usage_dropped: IntCounter,
+    /// Inference replicas whose load the gateway knows.
+    pub inference_replicas: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +72,12 @@ impl Metrics {
             "slough_gateway_usage_dropped_total",
             "Usage rows not stored because the writer's queue was full.",
         )?;
+        let inference_replicas = IntGauge::new(
+            "slough_gateway_inference_replicas",
+            "Inference replicas whose load reports are fresh; generations and embeddings \
+             go to the one with the most room.",
+        )?;
+        registry.register(Box::new(inference_replicas.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(active_streams.clone()))?;
@@ -85,6 +93,7 @@ impl Metrics {
             rejections,
             tokens,
             usage_dropped,
+            inference_replicas,
         })
     }
 

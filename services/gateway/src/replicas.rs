@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus::IntGauge;
 use serde::{Serialize, de::DeserializeOwned};
 use slough_bus::{Bus, BusError};
 use slough_protocol::{
@@ -31,9 +32,11 @@ const FRESH_FOR: Duration = Duration::from_millis(1500);
 ///
 /// A plain mutex rather than an actor: every generation reads it on its way out, the
 /// lock is held for a lookup and never across an await.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Replicas {
     known: Mutex<HashMap<String, Replica>>,
+    /// How many replicas have fresh reports (`slough_gateway_inference_replicas`).
+    fresh: IntGauge,
 }
 
 #[derive(Debug)]
@@ -71,6 +74,14 @@ pub fn least_loaded<'a>(candidates: &[Candidate<'a>]) -> Option<&'a str> {
 }
 
 impl Replicas {
+    /// No replica known yet; `fresh` counts those with fresh reports.
+    pub fn new(fresh: IntGauge) -> Replicas {
+        Replicas {
+            known: Mutex::default(),
+            fresh,
+        }
+    }
+
     /// Takes a replica's report; what was sent to it before is now counted in it.
     pub fn update(&self, report: InstanceLoad) {
         let models = report
@@ -78,7 +89,8 @@ impl Replicas {
             .into_iter()
             .map(|load| (load.model, (load.pending, load.capacity)))
             .collect();
-        self.lock().insert(
+        let mut known = self.lock();
+        known.insert(
             report.instance_id,
             Replica {
                 reported_at: Instant::now(),
@@ -86,6 +98,14 @@ impl Replicas {
                 sent: HashMap::new(),
             },
         );
+        self.drop_stale(&mut known);
+    }
+
+    /// Forgets replicas whose last report is too old, and counts the others.
+    fn drop_stale(&self, known: &mut HashMap<String, Replica>) {
+        known.retain(|_, replica| replica.reported_at.elapsed() < FRESH_FOR);
+        self.fresh
+            .set(i64::try_from(known.len()).unwrap_or(i64::MAX));
     }
 
     /// The replica to send a request for `model` to, counted as sent there; `None`
@@ -98,7 +118,7 @@ impl Replicas {
     /// `except`, counted as sent there.
     fn choose(&self, model: Option<&str>, except: Option<&str>) -> Option<String> {
         let mut known = self.lock();
-        known.retain(|_, replica| replica.reported_at.elapsed() < FRESH_FOR);
+        self.drop_stale(&mut known);
         let candidates: Vec<Candidate<'_>> = known
             .iter()
             .filter(|(instance, _)| Some(instance.as_str()) != except)
@@ -182,7 +202,9 @@ impl Replicas {
 
     /// Forgets a replica that did not answer (it went away before its report aged).
     pub fn forget(&self, instance: &str) {
-        self.lock().remove(instance);
+        let mut known = self.lock();
+        known.remove(instance);
+        self.drop_stale(&mut known);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Replica>> {
@@ -254,7 +276,8 @@ mod tests {
 
     #[test]
     fn requests_arriving_together_are_spread_before_the_next_report() {
-        let replicas = Replicas::default();
+        let fresh = IntGauge::new("fresh", "fresh").unwrap();
+        let replicas = Replicas::new(fresh.clone());
         assert_eq!(
             replicas.pick("m"),
             None,
@@ -262,6 +285,7 @@ mod tests {
         );
         replicas.update(report("a", 0));
         replicas.update(report("b", 0));
+        assert_eq!(fresh.get(), 2);
         let mut counts: HashMap<String, u32> = HashMap::new();
         for _ in 0..8 {
             *counts.entry(replicas.pick("m").unwrap()).or_default() += 1;
@@ -272,6 +296,7 @@ mod tests {
         // A report replaces what was counted as sent.
         replicas.update(report("a", 1));
         replicas.forget("b");
+        assert_eq!(fresh.get(), 1);
         assert_eq!(replicas.pick("m").as_deref(), Some("a"));
     }
 }

@@ -316,6 +316,7 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
     let models = slough_testkit::test_models_dir();
     let admin_key = format!("sk-{}", "k".repeat(40));
     let gateway_port = free_port();
+    let gateway_admin = free_port();
     let replica_admins = [free_port(), free_port()];
     let spawn = |service: &str, extra: &[(&str, String)]| {
         env.command(&["run", service])
@@ -348,6 +349,10 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
                 format!("127.0.0.1:{gateway_port}"),
             ),
             ("SLOUGH_ADMIN_KEY", admin_key.clone()),
+            (
+                "SLOUGH_GATEWAY__ADMIN_LISTEN",
+                format!("127.0.0.1:{gateway_admin}"),
+            ),
         ],
     );
     let http = reqwest::Client::new();
@@ -379,7 +384,16 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Both replicas' load reports reach the gateway.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let gateway_metrics = format!("http://127.0.0.1:{gateway_admin}");
+    while slough_testkit::scrape_metric(&gateway_metrics, "slough_gateway_inference_replicas").await
+        != Some(2.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never saw both replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let long = serde_json::json!({
         "model": "smollm2", "prompt": "Once upon a time", "max_tokens": 200,
@@ -400,13 +414,26 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
     }
     let victim_admin = format!("http://127.0.0.1:{}", replica_admins[0]);
     let survivor_admin = format!("http://127.0.0.1:{}", replica_admins[1]);
-    let held = slough_testkit::scrape_metric(&victim_admin, running)
-        .await
-        .unwrap();
-    let other = slough_testkit::scrape_metric(&survivor_admin, running)
-        .await
-        .unwrap();
-    eprintln!("before the kill: {held} and {other} streams running");
+    // What each replica holds: running or still queued.
+    let queued = "slough_inference_queue_depth{model=\"smollm2\"}";
+    let holds = |admin: String| async move {
+        slough_testkit::scrape_metric(&admin, running)
+            .await
+            .unwrap()
+            + slough_testkit::scrape_metric(&admin, queued).await.unwrap()
+    };
+    // Wait until all eight are on a replica (a request can sit a moment between the
+    // handler and the scheduler).
+    let (mut held, mut other) = (0.0, 0.0);
+    for _ in 0..50 {
+        held = holds(victim_admin.clone()).await;
+        other = holds(survivor_admin.clone()).await;
+        if held + other == 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("before the kill: {held} and {other} streams held");
     replicas[0].kill().unwrap();
     replicas[0].wait().unwrap();
     let killed = Instant::now();
