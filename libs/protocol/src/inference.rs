@@ -42,9 +42,38 @@ pub const MODEL_REMOVED: Event<ModelEvent> = Event::new("models.removed");
 /// A chat message. The content is plain text (the gateway flattens text parts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    pub role: Role,
     pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// Who speaks in a chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The role as chat templates name it (`system`, `user`, `assistant`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
 }
 
 /// What to generate from: chat messages rendered with the model's chat template, a raw
@@ -62,7 +91,8 @@ pub enum PromptInput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
-    /// 0 to 2; 0 picks the most likely token.
+    /// 0 picks the most likely token. The allowed range of this and every other field
+    /// is in [`crate::bounds`].
     pub temperature: Option<f32>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     pub top_p: Option<f32>,
@@ -92,7 +122,7 @@ pub struct GenerateRequest {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub sampling: SamplingParams,
-    /// Strings that end a choice; matched on text, never emitted.
+    /// Strings that end a choice (at most four); matched on text, never emitted.
     #[serde(default)]
     pub stop: Vec<String>,
     /// How many choices (default 1).
@@ -112,6 +142,24 @@ pub struct GenerateRequest {
 
 fn one() -> u32 {
     1
+}
+
+impl GenerateRequest {
+    /// One choice from `input` with the model's defaults: no stop strings, no logprobs,
+    /// `max_tokens` up to the end of the context. Set the other fields as needed.
+    pub fn new(model: impl Into<String>, input: PromptInput) -> GenerateRequest {
+        GenerateRequest {
+            model: model.into(),
+            input,
+            max_tokens: None,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            n: 1,
+            logprobs: false,
+            top_logprobs: 0,
+            ignore_eos: false,
+        }
+    }
 }
 
 /// A piece of one choice's text.

@@ -5,6 +5,7 @@
 //! Must not depend on any other SloughGPT crate, on NATS, or on a runtime: it is plain
 //! data plus serde and schemars, so that `schemas/*.json` can be generated from it.
 
+pub mod bounds;
 pub mod endpoint;
 pub mod error;
 pub mod health;

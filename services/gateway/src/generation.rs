@@ -10,8 +10,11 @@ use actix_web::{HttpResponse, web::Bytes};
 use futures::{Stream, StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
 use slough_bus::{Bus, BusError, StreamItem, StreamReceiver};
-use slough_protocol::inference::{
-    self, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, TokenLogprob, Usage,
+use slough_protocol::{
+    bounds::Field,
+    inference::{
+        self, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, TokenLogprob, Usage,
+    },
 };
 use utoipa::ToSchema;
 
@@ -56,7 +59,7 @@ impl From<FinishReason> for Finish {
     }
 }
 
-/// `stop`: one string or up to four.
+/// `stop`: one string or a list of at most four, none empty.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
@@ -65,23 +68,13 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// The stop strings, checked (at most 4, none empty).
-    pub fn into_list(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
-        let list = match stop {
+    /// The stop strings as a list.
+    pub fn into_list(stop: Option<Stop>) -> Vec<String> {
+        match stop {
             None => Vec::new(),
             Some(Stop::One(one)) => vec![one],
             Some(Stop::Many(many)) => many,
-        };
-        if list.len() > 4 {
-            return Err(ApiError::invalid("stop", "stop takes at most 4 sequences"));
         }
-        if list.iter().any(String::is_empty) {
-            return Err(ApiError::invalid(
-                "stop",
-                "stop sequences must not be empty",
-            ));
-        }
-        Ok(list)
     }
 }
 
@@ -108,53 +101,18 @@ pub fn check_stream_options(
     Ok(())
 }
 
-/// Checks the sampling fields both routes share, naming the one out of range; the
-/// route says what its request calls `max_tokens`.
-pub fn check_sampling(request: &GenerateRequest, max_tokens_param: &str) -> Result<(), ApiError> {
-    let sampling = &request.sampling;
-    let ranges: [(&str, Option<f32>, f32, f32); 6] = [
-        ("temperature", sampling.temperature, 0.0, 2.0),
-        ("top_p", sampling.top_p, 0.0, 1.0),
-        ("min_p", sampling.min_p, 0.0, 1.0),
-        ("presence_penalty", sampling.presence_penalty, -2.0, 2.0),
-        ("frequency_penalty", sampling.frequency_penalty, -2.0, 2.0),
-        ("repetition_penalty", sampling.repetition_penalty, 0.0, 10.0),
-    ];
-    for (param, value, low, high) in ranges {
-        if let Some(value) = value
-            && !(low..=high).contains(&value)
-        {
-            return Err(ApiError::invalid(
-                param,
-                format!("{param} must be between {low} and {high}, got {value}"),
-            ));
+/// Checks a route's generation with the protocol's one validation, naming the field as
+/// the route's request calls it (`max_tokens_param`: `max_tokens` or
+/// `max_completion_tokens`).
+pub fn validate(request: &GenerateRequest, max_tokens_param: &str) -> Result<(), ApiError> {
+    request.validate().map_err(|invalid| {
+        if invalid.field == Field::MaxTokens {
+            let message = invalid.message.replacen("max_tokens", max_tokens_param, 1);
+            ApiError::invalid(max_tokens_param, message)
+        } else {
+            ApiError::invalid(invalid.field.api_name(), invalid.message)
         }
-    }
-    if sampling.top_p == Some(0.0) {
-        return Err(ApiError::invalid("top_p", "top_p must be above 0"));
-    }
-    if sampling.repetition_penalty == Some(0.0) {
-        return Err(ApiError::invalid(
-            "repetition_penalty",
-            "repetition_penalty must be above 0",
-        ));
-    }
-    if !(1..=16).contains(&request.n) {
-        return Err(ApiError::invalid("n", "n must be between 1 and 16"));
-    }
-    if request.max_tokens == Some(0) {
-        return Err(ApiError::invalid(
-            max_tokens_param,
-            format!("{max_tokens_param} must be at least 1"),
-        ));
-    }
-    if request.top_logprobs > 20 {
-        return Err(ApiError::invalid(
-            "top_logprobs",
-            "top_logprobs must be between 0 and 20",
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// A second count since the epoch, for `created`.

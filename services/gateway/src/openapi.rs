@@ -2,10 +2,11 @@
 //! utoipa. `schemas/gateway/openapi.json` is this document; a test fails when they differ
 //! (`SLOUGH_UPDATE_SCHEMAS=1` rewrites it).
 
+use slough_protocol::bounds::{Bounds, Field};
 use utoipa::{
     Modify, OpenApi,
     openapi::{
-        self, Ref, ResponseBuilder,
+        self, Ref, RefOr, ResponseBuilder, Schema,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -34,7 +35,7 @@ use crate::{error::ErrorResponse, routes};
         routes::usage::report,
     ),
     components(schemas(ErrorResponse)),
-    modifiers(&Security, &ErrorResponses),
+    modifiers(&Security, &ErrorResponses, &FieldBounds),
 )]
 struct ApiDoc;
 
@@ -75,6 +76,55 @@ impl Modify for Security {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// The bounds of the generation fields, from the protocol's one table
+/// (`slough_protocol::bounds`), on every request body that has them: what the document
+/// promises is what the gateway and inference check.
+struct FieldBounds;
+
+/// Request bodies carrying generation fields, and their properties named otherwise
+/// than the protocol's API name.
+const GENERATION_BODIES: &[&str] = &["ChatCompletionRequest", "CompletionRequest"];
+const ALSO_MAX_TOKENS: &str = "max_completion_tokens";
+
+impl Modify for FieldBounds {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for body in GENERATION_BODIES {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*body) else {
+                continue;
+            };
+            for (name, property) in &mut object.properties {
+                let field = Field::NUMERIC.into_iter().find(|field| {
+                    field.api_name() == name
+                        || (*field == Field::MaxTokens && name == ALSO_MAX_TOKENS)
+                });
+                if let (Some(field), RefOr::T(Schema::Object(property))) = (field, property) {
+                    set_bounds(property, field.bounds());
+                }
+            }
+        }
+    }
+}
+
+fn set_bounds(property: &mut openapi::schema::Object, bounds: Bounds) {
+    let number = |value: f64| {
+        if value.fract() == 0.0 {
+            utoipa::Number::Int(value as isize)
+        } else {
+            utoipa::Number::Float(value)
+        }
+    };
+    if bounds.min_exclusive {
+        property.exclusive_minimum = Some(number(bounds.min));
+        property.minimum = None;
+    } else {
+        property.minimum = Some(number(bounds.min));
+    }
+    property.maximum = bounds.max.map(number);
 }
 
 /// The error answers every route may give, documented once here instead of on each.

@@ -374,6 +374,46 @@ async fn errors_follow_the_table() {
         }
     }
 
+    // Every generation field out of its range is refused by the gateway with its name,
+    // from the protocol's one table, before anything reaches inference (the gateway once
+    // let repetition_penalty 0.005 through, and inference refused it without a param).
+    let generate = "slough_inference_bus_requests_total{code=\"ok\",endpoint=\"generate\"}";
+    let refused =
+        "slough_inference_bus_requests_total{code=\"invalid_request\",endpoint=\"generate\"}";
+    let (ok_before, refused_before) = (
+        platform.inference_metric(generate).await,
+        platform.inference_metric(refused).await,
+    );
+    let out_of_range = [
+        ("temperature", json!(2.5)),
+        ("top_p", json!(0)),
+        ("min_p", json!(1.5)),
+        ("repetition_penalty", json!(0.005)),
+        ("presence_penalty", json!(-2.5)),
+        ("frequency_penalty", json!(3)),
+        ("n", json!(17)),
+        ("max_tokens", json!(0)),
+        ("max_completion_tokens", json!(0)),
+        ("top_logprobs", json!(21)),
+    ];
+    for (field, value) in out_of_range {
+        let mut body = json!({"model": CHAT, "messages": france(), "logprobs": true});
+        body[field] = value;
+        let (status, error) = chat_error(&platform, &admin, body.to_string().into()).await;
+        assert_eq!(
+            (status, error["param"].as_str()),
+            (400, Some(field)),
+            "{error}"
+        );
+        assert_eq!(error["code"], "invalid_value", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().starts_with(field),
+            "{error}"
+        );
+    }
+    assert_eq!(platform.inference_metric(generate).await, ok_before);
+    assert_eq!(platform.inference_metric(refused).await, refused_before);
+
     // 404: an unknown model, an unknown route; 405: a known route, another method.
     let (status, error) = chat_error(
         &platform,
@@ -988,7 +1028,16 @@ async fn generations_are_spread_over_replicas_by_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Both replicas' load reports reach the gateway (they come every 500 ms at least).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..200 {
+        if platform
+            .gateway_metric("slough_gateway_inference_replicas")
+            .await
+            == 2.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let key = platform.admin_key.clone();
     let story = json!({

@@ -20,7 +20,7 @@ use slough_protocol::{
     inference::{
         self as endpoints, ChatMessage, DetokenizeRequest, DetokenizeResponse, EmbedRequest,
         EmbedResponse, ModelEvent, ModelInfo, ModelKind, ModelRequest, ModelsRequest,
-        ModelsResponse, PromptInput, TokenizeRequest, TokenizeResponse,
+        ModelsResponse, PromptInput, Role, TokenizeRequest, TokenizeResponse,
     },
 };
 use support::{CHAT, EMBED, Inference};
@@ -150,10 +150,7 @@ async fn tokenizer_endpoints_and_model_management() {
             &endpoints::TOKENIZE,
             &TokenizeRequest {
                 model: CHAT.to_owned(),
-                input: PromptInput::Messages(vec![ChatMessage {
-                    role: "user".to_owned(),
-                    content: "Hello world".to_owned(),
-                }]),
+                input: PromptInput::Messages(vec![ChatMessage::new(Role::User, "Hello world")]),
             },
         )
         .await
@@ -321,10 +318,7 @@ async fn tokenize_chat(inference: &Inference, content: &str) -> TokenizeResponse
             &endpoints::TOKENIZE,
             &TokenizeRequest {
                 model: CHAT.to_owned(),
-                input: PromptInput::Messages(vec![ChatMessage {
-                    role: "user".to_owned(),
-                    content: content.to_owned(),
-                }]),
+                input: PromptInput::Messages(vec![ChatMessage::new(Role::User, content)]),
             },
         )
         .await

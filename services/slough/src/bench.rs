@@ -14,9 +14,7 @@ use slough_inference::{
     chat::scheduler::Event,
     models::{Models, Served},
 };
-use slough_protocol::inference::{
-    self as protocol, GenerateRequest, ModelsRequest, PromptInput, SamplingParams,
-};
+use slough_protocol::inference::{self as protocol, GenerateRequest, ModelsRequest, PromptInput};
 
 use crate::Settings;
 
@@ -137,20 +135,11 @@ pub(crate) async fn generate_over_bus(
 
 /// A request for `prompt` token ids that generates exactly `tokens` tokens, greedily.
 fn request(model: &str, prompt: Vec<u32>, tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        model: model.to_owned(),
-        input: PromptInput::Tokens(prompt),
-        max_tokens: Some(tokens),
-        sampling: SamplingParams {
-            temperature: Some(0.0),
-            ..SamplingParams::default()
-        },
-        stop: Vec::new(),
-        n: 1,
-        logprobs: false,
-        top_logprobs: 0,
-        ignore_eos: true,
-    }
+    let mut request = GenerateRequest::new(model, PromptInput::Tokens(prompt));
+    request.max_tokens = Some(tokens);
+    request.sampling.temperature = Some(0.0);
+    request.ignore_eos = true;
+    request
 }
 
 /// `count` token ids of ordinary English (ids of a word-level text, cycled).

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::bench;
 use slough_bus::Bus;
 use slough_protocol::inference::{
-    self, ChatMessage, GenerateRequest, ModelsRequest, PromptInput, SamplingParams,
+    self, ChatMessage, GenerateRequest, ModelsRequest, PromptInput, Role,
 };
 
 /// What to measure.
@@ -177,23 +177,12 @@ pub async fn measure(
     };
     let chat_direct = {
         let bus = bus.clone();
-        let request = GenerateRequest {
-            model: options.model.clone(),
-            input: PromptInput::Messages(vec![ChatMessage {
-                role: "user".to_owned(),
-                content: question.to_owned(),
-            }]),
-            max_tokens: Some(options.chat_tokens),
-            sampling: SamplingParams {
-                temperature: Some(0.0),
-                ..SamplingParams::default()
-            },
-            stop: Vec::new(),
-            n: 1,
-            logprobs: false,
-            top_logprobs: 0,
-            ignore_eos: false,
-        };
+        let mut request = GenerateRequest::new(
+            options.model.clone(),
+            PromptInput::Messages(vec![ChatMessage::new(Role::User, question)]),
+        );
+        request.max_tokens = Some(options.chat_tokens);
+        request.sampling.temperature = Some(0.0);
         run(concurrency, options.chat_requests, move || {
             let (bus, request) = (bus.clone(), request.clone());
             async move {

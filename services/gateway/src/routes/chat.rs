@@ -4,8 +4,8 @@
 use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
 use slough_protocol::inference::{
-    ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput, SamplingParams,
-    TokenLogprob,
+    self as protocol, ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput,
+    SamplingParams, TokenLogprob,
 };
 use utoipa::ToSchema;
 
@@ -31,23 +31,18 @@ pub struct ChatCompletionRequest {
     #[schema(min_items = 1)]
     pub messages: Vec<RequestMessage>,
     /// Most tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
-    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
     /// Most tokens to generate; default: what is left of the context.
-    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
     /// 0 to 2; 0 always picks the most likely token.
-    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
     /// Nucleus sampling, above 0 and at most 1.
-    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
     /// Choices to generate, 1 to 16.
-    #[schema(minimum = 1, maximum = 16)]
     #[serde(default)]
     pub n: Option<u32>,
     /// Up to 4 sequences that end a choice; they are not returned.
@@ -57,18 +52,15 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub seed: Option<i64>,
     /// −2 to 2.
-    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
     /// −2 to 2.
-    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     /// Return each token's log probability.
     #[serde(default)]
     pub logprobs: Option<bool>,
     /// With `logprobs`: the 0 to 20 most likely alternatives at each position.
-    #[schema(maximum = 20)]
     #[serde(default)]
     pub top_logprobs: Option<u32>,
     /// Answer as server-sent events.
@@ -83,11 +75,9 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub top_k: Option<u32>,
     /// Extension: drop tokens less likely than this fraction of the most likely one.
-    #[schema(minimum = 0, maximum = 1)]
     #[serde(default)]
     pub min_p: Option<f32>,
     /// Extension: above 1 discourages repeating tokens already seen.
-    #[schema(exclusive_minimum = 0, maximum = 10)]
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
 }
@@ -142,11 +132,10 @@ impl ChatCompletionRequest {
             .iter()
             .map(|message| ChatMessage {
                 role: match message.role {
-                    Role::System | Role::Developer => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                }
-                .to_owned(),
+                    Role::System | Role::Developer => protocol::Role::System,
+                    Role::User => protocol::Role::User,
+                    Role::Assistant => protocol::Role::Assistant,
+                },
                 content: match &message.content {
                     MessageContent::Text(text) => text.clone(),
                     MessageContent::Parts(parts) => parts
@@ -156,40 +145,29 @@ impl ChatCompletionRequest {
                 },
             })
             .collect();
-        let logprobs = self.logprobs.unwrap_or(false);
-        if self.top_logprobs.is_some() && !logprobs {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                "top_logprobs needs logprobs set to true",
-            ));
-        }
         generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
-        let request = GenerateRequest {
-            model: self.model.clone(),
-            input: PromptInput::Messages(messages),
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
-            sampling: SamplingParams {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k,
-                min_p: self.min_p,
-                repetition_penalty: self.repetition_penalty,
-                presence_penalty: self.presence_penalty,
-                frequency_penalty: self.frequency_penalty,
-                seed: self.seed.map(|seed| seed.cast_unsigned()),
-            },
-            stop: Stop::into_list(self.stop.clone())?,
-            n: self.n.unwrap_or(1),
-            logprobs,
-            top_logprobs: self.top_logprobs.unwrap_or(0),
-            ignore_eos: false,
+        let mut request = GenerateRequest::new(&self.model, PromptInput::Messages(messages));
+        request.max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        request.sampling = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed.map(|seed| seed.cast_unsigned()),
         };
+        request.stop = Stop::into_list(self.stop.clone());
+        request.n = self.n.unwrap_or(1);
+        request.logprobs = self.logprobs.unwrap_or(false);
+        request.top_logprobs = self.top_logprobs.unwrap_or(0);
         let max_tokens_param = if self.max_completion_tokens.is_some() {
             "max_completion_tokens"
         } else {
             "max_tokens"
         };
-        generation::check_sampling(&request, max_tokens_param)?;
+        generation::validate(&request, max_tokens_param)?;
         Ok(request)
     }
 }

@@ -32,27 +32,21 @@ pub struct CompletionRequest {
     /// A prompt, a list of prompts, or the same as token ids.
     pub prompt: Prompt,
     /// Most tokens to generate per choice (OpenAI's default: 16).
-    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
-    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
     /// Choices per prompt, 1 to 16.
-    #[schema(minimum = 1, maximum = 16)]
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
     pub seed: Option<i64>,
-    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
-    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     /// Return the log probabilities of this many (0 to 5) most likely tokens per position.
@@ -78,11 +72,9 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub top_k: Option<u32>,
     /// Extension.
-    #[schema(minimum = 0, maximum = 1)]
     #[serde(default)]
     pub min_p: Option<f32>,
     /// Extension.
-    #[schema(exclusive_minimum = 0, maximum = 10)]
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
 }
@@ -145,34 +137,30 @@ impl CompletionRequest {
                 format!("prompts times n must be at most {MAX_CHOICES}, got {choices}"),
             ));
         }
-        let stop = Stop::into_list(self.stop.clone())?;
-        let requests: Vec<GenerateRequest> = inputs
+        let mut template = GenerateRequest::new(&self.model, PromptInput::Text(String::new()));
+        template.max_tokens = Some(self.max_tokens.unwrap_or(16));
+        template.sampling = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed.map(|seed| seed.cast_unsigned()),
+        };
+        template.stop = Stop::into_list(self.stop.clone());
+        template.n = n;
+        template.logprobs = self.logprobs.is_some();
+        template.top_logprobs = self.logprobs.unwrap_or(0);
+        generation::validate(&template, "max_tokens")?;
+        Ok(inputs
             .into_iter()
             .map(|input| GenerateRequest {
-                model: self.model.clone(),
                 input,
-                max_tokens: Some(self.max_tokens.unwrap_or(16)),
-                sampling: SamplingParams {
-                    temperature: self.temperature,
-                    top_p: self.top_p,
-                    top_k: self.top_k,
-                    min_p: self.min_p,
-                    repetition_penalty: self.repetition_penalty,
-                    presence_penalty: self.presence_penalty,
-                    frequency_penalty: self.frequency_penalty,
-                    seed: self.seed.map(|seed| seed.cast_unsigned()),
-                },
-                stop: stop.clone(),
-                n,
-                logprobs: self.logprobs.is_some(),
-                top_logprobs: self.logprobs.unwrap_or(0),
-                ignore_eos: false,
+                ..template.clone()
             })
-            .collect();
-        if let Some(first) = requests.first() {
-            generation::check_sampling(first, "max_tokens")?;
-        }
-        Ok(requests)
+            .collect())
     }
 }
 

@@ -29,13 +29,6 @@ use self::{
 };
 use crate::{config::Config, metrics::ModelMetrics, runtime::Runtime, text::TextModel};
 
-/// Most choices per request.
-pub const MAX_N: u32 = 16;
-/// Most alternatives per position in logprobs.
-pub const MAX_TOP_LOGPROBS: u32 = 20;
-/// Most stop strings per request.
-pub const MAX_STOP: usize = 16;
-
 /// A served chat model.
 pub struct ChatModel {
     pub info: ModelInfo,
@@ -140,37 +133,19 @@ impl ChatModel {
     /// `invalid_request` naming the field, `context_length_exceeded` naming both numbers,
     /// `overloaded` with a retry hint when the queue is full.
     pub fn submit(&self, request: &GenerateRequest) -> Result<Accepted, ErrorBody> {
-        let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, message);
-        let max_n = MAX_N.min(self.max_batch as u32);
-        if !(1..=max_n).contains(&request.n) {
-            return Err(invalid(format!(
-                "n = {} is out of range (1 to {max_n})",
-                request.n
-            )));
+        request.validate()?;
+        if request.n as usize > self.max_batch {
+            return Err(ErrorBody::invalid(
+                "n",
+                format!(
+                    "n = {} is more than this model decodes at once ({})",
+                    request.n, self.max_batch
+                ),
+            ));
         }
-        if request.top_logprobs > MAX_TOP_LOGPROBS {
-            return Err(invalid(format!(
-                "top_logprobs = {} is out of range (0 to {MAX_TOP_LOGPROBS})",
-                request.top_logprobs
-            )));
-        }
-        if request.top_logprobs > 0 && !request.logprobs {
-            return Err(invalid("top_logprobs needs logprobs = true".to_owned()));
-        }
-        if request.max_tokens == Some(0) {
-            return Err(invalid("max_tokens must be at least 1".to_owned()));
-        }
-        if request.stop.len() > MAX_STOP {
-            return Err(invalid(format!(
-                "stop has {} strings (at most {MAX_STOP})",
-                request.stop.len()
-            )));
-        }
-        sampler::validate(&request.sampling).map_err(invalid)?;
-
         let tokens = self.text.prompt(&request.input)?.tokens;
         if tokens.is_empty() {
-            return Err(invalid("the prompt is empty".to_owned()));
+            return Err(ErrorBody::invalid("input", "the prompt is empty"));
         }
         let context = self.info.context_length as usize;
         let room = context.saturating_sub(tokens.len());

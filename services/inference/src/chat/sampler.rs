@@ -39,26 +39,6 @@ impl Settings {
     }
 }
 
-/// Checks every field's range; the message names the field.
-pub fn validate(params: &SamplingParams) -> Result<(), String> {
-    let check = |name: &str, value: Option<f32>, low: f32, high: f32| match value {
-        Some(v) if !(low..=high).contains(&v) || v.is_nan() => Err(format!(
-            "sampling.{name} = {v} is out of range ({low} to {high})"
-        )),
-        _ => Ok(()),
-    };
-    check("temperature", params.temperature, 0.0, 2.0)?;
-    check("top_p", params.top_p, 0.0, 1.0)?;
-    check("min_p", params.min_p, 0.0, 1.0)?;
-    check("repetition_penalty", params.repetition_penalty, 0.01, 10.0)?;
-    check("presence_penalty", params.presence_penalty, -2.0, 2.0)?;
-    check("frequency_penalty", params.frequency_penalty, -2.0, 2.0)?;
-    if params.top_p == Some(0.0) {
-        return Err("sampling.top_p must be above 0".to_owned());
-    }
-    Ok(())
-}
-
 /// The sampler of one sequence: its settings, its random stream, and the tokens it has
 /// seen (for the penalties).
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use slough_protocol::{
     Endpoint, ServiceKind,
     inference::{
         self, ChatMessage, FinishReason, GenerateChunk, GenerateEnd, GenerateRequest, PromptInput,
-        SamplingParams,
+        Role,
     },
 };
 use slough_service::{CommonConfig, ServiceContext};
@@ -162,21 +162,11 @@ impl Generated {
 
 /// A chat request to the test chat model with one user message.
 pub fn chat(prompt: &str) -> GenerateRequest {
-    GenerateRequest {
-        model: CHAT.to_owned(),
-        input: PromptInput::Messages(vec![ChatMessage {
-            role: "user".to_owned(),
-            content: prompt.to_owned(),
-        }]),
-        max_tokens: Some(48),
-        sampling: SamplingParams {
-            temperature: Some(0.0),
-            ..SamplingParams::default()
-        },
-        stop: Vec::new(),
-        n: 1,
-        logprobs: false,
-        top_logprobs: 0,
-        ignore_eos: false,
-    }
+    let mut request = GenerateRequest::new(
+        CHAT,
+        PromptInput::Messages(vec![ChatMessage::new(Role::User, prompt)]),
+    );
+    request.max_tokens = Some(48);
+    request.sampling.temperature = Some(0.0);
+    request
 }
