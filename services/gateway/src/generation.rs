@@ -1,8 +1,8 @@
-//! Running generations on the inference service for the chat and completions routes
-//! ([`answer`]): opening the streams, merging them into one sequence of [`Event`]s, and
-//! answering either as server-sent events ([`sse`]) or read to the end ([`collect`]) for
-//! the route to shape as one JSON body. What the
-//! two routes share of OpenAI's request and response shapes lives here too.
+//! Generations on the inference service for the chat and completions routes: opening
+//! the streams ([`open_all`], each on the replica with the most room), merging them into
+//! one sequence of [`Event`]s, and answering ([`answer`]) either as server-sent events or
+//! read to the end for the route to shape as one JSON body. What the two routes share of
+//! OpenAI's request and response shapes lives here too.
 
 use std::{pin::Pin, time::SystemTime};
 
@@ -18,9 +18,7 @@ use slough_protocol::{
 };
 use utoipa::ToSchema;
 
-use crate::{
-    AppState, error::ApiError, http::Connection, keys::ApiKey, replicas::Replicas, usage::Metered,
-};
+use crate::{AppState, error::ApiError, http::Connection, replicas::Replicas, usage::Metered};
 
 /// Token counts as OpenAI reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, ToSchema)]
@@ -135,31 +133,28 @@ pub enum Answer {
     Collected(Vec<Choice>, Usage),
 }
 
-/// Runs `requests` for `key`: admits them (in-flight slot and the key's limits), opens
-/// them on inference, then streams them as `format` says when `stream` is given, or
-/// reads them to the end unless the client on `connection` leaves first (which cancels
-/// them, as a dropped stream does). Usage is recorded however the request ends.
+/// Generations opened on inference: their events, merged, and how many choices they
+/// make in all.
+pub struct Generation {
+    events: Events,
+    choices: u32,
+}
+
+/// Answers with `generation`: streamed as `format` says when `stream` is given, or read
+/// to the end unless the client on `connection` leaves first (which cancels it, as a
+/// dropped stream does). `metered` records the request however it ends.
 pub async fn answer<F: ChunkFormat>(
-    state: &AppState,
+    generation: Generation,
     connection: Connection,
-    key: &ApiKey,
-    endpoint: &'static str,
-    requests: &[GenerateRequest],
+    mut metered: Metered,
     stream: Option<&StreamOptions>,
     format: F,
 ) -> Result<Answer, ApiError> {
-    let model = requests
-        .first()
-        .map_or("", |request| request.model.as_str());
-    let mut metered = state.admit(key, endpoint, model).await?;
-    let events = start(state, requests)
-        .await
-        .map_err(|err| state.upstream_failed(&mut metered, err))?;
+    let Generation { events, choices } = generation;
     if let Some(options) = stream {
         let response = sse(events, format, options.include_usage, metered);
         return Ok(Answer::Streamed(response));
     }
-    let choices = requests.iter().map(|request| request.n).sum();
     tokio::select! {
         collected = collect(events, choices, &mut metered) => {
             let (choices, usage) = collected?;
@@ -189,7 +184,10 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event, ApiError>>>>;
 
 /// Opens one generation per request, all before reading any, so that inference can
 /// batch them; choice indices of request `i` follow those of the requests before it.
-async fn start(state: &AppState, requests: &[GenerateRequest]) -> Result<Events, ApiError> {
+pub async fn open_all(
+    state: &AppState,
+    requests: &[GenerateRequest],
+) -> Result<Generation, ApiError> {
     let opened = futures::future::join_all(
         requests
             .iter()
@@ -204,7 +202,10 @@ async fn start(state: &AppState, requests: &[GenerateRequest]) -> Result<Events,
         streams.push(events_of(receiver, offset));
         offset += request.n;
     }
-    Ok(Box::pin(stream::select_all(streams)))
+    Ok(Generation {
+        events: Box::pin(stream::select_all(streams)),
+        choices: offset,
+    })
 }
 
 /// Opens a generation on the replica with the most room for its model, or where the

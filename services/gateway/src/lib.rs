@@ -4,9 +4,12 @@
 //! streams answers back as server-sent events, and accounts for usage.
 //!
 //! A request's path: `http` (span, metrics, auth and body extractors) → `routes::*`
-//! (checks, then `AppState::admit` for limits) → `generation` or a bus request → the
-//! answer, with a `usage::Metered` guard recording it however it ends.
+//! (scope, body, model) → `admission` (bus up, a free slot, the key's limits; a
+//! `usage::Metered` guard records the request however it ends) → for a chat, the
+//! `pipeline` (persona, retrieval, generation on the bus), for other routes a bus call
+//! → `generation` streams or collects the answer → the route shapes OpenAI's JSON.
 
+pub mod admission;
 pub mod error;
 pub mod generation;
 pub mod http;
@@ -14,6 +17,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod pipeline;
 pub mod replicas;
 pub mod routes;
 pub mod usage;
@@ -32,15 +36,11 @@ use slough_bus::Bus;
 use slough_service::{ServiceContext, ServiceError};
 use slough_store::Store;
 use slough_telemetry::TelemetryError;
-use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    error::ApiError,
-    keys::{ApiKey, Keys},
-    limits::Limits,
-    metrics::Metrics,
-    usage::{Metered, UsageRecorder},
+    admission::Admission, keys::Keys, limits::Limits, metrics::Metrics, usage::UsageRecorder,
 };
 
 /// The crate version, which is the version the instance registers with.
@@ -93,66 +93,13 @@ pub struct AppState {
     pub bus: Bus,
     pub store: Store,
     pub keys: Keys,
-    pub limits: Arc<Limits>,
-    pub usage: UsageRecorder,
     pub metrics: Arc<Metrics>,
+    /// Whether a model request may start (bus up, a free slot, the key's limits).
+    pub admission: Admission,
     /// The inference replicas' load, to send each generation where there is room.
     pub replicas: Arc<replicas::Replicas>,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
     /// The largest body a request may have.
     pub max_body_bytes: usize,
-}
-
-impl AppState {
-    /// Admits a model request of `key`: a free in-flight slot and the key's limits, or
-    /// 429. The returned guard records the request's usage when it ends.
-    pub async fn admit(
-        &self,
-        key: &ApiKey,
-        endpoint: &'static str,
-        model: &str,
-    ) -> Result<Metered, ApiError> {
-        if !self.bus.is_connected() {
-            // Answer now rather than after the request timeout: nothing can reach a model
-            // until the connection is back (it reconnects within a second of NATS).
-            self.metrics.reject("bus_down");
-            return Err(ApiError::unavailable(
-                "the gateway has lost its connection to the message bus; retry shortly",
-                Duration::from_secs(1),
-            ));
-        }
-        let Ok(slot) = self.in_flight.clone().try_acquire_owned() else {
-            self.metrics.reject("in_flight");
-            return Err(ApiError::rate_limited(
-                "gateway_busy",
-                format!(
-                    "the gateway is answering its limit of {} requests; retry shortly",
-                    self.max_in_flight
-                ),
-                Duration::from_secs(1),
-            ));
-        };
-        self.limits.admit(key).await?;
-        Ok(Metered::new(
-            self.usage.clone(),
-            self.limits.clone(),
-            slot,
-            key.id,
-            endpoint,
-            model,
-        ))
-    }
-
-    /// The answer for a failed upstream call of an admitted request.
-    pub fn upstream_failed(&self, metered: &mut Metered, error: impl Into<ApiError>) -> ApiError {
-        let error = error.into();
-        if error.status().as_u16() == 429 {
-            self.metrics.reject("upstream_overloaded");
-        }
-        metered.finish(error.status().as_u16());
-        error
-    }
 }
 
 /// Serves the API until `shutdown` is cancelled, then stops taking connections, lets
@@ -177,12 +124,15 @@ pub async fn run(
         bus: ctx.bus().clone(),
         store: store.clone(),
         keys: Keys::new(store.clone(), cache),
-        limits: Arc::new(Limits::new(store.clone(), cache, metrics.clone())),
-        usage,
+        admission: Admission::new(
+            ctx.bus().clone(),
+            config.max_in_flight,
+            Arc::new(Limits::new(store.clone(), cache, metrics.clone())),
+            usage,
+            metrics.clone(),
+        ),
         metrics,
         replicas,
-        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-        max_in_flight: config.max_in_flight,
         max_body_bytes: config.max_body_bytes,
     });
     let host = ctx.register(DESCRIPTION).await?;

@@ -20,7 +20,7 @@ use tokio::{
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{limits::Limits, metrics::Metrics};
+use crate::{error::ApiError, limits::Limits, metrics::Metrics};
 
 /// Rows written in one insert at most.
 const BATCH: usize = 256;
@@ -136,6 +136,16 @@ impl Metered {
     /// Records how the request ended.
     pub fn finish(&mut self, status: u16) {
         self.status = status;
+    }
+
+    /// Records that a call upstream failed with `error`, and returns the answer for it.
+    pub fn failed(&mut self, error: impl Into<ApiError>) -> ApiError {
+        let error = error.into();
+        if error.status().as_u16() == 429 {
+            self.recorder.metrics.reject("upstream_overloaded");
+        }
+        self.finish(error.status().as_u16());
+        error
     }
 }
 

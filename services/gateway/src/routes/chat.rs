@@ -18,6 +18,7 @@ use crate::{
     },
     http::{Caller, Connection, JsonBody},
     keys::Scope,
+    pipeline::{ChatPipeline, ChatTurn},
 };
 
 /// A chat completion request. Fields OpenAI defines that SloughGPT does not support
@@ -387,16 +388,18 @@ pub async fn create(
         n: request.n,
         logprobs: request.logprobs,
     };
-    let requests = std::slice::from_ref(&request);
-    let answer = generation::answer(
-        &state,
-        connection,
-        &key,
-        "chat.completions",
-        requests,
-        stream.as_ref(),
-        format,
-    );
+    let mut metered = state
+        .admission
+        .admit(&key, "chat.completions", &body.model)
+        .await?;
+    let turn = ChatTurn {
+        generation: request.clone(),
+    };
+    let generation = ChatPipeline::new(&state)
+        .run(turn)
+        .await
+        .map_err(|err| metered.failed(err))?;
+    let answer = generation::answer(generation, connection, metered, stream.as_ref(), format);
     let (choices, usage) = match answer.await? {
         Answer::Streamed(response) => return Ok(response),
         Answer::Collected(choices, usage) => (choices, usage),

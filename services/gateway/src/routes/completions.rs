@@ -320,15 +320,14 @@ pub async fn create(
         logprobs,
         offsets: Vec::new(),
     };
-    let answer = generation::answer(
-        &state,
-        connection,
-        &key,
-        "completions",
-        &requests,
-        stream.as_ref(),
-        format,
-    );
+    let mut metered = state
+        .admission
+        .admit(&key, "completions", &body.model)
+        .await?;
+    let generation = generation::open_all(&state, &requests)
+        .await
+        .map_err(|err| metered.failed(err))?;
+    let answer = generation::answer(generation, connection, metered, stream.as_ref(), format);
     let (choices, usage) = match answer.await? {
         Answer::Streamed(response) => return Ok(response),
         Answer::Collected(choices, usage) => (choices, usage),

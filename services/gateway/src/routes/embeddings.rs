@@ -140,11 +140,14 @@ pub async fn create(
         ));
     }
     key.allow_model(&body.model)?;
-    let mut metered = state.admit(&key, "embeddings", &body.model).await?;
+    let mut metered = state
+        .admission
+        .admit(&key, "embeddings", &body.model)
+        .await?;
     let truncate = body.truncate.unwrap_or(false);
     let response = embed_in_batches(&state, &body.model, inputs, truncate)
         .await
-        .map_err(|err| state.upstream_failed(&mut metered, err))?;
+        .map_err(|err| metered.failed(err))?;
     metered.add(response.usage);
     let size = response.embeddings.first().map_or(0, Vec::len);
     if let Some(dimensions) = body.dimensions
