@@ -73,6 +73,7 @@ async fn generate(
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
         gen_ai.response.finish_reasons = tracing::field::Empty,
+        slough.queue_ms = tracing::field::Empty,
     );
     async move {
         let Served::Chat(model) = models.get(&request.model).await? else {

@@ -1,6 +1,7 @@
 //! Chat models: a handle that validates and tokenizes requests, and the scheduler
 //! thread it feeds (continuous batching over the [`engine::Engine`]).
 
+pub mod admission;
 pub mod engine;
 pub mod sampler;
 pub mod scheduler;
@@ -204,6 +205,7 @@ impl ChatModel {
             events,
             cancel: cancel.clone(),
             enqueued: Instant::now(),
+            span: tracing::Span::current(),
         };
         if self.jobs.send(job).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    admission::{self, Waiting},
     engine::{Engine, Layout, PrefillCache, Step},
     sampler::{self, Sampler, Settings},
 };
@@ -45,6 +46,9 @@ pub struct Job {
     pub events: mpsc::UnboundedSender<Event>,
     pub cancel: CancellationToken,
     pub enqueued: Instant,
+    /// The request's span: the scheduler's work for it (queueing, prefill) is recorded
+    /// in the request's trace.
+    pub span: tracing::Span,
 }
 
 /// What the scheduler tells a request's handler.
@@ -184,39 +188,31 @@ impl Scheduler {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Admits waiting requests: at least one per turn, then more while their prompts fit
-    /// the prefill budget, so a burst starts together without stalling the running
-    /// streams for long. Their prompts are prefilled in one call (right-padded) unless
-    /// padding would more than double the work.
+    /// Admits waiting requests as [`admission::admit`] decides, and prefills them.
     fn admit(&mut self) {
-        let (mut picked, mut spent, mut sequences) = (Vec::new(), 0, self.running.len());
-        while let Some((_, front)) = self.waiting.front() {
-            let tokens = front.prompt.len();
-            if (!picked.is_empty() && spent + tokens > self.prefill_budget)
-                || sequences + front.n > self.max_batch
-            {
-                break;
-            }
-            spent += tokens;
-            sequences += front.n;
-            picked.extend(self.waiting.pop_front());
-        }
-        if picked.is_empty() {
+        let waiting = self.waiting.iter().map(|(_, job)| Waiting {
+            prompt_tokens: job.prompt.len(),
+            choices: job.n,
+        });
+        let turn = admission::admit(
+            waiting,
+            self.running.len(),
+            self.max_batch,
+            self.prefill_budget,
+        );
+        if turn.count == 0 {
             return;
         }
+        let picked: Vec<(u64, Job)> = self.waiting.drain(..turn.count).collect();
         for (_, job) in &picked {
-            self.metrics
-                .queue_seconds
-                .observe(job.enqueued.elapsed().as_secs_f64());
+            let queued = job.enqueued.elapsed();
+            self.metrics.queue_seconds.observe(queued.as_secs_f64());
+            job.span
+                .record("slough.queue_ms", queued.as_secs_f64() * 1e3);
         }
-        let longest_prompt = picked
-            .iter()
-            .map(|(_, j)| j.prompt.len())
-            .max()
-            .unwrap_or(0);
         let needed = self
             .engine
-            .layout_for(sequences, self.longest().max(longest_prompt + 1));
+            .layout_for(turn.sequences, self.longest().max(turn.longest_prompt + 1));
         let target = match self.layout {
             Some(current) => Layout {
                 rows: current.rows.max(needed.rows),
@@ -232,22 +228,24 @@ impl Scheduler {
             }
             return;
         }
-        let together = picked.len() * longest_prompt <= 2 * spent;
-        let groups: Vec<Vec<(u64, Job)>> = if together {
+        let groups: Vec<Vec<(u64, Job)>> = if turn.together {
             vec![picked]
         } else {
             picked.into_iter().map(|one| vec![one]).collect()
         };
         for group in groups {
-            let started = Instant::now();
             let prompts: Vec<&[u32]> = group.iter().map(|(_, j)| j.prompt.as_slice()).collect();
-            let prefilled = self.engine.prefill(&prompts);
-            tracing::debug!(
+            // A prefill span in the first request's trace, linked from the others'.
+            let span = tracing::info_span!(
+                parent: group.first().map(|(_, job)| job.span.id()).unwrap_or_default(),
+                "gen_ai.prefill",
                 prompts = group.len(),
                 tokens = prompts.iter().map(|p| p.len()).sum::<usize>(),
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "prefill"
             );
+            for (_, job) in group.iter().skip(1) {
+                span.follows_from(job.span.id());
+            }
+            let prefilled = span.in_scope(|| self.engine.prefill(&prompts));
             match prefilled {
                 Ok(prefilled) => {
                     for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
