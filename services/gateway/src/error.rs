@@ -10,6 +10,8 @@ use slough_bus::BusError;
 use slough_protocol::ErrorCode;
 use utoipa::ToSchema;
 
+use crate::keys::KeyError;
+
 /// An error answer. Build it with the constructors, which pick the status and type.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -216,6 +218,27 @@ impl ApiError {
     /// The body's `error` object.
     pub fn object(&self) -> &ErrorObject {
         &self.body
+    }
+}
+
+/// The status of each way an API key can fail.
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            KeyError::Missing | KeyError::Malformed | KeyError::Unknown | KeyError::Revoked => {
+                ApiError::unauthorized(message)
+            }
+            KeyError::MissingScope(_) => ApiError::forbidden("missing_scope", message),
+            KeyError::ModelNotAllowed(_) => {
+                ApiError::forbidden("model_not_allowed", message).with_param("model")
+            }
+            KeyError::NotFound(_) => ApiError::not_found("key_not_found", message),
+            KeyError::Invalid { param, message } => ApiError::invalid(param, message),
+            KeyError::AdminKey(_) | KeyError::AdminKeyFile { .. } | KeyError::Store { .. } => {
+                ApiError::internal("cannot use the API keys", message)
+            }
+        }
     }
 }
 

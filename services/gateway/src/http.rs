@@ -40,7 +40,8 @@ impl FromRequest for Caller {
             .map(|value| value.to_str().unwrap_or("unreadable").to_owned());
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("no application state", "bug"))?;
-            state.keys.authenticate(header.as_deref()).await.map(Caller)
+            let key = state.keys.authenticate(header.as_deref()).await?;
+            Ok(Caller(key))
         })
     }
 }

@@ -111,10 +111,6 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     validate(&config)?;
     let store = ctx.open_store().await?;
-    let admin_key = keys::admin_key_from_env();
-    keys::bootstrap_admin_key(&store, &ctx.common().data_dir, admin_key.as_deref())
-        .await
-        .map_err(ServiceError::Config)?;
     let metrics = Arc::new(Metrics::register(ctx.registry()).map_err(TelemetryError::from)?);
     let (usage, writer) = UsageRecorder::start(store.clone(), config.usage_queue, metrics.clone());
     let cache = Duration::from_millis(config.key_cache_ms);

@@ -398,7 +398,8 @@ impl Supervisor {
 }
 
 /// Makes sure the store holds an admin key (`SLOUGH_ADMIN_KEY`'s, or a generated one,
-/// returned so that it can be printed once).
+/// returned so that it can be printed once). The one place that does it: `slough up`
+/// and `slough run gateway`, before a gateway starts.
 async fn bootstrap_admin_key(settings: &Settings) -> anyhow::Result<Option<String>> {
     let store = slough_store::Store::open(
         settings.common.database_url.as_ref(),
@@ -411,10 +412,18 @@ async fn bootstrap_admin_key(settings: &Settings) -> anyhow::Result<Option<Strin
         &settings.common.data_dir,
         from_env.as_deref(),
     )
-    .await
-    .map_err(anyhow::Error::msg);
+    .await;
     store.close().await;
-    created
+    Ok(created?)
+}
+
+/// The generated first admin key, shown once.
+fn print_new_admin_key(settings: &Settings, key: &str) {
+    println!(
+        "First start: generated an admin API key (shown only now; also in {}):",
+        slough_gateway::keys::admin_key_path(&settings.common.data_dir).display()
+    );
+    println!("  {key}");
 }
 
 fn print_banner(
@@ -442,11 +451,7 @@ fn print_banner(
         println!("    {:<12} {}", service.kind().name(), service.admin_url());
     }
     if let Some(key) = new_admin_key {
-        println!(
-            "First start: generated an admin API key (shown only now; also in {}):",
-            slough_gateway::keys::admin_key_path(&settings.common.data_dir).display()
-        );
-        println!("  {key}");
+        print_new_admin_key(settings, key);
     }
     println!("Press Ctrl-C to stop.");
 }
@@ -597,6 +602,11 @@ fn bench_nats_store(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
 /// `slough run <service>`.
 async fn run(settings: Settings, kind: ServiceKind) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
+    if kind == ServiceKind::Gateway
+        && let Some(key) = bootstrap_admin_key(&settings).await?
+    {
+        print_new_admin_key(&settings, &key);
+    }
     let failed = CancellationToken::new();
     let service = ServiceHandle::start(kind, &settings, &nats_url, failed.clone()).await?;
     println!(

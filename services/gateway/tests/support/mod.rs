@@ -86,6 +86,14 @@ impl Platform {
             ..CommonConfig::default()
         };
         let url = format!("http://{}", gateway.listen);
+        // As the slough command does before it starts a gateway: the first admin key.
+        let store = slough_store::Store::open(common.database_url.as_ref(), data.path())
+            .await
+            .expect("the gateway's store");
+        slough_gateway::keys::bootstrap_admin_key(&store, data.path(), None)
+            .await
+            .expect("an admin key");
+        store.close().await;
         let inference_config = inference.clone();
         let inference = start_inference(&common, &nats, inference).await;
         let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
