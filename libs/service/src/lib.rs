@@ -24,12 +24,21 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] slough_store::StoreError),
-    /// A setting is out of range; the message names it.
+    /// A setting is out of range; the message names it. Only for settings.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// nats-server could not be started.
     #[error("{0}")]
     NatsServer(String),
+    /// The service's task panicked.
+    #[error("{service} panicked: {reason}")]
+    Panicked { service: String, reason: String },
+    /// The service did not stop within the time it was given.
+    #[error("{service} did not stop within {limit:?}")]
+    StopTimeout {
+        service: String,
+        limit: std::time::Duration,
+    },
     /// A listener could not be bound or a file could not be written.
     #[error("{context}: {source}")]
     Io {

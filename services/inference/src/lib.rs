@@ -44,7 +44,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| data_dir.join("models"));
     let metrics = metrics::Metrics::register(ctx.registry())
-        .map_err(|err| ServiceError::Config(format!("cannot register metrics: {err}")))?;
+        .map_err(slough_telemetry::TelemetryError::from)?;
     let runtime = runtime::Runtime::load(&config.runtime, &data_dir).map_err(|err| err.to_string());
     if let Err(err) = &runtime {
         // Serve anyway, unready, so that the operator sees why in the status.

@@ -80,9 +80,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let timing = config.timing()?;
-    let metrics = tracker::TrackerMetrics::register(ctx.registry()).map_err(|err| {
-        ServiceError::Config(format!("cannot register monitoring metrics: {err}"))
-    })?;
+    let metrics = tracker::TrackerMetrics::register(ctx.registry())
+        .map_err(slough_telemetry::TelemetryError::from)?;
     let (snapshots, latest) = watch::channel(slough_protocol::status::StatusReport {
         swept_at: None,
         instances: Vec::new(),

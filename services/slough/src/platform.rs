@@ -77,12 +77,14 @@ impl ServiceHandle {
         let kind = self.kind;
         match tokio::time::timeout(limit, self.task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join_error)) => Err(ServiceError::Config(format!(
-                "{kind} panicked: {join_error}"
-            ))),
-            Err(_) => Err(ServiceError::Config(format!(
-                "{kind} did not stop within {limit:?}"
-            ))),
+            Ok(Err(join_error)) => Err(ServiceError::Panicked {
+                service: kind.to_string(),
+                reason: join_error.to_string(),
+            }),
+            Err(_) => Err(ServiceError::StopTimeout {
+                service: kind.to_string(),
+                limit,
+            }),
         }
     }
 }
