@@ -109,34 +109,20 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
             &[outputs as i64],
             &weights.f32(&format!("{prefix}{name}.bias"), &[outputs])?,
         );
-        let product = g
-            .node(
-                "",
-                "MatMul",
-                &format!("{name}/matmul"),
-                &[input, &w],
-                1,
-                &[],
-            )
-            .remove(0);
-        Ok(
-            g.node("", "Add", &format!("{name}/bias"), &[&product, &b], 1, &[])
-                .remove(0),
-        )
+        let product = g.op("", "MatMul", &format!("{name}/matmul"), &[input, &w], &[]);
+        Ok(g.op("", "Add", &format!("{name}/bias"), &[&product, &b], &[]))
     };
     let eps = Attr::Float(config.layer_norm_eps);
     let layer_norm = |g: &mut GraphBuilder, name: &str, input: &str| -> Result<String, BertError> {
         let gamma = weight(g, &format!("{name}.weight"), &[h])?;
         let beta = weight(g, &format!("{name}.bias"), &[h])?;
-        Ok(g.node(
+        Ok(g.op(
             "",
             "LayerNormalization",
             name,
             &[input, &gamma, &beta],
-            1,
             &[("axis", Attr::Int(-1)), ("epsilon", eps.clone())],
-        )
-        .remove(0))
+        ))
     };
 
     let batch = || Dim::Named("batch".into());
@@ -175,87 +161,53 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
     let type0 = g.initializer_f32("embeddings.type0", &[h as i64], &types[..h]);
     let zero = g.initializer_i64("const.zero", &[], &[0]);
     let one = g.initializer_i64("const.one", &[], &[1]);
-    let shape = g
-        .node("", "Shape", "ids/shape", &["input_ids"], 1, &[])
-        .remove(0);
-    let length = g
-        .node(
-            "",
-            "Gather",
-            "ids/length",
-            &[&shape, &one],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let position_ids = g
-        .node(
-            "",
-            "Range",
-            "ids/positions",
-            &[&zero, &length, &one],
-            1,
-            &[],
-        )
-        .remove(0);
-    let word_vectors = g
-        .node(
-            "",
-            "Gather",
-            "embed/words",
-            &[&words, "input_ids"],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let position_vectors = g
-        .node(
-            "",
-            "Gather",
-            "embed/positions",
-            &[&positions, &position_ids],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let summed = g
-        .node(
-            "",
-            "Add",
-            "embed/sum",
-            &[&word_vectors, &position_vectors],
-            1,
-            &[],
-        )
-        .remove(0);
-    let summed = g
-        .node("", "Add", "embed/type", &[&summed, &type0], 1, &[])
-        .remove(0);
+    let shape = g.op("", "Shape", "ids/shape", &["input_ids"], &[]);
+    let length = g.op(
+        "",
+        "Gather",
+        "ids/length",
+        &[&shape, &one],
+        &[("axis", Attr::Int(0))],
+    );
+    let position_ids = g.op("", "Range", "ids/positions", &[&zero, &length, &one], &[]);
+    let word_vectors = g.op(
+        "",
+        "Gather",
+        "embed/words",
+        &[&words, "input_ids"],
+        &[("axis", Attr::Int(0))],
+    );
+    let position_vectors = g.op(
+        "",
+        "Gather",
+        "embed/positions",
+        &[&positions, &position_ids],
+        &[("axis", Attr::Int(0))],
+    );
+    let summed = g.op(
+        "",
+        "Add",
+        "embed/sum",
+        &[&word_vectors, &position_vectors],
+        &[],
+    );
+    let summed = g.op("", "Add", "embed/type", &[&summed, &type0], &[]);
     let mut x = layer_norm(&mut g, "embeddings.LayerNorm", &summed)?;
 
     // Additive mask [batch, 1, 1, sequence]: 0 where attended, a large negative elsewhere.
-    let mask = g
-        .node(
-            "",
-            "Cast",
-            "mask/float",
-            &["attention_mask"],
-            1,
-            &[("to", Attr::Int(DataType::Float as i64))],
-        )
-        .remove(0);
+    let mask = g.op(
+        "",
+        "Cast",
+        "mask/float",
+        &["attention_mask"],
+        &[("to", Attr::Int(DataType::Float as i64))],
+    );
     let one_f = g.initializer_f32("const.one_f", &[], &[1.0]);
-    let inverted = g
-        .node("", "Sub", "mask/inverted", &[&one_f, &mask], 1, &[])
-        .remove(0);
+    let inverted = g.op("", "Sub", "mask/inverted", &[&one_f, &mask], &[]);
     let big = g.initializer_f32("const.mask_value", &[], &[-1e9]);
-    let bias = g
-        .node("", "Mul", "mask/bias", &[&inverted, &big], 1, &[])
-        .remove(0);
+    let bias = g.op("", "Mul", "mask/bias", &[&inverted, &big], &[]);
     let axes12 = g.initializer_i64("const.axes12", &[2], &[1, 2]);
-    let bias = g
-        .node("", "Unsqueeze", "mask/bias4", &[&bias, &axes12], 1, &[])
-        .remove(0);
+    let bias = g.op("", "Unsqueeze", "mask/bias4", &[&bias, &axes12], &[]);
 
     let split_heads = g.initializer_i64("const.split_heads", &[4], &[0, 0, heads, head_dim]);
     let merge_heads = g.initializer_i64("const.merge_heads", &[3], &[0, 0, h as i64]);
@@ -263,25 +215,20 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
     for i in 0..config.num_hidden_layers {
         let p = format!("encoder.layer.{i}");
         let heads_of = |g: &mut GraphBuilder, name: &str, input: &str, perm: &[i64]| {
-            let split = g
-                .node(
-                    "",
-                    "Reshape",
-                    &format!("{name}/split"),
-                    &[input, &split_heads],
-                    1,
-                    &[],
-                )
-                .remove(0);
-            g.node(
+            let split = g.op(
+                "",
+                "Reshape",
+                &format!("{name}/split"),
+                &[input, &split_heads],
+                &[],
+            );
+            g.op(
                 "",
                 "Transpose",
                 &format!("{name}/heads"),
                 &[&split],
-                1,
                 &[("perm", Attr::Ints(perm.to_vec()))],
             )
-            .remove(0)
         };
         let q = linear(&mut g, &format!("{p}.attention.self.query"), &x, h, h)?;
         let k = linear(&mut g, &format!("{p}.attention.self.key"), &x, h, h)?;
@@ -289,55 +236,31 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
         let q = heads_of(&mut g, &format!("{p}/q"), &q, &[0, 2, 1, 3]);
         let k = heads_of(&mut g, &format!("{p}/k"), &k, &[0, 2, 3, 1]);
         let v = heads_of(&mut g, &format!("{p}/v"), &v, &[0, 2, 1, 3]);
-        let scores = g
-            .node("", "MatMul", &format!("{p}/scores"), &[&q, &k], 1, &[])
-            .remove(0);
-        let scores = g
-            .node(
-                "",
-                "Mul",
-                &format!("{p}/scaled"),
-                &[&scores, &scale],
-                1,
-                &[],
-            )
-            .remove(0);
-        let scores = g
-            .node("", "Add", &format!("{p}/masked"), &[&scores, &bias], 1, &[])
-            .remove(0);
-        let probs = g
-            .node(
-                "",
-                "Softmax",
-                &format!("{p}/probs"),
-                &[&scores],
-                1,
-                &[("axis", Attr::Int(-1))],
-            )
-            .remove(0);
-        let context = g
-            .node("", "MatMul", &format!("{p}/context"), &[&probs, &v], 1, &[])
-            .remove(0);
-        let context = g
-            .node(
-                "",
-                "Transpose",
-                &format!("{p}/context_t"),
-                &[&context],
-                1,
-                &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-            )
-            .remove(0);
-        let context = g
-            .node(
-                "",
-                "Reshape",
-                &format!("{p}/context_merged"),
-                &[&context, &merge_heads],
-                1,
-                &[],
-            )
-            .remove(0);
+        let scores = g.op("", "MatMul", &format!("{p}/scores"), &[&q, &k], &[]);
+        let scores = g.op("", "Mul", &format!("{p}/scaled"), &[&scores, &scale], &[]);
+        let scores = g.op("", "Add", &format!("{p}/masked"), &[&scores, &bias], &[]);
+        let probs = g.op(
+            "",
+            "Softmax",
+            &format!("{p}/probs"),
+            &[&scores],
+            &[("axis", Attr::Int(-1))],
+        );
+        let context = g.op("", "MatMul", &format!("{p}/context"), &[&probs, &v], &[]);
+        let context = g.op(
+            "",
+            "Transpose",
+            &format!("{p}/context_t"),
+            &[&context],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let context = g.op(
+            "",
+            "Reshape",
+            &format!("{p}/context_merged"),
+            &[&context, &merge_heads],
+            &[],
+        );
         let attended = linear(
             &mut g,
             &format!("{p}.attention.output.dense"),
@@ -345,82 +268,53 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
             h,
             h,
         )?;
-        let residual = g
-            .node(
-                "",
-                "Add",
-                &format!("{p}/attn_residual"),
-                &[&attended, &x],
-                1,
-                &[],
-            )
-            .remove(0);
+        let residual = g.op(
+            "",
+            "Add",
+            &format!("{p}/attn_residual"),
+            &[&attended, &x],
+            &[],
+        );
         x = layer_norm(
             &mut g,
             &format!("{p}.attention.output.LayerNorm"),
             &residual,
         )?;
         let up = linear(&mut g, &format!("{p}.intermediate.dense"), &x, h, ffn)?;
-        let act = g
-            .node(
-                "",
-                "Gelu",
-                &format!("{p}/gelu"),
-                &[&up],
-                1,
-                &[("approximate", Attr::String("none".into()))],
-            )
-            .remove(0);
+        let act = g.op(
+            "",
+            "Gelu",
+            &format!("{p}/gelu"),
+            &[&up],
+            &[("approximate", Attr::String("none".into()))],
+        );
         let down = linear(&mut g, &format!("{p}.output.dense"), &act, ffn, h)?;
-        let residual = g
-            .node(
-                "",
-                "Add",
-                &format!("{p}/ffn_residual"),
-                &[&down, &x],
-                1,
-                &[],
-            )
-            .remove(0);
+        let residual = g.op("", "Add", &format!("{p}/ffn_residual"), &[&down, &x], &[]);
         x = layer_norm(&mut g, &format!("{p}.output.LayerNorm"), &residual)?;
     }
 
     // Mean over attended tokens: Σ h·m / max(Σ m, 1e-9); then unit length.
     let axis_last = g.initializer_i64("const.axis_last", &[1], &[-1]);
     let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
-    let weights3 = g
-        .node("", "Unsqueeze", "pool/mask3", &[&mask, &axis_last], 1, &[])
-        .remove(0);
-    let masked = g
-        .node("", "Mul", "pool/masked", &[&x, &weights3], 1, &[])
-        .remove(0);
-    let sums = g
-        .node(
-            "",
-            "ReduceSum",
-            "pool/sums",
-            &[&masked, &axis1],
-            1,
-            &[("keepdims", Attr::Int(0))],
-        )
-        .remove(0);
-    let counts = g
-        .node(
-            "",
-            "ReduceSum",
-            "pool/counts",
-            &[&weights3, &axis1],
-            1,
-            &[("keepdims", Attr::Int(0))],
-        )
-        .remove(0);
+    let weights3 = g.op("", "Unsqueeze", "pool/mask3", &[&mask, &axis_last], &[]);
+    let masked = g.op("", "Mul", "pool/masked", &[&x, &weights3], &[]);
+    let sums = g.op(
+        "",
+        "ReduceSum",
+        "pool/sums",
+        &[&masked, &axis1],
+        &[("keepdims", Attr::Int(0))],
+    );
+    let counts = g.op(
+        "",
+        "ReduceSum",
+        "pool/counts",
+        &[&weights3, &axis1],
+        &[("keepdims", Attr::Int(0))],
+    );
     let floor = g.initializer_f32("const.min_count", &[], &[1e-9]);
-    let counts = g
-        .node("", "Max", "pool/counts_floor", &[&counts, &floor], 1, &[])
-        .remove(0);
-    let mean = g
-        .node("", "Div", "pool/mean", &[&sums, &counts], 1, &[])
-        .remove(0);
+    let counts = g.op("", "Max", "pool/counts_floor", &[&counts, &floor], &[]);
+    let mean = g.op("", "Div", "pool/mean", &[&sums, &counts], &[]);
     g.node_named(
         "",
         "LpNormalization",

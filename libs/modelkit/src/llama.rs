@@ -455,52 +455,36 @@ fn build(
     // seqlens_k = sum(mask) − 1 per row; total_sequence_length = mask width.
     let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
     let one = g.initializer_i64("const.one", &[], &[1]);
-    let lengths = g
-        .node(
-            "",
-            "ReduceSum",
-            "mask/lengths",
-            &["attention_mask", &axis1],
-            1,
-            &[("keepdims", Attr::Int(0))],
-        )
-        .remove(0);
-    let last = g
-        .node("", "Sub", "mask/last", &[&lengths, &one], 1, &[])
-        .remove(0);
-    let seqlens_k = g
-        .node(
-            "",
-            "Cast",
-            "mask/seqlens_k",
-            &[&last],
-            1,
-            &[("to", Attr::Int(DataType::Int32 as i64))],
-        )
-        .remove(0);
-    let shape = g
-        .node("", "Shape", "mask/shape", &["attention_mask"], 1, &[])
-        .remove(0);
-    let width = g
-        .node(
-            "",
-            "Gather",
-            "mask/width",
-            &[&shape, &one],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let total = g
-        .node(
-            "",
-            "Cast",
-            "mask/total",
-            &[&width],
-            1,
-            &[("to", Attr::Int(DataType::Int32 as i64))],
-        )
-        .remove(0);
+    let lengths = g.op(
+        "",
+        "ReduceSum",
+        "mask/lengths",
+        &["attention_mask", &axis1],
+        &[("keepdims", Attr::Int(0))],
+    );
+    let last = g.op("", "Sub", "mask/last", &[&lengths, &one], &[]);
+    let seqlens_k = g.op(
+        "",
+        "Cast",
+        "mask/seqlens_k",
+        &[&last],
+        &[("to", Attr::Int(DataType::Int32 as i64))],
+    );
+    let shape = g.op("", "Shape", "mask/shape", &["attention_mask"], &[]);
+    let width = g.op(
+        "",
+        "Gather",
+        "mask/width",
+        &[&shape, &one],
+        &[("axis", Attr::Int(0))],
+    );
+    let total = g.op(
+        "",
+        "Cast",
+        "mask/total",
+        &[&width],
+        &[("to", Attr::Int(DataType::Int32 as i64))],
+    );
 
     let (cos, sin) = rotary_caches(config);
     let half = (config.head_dim / 2) as i64;
@@ -520,27 +504,23 @@ fn build(
     for i in 0..config.layers {
         let attn_norm = norm(&mut g, weights, Weight::AttnNorm(i), hidden_size)?;
         hidden = match pending.take() {
-            None => g
-                .node(
-                    "",
-                    "SimplifiedLayerNormalization",
-                    &format!("l{i}/attn_norm"),
-                    &[&residual, &attn_norm],
-                    1,
-                    &rms_attrs(config),
-                )
-                .remove(0),
+            None => g.op(
+                "",
+                "SimplifiedLayerNormalization",
+                &format!("l{i}/attn_norm"),
+                &[&residual, &attn_norm],
+                &rms_attrs(config),
+            ),
             Some(mlp) => {
-                let mut outs = g.node(
+                let [normed, _, _, sum] = g.node(
                     MS_DOMAIN,
                     "SkipSimplifiedLayerNormalization",
                     &format!("l{i}/attn_norm"),
                     &[&mlp, &residual, &attn_norm],
-                    4,
                     &[("epsilon", Attr::Float(config.rms_eps))],
                 );
-                residual = outs.remove(3);
-                outs.remove(0)
+                residual = sum;
+                normed
             }
         };
 
@@ -594,16 +574,14 @@ fn build(
         let o = matmul(&mut g, &format!("l{i}/o_proj"), &attn_out, &o, layer_opts);
 
         let ffn_norm = norm(&mut g, weights, Weight::FfnNorm(i), hidden_size)?;
-        let mut outs = g.node(
+        let [normed, _, _, sum] = g.node(
             MS_DOMAIN,
             "SkipSimplifiedLayerNormalization",
             &format!("l{i}/ffn_norm"),
             &[&o, &residual, &ffn_norm],
-            4,
             &[("epsilon", Attr::Float(config.rms_eps))],
         );
-        residual = outs.remove(3);
-        let normed = outs.remove(0);
+        residual = sum;
 
         // Gate and up in one matmul, then split.
         let gate_up = fused_matmul(
@@ -621,25 +599,16 @@ fn build(
             &[2],
             &[config.ffn as i64, config.ffn as i64],
         );
-        let mut halves = g.node(
+        let [gate, up] = g.node(
             "",
             "Split",
             &format!("l{i}/gate_up/split"),
             &[&gate_up, &halves],
-            2,
             &[("axis", Attr::Int(-1))],
         );
-        let up = halves.remove(1);
-        let gate = halves.remove(0);
-        let sigmoid = g
-            .node("", "Sigmoid", &format!("l{i}/sigmoid"), &[&gate], 1, &[])
-            .remove(0);
-        let silu = g
-            .node("", "Mul", &format!("l{i}/silu"), &[&gate, &sigmoid], 1, &[])
-            .remove(0);
-        let act = g
-            .node("", "Mul", &format!("l{i}/swiglu"), &[&silu, &up], 1, &[])
-            .remove(0);
+        let sigmoid = g.op("", "Sigmoid", &format!("l{i}/sigmoid"), &[&gate], &[]);
+        let silu = g.op("", "Mul", &format!("l{i}/silu"), &[&gate, &sigmoid], &[]);
+        let act = g.op("", "Mul", &format!("l{i}/swiglu"), &[&silu, &up], &[]);
         let down = stored(required(weights, Weight::Down(i), hidden_size, config.ffn)?)?;
         pending = Some(matmul(
             &mut g,
@@ -655,57 +624,37 @@ fn build(
         // mlp output and the residual there). A row's last position in this input is
         // its length − 1 − (mask width − input width): right-padded prompts prefilled
         // together each get their own; decode rows shorter than the longest clip to 0.
-        let ids_shape = g
-            .node("", "Shape", "last/ids_shape", &["input_ids"], 1, &[])
-            .remove(0);
-        let sequence = g
-            .node(
-                "",
-                "Gather",
-                "last/sequence",
-                &[&ids_shape, &one],
-                1,
-                &[("axis", Attr::Int(0))],
-            )
-            .remove(0);
-        let past = g
-            .node("", "Sub", "last/past", &[&width, &sequence], 1, &[])
-            .remove(0);
-        let position = g
-            .node("", "Sub", "last/position", &[&last, &past], 1, &[])
-            .remove(0);
-        let highest = g
-            .node("", "Sub", "last/highest", &[&sequence, &one], 1, &[])
-            .remove(0);
+        let ids_shape = g.op("", "Shape", "last/ids_shape", &["input_ids"], &[]);
+        let sequence = g.op(
+            "",
+            "Gather",
+            "last/sequence",
+            &[&ids_shape, &one],
+            &[("axis", Attr::Int(0))],
+        );
+        let past = g.op("", "Sub", "last/past", &[&width, &sequence], &[]);
+        let position = g.op("", "Sub", "last/position", &[&last, &past], &[]);
+        let highest = g.op("", "Sub", "last/highest", &[&sequence, &one], &[]);
         let zero = g.initializer_i64("const.zero", &[], &[0]);
-        let position = g
-            .node(
-                "",
-                "Clip",
-                "last/clipped",
-                &[&position, &zero, &highest],
-                1,
-                &[],
-            )
-            .remove(0);
+        let position = g.op(
+            "",
+            "Clip",
+            "last/clipped",
+            &[&position, &zero, &highest],
+            &[],
+        );
         let column = g.initializer_i64("last.column", &[3], &[-1, 1, 1]);
-        let position = g
-            .node("", "Reshape", "last/column", &[&position, &column], 1, &[])
-            .remove(0);
+        let position = g.op("", "Reshape", "last/column", &[&position, &column], &[]);
         let across = g.initializer_i64("last.across", &[3], &[1, 1, config.hidden as i64]);
-        let index = g
-            .node("", "Expand", "last/index", &[&position, &across], 1, &[])
-            .remove(0);
+        let index = g.op("", "Expand", "last/index", &[&position, &across], &[]);
         let pick = |g: &mut GraphBuilder, tensor: &str, label: &str| {
-            g.node(
+            g.op(
                 "",
                 "GatherElements",
                 &format!("last/{label}"),
                 &[tensor, &index],
-                1,
                 &[("axis", Attr::Int(1))],
             )
-            .remove(0)
         };
         residual = pick(&mut g, &residual, "residual");
         if let Some(mlp) = pending.take() {
@@ -715,16 +664,13 @@ fn build(
         }
     }
     if let Some(mlp) = pending {
-        hidden = g
-            .node(
-                MS_DOMAIN,
-                "SkipSimplifiedLayerNormalization",
-                "final_norm",
-                &[&mlp, &residual, &output_norm],
-                1,
-                &[("epsilon", Attr::Float(config.rms_eps))],
-            )
-            .remove(0);
+        hidden = g.op(
+            MS_DOMAIN,
+            "SkipSimplifiedLayerNormalization",
+            "final_norm",
+            &[&mlp, &residual, &output_norm],
+            &[("epsilon", Attr::Float(config.rms_eps))],
+        );
     }
     let lm_head = match weights.matrix(Weight::LmHead, config.vocab_size, hidden_size)? {
         Some(separate) => stored(separate)?,
@@ -798,9 +744,7 @@ fn fused_matmul(
             .map(|(j, part)| matmul(g, &format!("{name}.{j}"), input, part, options))
             .collect();
         let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-        return g
-            .node("", "Concat", name, &outputs, 1, &[("axis", Attr::Int(-1))])
-            .remove(0);
+        return g.op("", "Concat", name, &outputs, &[("axis", Attr::Int(-1))]);
     }
     let mut parts = parts.into_iter();
     let Some(first) = parts.next() else {
@@ -859,8 +803,7 @@ fn matmul(
         &[k as i64, n as i64],
         &transposed,
     );
-    g.node("", "MatMul", name, &[input, &weight], 1, &[])
-        .remove(0)
+    g.op("", "MatMul", name, &[input, &weight], &[])
 }
 
 /// The token embedding: int8 blocks read by `GatherBlockQuantized`, else a float table
@@ -880,35 +823,30 @@ fn embed(g: &mut GraphBuilder, table: &Matrix) -> String {
                 &[v, h / nbits::BLOCK as i64],
                 &blocks.scales,
             );
-            return g
-                .node(
-                    MS_DOMAIN,
-                    "GatherBlockQuantized",
-                    "embed",
-                    &[&data, "input_ids", &scales],
-                    1,
-                    &[
-                        ("bits", Attr::Int(8)),
-                        ("block_size", Attr::Int(nbits::BLOCK as i64)),
-                        ("gather_axis", Attr::Int(0)),
-                        ("quantize_axis", Attr::Int(1)),
-                    ],
-                )
-                .remove(0);
+            return g.op(
+                MS_DOMAIN,
+                "GatherBlockQuantized",
+                "embed",
+                &[&data, "input_ids", &scales],
+                &[
+                    ("bits", Attr::Int(8)),
+                    ("block_size", Attr::Int(nbits::BLOCK as i64)),
+                    ("gather_axis", Attr::Int(0)),
+                    ("quantize_axis", Attr::Int(1)),
+                ],
+            );
         }
         Matrix::Blocks(blocks) => (blocks.n, blocks.k, blocks.dequantize()),
         Matrix::Float { n, k, values } => (*n, *k, values.clone()),
     };
     let table = g.initializer_f32("token_embd.weight", &[n as i64, k as i64], &values);
-    g.node(
+    g.op(
         "",
         "Gather",
         "embed",
         &[&table, "input_ids"],
-        1,
         &[("axis", Attr::Int(0))],
     )
-    .remove(0)
 }
 
 fn norm(

@@ -89,21 +89,43 @@ impl GraphBuilder {
         self.initializer(name, DataType::Int64, dims, raw)
     }
 
-    /// Adds a node of `op_type` in `domain` (`""` for standard ONNX, [`MS_DOMAIN`] for
-    /// contrib ops) named `name`, reading `inputs` (`""` for an absent optional input);
-    /// returns its `outputs` output names, `<name>/out<k>`.
-    pub fn node(
+    /// Adds a node with one output, the usual case (see [`GraphBuilder::node`]);
+    /// returns the output's name.
+    pub fn op(
         &mut self,
         domain: &str,
         op_type: &str,
         name: &str,
         inputs: &[&str],
-        outputs: usize,
         attributes: &[(&str, Attr)],
-    ) -> Vec<String> {
-        let output_names: Vec<String> = (0..outputs).map(|k| format!("{name}/out{k}")).collect();
-        self.node_named(domain, op_type, name, inputs, &output_names, attributes);
-        output_names
+    ) -> String {
+        let output = format!("{name}/out0");
+        self.node_named(
+            domain,
+            op_type,
+            name,
+            inputs,
+            std::slice::from_ref(&output),
+            attributes,
+        );
+        output
+    }
+
+    /// Adds a node of `op_type` in `domain` (`""` for standard ONNX, [`MS_DOMAIN`] for
+    /// contrib ops) named `name`, reading `inputs` (`""` for an absent optional input);
+    /// returns its `N` output names, `<name>/out<k>`, to destructure
+    /// (`let [normed, _, _, residual] = g.node(...)`).
+    pub fn node<const N: usize>(
+        &mut self,
+        domain: &str,
+        op_type: &str,
+        name: &str,
+        inputs: &[&str],
+        attributes: &[(&str, Attr)],
+    ) -> [String; N] {
+        let outputs: [String; N] = std::array::from_fn(|k| format!("{name}/out{k}"));
+        self.node_named(domain, op_type, name, inputs, &outputs, attributes);
+        outputs
     }
 
     /// Like [`GraphBuilder::node`], with the output names given (graph outputs,

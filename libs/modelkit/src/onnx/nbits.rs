@@ -183,16 +183,13 @@ fn matmul_8bit(
             }
         }
     }
-    let doubled = graph
-        .node(
-            "",
-            "Concat",
-            &format!("{name}/doubled"),
-            &[input, input],
-            1,
-            &[("axis", Attr::Int(-1))],
-        )
-        .remove(0);
+    let doubled = graph.op(
+        "",
+        "Concat",
+        &format!("{name}/doubled"),
+        &[input, input],
+        &[("axis", Attr::Int(-1))],
+    );
     let product = nbits_node(graph, name, &doubled, &split, options);
     let eights: Vec<f32> = weight.scales.iter().map(|d| 8.0 * d).collect();
     add_block_term(graph, name, input, weight, &eights, &product)
@@ -242,9 +239,7 @@ fn nbits_node(
     } else {
         &inputs[..]
     };
-    graph
-        .node(MS_DOMAIN, "MatMulNBits", name, inputs, 1, &attributes)
-        .remove(0)
+    graph.op(MS_DOMAIN, "MatMulNBits", name, inputs, &attributes)
 }
 
 /// `product + Σ_blocks (Σ_{k∈block} a_k)·m[n, block]`: a per-block constant `m` of the
@@ -276,36 +271,27 @@ fn add_block_term(
         &[k_blocks as i64, weight.n as i64],
         &transposed,
     );
-    let sums = graph
-        .node(
-            "",
-            "MatMul",
-            &format!("{name}/block_sums"),
-            &[input, &selector],
-            1,
-            &[],
-        )
-        .remove(0);
-    let offset = graph
-        .node(
-            "",
-            "MatMul",
-            &format!("{name}/block_term"),
-            &[&sums, &transposed],
-            1,
-            &[],
-        )
-        .remove(0);
-    graph
-        .node(
-            "",
-            "Add",
-            &format!("{name}/with_block_term"),
-            &[product, &offset],
-            1,
-            &[],
-        )
-        .remove(0)
+    let sums = graph.op(
+        "",
+        "MatMul",
+        &format!("{name}/block_sums"),
+        &[input, &selector],
+        &[],
+    );
+    let offset = graph.op(
+        "",
+        "MatMul",
+        &format!("{name}/block_term"),
+        &[&sums, &transposed],
+        &[],
+    );
+    graph.op(
+        "",
+        "Add",
+        &format!("{name}/with_block_term"),
+        &[product, &offset],
+        &[],
+    )
 }
 
 #[cfg(test)]
