@@ -392,23 +392,61 @@ fn required(
         .ok_or_else(|| BuildError::Unsupported(format!("the source has no {weight:?} matrix")))
 }
 
+/// Builds the decoder graph, block by block: inputs and outputs, the mask helpers, the
+/// embedding, each layer (attention, then MLP, their norms fused with the residual
+/// adds), the last positions, the final norm and the lm_head.
 fn build(
     config: &LlamaConfig,
     weights: &dyn Weights,
     options: BuildOptions,
 ) -> Result<Vec<u8>, BuildError> {
     let mut g = GraphBuilder::new("llama");
-    let batch = || Dim::Named("batch".into());
-    let layer_opts = MatMulOptions {
-        accuracy_level: options.accuracy_level,
+    declare_io(&mut g, config, options);
+    let mask = Mask::build(&mut g);
+    let (cos, sin) = rotary(&mut g, config);
+    let mut decoder = Decoder {
+        g,
+        config,
+        weights,
+        options,
+        mask,
+        cos,
+        sin,
     };
-    let stored = |m: Matrix| store(m, options.float_weights);
-    let (hidden_size, q_rows, kv_rows) = (
-        config.hidden,
-        config.heads * config.head_dim,
-        config.kv_heads * config.head_dim,
-    );
 
+    let embedding = required(weights, Weight::Embedding, config.vocab_size, config.hidden)?;
+    let embedding = match embedding {
+        Matrix::Float { .. } if options.float_weights != FloatWeights::Fp32 => {
+            store(embedding, FloatWeights::Int8)?
+        }
+        other => other,
+    };
+    let mut stream = Residual {
+        residual: embed(&mut decoder.g, &embedding),
+        hidden: String::new(),
+        pending: None,
+    };
+    for i in 0..config.layers {
+        let normed =
+            decoder.norm_in(&mut stream, Weight::AttnNorm(i), &format!("l{i}/attn_norm"))?;
+        stream.hidden = normed;
+        let attended = decoder.attention(i, &stream.hidden)?;
+        stream.pending = Some(attended);
+        let normed = decoder.norm_in(&mut stream, Weight::FfnNorm(i), &format!("l{i}/ffn_norm"))?;
+        stream.pending = Some(decoder.mlp(i, &normed)?);
+    }
+    if !options.all_logits {
+        decoder.keep_last_positions(&mut stream);
+    }
+    let hidden = decoder.final_norm(stream)?;
+    decoder.lm_head(&hidden, embedding)?;
+    Ok(decoder.g.into_bytes())
+}
+
+/// The graph's inputs (`input_ids`, `attention_mask`, the past KV) and outputs
+/// (`logits`, the present KV).
+fn declare_io(g: &mut GraphBuilder, config: &LlamaConfig, options: BuildOptions) {
+    let batch = || Dim::Named("batch".into());
     g.input(
         "input_ids",
         DataType::Int64,
@@ -451,94 +489,153 @@ fn build(
             );
         }
     }
+}
 
-    // seqlens_k = sum(mask) − 1 per row; total_sequence_length = mask width.
-    let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
-    let one = g.initializer_i64("const.one", &[], &[1]);
-    let lengths = g.op(
-        "",
-        "ReduceSum",
-        "mask/lengths",
-        &["attention_mask", &axis1],
-        &[("keepdims", Attr::Int(0))],
-    );
-    let last = g.op("", "Sub", "mask/last", &[&lengths, &one], &[]);
-    let seqlens_k = g.op(
-        "",
-        "Cast",
-        "mask/seqlens_k",
-        &[&last],
-        &[("to", Attr::Int(DataType::Int32 as i64))],
-    );
-    let shape = g.op("", "Shape", "mask/shape", &["attention_mask"], &[]);
-    let width = g.op(
-        "",
-        "Gather",
-        "mask/width",
-        &[&shape, &one],
-        &[("axis", Attr::Int(0))],
-    );
-    let total = g.op(
-        "",
-        "Cast",
-        "mask/total",
-        &[&width],
-        &[("to", Attr::Int(DataType::Int32 as i64))],
-    );
+/// What attention and the last-position pick read from `attention_mask`.
+struct Mask {
+    /// Per row: its total length − 1 (int32, for GroupQueryAttention).
+    seqlens_k: String,
+    /// The mask's width (int32).
+    total: String,
+    /// Per row: its total length − 1 (int64).
+    last: String,
+    /// The mask's width (int64).
+    width: String,
+    /// The constant 1 (int64).
+    one: String,
+}
 
+impl Mask {
+    /// seqlens_k = sum(mask) − 1 per row; total_sequence_length = mask width.
+    fn build(g: &mut GraphBuilder) -> Mask {
+        let to_int32 = [("to", Attr::Int(DataType::Int32 as i64))];
+        let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
+        let one = g.initializer_i64("const.one", &[], &[1]);
+        let lengths = g.op(
+            "",
+            "ReduceSum",
+            "mask/lengths",
+            &["attention_mask", &axis1],
+            &[("keepdims", Attr::Int(0))],
+        );
+        let last = g.op("", "Sub", "mask/last", &[&lengths, &one], &[]);
+        let seqlens_k = g.op("", "Cast", "mask/seqlens_k", &[&last], &to_int32);
+        let shape = g.op("", "Shape", "mask/shape", &["attention_mask"], &[]);
+        let width = g.op(
+            "",
+            "Gather",
+            "mask/width",
+            &[&shape, &one],
+            &[("axis", Attr::Int(0))],
+        );
+        let total = g.op("", "Cast", "mask/total", &[&width], &to_int32);
+        Mask {
+            seqlens_k,
+            total,
+            last,
+            width,
+            one,
+        }
+    }
+}
+
+/// The rotary caches as initializers: `cos` and `sin`, [context, head_dim / 2].
+fn rotary(g: &mut GraphBuilder, config: &LlamaConfig) -> (String, String) {
     let (cos, sin) = rotary_caches(config);
     let half = (config.head_dim / 2) as i64;
-    let cos = g.initializer_f32("rotary.cos", &[config.context_length as i64, half], &cos);
-    let sin = g.initializer_f32("rotary.sin", &[config.context_length as i64, half], &sin);
+    let rows = config.context_length as i64;
+    (
+        g.initializer_f32("rotary.cos", &[rows, half], &cos),
+        g.initializer_f32("rotary.sin", &[rows, half], &sin),
+    )
+}
 
-    let embedding = required(weights, Weight::Embedding, config.vocab_size, hidden_size)?;
-    let embedding = match embedding {
-        Matrix::Float { .. } if options.float_weights != FloatWeights::Fp32 => {
-            store(embedding, FloatWeights::Int8)?
+/// The residual stream between blocks: the running sum, the last normalized hidden
+/// state, and the output of the last block not yet added to the sum (the next norm
+/// adds it, fused).
+struct Residual {
+    residual: String,
+    hidden: String,
+    pending: Option<String>,
+}
+
+/// The graph being built and what every block reads.
+struct Decoder<'a> {
+    g: GraphBuilder,
+    config: &'a LlamaConfig,
+    weights: &'a dyn Weights,
+    options: BuildOptions,
+    mask: Mask,
+    cos: String,
+    sin: String,
+}
+
+impl Decoder<'_> {
+    fn layer_opts(&self) -> MatMulOptions {
+        MatMulOptions {
+            accuracy_level: self.options.accuracy_level,
         }
-        other => other,
-    };
-    let mut residual = embed(&mut g, &embedding);
-    let mut hidden = String::new();
-    let mut pending: Option<String> = None; // the MLP output not yet added to the residual
-    for i in 0..config.layers {
-        let attn_norm = norm(&mut g, weights, Weight::AttnNorm(i), hidden_size)?;
-        hidden = match pending.take() {
-            None => g.op(
+    }
+
+    /// A matrix of `weight` as the options store it.
+    fn matrix(&self, weight: Weight, rows: usize, columns: usize) -> Result<Matrix, BuildError> {
+        store(
+            required(self.weights, weight, rows, columns)?,
+            self.options.float_weights,
+        )
+    }
+
+    /// RMSNorm of the stream (`weight`'s gamma): the first one plain, the others fused
+    /// with adding the pending block output to the residual.
+    fn norm_in(
+        &mut self,
+        stream: &mut Residual,
+        weight: Weight,
+        name: &str,
+    ) -> Result<String, BuildError> {
+        let gamma = norm(&mut self.g, self.weights, weight, self.config.hidden)?;
+        Ok(match stream.pending.take() {
+            None => self.g.op(
                 "",
                 "SimplifiedLayerNormalization",
-                &format!("l{i}/attn_norm"),
-                &[&residual, &attn_norm],
-                &rms_attrs(config),
+                name,
+                &[&stream.residual, &gamma],
+                &rms_attrs(self.config),
             ),
-            Some(mlp) => {
-                let [normed, _, _, sum] = g.node(
+            Some(block) => {
+                let [normed, _, _, sum] = self.g.node(
                     MS_DOMAIN,
                     "SkipSimplifiedLayerNormalization",
-                    &format!("l{i}/attn_norm"),
-                    &[&mlp, &residual, &attn_norm],
-                    &[("epsilon", Attr::Float(config.rms_eps))],
+                    name,
+                    &[&block, &stream.residual, &gamma],
+                    &[("epsilon", Attr::Float(self.config.rms_eps))],
                 );
-                residual = sum;
+                stream.residual = sum;
                 normed
             }
-        };
+        })
+    }
 
-        let qkv = fused_matmul(
-            &mut g,
-            &format!("l{i}/qkv"),
-            &hidden,
-            vec![
-                stored(required(weights, Weight::Q(i), q_rows, hidden_size)?)?,
-                stored(required(weights, Weight::K(i), kv_rows, hidden_size)?)?,
-                stored(required(weights, Weight::V(i), kv_rows, hidden_size)?)?,
-            ],
-            layer_opts,
+    /// Layer `i`'s attention: one packed QKV matmul, GroupQueryAttention (rotary fused,
+    /// the KV cache in and out), the output projection.
+    fn attention(&mut self, i: usize, hidden: &str) -> Result<String, BuildError> {
+        let config = self.config;
+        let (hidden_size, q_rows, kv_rows) = (
+            config.hidden,
+            config.heads * config.head_dim,
+            config.kv_heads * config.head_dim,
         );
+        let qkv = vec![
+            self.matrix(Weight::Q(i), q_rows, hidden_size)?,
+            self.matrix(Weight::K(i), kv_rows, hidden_size)?,
+            self.matrix(Weight::V(i), kv_rows, hidden_size)?,
+        ];
+        let layer_opts = self.layer_opts();
+        let qkv = fused_matmul(&mut self.g, &format!("l{i}/qkv"), hidden, qkv, layer_opts);
         let past_key = format!("past_key_values.{i}.key");
         let past_value = format!("past_key_values.{i}.value");
         let attn_out = format!("l{i}/attn/out");
-        g.node_named(
+        self.g.node_named(
             MS_DOMAIN,
             "GroupQueryAttention",
             &format!("l{i}/attn"),
@@ -548,10 +645,10 @@ fn build(
                 "",
                 &past_key,
                 &past_value,
-                &seqlens_k,
-                &total,
-                &cos,
-                &sin,
+                &self.mask.seqlens_k,
+                &self.mask.total,
+                &self.cos,
+                &self.sin,
             ],
             &[
                 attn_out.clone(),
@@ -565,39 +662,36 @@ fn build(
                 ("do_rotary", Attr::Int(1)),
                 (
                     "rotary_interleaved",
-                    Attr::Int(i64::from(weights.rotary_interleaved())),
+                    Attr::Int(i64::from(self.weights.rotary_interleaved())),
                 ),
                 ("local_window_size", Attr::Int(-1)),
             ],
         );
-        let o = stored(required(weights, Weight::O(i), hidden_size, q_rows)?)?;
-        let o = matmul(&mut g, &format!("l{i}/o_proj"), &attn_out, &o, layer_opts);
-
-        let ffn_norm = norm(&mut g, weights, Weight::FfnNorm(i), hidden_size)?;
-        let [normed, _, _, sum] = g.node(
-            MS_DOMAIN,
-            "SkipSimplifiedLayerNormalization",
-            &format!("l{i}/ffn_norm"),
-            &[&o, &residual, &ffn_norm],
-            &[("epsilon", Attr::Float(config.rms_eps))],
-        );
-        residual = sum;
-
-        // Gate and up in one matmul, then split.
-        let gate_up = fused_matmul(
-            &mut g,
-            &format!("l{i}/gate_up"),
-            &normed,
-            vec![
-                stored(required(weights, Weight::Gate(i), config.ffn, hidden_size)?)?,
-                stored(required(weights, Weight::Up(i), config.ffn, hidden_size)?)?,
-            ],
+        let o = self.matrix(Weight::O(i), hidden_size, q_rows)?;
+        Ok(matmul(
+            &mut self.g,
+            &format!("l{i}/o_proj"),
+            &attn_out,
+            &o,
             layer_opts,
-        );
+        ))
+    }
+
+    /// Layer `i`'s SwiGLU MLP: gate and up in one matmul, then split; silu(gate) · up;
+    /// the down projection.
+    fn mlp(&mut self, i: usize, normed: &str) -> Result<String, BuildError> {
+        let (hidden_size, ffn) = (self.config.hidden, self.config.ffn);
+        let gate_up = vec![
+            self.matrix(Weight::Gate(i), ffn, hidden_size)?,
+            self.matrix(Weight::Up(i), ffn, hidden_size)?,
+        ];
+        let layer_opts = self.layer_opts();
+        let g = &mut self.g;
+        let gate_up = fused_matmul(g, &format!("l{i}/gate_up"), normed, gate_up, layer_opts);
         let halves = g.initializer_i64(
             &format!("l{i}/gate_up.split"),
             &[2],
-            &[config.ffn as i64, config.ffn as i64],
+            &[ffn as i64, ffn as i64],
         );
         let [gate, up] = g.node(
             "",
@@ -609,32 +703,37 @@ fn build(
         let sigmoid = g.op("", "Sigmoid", &format!("l{i}/sigmoid"), &[&gate], &[]);
         let silu = g.op("", "Mul", &format!("l{i}/silu"), &[&gate, &sigmoid], &[]);
         let act = g.op("", "Mul", &format!("l{i}/swiglu"), &[&silu, &up], &[]);
-        let down = stored(required(weights, Weight::Down(i), hidden_size, config.ffn)?)?;
-        pending = Some(matmul(
-            &mut g,
+        let down = self.matrix(Weight::Down(i), hidden_size, ffn)?;
+        Ok(matmul(
+            &mut self.g,
             &format!("l{i}/down"),
             &act,
             &down,
             layer_opts,
-        ));
+        ))
     }
-    let output_norm = norm(&mut g, weights, Weight::OutputNorm, hidden_size)?;
-    if !options.all_logits {
-        // Only each row's last position goes on to the lm_head (the final norm needs the
-        // mlp output and the residual there). A row's last position in this input is
-        // its length − 1 − (mask width − input width): right-padded prompts prefilled
-        // together each get their own; decode rows shorter than the longest clip to 0.
+
+    /// Keeps only each row's last position of the stream, for the lm_head (the final
+    /// norm needs the MLP output and the residual there). A row's last position in this
+    /// input is its length − 1 − (mask width − input width): right-padded prompts
+    /// prefilled together each get their own; decode rows shorter than the longest clip
+    /// to 0.
+    fn keep_last_positions(&mut self, stream: &mut Residual) {
+        let g = &mut self.g;
+        let Mask {
+            last, width, one, ..
+        } = &self.mask;
         let ids_shape = g.op("", "Shape", "last/ids_shape", &["input_ids"], &[]);
         let sequence = g.op(
             "",
             "Gather",
             "last/sequence",
-            &[&ids_shape, &one],
+            &[&ids_shape, one],
             &[("axis", Attr::Int(0))],
         );
-        let past = g.op("", "Sub", "last/past", &[&width, &sequence], &[]);
-        let position = g.op("", "Sub", "last/position", &[&last, &past], &[]);
-        let highest = g.op("", "Sub", "last/highest", &[&sequence, &one], &[]);
+        let past = g.op("", "Sub", "last/past", &[width, &sequence], &[]);
+        let position = g.op("", "Sub", "last/position", &[last, &past], &[]);
+        let highest = g.op("", "Sub", "last/highest", &[&sequence, one], &[]);
         let zero = g.initializer_i64("const.zero", &[], &[0]);
         let position = g.op(
             "",
@@ -645,9 +744,9 @@ fn build(
         );
         let column = g.initializer_i64("last.column", &[3], &[-1, 1, 1]);
         let position = g.op("", "Reshape", "last/column", &[&position, &column], &[]);
-        let across = g.initializer_i64("last.across", &[3], &[1, 1, config.hidden as i64]);
+        let across = g.initializer_i64("last.across", &[3], &[1, 1, self.config.hidden as i64]);
         let index = g.op("", "Expand", "last/index", &[&position, &across], &[]);
-        let pick = |g: &mut GraphBuilder, tensor: &str, label: &str| {
+        let mut pick = |tensor: &str, label: &str| {
             g.op(
                 "",
                 "GatherElements",
@@ -656,45 +755,55 @@ fn build(
                 &[("axis", Attr::Int(1))],
             )
         };
-        residual = pick(&mut g, &residual, "residual");
-        if let Some(mlp) = pending.take() {
-            pending = Some(pick(&mut g, &mlp, "mlp"));
-        } else {
-            hidden = pick(&mut g, &hidden, "hidden");
+        stream.residual = pick(&stream.residual, "residual");
+        match stream.pending.take() {
+            Some(block) => stream.pending = Some(pick(&block, "mlp")),
+            None => stream.hidden = pick(&stream.hidden, "hidden"),
         }
     }
-    if let Some(mlp) = pending {
-        hidden = g.op(
-            MS_DOMAIN,
-            "SkipSimplifiedLayerNormalization",
-            "final_norm",
-            &[&mlp, &residual, &output_norm],
-            &[("epsilon", Attr::Float(config.rms_eps))],
-        );
+
+    /// The final norm, fused with adding the last MLP output to the residual.
+    fn final_norm(&mut self, stream: Residual) -> Result<String, BuildError> {
+        let gamma = norm(
+            &mut self.g,
+            self.weights,
+            Weight::OutputNorm,
+            self.config.hidden,
+        )?;
+        Ok(match stream.pending {
+            Some(block) => self.g.op(
+                MS_DOMAIN,
+                "SkipSimplifiedLayerNormalization",
+                "final_norm",
+                &[&block, &stream.residual, &gamma],
+                &[("epsilon", Attr::Float(self.config.rms_eps))],
+            ),
+            None => stream.hidden,
+        })
     }
-    let lm_head = match weights.matrix(Weight::LmHead, config.vocab_size, hidden_size)? {
-        Some(separate) => stored(separate)?,
-        // Tied: the embedding's own weights (already int8 blocks or fp32).
-        None => embedding,
-    };
-    let logits = matmul(
-        &mut g,
-        "lm_head",
-        &hidden,
-        &lm_head,
-        MatMulOptions {
-            accuracy_level: options.lm_head_accuracy_level,
-        },
-    );
-    g.node_named(
-        "",
-        "Identity",
-        "logits",
-        &[&logits],
-        &["logits".to_owned()],
-        &[],
-    );
-    Ok(g.into_bytes())
+
+    /// The lm_head, its own matrix or the embedding's (tied), into `logits`.
+    fn lm_head(&mut self, hidden: &str, embedding: Matrix) -> Result<(), BuildError> {
+        let (vocab, hidden_size) = (self.config.vocab_size, self.config.hidden);
+        let lm_head = match self.weights.matrix(Weight::LmHead, vocab, hidden_size)? {
+            Some(separate) => store(separate, self.options.float_weights)?,
+            // Tied: the embedding's own weights (already int8 blocks or fp32).
+            None => embedding,
+        };
+        let options = MatMulOptions {
+            accuracy_level: self.options.lm_head_accuracy_level,
+        };
+        let logits = matmul(&mut self.g, "lm_head", hidden, &lm_head, options);
+        self.g.node_named(
+            "",
+            "Identity",
+            "logits",
+            &[&logits],
+            &["logits".to_owned()],
+            &[],
+        );
+        Ok(())
+    }
 }
 
 /// A matrix as the options store it: blocks stay blocks; float values become int8 or
