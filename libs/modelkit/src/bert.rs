@@ -71,155 +71,238 @@ impl BertConfig {
 }
 
 /// Builds the encoder from `weights` (names as `BertModel` saves them, with or without
-/// a `bert.` prefix); returns the serialized model.
+/// a `bert.` prefix), block by block: inputs and output, the embeddings, the additive
+/// attention mask, each layer (self-attention, then the feed-forward block, each with
+/// its residual LayerNorm), and mean pooling to a unit vector. Returns the serialized
+/// model.
 pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, BertError> {
     let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") {
         "bert."
     } else {
         ""
     };
-    let (h, ffn) = (config.hidden_size, config.intermediate_size);
-    let heads = config.num_attention_heads as i64;
-    let head_dim = (h / config.num_attention_heads) as i64;
-    let mut g = GraphBuilder::new("bert");
-    let weight = |g: &mut GraphBuilder, name: &str, shape: &[usize]| -> Result<String, BertError> {
-        let values = weights.f32(&format!("{prefix}{name}"), shape)?;
-        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        Ok(g.initializer_f32(name, &dims, &values))
+    let mut encoder = Encoder {
+        g: GraphBuilder::new("bert"),
+        config,
+        weights,
+        prefix,
     };
-    // A linear layer: checkpoints store [out, in]; MatMul wants [in, out].
-    let linear = |g: &mut GraphBuilder,
-                  name: &str,
-                  input: &str,
-                  inputs: usize,
-                  outputs: usize|
-     -> Result<String, BertError> {
-        let w = weights.f32(&format!("{prefix}{name}.weight"), &[outputs, inputs])?;
+    encoder.declare_io();
+    let mut x = encoder.embeddings()?;
+    let mask = encoder.mask();
+    let heads = Heads::new(&mut encoder.g, config);
+    for i in 0..config.num_hidden_layers {
+        x = encoder.self_attention(i, &x, &mask, &heads)?;
+        x = encoder.feed_forward(i, &x)?;
+    }
+    encoder.mean_pool(&x, &mask.float);
+    Ok(encoder.g.into_bytes())
+}
+
+/// The graph being built and what every block reads.
+struct Encoder<'a> {
+    g: GraphBuilder,
+    config: &'a BertConfig,
+    weights: &'a SafetensorsFile,
+    /// `bert.` or nothing, before every checkpoint name.
+    prefix: &'a str,
+}
+
+/// The attention mask as blocks use it.
+struct Mask {
+    /// The mask as floats [batch, sequence], for pooling.
+    float: String,
+    /// Additive [batch, 1, 1, sequence]: 0 where attended, a large negative elsewhere.
+    bias: String,
+}
+
+/// Constants for splitting the hidden state into heads and back.
+struct Heads {
+    split: String,
+    merge: String,
+    scale: String,
+}
+
+impl Heads {
+    fn new(g: &mut GraphBuilder, config: &BertConfig) -> Heads {
+        let h = config.hidden_size;
+        let heads = config.num_attention_heads as i64;
+        let head_dim = (h / config.num_attention_heads) as i64;
+        Heads {
+            split: g.initializer_i64("const.split_heads", &[4], &[0, 0, heads, head_dim]),
+            merge: g.initializer_i64("const.merge_heads", &[3], &[0, 0, h as i64]),
+            scale: g.initializer_f32("const.scale", &[], &[1.0 / (head_dim as f32).sqrt()]),
+        }
+    }
+}
+
+impl Encoder<'_> {
+    /// `input_ids` and `attention_mask` in, `embeddings` [batch, hidden] out.
+    fn declare_io(&mut self) {
+        let batch = || Dim::Named("batch".into());
+        let sequence = || Dim::Named("sequence".into());
+        let g = &mut self.g;
+        g.input("input_ids", DataType::Int64, &[batch(), sequence()]);
+        g.input("attention_mask", DataType::Int64, &[batch(), sequence()]);
+        g.output(
+            "embeddings",
+            DataType::Float,
+            &[batch(), Dim::Fixed(self.config.hidden_size as i64)],
+        );
+    }
+
+    /// A checkpoint tensor of `shape` as an initializer named `name`.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String, BertError> {
+        let values = self.weights.f32(&format!("{}{name}", self.prefix), shape)?;
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        Ok(self.g.initializer_f32(name, &dims, &values))
+    }
+
+    /// A linear layer: checkpoints store [out, in]; MatMul wants [in, out].
+    fn linear(
+        &mut self,
+        name: &str,
+        input: &str,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<String, BertError> {
+        let prefix = self.prefix;
+        let w = self
+            .weights
+            .f32(&format!("{prefix}{name}.weight"), &[outputs, inputs])?;
         let transposed: Vec<f32> = (0..inputs)
             .flat_map(|i| (0..outputs).map(move |o| (i, o)))
             .map(|(i, o)| w[o * inputs + i])
             .collect();
+        let bias = self
+            .weights
+            .f32(&format!("{prefix}{name}.bias"), &[outputs])?;
+        let g = &mut self.g;
         let w = g.initializer_f32(
             &format!("{name}.weight_t"),
             &[inputs as i64, outputs as i64],
             &transposed,
         );
-        let b = g.initializer_f32(
-            &format!("{name}.bias"),
-            &[outputs as i64],
-            &weights.f32(&format!("{prefix}{name}.bias"), &[outputs])?,
-        );
+        let b = g.initializer_f32(&format!("{name}.bias"), &[outputs as i64], &bias);
         let product = g.op("", "MatMul", &format!("{name}/matmul"), &[input, &w], &[]);
         Ok(g.op("", "Add", &format!("{name}/bias"), &[&product, &b], &[]))
-    };
-    let eps = Attr::Float(config.layer_norm_eps);
-    let layer_norm = |g: &mut GraphBuilder, name: &str, input: &str| -> Result<String, BertError> {
-        let gamma = weight(g, &format!("{name}.weight"), &[h])?;
-        let beta = weight(g, &format!("{name}.bias"), &[h])?;
-        Ok(g.op(
+    }
+
+    /// LayerNorm `name` of `input`.
+    fn layer_norm(&mut self, name: &str, input: &str) -> Result<String, BertError> {
+        let h = self.config.hidden_size;
+        let gamma = self.weight(&format!("{name}.weight"), &[h])?;
+        let beta = self.weight(&format!("{name}.bias"), &[h])?;
+        Ok(self.g.op(
             "",
             "LayerNormalization",
             name,
             &[input, &gamma, &beta],
-            &[("axis", Attr::Int(-1)), ("epsilon", eps.clone())],
+            &[
+                ("axis", Attr::Int(-1)),
+                ("epsilon", Attr::Float(self.config.layer_norm_eps)),
+            ],
         ))
-    };
+    }
 
-    let batch = || Dim::Named("batch".into());
-    let sequence = || Dim::Named("sequence".into());
-    g.input("input_ids", DataType::Int64, &[batch(), sequence()]);
-    g.input("attention_mask", DataType::Int64, &[batch(), sequence()]);
-    g.output(
-        "embeddings",
-        DataType::Float,
-        &[batch(), Dim::Fixed(h as i64)],
-    );
+    /// Word + position + token type 0 embeddings, then LayerNorm.
+    fn embeddings(&mut self) -> Result<String, BertError> {
+        let (config, prefix) = (self.config, self.prefix);
+        let h = config.hidden_size;
+        let words = self.weights.f32(
+            &format!("{prefix}embeddings.word_embeddings.weight"),
+            &[config.vocab_size, h],
+        )?;
+        let positions = self.weights.f32(
+            &format!("{prefix}embeddings.position_embeddings.weight"),
+            &[config.max_position_embeddings, h],
+        )?;
+        let types = self.weights.f32(
+            &format!("{prefix}embeddings.token_type_embeddings.weight"),
+            &[2, h],
+        )?;
+        let g = &mut self.g;
+        let words = g.initializer_f32(
+            "embeddings.word",
+            &[config.vocab_size as i64, h as i64],
+            &words,
+        );
+        let positions = g.initializer_f32(
+            "embeddings.position",
+            &[config.max_position_embeddings as i64, h as i64],
+            &positions,
+        );
+        let type0 = g.initializer_f32("embeddings.type0", &[h as i64], &types[..h]);
+        let zero = g.initializer_i64("const.zero", &[], &[0]);
+        let one = g.initializer_i64("const.one", &[], &[1]);
+        let along_rows = [("axis", Attr::Int(0))];
+        let shape = g.op("", "Shape", "ids/shape", &["input_ids"], &[]);
+        let length = g.op("", "Gather", "ids/length", &[&shape, &one], &along_rows);
+        let position_ids = g.op("", "Range", "ids/positions", &[&zero, &length, &one], &[]);
+        let word_vectors = g.op(
+            "",
+            "Gather",
+            "embed/words",
+            &[&words, "input_ids"],
+            &along_rows,
+        );
+        let position_vectors = g.op(
+            "",
+            "Gather",
+            "embed/positions",
+            &[&positions, &position_ids],
+            &along_rows,
+        );
+        let summed = g.op(
+            "",
+            "Add",
+            "embed/sum",
+            &[&word_vectors, &position_vectors],
+            &[],
+        );
+        let summed = g.op("", "Add", "embed/type", &[&summed, &type0], &[]);
+        self.layer_norm("embeddings.LayerNorm", &summed)
+    }
 
-    // Embeddings: word + position + token type 0, then LayerNorm.
-    let words = weights.f32(
-        &format!("{prefix}embeddings.word_embeddings.weight"),
-        &[config.vocab_size, h],
-    )?;
-    let words = g.initializer_f32(
-        "embeddings.word",
-        &[config.vocab_size as i64, h as i64],
-        &words,
-    );
-    let positions = weights.f32(
-        &format!("{prefix}embeddings.position_embeddings.weight"),
-        &[config.max_position_embeddings, h],
-    )?;
-    let positions = g.initializer_f32(
-        "embeddings.position",
-        &[config.max_position_embeddings as i64, h as i64],
-        &positions,
-    );
-    let types = weights.f32(
-        &format!("{prefix}embeddings.token_type_embeddings.weight"),
-        &[2, h],
-    )?;
-    let type0 = g.initializer_f32("embeddings.type0", &[h as i64], &types[..h]);
-    let zero = g.initializer_i64("const.zero", &[], &[0]);
-    let one = g.initializer_i64("const.one", &[], &[1]);
-    let shape = g.op("", "Shape", "ids/shape", &["input_ids"], &[]);
-    let length = g.op(
-        "",
-        "Gather",
-        "ids/length",
-        &[&shape, &one],
-        &[("axis", Attr::Int(0))],
-    );
-    let position_ids = g.op("", "Range", "ids/positions", &[&zero, &length, &one], &[]);
-    let word_vectors = g.op(
-        "",
-        "Gather",
-        "embed/words",
-        &[&words, "input_ids"],
-        &[("axis", Attr::Int(0))],
-    );
-    let position_vectors = g.op(
-        "",
-        "Gather",
-        "embed/positions",
-        &[&positions, &position_ids],
-        &[("axis", Attr::Int(0))],
-    );
-    let summed = g.op(
-        "",
-        "Add",
-        "embed/sum",
-        &[&word_vectors, &position_vectors],
-        &[],
-    );
-    let summed = g.op("", "Add", "embed/type", &[&summed, &type0], &[]);
-    let mut x = layer_norm(&mut g, "embeddings.LayerNorm", &summed)?;
+    /// The attention mask as floats, and as an additive bias for the scores.
+    fn mask(&mut self) -> Mask {
+        let g = &mut self.g;
+        let float = g.op(
+            "",
+            "Cast",
+            "mask/float",
+            &["attention_mask"],
+            &[("to", Attr::Int(DataType::Float as i64))],
+        );
+        let one = g.initializer_f32("const.one_f", &[], &[1.0]);
+        let inverted = g.op("", "Sub", "mask/inverted", &[&one, &float], &[]);
+        let big = g.initializer_f32("const.mask_value", &[], &[-1e9]);
+        let bias = g.op("", "Mul", "mask/bias", &[&inverted, &big], &[]);
+        let axes12 = g.initializer_i64("const.axes12", &[2], &[1, 2]);
+        let bias = g.op("", "Unsqueeze", "mask/bias4", &[&bias, &axes12], &[]);
+        Mask { float, bias }
+    }
 
-    // Additive mask [batch, 1, 1, sequence]: 0 where attended, a large negative elsewhere.
-    let mask = g.op(
-        "",
-        "Cast",
-        "mask/float",
-        &["attention_mask"],
-        &[("to", Attr::Int(DataType::Float as i64))],
-    );
-    let one_f = g.initializer_f32("const.one_f", &[], &[1.0]);
-    let inverted = g.op("", "Sub", "mask/inverted", &[&one_f, &mask], &[]);
-    let big = g.initializer_f32("const.mask_value", &[], &[-1e9]);
-    let bias = g.op("", "Mul", "mask/bias", &[&inverted, &big], &[]);
-    let axes12 = g.initializer_i64("const.axes12", &[2], &[1, 2]);
-    let bias = g.op("", "Unsqueeze", "mask/bias4", &[&bias, &axes12], &[]);
-
-    let split_heads = g.initializer_i64("const.split_heads", &[4], &[0, 0, heads, head_dim]);
-    let merge_heads = g.initializer_i64("const.merge_heads", &[3], &[0, 0, h as i64]);
-    let scale = g.initializer_f32("const.scale", &[], &[1.0 / (head_dim as f32).sqrt()]);
-    for i in 0..config.num_hidden_layers {
+    /// Layer `i`'s self-attention with its output projection, residual and LayerNorm.
+    fn self_attention(
+        &mut self,
+        i: usize,
+        x: &str,
+        mask: &Mask,
+        heads: &Heads,
+    ) -> Result<String, BertError> {
+        let h = self.config.hidden_size;
         let p = format!("encoder.layer.{i}");
-        let heads_of = |g: &mut GraphBuilder, name: &str, input: &str, perm: &[i64]| {
+        let q = self.linear(&format!("{p}.attention.self.query"), x, h, h)?;
+        let k = self.linear(&format!("{p}.attention.self.key"), x, h, h)?;
+        let v = self.linear(&format!("{p}.attention.self.value"), x, h, h)?;
+        let g = &mut self.g;
+        let mut heads_of = |name: &str, input: &str, perm: &[i64]| {
             let split = g.op(
                 "",
                 "Reshape",
                 &format!("{name}/split"),
-                &[input, &split_heads],
+                &[input, &heads.split],
                 &[],
             );
             g.op(
@@ -230,15 +313,24 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
                 &[("perm", Attr::Ints(perm.to_vec()))],
             )
         };
-        let q = linear(&mut g, &format!("{p}.attention.self.query"), &x, h, h)?;
-        let k = linear(&mut g, &format!("{p}.attention.self.key"), &x, h, h)?;
-        let v = linear(&mut g, &format!("{p}.attention.self.value"), &x, h, h)?;
-        let q = heads_of(&mut g, &format!("{p}/q"), &q, &[0, 2, 1, 3]);
-        let k = heads_of(&mut g, &format!("{p}/k"), &k, &[0, 2, 3, 1]);
-        let v = heads_of(&mut g, &format!("{p}/v"), &v, &[0, 2, 1, 3]);
+        let q = heads_of(&format!("{p}/q"), &q, &[0, 2, 1, 3]);
+        let k = heads_of(&format!("{p}/k"), &k, &[0, 2, 3, 1]);
+        let v = heads_of(&format!("{p}/v"), &v, &[0, 2, 1, 3]);
         let scores = g.op("", "MatMul", &format!("{p}/scores"), &[&q, &k], &[]);
-        let scores = g.op("", "Mul", &format!("{p}/scaled"), &[&scores, &scale], &[]);
-        let scores = g.op("", "Add", &format!("{p}/masked"), &[&scores, &bias], &[]);
+        let scores = g.op(
+            "",
+            "Mul",
+            &format!("{p}/scaled"),
+            &[&scores, &heads.scale],
+            &[],
+        );
+        let scores = g.op(
+            "",
+            "Add",
+            &format!("{p}/masked"),
+            &[&scores, &mask.bias],
+            &[],
+        );
         let probs = g.op(
             "",
             "Softmax",
@@ -258,70 +350,72 @@ pub fn build(config: &BertConfig, weights: &SafetensorsFile) -> Result<Vec<u8>, 
             "",
             "Reshape",
             &format!("{p}/context_merged"),
-            &[&context, &merge_heads],
+            &[&context, &heads.merge],
             &[],
         );
-        let attended = linear(
-            &mut g,
-            &format!("{p}.attention.output.dense"),
-            &context,
-            h,
-            h,
-        )?;
-        let residual = g.op(
+        let attended = self.linear(&format!("{p}.attention.output.dense"), &context, h, h)?;
+        let residual = self.g.op(
             "",
             "Add",
             &format!("{p}/attn_residual"),
-            &[&attended, &x],
+            &[&attended, x],
             &[],
         );
-        x = layer_norm(
-            &mut g,
-            &format!("{p}.attention.output.LayerNorm"),
-            &residual,
-        )?;
-        let up = linear(&mut g, &format!("{p}.intermediate.dense"), &x, h, ffn)?;
-        let act = g.op(
+        self.layer_norm(&format!("{p}.attention.output.LayerNorm"), &residual)
+    }
+
+    /// Layer `i`'s feed-forward block (exact GELU) with its residual and LayerNorm.
+    fn feed_forward(&mut self, i: usize, x: &str) -> Result<String, BertError> {
+        let (h, ffn) = (self.config.hidden_size, self.config.intermediate_size);
+        let p = format!("encoder.layer.{i}");
+        let up = self.linear(&format!("{p}.intermediate.dense"), x, h, ffn)?;
+        let act = self.g.op(
             "",
             "Gelu",
             &format!("{p}/gelu"),
             &[&up],
             &[("approximate", Attr::String("none".into()))],
         );
-        let down = linear(&mut g, &format!("{p}.output.dense"), &act, ffn, h)?;
-        let residual = g.op("", "Add", &format!("{p}/ffn_residual"), &[&down, &x], &[]);
-        x = layer_norm(&mut g, &format!("{p}.output.LayerNorm"), &residual)?;
+        let down = self.linear(&format!("{p}.output.dense"), &act, ffn, h)?;
+        let residual = self
+            .g
+            .op("", "Add", &format!("{p}/ffn_residual"), &[&down, x], &[]);
+        self.layer_norm(&format!("{p}.output.LayerNorm"), &residual)
     }
 
-    // Mean over attended tokens: Σ h·m / max(Σ m, 1e-9); then unit length.
-    let axis_last = g.initializer_i64("const.axis_last", &[1], &[-1]);
-    let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
-    let weights3 = g.op("", "Unsqueeze", "pool/mask3", &[&mask, &axis_last], &[]);
-    let masked = g.op("", "Mul", "pool/masked", &[&x, &weights3], &[]);
-    let sums = g.op(
-        "",
-        "ReduceSum",
-        "pool/sums",
-        &[&masked, &axis1],
-        &[("keepdims", Attr::Int(0))],
-    );
-    let counts = g.op(
-        "",
-        "ReduceSum",
-        "pool/counts",
-        &[&weights3, &axis1],
-        &[("keepdims", Attr::Int(0))],
-    );
-    let floor = g.initializer_f32("const.min_count", &[], &[1e-9]);
-    let counts = g.op("", "Max", "pool/counts_floor", &[&counts, &floor], &[]);
-    let mean = g.op("", "Div", "pool/mean", &[&sums, &counts], &[]);
-    g.node_named(
-        "",
-        "LpNormalization",
-        "normalize",
-        &[&mean],
-        &["embeddings".to_owned()],
-        &[("axis", Attr::Int(-1)), ("p", Attr::Int(2))],
-    );
-    Ok(g.into_bytes())
+    /// Mean over attended tokens: Σ h·m / max(Σ m, 1e-9); then unit length, into
+    /// `embeddings`.
+    fn mean_pool(&mut self, x: &str, mask: &str) {
+        let g = &mut self.g;
+        let axis_last = g.initializer_i64("const.axis_last", &[1], &[-1]);
+        let axis1 = g.initializer_i64("const.axis1", &[1], &[1]);
+        let sum_tokens = [("keepdims", Attr::Int(0))];
+        let weights3 = g.op("", "Unsqueeze", "pool/mask3", &[mask, &axis_last], &[]);
+        let masked = g.op("", "Mul", "pool/masked", &[x, &weights3], &[]);
+        let sums = g.op(
+            "",
+            "ReduceSum",
+            "pool/sums",
+            &[&masked, &axis1],
+            &sum_tokens,
+        );
+        let counts = g.op(
+            "",
+            "ReduceSum",
+            "pool/counts",
+            &[&weights3, &axis1],
+            &sum_tokens,
+        );
+        let floor = g.initializer_f32("const.min_count", &[], &[1e-9]);
+        let counts = g.op("", "Max", "pool/counts_floor", &[&counts, &floor], &[]);
+        let mean = g.op("", "Div", "pool/mean", &[&sums, &counts], &[]);
+        g.node_named(
+            "",
+            "LpNormalization",
+            "normalize",
+            &[&mean],
+            &["embeddings".to_owned()],
+            &[("axis", Attr::Int(-1)), ("p", Attr::Int(2))],
+        );
+    }
 }
