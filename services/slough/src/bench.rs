@@ -14,9 +14,14 @@ use slough_inference::{
     chat::scheduler::Event,
     models::{Models, Served},
 };
-use slough_protocol::inference::{self as protocol, GenerateRequest, ModelsRequest, PromptInput};
+use slough_protocol::{
+    ServiceKind,
+    inference::{self as protocol, GenerateRequest, ModelsRequest, PromptInput},
+};
+use slough_service::NatsServer;
+use tokio_util::sync::CancellationToken;
 
-use crate::Settings;
+use crate::{Settings, platform::ServiceHandle, runtime};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -335,4 +340,49 @@ fn print(report: &BenchReport) {
     }
     println!("inference benchmark: {} via {}", report.model, report.path);
     println!("{table}");
+}
+
+/// `slough bench inference`. Without NATS_URL (and not in-process), nats-server and an
+/// inference service are started here for the run.
+pub fn run(mut settings: Settings, options: BenchOptions) -> anyhow::Result<()> {
+    let mut nats = None;
+    if settings.common.nats_url.is_none() && !options.in_process {
+        let store = nats_store(&settings)?;
+        let server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
+        settings.common.nats_url = Some(server.url());
+        nats = Some(server);
+    }
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let url = settings.common.nats_url.clone();
+            let service = match &nats {
+                Some(server) => Some(
+                    ServiceHandle::start(
+                        ServiceKind::Inference,
+                        &settings,
+                        &server.url(),
+                        CancellationToken::new(),
+                    )
+                    .await?,
+                ),
+                None => None,
+            };
+            let outcome = inference(&settings, url, options).await;
+            if let Some(service) = service {
+                service.stop(Duration::from_secs(15)).await?;
+            }
+            outcome
+        })
+    });
+    if let Some(server) = &mut nats {
+        server.stop();
+    }
+    result
+}
+
+/// A scratch JetStream directory for a benchmark's own nats-server.
+pub(crate) fn nats_store(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    let dir = settings.common.data_dir.join("nats").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -12,12 +12,15 @@ use std::{
 };
 
 use serde::Serialize;
-
-use crate::bench;
 use slough_bus::Bus;
-use slough_protocol::inference::{
-    self, ChatMessage, GenerateRequest, ModelsRequest, PromptInput, Role,
+use slough_protocol::{
+    ServiceKind,
+    inference::{self, ChatMessage, GenerateRequest, ModelsRequest, PromptInput, Role},
 };
+use slough_service::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Settings, bench, platform::ServiceHandle, runtime};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -60,7 +63,7 @@ pub struct GatewayBenchReport {
 }
 
 /// Runs `requests` calls of `call`, `concurrency` at a time, after a short warm-up.
-async fn run<F, Fut>(concurrency: usize, requests: usize, call: F) -> RunFigure
+async fn drive<F, Fut>(concurrency: usize, requests: usize, call: F) -> RunFigure
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
@@ -137,7 +140,7 @@ pub async fn measure(
 
     let models = {
         let (http, url, auth) = (http.clone(), format!("{base_url}/v1/models"), auth.clone());
-        run(concurrency, options.requests, move || {
+        drive(concurrency, options.requests, move || {
             let request = http.get(&url).header("Authorization", &auth);
             async move { answered(request).await }
         })
@@ -145,7 +148,7 @@ pub async fn measure(
     };
     let models_direct = {
         let bus = bus.clone();
-        run(concurrency, options.requests, move || {
+        drive(concurrency, options.requests, move || {
             let bus = bus.clone();
             async move {
                 bus.call(&inference::MODELS, &ModelsRequest {})
@@ -169,7 +172,7 @@ pub async fn measure(
             format!("{base_url}/v1/chat/completions"),
             auth,
         );
-        run(concurrency, options.chat_requests, move || {
+        drive(concurrency, options.chat_requests, move || {
             let request = http.post(&url).header("Authorization", &auth).json(&body);
             async move { answered(request).await }
         })
@@ -183,7 +186,7 @@ pub async fn measure(
         );
         request.max_tokens = Some(options.chat_tokens);
         request.sampling.temperature = Some(0.0);
-        run(concurrency, options.chat_requests, move || {
+        drive(concurrency, options.chat_requests, move || {
             let (bus, request) = (bus.clone(), request.clone());
             async move {
                 bench::generate_over_bus(&bus, &request, Instant::now())
@@ -247,3 +250,89 @@ pub fn print(report: &GatewayBenchReport) {
 
 /// How long to wait for the platform to answer before giving up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `slough bench gateway`: nats-server, inference and a gateway (on a free port) started
+/// here; a bench API key created for the run and revoked after it.
+pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Result<()> {
+    let store = bench::nats_store(&settings)?;
+    let mut server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    settings.gateway.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    settings.gateway.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.inference.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let url = server.url();
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let store = slough_store::Store::open(
+                settings.common.database_url.as_ref(),
+                &settings.common.data_dir,
+            )
+            .await?;
+            let keys = slough_gateway::keys::Keys::new(store.clone(), Duration::ZERO);
+            let key = keys
+                .create(slough_gateway::keys::KeySettings {
+                    name: "slough bench gateway".to_owned(),
+                    scopes: vec![slough_gateway::keys::Scope::Inference],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot create a bench key: {err}"))?;
+            let mut services = Vec::new();
+            for kind in [ServiceKind::Inference, ServiceKind::Gateway] {
+                services.push(
+                    ServiceHandle::start(kind, &settings, &url, CancellationToken::new()).await?,
+                );
+            }
+            let base = format!("http://{}", settings.gateway.listen);
+            let outcome = async {
+                wait_for_gateway(&base, &key.secret, &options.model).await?;
+                let bus =
+                    slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options())
+                        .await?;
+                let report = measure(&base, &key.secret, &bus, &options).await?;
+                print(&report);
+                let path = options
+                    .json
+                    .clone()
+                    .unwrap_or_else(|| "bench-gateway.json".into());
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                println!("written to {}", path.display());
+                anyhow::Ok(())
+            }
+            .await;
+            for service in services.into_iter().rev() {
+                service.stop(Duration::from_secs(15)).await?;
+            }
+            let _ = keys.revoke(key.key.id).await;
+            store.close().await;
+            outcome
+        })
+    });
+    server.stop();
+    result
+}
+
+/// Waits until the gateway at `base` lists `model`.
+async fn wait_for_gateway(base: &str, key: &str, model: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let client = reqwest::Client::new();
+    loop {
+        let listed = client
+            .get(format!("{base}/v1/models"))
+            .bearer_auth(key)
+            .send()
+            .await;
+        if let Ok(response) = listed
+            && let Ok(text) = response.text().await
+            && text.contains(&format!("\"{model}\""))
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the gateway does not list {model:?} (see `slough models list`)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

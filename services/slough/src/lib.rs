@@ -11,6 +11,14 @@ pub mod platform;
 pub mod services;
 pub mod settings;
 pub mod status_table;
+pub mod up;
 
 pub use platform::{Platform, ServiceHandle};
 pub use settings::Settings;
+
+/// The multi-threaded runtime every command runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
