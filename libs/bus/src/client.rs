@@ -313,6 +313,40 @@ impl Bus {
         }
     }
 
+    /// Asks every instance of every service a `$SRV` discovery question (`INFO`,
+    /// `STATS`, `PING`) and gathers the answers that arrive within `window`; answers
+    /// that do not decode as `T` (another kind of service) are left out.
+    pub async fn discover<T: DeserializeOwned>(
+        &self,
+        verb: slough_protocol::subjects::DiscoveryVerb,
+        window: Duration,
+    ) -> Result<Vec<T>, BusError> {
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(BusError::nats)?;
+        let subject = slough_protocol::subjects::discovery(verb);
+        self.client
+            .publish_with_reply(subject.clone(), inbox, bytes::Bytes::new())
+            .await
+            .map_err(BusError::nats)?;
+        self.client.flush().await.map_err(BusError::nats)?;
+        let deadline = tokio::time::Instant::now() + window;
+        let mut collected = Vec::new();
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
+            match decode::<T>(&subject, &message.payload) {
+                Ok(answer) => collected.push(answer),
+                Err(err) => {
+                    tracing::debug!(%subject, error = %err, "ignoring an answer we cannot read")
+                }
+            }
+        }
+        let _ = answers.unsubscribe().await;
+        Ok(collected)
+    }
+
     /// Delivers what is buffered and closes the connection (for every clone).
     pub async fn close(&self) {
         self.state.closing.store(true, Ordering::Relaxed);

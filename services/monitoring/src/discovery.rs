@@ -3,10 +3,9 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::Client;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
+use slough_bus::{Bus, BusError};
 use slough_protocol::{
     ServiceKind,
     health::HealthReport,
@@ -64,13 +63,13 @@ struct EndpointStats {
 /// Sweeps the bus once. Instances of services that are not ours are ignored; an
 /// instance that answered only one of the two questions is left for the next sweep.
 pub async fn sweep(
-    client: &Client,
+    bus: &Bus,
     http: &reqwest::Client,
     window: Duration,
-) -> Result<Vec<Sighting>, async_nats::Error> {
+) -> Result<Vec<Sighting>, BusError> {
     let (infos, stats) = tokio::try_join!(
-        collect::<Info>(client, DiscoveryVerb::Info, window),
-        collect::<Stats>(client, DiscoveryVerb::Stats, window),
+        bus.discover::<Info>(DiscoveryVerb::Info, window),
+        bus.discover::<Stats>(DiscoveryVerb::Stats, window),
     )?;
     let mut stats: HashMap<String, Stats> = stats
         .into_iter()
@@ -100,33 +99,6 @@ pub async fn sweep(
         sighting
     });
     Ok(futures::future::join_all(checked).await)
-}
-
-/// Publishes a discovery question and gathers every answer that arrives within `window`.
-async fn collect<T: DeserializeOwned>(
-    client: &Client,
-    verb: DiscoveryVerb,
-    window: Duration,
-) -> Result<Vec<T>, async_nats::Error> {
-    let inbox = client.new_inbox();
-    let mut answers = client.subscribe(inbox.clone()).await?;
-    let subject = subjects::discovery(verb);
-    client
-        .publish_with_reply(subject.clone(), inbox, bytes::Bytes::new())
-        .await?;
-    client.flush().await?;
-    let deadline = tokio::time::Instant::now() + window;
-    let mut collected = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {
-        match serde_json::from_slice::<T>(&message.payload) {
-            Ok(answer) => collected.push(answer),
-            Err(err) => {
-                tracing::debug!(%subject, error = %err, "ignoring an answer we cannot read")
-            }
-        }
-    }
-    let _ = answers.unsubscribe().await;
-    Ok(collected)
 }
 
 fn endpoint_status(stats: EndpointStats) -> EndpointStatus {

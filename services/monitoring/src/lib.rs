@@ -87,7 +87,7 @@ pub async fn run(
         instances: Vec::new(),
     });
     let sweeper = tokio::spawn(tracker::run(
-        ctx.bus().client().clone(),
+        ctx.bus().clone(),
         timing,
         metrics,
         snapshots,

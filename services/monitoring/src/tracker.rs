@@ -30,7 +30,7 @@ struct Tracked {
 
 /// Sweeps until `shutdown`, publishing into `snapshots`.
 pub async fn run(
-    client: async_nats::Client,
+    bus: slough_bus::Bus,
     timing: Timing,
     metrics: TrackerMetrics,
     snapshots: watch::Sender<StatusReport>,
@@ -46,7 +46,7 @@ pub async fn run(
             _ = ticks.tick() => {}
         }
         let started = Instant::now();
-        match sweep(&client, &http, timing.window).await {
+        match sweep(&bus, &http, timing.window).await {
             Ok(sightings) => {
                 for sighting in sightings {
                     known.insert(
