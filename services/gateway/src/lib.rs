@@ -14,6 +14,7 @@ pub mod error;
 pub mod generation;
 pub mod http;
 pub mod keys;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

@@ -17,7 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use slough_store::Store;
 use uuid::Uuid;
 
-use crate::{error::ApiError, keys::ApiKey, metrics::Metrics, usage};
+use crate::{error::ApiError, keys::ApiKey, ledger, metrics::Metrics};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -124,7 +124,7 @@ impl Limits {
                 return Ok(limits.spent);
             }
         }
-        let spent = usage::spent(&self.store, key_id)
+        let spent = ledger::spent(&self.store, key_id)
             .await
             .map_err(|err| ApiError::internal("cannot read the key's usage", err))?;
         let mut keys = self.lock();

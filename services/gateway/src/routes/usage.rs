@@ -12,7 +12,7 @@ use crate::{
     error::ApiError,
     http::Caller,
     keys::Scope,
-    usage::{self, UsageReport},
+    ledger::{self, UsageReport},
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -72,7 +72,7 @@ pub async fn report(
         _ => caller.token_budget,
     };
     let id = query.key_id.unwrap_or(caller.id);
-    let report = usage::report(&state.store, id, since, budget)
+    let report = ledger::report(&state.store, id, since, budget)
         .await
         .map_err(|err| ApiError::internal("cannot read usage", err))?;
     Ok(HttpResponse::Ok().json(report))
