@@ -68,6 +68,24 @@ check("embeddings as floats match", max(abs(a - b) for a, b in zip(as_floats.dat
 similarity = sum(a * b for a, b in zip(vectors[0], vectors[1]))
 check("similar sentences are close", similarity > 0.5, similarity)
 
+# Many texts travel in batches and come back in order; a text over the model's limit is
+# refused by index unless the extension `truncate` asks to cut it.
+many = [f"sentence number {i}" for i in range(300)]
+embedded_many = client.embeddings.create(model=EMBED, input=many)
+check(
+    "300 embeddings in order",
+    [item.index for item in embedded_many.data] == list(range(300)) and len(embedded_many.data[299].embedding) == 384,
+)
+long_text = "many words here " * 2000
+error = expect_error(
+    "400 BadRequestError names an over-long input",
+    openai.BadRequestError,
+    lambda: client.embeddings.create(model=EMBED, input=["short", long_text]),
+)
+check("the over-long input is named", error.body.get("param") == "input[1]", repr(error.body))
+cut = client.embeddings.create(model=EMBED, input=["short", long_text], extra_body={"truncate": True})
+check("truncate cuts and says so", cut.model_extra.get("truncated") == [1], repr(cut.model_extra))
+
 models = [model.id for model in client.models.list()]
 check("model list", CHAT in models and EMBED in models, models)
 check("one model", client.models.retrieve(CHAT).id == CHAT)
@@ -79,6 +97,12 @@ expect_error(
     openai.BadRequestError,
     lambda: client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=9),
 )
+error = expect_error(
+    "400 BadRequestError for an extension field out of range",
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(model=CHAT, messages=QUESTION, extra_body={"repetition_penalty": 0.005}),
+)
+check("the extension field is named", error.body.get("param") == "repetition_penalty", repr(error.body))
 expect_error(
     "404 NotFoundError for an unknown model",
     openai.NotFoundError,
