@@ -57,6 +57,28 @@ impl From<FinishReason> for Finish {
     }
 }
 
+/// The sampling fields an OpenAI request body shares with every other (`temperature`,
+/// `top_p`, the penalties, `seed`, and the extensions `top_k`, `min_p`,
+/// `repetition_penalty`), as the protocol's [`SamplingParams`]. A macro, because the
+/// chat and completions bodies are separate structs that name these fields alike.
+///
+/// [`SamplingParams`]: slough_protocol::inference::SamplingParams
+macro_rules! sampling_of {
+    ($body:expr) => {
+        slough_protocol::inference::SamplingParams {
+            temperature: $body.temperature,
+            top_p: $body.top_p,
+            top_k: $body.top_k,
+            min_p: $body.min_p,
+            repetition_penalty: $body.repetition_penalty,
+            presence_penalty: $body.presence_penalty,
+            frequency_penalty: $body.frequency_penalty,
+            seed: $body.seed.map(|seed| seed.cast_unsigned()),
+        }
+    };
+}
+pub(crate) use sampling_of;
+
 /// `stop`: one string or a list of at most four, none empty.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]

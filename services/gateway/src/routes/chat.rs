@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
 use slough_protocol::inference::{
     self as protocol, ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput,
-    SamplingParams, TokenLogprob,
+    TokenLogprob,
 };
 use utoipa::ToSchema;
 
@@ -14,7 +14,7 @@ use crate::{
     error::ApiError,
     generation::{
         self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
-        response_id,
+        response_id, sampling_of,
     },
     http::{Caller, Connection, JsonBody},
     keys::Scope,
@@ -149,16 +149,7 @@ impl ChatCompletionRequest {
         generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
         let mut request = GenerateRequest::new(&self.model, PromptInput::Messages(messages));
         request.max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        request.sampling = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            seed: self.seed.map(|seed| seed.cast_unsigned()),
-        };
+        request.sampling = sampling_of!(self);
         request.stop = Stop::into_list(self.stop.clone());
         request.n = self.n.unwrap_or(1);
         request.logprobs = self.logprobs.unwrap_or(false);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
 use slough_protocol::inference::{
-    FinishReason, GenerateChunk, GenerateRequest, PromptInput, SamplingParams, TokenLogprob,
+    FinishReason, GenerateChunk, GenerateRequest, PromptInput, TokenLogprob,
 };
 use utoipa::ToSchema;
 
@@ -15,7 +15,7 @@ use crate::{
     error::ApiError,
     generation::{
         self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
-        response_id,
+        response_id, sampling_of,
     },
     http::{Caller, Connection, JsonBody},
     keys::Scope,
@@ -139,16 +139,7 @@ impl CompletionRequest {
         }
         let mut template = GenerateRequest::new(&self.model, PromptInput::Text(String::new()));
         template.max_tokens = Some(self.max_tokens.unwrap_or(16));
-        template.sampling = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            seed: self.seed.map(|seed| seed.cast_unsigned()),
-        };
+        template.sampling = sampling_of!(self);
         template.stop = Stop::into_list(self.stop.clone());
         template.n = n;
         template.logprobs = self.logprobs.is_some();
