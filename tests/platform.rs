@@ -19,11 +19,11 @@ use slough_protocol::{
     health::{self, HealthRequest},
     status::StatusReport,
 };
-use slough_testkit::{TestNats, free_port, onnxruntime_library};
+use slough_testkit::{TestNats, onnxruntime_library};
 
 /// Settings for a platform on `nats`: every port picked free, data in the test's
 /// directory, monitoring sweeping at its default pace.
-fn settings(nats: &TestNats) -> (Settings, String) {
+fn settings(nats: &TestNats) -> Settings {
     let mut settings = Settings::default();
     settings.common.data_dir = nats.dir().join("data");
     settings.common.nats_url = Some(nats.url());
@@ -36,9 +36,22 @@ fn settings(nats: &TestNats) -> (Settings, String) {
     settings.personality.admin_listen = any;
     settings.training.admin_listen = any;
     settings.monitoring.admin_listen = any;
-    settings.monitoring.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let status_url = format!("http://{}/v1/status", settings.monitoring.listen);
-    (settings, status_url)
+    settings.monitoring.listen = any;
+    settings
+}
+
+/// Monitoring's status URL, once it listens.
+async fn status_url(platform: &Platform) -> String {
+    let monitoring = platform
+        .services()
+        .iter()
+        .find(|service| service.kind() == ServiceKind::Monitoring)
+        .expect("monitoring runs");
+    let addr = monitoring
+        .address("status")
+        .await
+        .expect("monitoring announces its status address");
+    format!("http://{addr}/v1/status")
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -85,10 +98,11 @@ fn count(report: &StatusReport, service: ServiceKind) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitoring_sees_every_service_and_forgets_a_stopped_one() {
     let nats = TestNats::start();
-    let (settings, status_url) = settings(&nats);
+    let settings = settings(&nats);
     let mut platform = Platform::start(&ServiceKind::ALL, &settings, &nats.url())
         .await
         .unwrap();
+    let status_url = status_url(&platform).await;
     let http = reqwest::Client::new();
 
     let (report, _) = wait_for(&http, &status_url, Duration::from_secs(20), |report| {
@@ -181,7 +195,7 @@ async fn monitoring_sees_every_service_and_forgets_a_stopped_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_requests_through_their_queue_group() {
     let nats = TestNats::start();
-    let (settings, _) = settings(&nats);
+    let settings = settings(&nats);
     let failed = tokio_util::sync::CancellationToken::new();
     let first = ServiceHandle::start(ServiceKind::Rag, &settings, &nats.url(), failed.clone())
         .await

@@ -3,7 +3,7 @@
 //! readiness checks that `/readyz` and the `health` endpoint report.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -19,6 +19,7 @@ use slough_protocol::{
 };
 use slough_store::Store;
 use slough_telemetry::{AdminServer, Readiness};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{CommonConfig, ServiceError};
@@ -35,6 +36,43 @@ pub struct ServiceContext {
     health: Arc<Health>,
     admin: AdminServer,
     admin_url: String,
+    listening: Listening,
+}
+
+/// The addresses a service's servers bound (the gateway's `api`, monitoring's
+/// `status`), announced once they listen: how whoever started the service learns a
+/// port it asked the system to pick (port 0). Cheap to clone; clones share.
+#[derive(Clone)]
+pub struct Listening {
+    addresses: Arc<watch::Sender<BTreeMap<&'static str, SocketAddr>>>,
+}
+
+impl Default for Listening {
+    fn default() -> Self {
+        Listening {
+            addresses: Arc::new(watch::Sender::new(BTreeMap::new())),
+        }
+    }
+}
+
+impl Listening {
+    /// Says that the server `name` listens on `addr`.
+    pub fn announce(&self, name: &'static str, addr: SocketAddr) {
+        self.addresses.send_modify(|addresses| {
+            addresses.insert(name, addr);
+        });
+    }
+
+    /// The address of server `name`, once it is announced; `None` if the service
+    /// stopped without announcing it.
+    pub async fn wait(&self, name: &str) -> Option<SocketAddr> {
+        let mut addresses = self.addresses.subscribe();
+        let announced = addresses
+            .wait_for(|addresses| addresses.contains_key(name))
+            .await
+            .ok()?;
+        announced.get(name).copied()
+    }
 }
 
 /// What a readiness report is made from, shared by `/readyz` and the `health` endpoint.
@@ -90,6 +128,7 @@ impl ServiceContext {
             health,
             admin,
             admin_url,
+            listening: Listening::default(),
         })
     }
 
@@ -116,6 +155,11 @@ impl ServiceContext {
     /// The admin server's base URL as other machines reach it.
     pub fn admin_url(&self) -> &str {
         &self.admin_url
+    }
+
+    /// Where the service announces the addresses its servers bound.
+    pub fn listening(&self) -> Listening {
+        self.listening.clone()
     }
 
     /// Adds a readiness check named `name`, run on every `/readyz` and `health` request.

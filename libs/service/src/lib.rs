@@ -9,7 +9,7 @@ pub mod context;
 pub mod nats_server;
 
 pub use config::{CommonConfig, ConfigError, load_config};
-pub use context::{CheckFuture, ServiceContext};
+pub use context::{CheckFuture, Listening, ServiceContext};
 pub use nats_server::{NatsServer, NatsServerOptions};
 
 /// What can stop a service from starting or running.

@@ -4,11 +4,14 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use actix_web::{App, HttpResponse, HttpServer, web};
 use prometheus::Registry;
 use slough_protocol::health::HealthReport;
 
-use crate::TelemetryError;
+use crate::{
+    TelemetryError,
+    http::{RunningServer, bind_error},
+};
 
 /// Produces the instance's current readiness on demand.
 pub type Readiness =
@@ -16,9 +19,7 @@ pub type Readiness =
 
 /// A running admin server.
 pub struct AdminServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: RunningServer,
 }
 
 #[derive(Clone)]
@@ -49,26 +50,20 @@ impl AdminServer {
         .disable_signals()
         .shutdown_timeout(2)
         .bind(listen)
-        .map_err(|source| TelemetryError::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
-        let addr = server.addrs().first().copied().unwrap_or(listen);
-        let server = server.run();
-        let handle = server.handle();
-        let task = tokio::spawn(server);
-        Ok(AdminServer { addr, handle, task })
+        .map_err(bind_error(listen))?;
+        let bound = server.addrs();
+        let server = RunningServer::spawn(server.run(), &bound, listen)?;
+        Ok(AdminServer { server })
     }
 
     /// The address actually bound.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops accepting and waits for the server to finish.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }
 

@@ -6,10 +6,12 @@
 //! readiness probe, it serves them.
 
 pub mod admin;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 
 pub use admin::{AdminServer, Readiness};
+pub use http::RunningServer;
 pub use logging::{LogConfig, LogFormat, TelemetryGuard, init};
 
 /// What can go wrong while setting telemetry up.

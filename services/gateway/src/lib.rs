@@ -28,7 +28,6 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix_cors::Cors;
 use actix_web::{
     App, HttpServer,
-    dev::ServerHandle,
     middleware::{Condition, from_fn},
     web,
 };
@@ -36,8 +35,7 @@ use serde::Deserialize;
 use slough_bus::Bus;
 use slough_service::{ServiceContext, ServiceError};
 use slough_store::Store;
-use slough_telemetry::TelemetryError;
-use tokio::task::JoinHandle;
+use slough_telemetry::{RunningServer, TelemetryError, http::bind_error};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -133,7 +131,8 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
     });
     let host = ctx.register(DESCRIPTION).await?;
-    let (handle, http) = start_api(&config, state.clone())?;
+    let api = start_api(&config, state.clone())?;
+    ctx.listening().announce("api", api.addr());
 
     // HTTP stops first, so that open requests still have the bus while they finish.
     let bus_shutdown = CancellationToken::new();
@@ -141,8 +140,7 @@ pub async fn run(
         let bus_shutdown = bus_shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            handle.stop(true).await;
-            let _ = http.await;
+            api.stop().await;
             bus_shutdown.cancel();
         })
     };
@@ -181,10 +179,7 @@ fn validate(config: &Config) -> Result<(), ServiceError> {
 }
 
 /// Binds the API listener and serves it on the runtime.
-fn start_api(
-    config: &Config,
-    state: web::Data<AppState>,
-) -> Result<(ServerHandle, JoinHandle<std::io::Result<()>>), ServiceError> {
+fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServer, ServiceError> {
     let document = web::Data::new(openapi::Document::new());
     let body_limit = config.max_body_bytes;
     let origins = config.cors_origins.clone();
@@ -203,15 +198,11 @@ fn start_api(
     .disable_signals()
     .shutdown_timeout(10)
     .bind(config.listen)
-    .map_err(|source| ServiceError::Io {
-        context: format!("cannot listen on {}", config.listen),
-        source,
-    })?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, "gateway API listening");
-    }
-    let server = server.run();
-    Ok((server.handle(), tokio::spawn(server)))
+    .map_err(bind_error(config.listen))?;
+    let bound = server.addrs();
+    let server = RunningServer::spawn(server.run(), &bound, config.listen)?;
+    tracing::info!(addr = %server.addr(), "gateway API listening");
+    Ok(server)
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -4,33 +4,18 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde::Serialize;
 use slough_protocol::status::StatusReport;
-use slough_service::ServiceError;
+use slough_telemetry::{RunningServer, TelemetryError, http::bind_error};
 use tokio::sync::watch;
 
-pub struct StatusServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl StatusServer {
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
-    }
-}
-
+/// Binds `listen` (port 0 picks a free port) and serves the status routes until the
+/// returned server is stopped.
 pub fn start(
     listen: SocketAddr,
     latest: watch::Receiver<StatusReport>,
-) -> Result<StatusServer, ServiceError> {
+) -> Result<RunningServer, TelemetryError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(latest.clone()))
@@ -42,15 +27,9 @@ pub fn start(
     .disable_signals()
     .shutdown_timeout(2)
     .bind(listen)
-    .map_err(|source| ServiceError::Io {
-        context: format!("cannot listen on {listen}"),
-        source,
-    })?;
-    let addr = server.addrs().first().copied().unwrap_or(listen);
-    let server = server.run();
-    let handle = server.handle();
-    let task = tokio::spawn(server);
-    Ok(StatusServer { addr, handle, task })
+    .map_err(bind_error(listen))?;
+    let bound = server.addrs();
+    RunningServer::spawn(server.run(), &bound, listen)
 }
 
 async fn status(latest: web::Data<watch::Receiver<StatusReport>>) -> HttpResponse {

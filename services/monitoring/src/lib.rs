@@ -102,6 +102,7 @@ pub async fn run(
     .await?;
     let server = http::start(config.listen, latest)?;
     tracing::info!(addr = %server.addr(), "monitoring status listening");
+    ctx.listening().announce("status", server.addr());
 
     let served = ctx.serve(host, shutdown).await;
     server.stop().await;

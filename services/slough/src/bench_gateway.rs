@@ -251,17 +251,15 @@ pub fn print(report: &GatewayBenchReport) {
 /// How long to wait for the platform to answer before giving up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `slough bench gateway`: nats-server, inference and a gateway (on a free port) started
+/// `slough bench gateway`: nats-server, inference and a gateway (on a port it picks) started
 /// here; a bench API key created for the run and revoked after it.
 pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Result<()> {
     let store = bench::nats_store(&settings)?;
     let mut server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port();
-    settings.gateway.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    settings.gateway.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    settings.inference.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.gateway.listen = any_port;
+    settings.gateway.admin_listen = any_port;
+    settings.inference.admin_listen = any_port;
     let url = server.url();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
@@ -285,8 +283,13 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
                     ServiceHandle::start(kind, &settings, &url, CancellationToken::new()).await?,
                 );
             }
-            let base = format!("http://{}", settings.gateway.listen);
             let outcome = async {
+                let api = match services.last() {
+                    Some(gateway) => gateway.address("api").await,
+                    None => None,
+                };
+                let api = api.ok_or_else(|| anyhow::anyhow!("the gateway did not start"))?;
+                let base = format!("http://{api}");
                 wait_for_gateway(&base, &key.secret, &options.model).await?;
                 let bus =
                     slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options())

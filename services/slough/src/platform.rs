@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use slough_protocol::ServiceKind;
-use slough_service::{ServiceContext, ServiceError};
+use slough_service::{Listening, ServiceContext, ServiceError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +15,7 @@ use crate::{Settings, services};
 pub struct ServiceHandle {
     kind: ServiceKind,
     admin_url: String,
+    listening: Listening,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServiceError>>,
 }
@@ -39,6 +40,7 @@ impl ServiceHandle {
         )
         .await?;
         let admin_url = ctx.admin_url().to_owned();
+        let listening = ctx.listening();
         let shutdown = CancellationToken::new();
         let run = (spec.run)(ctx, settings, shutdown.clone());
         let task = tokio::spawn(async move {
@@ -52,6 +54,7 @@ impl ServiceHandle {
         Ok(ServiceHandle {
             kind,
             admin_url,
+            listening,
             shutdown,
             task,
         })
@@ -65,6 +68,12 @@ impl ServiceHandle {
     /// Its admin server's base URL.
     pub fn admin_url(&self) -> &str {
         &self.admin_url
+    }
+
+    /// The address its server `name` bound (the gateway's `api`, monitoring's
+    /// `status`), once it listens; `None` if it stopped first.
+    pub async fn address(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.listening.wait(name).await
     }
 
     /// Asks it to stop and waits (up to `limit`) until it has left the bus.

@@ -1,7 +1,7 @@
 //! `slough up`: the nats-server child (restarted when it exits), every service in this
 //! process, the first admin key and the banner, until Ctrl-C or SIGTERM.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use slough_protocol::ServiceKind;
 use slough_service::NatsServer;
@@ -38,8 +38,12 @@ async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> 
     let nats_url = settings.nats_url();
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
+    // The addresses the servers bound (a configured port 0 becomes a real one).
+    let api = bound(&platform, ServiceKind::Gateway, "api").await;
+    let status = bound(&platform, ServiceKind::Monitoring, "status").await;
     print_banner(
         settings,
+        (api, status),
         &nats_url,
         platform.services(),
         new_admin_key.as_deref(),
@@ -142,8 +146,19 @@ pub fn print_new_admin_key(settings: &Settings, key: &str) {
     println!("  {key}");
 }
 
+/// The address `kind`'s server `name` bound, once it listens (a service that fails
+/// first ends `slough up` anyway); what is configured until then.
+async fn bound(platform: &Platform, kind: ServiceKind, name: &str) -> Option<SocketAddr> {
+    let service = platform.services().iter().find(|s| s.kind() == kind)?;
+    tokio::time::timeout(Duration::from_secs(60), service.address(name))
+        .await
+        .ok()
+        .flatten()
+}
+
 fn print_banner(
     settings: &Settings,
+    (api, status): (Option<SocketAddr>, Option<SocketAddr>),
     nats_url: &str,
     services: &[ServiceHandle],
     new_admin_key: Option<&str>,
@@ -151,11 +166,11 @@ fn print_banner(
     println!("SloughGPT {} is up.", env!("CARGO_PKG_VERSION"));
     println!(
         "  gateway (OpenAI API)  http://{}/v1",
-        settings.gateway.listen
+        api.unwrap_or(settings.gateway.listen)
     );
     println!(
         "  status                http://{}/v1/status",
-        settings.monitoring.listen
+        status.unwrap_or(settings.monitoring.listen)
     );
     println!("  NATS                  {nats_url}");
     println!(

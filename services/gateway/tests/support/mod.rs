@@ -16,6 +16,7 @@ pub use slough_testkit::{CHAT_MODEL as CHAT, EMBED_MODEL as EMBED};
 /// One running service and how to stop it.
 struct Running {
     admin: String,
+    listening: slough_service::Listening,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,7 +45,7 @@ pub struct Platform {
 /// The gateway settings tests start from: a free port, small limits.
 pub fn gateway_config() -> slough_gateway::Config {
     slough_gateway::Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], slough_testkit::free_port())),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         max_body_bytes: 64 * 1024,
         key_cache_ms: 200,
@@ -85,7 +86,6 @@ impl Platform {
             database_url: database_url.map(secrecy::SecretString::from),
             ..CommonConfig::default()
         };
-        let url = format!("http://{}", gateway.listen);
         // As the slough command does before it starts a gateway: the first admin key.
         let store = slough_store::Store::open(common.database_url.as_ref(), data.path())
             .await
@@ -104,6 +104,12 @@ impl Platform {
             })
         })
         .await;
+        let api = gateway
+            .listening
+            .wait("api")
+            .await
+            .expect("the gateway announces its API address");
+        let url = format!("http://{api}");
         let key_file = slough_gateway::keys::admin_key_path(data.path());
         let mut platform = Platform {
             nats,
@@ -296,10 +302,12 @@ async fn start_service(
     .await
     .expect("service context");
     let admin = ctx.admin_url().to_owned();
+    let listening = ctx.listening();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(ctx, shutdown.clone()));
     Running {
         admin,
+        listening,
         shutdown,
         task,
     }
