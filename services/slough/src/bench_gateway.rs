@@ -251,8 +251,10 @@ pub fn print(report: &GatewayBenchReport) {
 /// How long to wait for the platform to answer before giving up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `slough bench gateway`: nats-server, inference and a gateway (on a port it picks) started
-/// here; a bench API key created for the run and revoked after it.
+/// `slough bench gateway`: nats-server, inference and a gateway (on a port it picks)
+/// started here, the gateway on a throw-away store (so the run leaves no keys or usage
+/// in yours), the models and runtime from your data directory. The bench key is made
+/// as a user would: with the first admin key, through `POST /v1/keys`.
 pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Result<()> {
     let store = bench::nats_store(&settings)?;
     let mut server = NatsServer::start(&settings.common.nats.server.options(0, store))?;
@@ -260,23 +262,29 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
     settings.gateway.listen = any_port;
     settings.gateway.admin_listen = any_port;
     settings.inference.admin_listen = any_port;
+    let data_dir = settings.common.data_dir.clone();
+    settings
+        .inference
+        .models_dir
+        .get_or_insert_with(|| data_dir.join("models"));
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        settings
+            .inference
+            .runtime
+            .library
+            .get_or_insert_with(|| data_dir.join("runtime/libonnxruntime.so"));
+    }
+    let scratch = tempfile::tempdir()?;
+    settings.common.data_dir = scratch.path().to_owned();
+    settings.common.database_url = None;
     let url = server.url();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let store = slough_store::Store::open(
-                settings.common.database_url.as_ref(),
-                &settings.common.data_dir,
-            )
-            .await?;
-            let keys = slough_gateway::keys::Keys::new(store.clone(), Duration::ZERO);
-            let key = keys
-                .create(slough_gateway::keys::KeySettings {
-                    name: "slough bench gateway".to_owned(),
-                    scopes: vec![slough_gateway::keys::Scope::Inference],
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| anyhow::anyhow!("cannot create a bench key: {err}"))?;
+            let store = slough_store::Store::open(None, scratch.path()).await?;
+            let admin_key = slough_gateway::keys::bootstrap_admin_key(&store, scratch.path(), None)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a fresh store has no admin key"))?;
+            store.close().await;
             let mut services = Vec::new();
             for kind in [ServiceKind::Inference, ServiceKind::Gateway] {
                 services.push(
@@ -290,11 +298,12 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
                 };
                 let api = api.ok_or_else(|| anyhow::anyhow!("the gateway did not start"))?;
                 let base = format!("http://{api}");
-                wait_for_gateway(&base, &key.secret, &options.model).await?;
+                let key = bench_key(&base, &admin_key).await?;
+                wait_for_gateway(&base, &key, &options.model).await?;
                 let bus =
                     slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options())
                         .await?;
-                let report = measure(&base, &key.secret, &bus, &options).await?;
+                let report = measure(&base, &key, &bus, &options).await?;
                 print(&report);
                 let path = options
                     .json
@@ -308,13 +317,37 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
             for service in services.into_iter().rev() {
                 service.stop(Duration::from_secs(15)).await?;
             }
-            let _ = keys.revoke(key.key.id).await;
-            store.close().await;
             outcome
         })
     });
     server.stop();
     result
+}
+
+/// A key for the run, created with `admin_key` through the API.
+async fn bench_key(base: &str, admin_key: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let created = client
+            .post(format!("{base}/v1/keys"))
+            .bearer_auth(admin_key)
+            .json(&serde_json::json!({"name": "slough bench gateway", "scopes": ["inference"]}))
+            .send()
+            .await;
+        if let Ok(response) = created
+            && response.status().is_success()
+        {
+            let created: serde_json::Value = response.json().await?;
+            if let Some(secret) = created["secret"].as_str() {
+                return Ok(secret.to_owned());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the gateway did not create a bench key");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the gateway at `base` lists `model`.
