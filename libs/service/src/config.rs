@@ -60,6 +60,40 @@ impl Default for CommonConfig {
     }
 }
 
+/// The section of a service that sets nothing but its admin server's address (port
+/// `PORT` on loopback by default): where a new service's configuration starts.
+#[derive(Debug, Clone)]
+pub struct AdminOnlyConfig<const PORT: u16> {
+    /// The admin server (`/metrics`, `/livez`, `/readyz`).
+    pub admin_listen: std::net::SocketAddr,
+}
+
+/// By hand: serde's derive does not take const generics.
+impl<'de, const PORT: u16> Deserialize<'de> for AdminOnlyConfig<PORT> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Section {
+            #[serde(default)]
+            admin_listen: Option<std::net::SocketAddr>,
+        }
+        let section = Section::deserialize(deserializer)?;
+        Ok(AdminOnlyConfig {
+            admin_listen: section
+                .admin_listen
+                .unwrap_or_else(|| AdminOnlyConfig::<PORT>::default().admin_listen),
+        })
+    }
+}
+
+impl<const PORT: u16> Default for AdminOnlyConfig<PORT> {
+    fn default() -> Self {
+        AdminOnlyConfig {
+            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], PORT)),
+        }
+    }
+}
+
 /// The `[nats]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,6 +218,24 @@ pub fn load_config<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, Config
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admin_only_section_takes_its_port_or_refuses_unknown_keys() {
+        use figment::{
+            Figment,
+            providers::{Format as _, Toml},
+        };
+        let read =
+            |toml: &str| Figment::from(Toml::string(toml)).extract::<AdminOnlyConfig<9403>>();
+        assert_eq!(read("").unwrap().admin_listen.port(), 9403);
+        let moved = read("admin_listen = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(moved.admin_listen.port(), 0);
+        let misspelled = read("admin_lisen = \"x\"").unwrap_err();
+        assert!(
+            misspelled.to_string().contains("admin_lisen"),
+            "{misspelled}"
+        );
+    }
     use figment::Jail;
     use secrecy::ExposeSecret;
 

@@ -209,6 +209,17 @@ impl ServiceContext {
         Ok(host)
     }
 
+    /// Registers with only the `health` endpoint and serves until `shutdown`: a service
+    /// whose work has not arrived yet.
+    pub async fn serve_health(
+        self,
+        description: &str,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServiceError> {
+        let host = self.register(description).await?;
+        self.serve(host, shutdown).await
+    }
+
     /// Serves `host` until `shutdown`, drains it, then stops the admin server and closes
     /// the bus connection.
     pub async fn serve(

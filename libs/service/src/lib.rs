@@ -8,7 +8,7 @@ pub mod config;
 pub mod context;
 pub mod nats_server;
 
-pub use config::{CommonConfig, ConfigError, load_config};
+pub use config::{AdminOnlyConfig, CommonConfig, ConfigError, load_config};
 pub use context::{CheckFuture, Listening, ServiceContext};
 pub use nats_server::{NatsServer, NatsServerOptions};
 

@@ -2,10 +2,7 @@
 //! with their own issue; today it registers on the bus, answers `health`, serves its
 //! admin port and reports whether JetStream answers, which its queue will need).
 
-use std::net::SocketAddr;
-
-use serde::Deserialize;
-use slough_service::{ServiceContext, ServiceError};
+use slough_service::{AdminOnlyConfig, ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 /// The crate version, which is the version the instance registers with.
@@ -14,21 +11,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the instance says it does in `$SRV.INFO`.
 pub const DESCRIPTION: &str = "Fine-tuning jobs on a JetStream work queue";
 
-/// The `[training]` section of the configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// The admin server (`/metrics`, `/livez`, `/readyz`).
-    pub admin_listen: SocketAddr,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9405)),
-        }
-    }
-}
+/// The `[training]` section of the configuration: its admin port for now.
+pub type Config = AdminOnlyConfig<9405>;
 
 /// Serves until `shutdown` is cancelled, then leaves the bus.
 pub async fn run(
@@ -41,6 +25,5 @@ pub async fn run(
         let bus = bus.clone();
         Box::pin(async move { bus.jetstream_ready().await })
     });
-    let host = ctx.register(DESCRIPTION).await?;
-    ctx.serve(host, shutdown).await
+    ctx.serve_health(DESCRIPTION, shutdown).await
 }
