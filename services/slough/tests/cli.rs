@@ -230,14 +230,19 @@ async fn up_status_run_and_shutdown() {
         .unwrap();
     assert!(killed.success(), "no nats-server to kill");
     let gone = Instant::now();
-    let (_, took) = env.wait_for(Duration::from_secs(20), |report| {
-        ServiceKind::ALL
-            .iter()
-            .all(|&kind| count(report, kind) == 1)
+    let killed_at = std::time::SystemTime::now();
+    // A sweep made after the kill that finds all six healthy (not the last one before).
+    env.wait_for(Duration::from_secs(20), |report| {
+        report
+            .swept_at
+            .is_some_and(|swept| std::time::SystemTime::from(swept) > killed_at)
+            && ServiceKind::ALL
+                .iter()
+                .all(|&kind| count(report, kind) == 1)
             && report.instances.iter().all(|i| i.healthy)
     });
     eprintln!(
-        "all six healthy again {:?} after nats-server was killed ({took:?} of polling)",
+        "all six seen healthy again {:?} after nats-server was killed",
         gone.elapsed()
     );
     let log = std::fs::read_to_string(&log_path).unwrap();
