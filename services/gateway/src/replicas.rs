@@ -82,20 +82,26 @@ impl Replicas {
         }
     }
 
-    /// Takes a replica's report; what was sent to it before is now counted in it.
+    /// Takes a replica's report. What was sent to it since the last one is taken as
+    /// counted in it as far as its pending count grew; the rest is still on its way
+    /// (so a report arriving in the middle of a burst does not forget it).
     pub fn update(&self, report: InstanceLoad) {
-        let models = report
+        let models: HashMap<String, (u32, u32)> = report
             .models
             .into_iter()
             .map(|load| (load.model, (load.pending, load.capacity)))
             .collect();
         let mut known = self.lock();
+        let sent = known
+            .remove(&report.instance_id)
+            .map(|previous| still_on_the_way(&previous, &models))
+            .unwrap_or_default();
         known.insert(
             report.instance_id,
             Replica {
                 reported_at: Instant::now(),
                 models,
-                sent: HashMap::new(),
+                sent,
             },
         );
         self.drop_stale(&mut known);
@@ -214,6 +220,27 @@ impl Replicas {
     }
 }
 
+/// What was sent to a replica and is not in its new report yet: per model, the requests
+/// sent since the previous report beyond what its pending count grew by.
+fn still_on_the_way(
+    previous: &Replica,
+    models: &HashMap<String, (u32, u32)>,
+) -> HashMap<String, u32> {
+    previous
+        .sent
+        .iter()
+        .filter_map(|(model, &sent)| {
+            let before = previous
+                .models
+                .get(model)
+                .map_or(0, |&(pending, _)| pending);
+            let now = models.get(model).map_or(0, |&(pending, _)| pending);
+            let left = sent.saturating_sub(now.saturating_sub(before));
+            (left > 0).then(|| (model.clone(), left))
+        })
+        .collect()
+}
+
 /// Keeps `replicas` up to date with the load reports until `shutdown`.
 pub async fn follow(
     bus: Bus,
@@ -275,6 +302,31 @@ mod tests {
     }
 
     #[test]
+    fn a_report_keeps_what_was_sent_and_has_not_arrived() {
+        let previous = Replica {
+            reported_at: Instant::now(),
+            models: HashMap::from([("m".to_owned(), (1, 16))]),
+            sent: HashMap::from([("m".to_owned(), 4)]),
+        };
+        // Three of the four sent arrived: one is still on its way.
+        let now = HashMap::from([("m".to_owned(), (4, 16))]);
+        assert_eq!(
+            still_on_the_way(&previous, &now),
+            HashMap::from([("m".to_owned(), 1)])
+        );
+        // All four arrived: nothing left.
+        let now = HashMap::from([("m".to_owned(), (5, 16))]);
+        assert!(still_on_the_way(&previous, &now).is_empty());
+        // Requests finished meanwhile hide arrivals: the sent ones keep counting (the
+        // safe direction: the replica looks busier, not idler).
+        let now = HashMap::from([("m".to_owned(), (0, 16))]);
+        assert_eq!(
+            still_on_the_way(&previous, &now),
+            HashMap::from([("m".to_owned(), 4)])
+        );
+    }
+
+    #[test]
     fn requests_arriving_together_are_spread_before_the_next_report() {
         let fresh = IntGauge::new("fresh", "fresh").unwrap();
         let replicas = Replicas::new(fresh.clone());
@@ -293,7 +345,6 @@ mod tests {
         assert_eq!(counts.get("a"), Some(&4));
         assert_eq!(counts.get("b"), Some(&4));
         assert_eq!(replicas.pick("other model"), None);
-        // A report replaces what was counted as sent.
         replicas.update(report("a", 1));
         replicas.forget("b");
         assert_eq!(fresh.get(), 1);

@@ -254,7 +254,8 @@ async fn up_status_run_and_shutdown() {
     assert!(log.contains("nats-server restarted"), "{log}");
     // Libraries stay quiet: no ONNX Runtime session dumps at the default level.
     assert!(
-        !log.lines().any(|line| line.contains("ort::")),
+        !log.lines()
+            .any(|line| line.contains(" INFO ") && line.contains("ort::")),
         "ONNX Runtime's info logs are shown:\n{log}"
     );
 
