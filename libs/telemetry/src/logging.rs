@@ -29,6 +29,9 @@ pub struct LogConfig {
     /// An `EnvFilter` directive such as `info` or `info,slough_bus=debug`. `RUST_LOG`,
     /// when set, wins.
     pub level: String,
+    /// Where to export traces over OTLP/HTTP (`http://collector:4318`); unset: the
+    /// standard `OTEL_EXPORTER_OTLP_ENDPOINT`, and no export when that is unset too.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -36,6 +39,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Pretty,
             level: DEFAULT_LEVEL.to_owned(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -61,7 +65,8 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber: logs to stderr (filtered by the log level), spans to
 /// OpenTelemetry (filtered on their own, see below). A tracer
 /// provider is always installed so that spans carry trace ids that travel across NATS;
-/// spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+/// spans are exported only when an OTLP endpoint is configured (`log.otlp_endpoint` or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`).
 pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(from_env) if !from_env.is_empty() => from_env,
@@ -72,7 +77,7 @@ pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
         source,
     })?;
 
-    let provider = tracer_provider(process_name)?;
+    let provider = tracer_provider(process_name, config.otlp_endpoint.as_deref())?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
     // Spans reach OpenTelemetry at `info` whatever the log level says: a quiet log must
@@ -103,20 +108,28 @@ pub fn init(process_name: &str, config: &LogConfig) -> Result<TelemetryGuard, Te
     Ok(TelemetryGuard { provider })
 }
 
-fn tracer_provider(process_name: &str) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    process_name: &str,
+    endpoint: Option<&str>,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig as _;
     let resource = Resource::builder()
         .with_service_name(process_name.to_owned())
         .build();
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty())
+    let from_env = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty())
         || std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_ok_and(|v| !v.is_empty());
-    if !exporting {
-        return Ok(builder.build());
-    }
-    // The exporter reads the endpoint, headers and timeout from the standard
-    // OTEL_EXPORTER_OTLP_* variables.
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
+    let exporter = match endpoint {
+        // The configured endpoint is the collector's base URL, as the variable is.
+        Some(endpoint) => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/'))),
+        // The exporter reads the endpoint, headers and timeout from the standard
+        // OTEL_EXPORTER_OTLP_* variables.
+        None if from_env => opentelemetry_otlp::SpanExporter::builder().with_http(),
+        None => return Ok(builder.build()),
+    };
+    let exporter = exporter
         .build()
         .map_err(|err| TelemetryError::Otlp(err.to_string()))?;
     Ok(builder.with_batch_exporter(exporter).build())

@@ -1,6 +1,7 @@
-//! Each request is a span: a caller's `traceparent` is adopted, and the trace id comes
-//! back as `x-request-id` (the bus carries the same context on to inference; see the
-//! bus's own trace test). Its own binary, as it installs the global subscriber.
+//! Each request is a span: a caller's `traceparent` is adopted, the trace id comes back
+//! as `x-request-id`, and the spans of one chat request, from the gateway and from
+//! inference across NATS, reach a real OTLP/HTTP receiver under that one trace id with
+//! the GenAI attributes. Its own binary, as it installs the global subscriber.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +11,67 @@
 
 mod support;
 
-use support::{Platform, gateway_config, inference_config};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpServer, web};
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value::Value as AnyValue,
+    trace::v1::Span,
+};
+use prost::Message as _;
+use serde_json::json;
+use support::{CHAT, Platform, gateway_config, inference_config};
+
+/// Spans an OTLP/HTTP receiver got, decoded.
+type Received = Arc<Mutex<Vec<Span>>>;
+
+/// An OTLP/HTTP trace receiver on a free port: decodes every export it is sent.
+fn receiver() -> (String, Received) {
+    let received = Received::default();
+    let store = received.clone();
+    let server = HttpServer::new(move || {
+        let store = store.clone();
+        App::new().route(
+            "/v1/traces",
+            web::post().to(move |body: web::Bytes| {
+                let store = store.clone();
+                async move {
+                    let export = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
+                    let spans = export
+                        .resource_spans
+                        .into_iter()
+                        .flat_map(|resource| resource.scope_spans)
+                        .flat_map(|scope| scope.spans);
+                    store.lock().unwrap().extend(spans);
+                    actix_web::HttpResponse::Ok().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let addr = server.addrs()[0];
+    tokio::spawn(server.run());
+    (format!("http://{addr}"), received)
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    let value = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .clone()?;
+    match value.value? {
+        AnyValue::StringValue(text) => Some(text),
+        AnyValue::IntValue(n) => Some(n.to_string()),
+        AnyValue::DoubleValue(x) => Some(x.to_string()),
+        AnyValue::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_join_the_callers_trace() {
@@ -18,6 +79,11 @@ async fn requests_join_the_callers_trace() {
     let quiet = slough_telemetry::LogConfig {
         level: "error".to_owned(),
         ..slough_telemetry::LogConfig::default()
+    };
+    let (collector, received) = receiver();
+    let quiet = slough_telemetry::LogConfig {
+        otlp_endpoint: Some(collector),
+        ..quiet
     };
     let _telemetry = slough_telemetry::init("gateway-test", &quiet).unwrap();
     let platform = Platform::start(gateway_config(), inference_config()).await;
@@ -48,5 +114,68 @@ async fn requests_join_the_callers_trace() {
     .collect();
     assert_ne!(ids[0], ids[1]);
     assert!(ids.iter().all(|id| id.len() == 32 && id != trace_id));
+
+    // One chat request: its spans from the gateway and from inference (across NATS)
+    // reach the OTLP receiver under one trace id, with the GenAI attributes.
+    let response = platform
+        .post(
+            "/v1/chat/completions",
+            &platform.admin_key,
+            &json!({"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let chat_trace = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let wanted = [
+        "POST /v1/chat/completions",
+        "bus.request",
+        "bus.handle",
+        "gen_ai.generate",
+        "gen_ai.prefill",
+    ];
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        names = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|span| hex(&span.trace_id) == chat_trace)
+            .map(|span| span.name.clone())
+            .collect();
+        if wanted.iter().all(|name| names.iter().any(|n| n == name)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        wanted.iter().all(|name| names.iter().any(|n| n == name)),
+        "spans of trace {chat_trace}: {names:?}"
+    );
+    let generate = received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|span| hex(&span.trace_id) == chat_trace && span.name == "gen_ai.generate")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        attribute(&generate, "gen_ai.request.model").as_deref(),
+        Some(CHAT)
+    );
+    assert_eq!(
+        attribute(&generate, "gen_ai.request.max_tokens").as_deref(),
+        Some("4")
+    );
+    assert!(attribute(&generate, "gen_ai.usage.input_tokens").is_some());
+    assert!(attribute(&generate, "gen_ai.usage.output_tokens").is_some());
     platform.stop().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
