@@ -120,8 +120,9 @@ impl Replicas {
         self.choose(Some(model), None)
     }
 
-    /// The replica with the most room for `model` (any model when `None`), other than
-    /// `except`, counted as sent there.
+    /// The replica with the most room for `model` (over all its models when `None`; a
+    /// replica serving nothing is never chosen), other than `except`, counted as sent
+    /// there.
     fn choose(&self, model: Option<&str>, except: Option<&str>) -> Option<String> {
         let mut known = self.lock();
         self.drop_stale(&mut known);
@@ -138,6 +139,10 @@ impl Replicas {
                             (p + pending, c + capacity)
                         }),
                 };
+                if capacity == 0 {
+                    // Serves nothing (yet): it cannot answer for a model.
+                    return None;
+                }
                 let sent = match model {
                     Some(model) => replica.sent.get(model).copied().unwrap_or(0),
                     None => replica.sent.values().sum(),
