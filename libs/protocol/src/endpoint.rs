@@ -8,17 +8,46 @@ use std::{fmt, marker::PhantomData};
 
 use crate::{ServiceKind, subjects};
 
-/// A request/reply endpoint `slough.v1.<service>.<name>` taking `Req` and answering `Resp`.
-pub struct Endpoint<Req, Resp> {
+/// Where an endpoint answers: `slough.v1.<service>.<name>`. Both kinds of descriptor
+/// deref to it, so `ENDPOINT.subject()` works on either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
     service: ServiceKind,
     name: &'static str,
+}
+
+impl Address {
+    /// The service that answers it.
+    pub fn service(&self) -> ServiceKind {
+        self.service
+    }
+
+    /// The endpoint's name within its service.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its subject, on which the service's queue group answers.
+    pub fn subject(&self) -> String {
+        subjects::endpoint(self.service, self.name)
+    }
+
+    /// The subject on which only instance `instance_id` answers, for a caller that
+    /// chooses the replica (e.g. the least loaded).
+    pub fn instance_subject(&self, instance_id: &str) -> String {
+        subjects::instance(&self.subject(), instance_id)
+    }
+}
+
+/// A request/reply endpoint taking `Req` and answering `Resp`.
+pub struct Endpoint<Req, Resp> {
+    address: Address,
     types: PhantomData<fn(Req) -> Resp>,
 }
 
 /// A streamed endpoint: `Req` in, then `Chunk`s and one `End` (see [`crate::stream`]).
 pub struct StreamEndpoint<Req, Chunk, End> {
-    service: ServiceKind,
-    name: &'static str,
+    address: Address,
     types: PhantomData<fn(Req) -> (Chunk, End)>,
 }
 
@@ -32,30 +61,9 @@ impl<Req, Resp> Endpoint<Req, Resp> {
     /// Declares `slough.v1.<service>.<name>`.
     pub const fn new(service: ServiceKind, name: &'static str) -> Self {
         Endpoint {
-            service,
-            name,
+            address: Address { service, name },
             types: PhantomData,
         }
-    }
-
-    /// The service that answers it.
-    pub fn service(&self) -> ServiceKind {
-        self.service
-    }
-
-    /// The endpoint's name within its service.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    /// Its subject.
-    pub fn subject(&self) -> String {
-        subjects::endpoint(self.service, self.name)
-    }
-
-    /// The subject on which only instance `instance_id` answers.
-    pub fn instance_subject(&self, instance_id: &str) -> String {
-        subjects::instance(&self.subject(), instance_id)
     }
 }
 
@@ -63,31 +71,25 @@ impl<Req, Chunk, End> StreamEndpoint<Req, Chunk, End> {
     /// Declares `slough.v1.<service>.<name>`.
     pub const fn new(service: ServiceKind, name: &'static str) -> Self {
         StreamEndpoint {
-            service,
-            name,
+            address: Address { service, name },
             types: PhantomData,
         }
     }
+}
 
-    /// The service that answers it.
-    pub fn service(&self) -> ServiceKind {
-        self.service
+impl<Req, Resp> std::ops::Deref for Endpoint<Req, Resp> {
+    type Target = Address;
+
+    fn deref(&self) -> &Address {
+        &self.address
     }
+}
 
-    /// The endpoint's name within its service.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
+impl<Req, Chunk, End> std::ops::Deref for StreamEndpoint<Req, Chunk, End> {
+    type Target = Address;
 
-    /// Its subject.
-    pub fn subject(&self) -> String {
-        subjects::endpoint(self.service, self.name)
-    }
-
-    /// The subject on which only instance `instance_id` answers, for a caller that
-    /// chooses the replica (e.g. the least loaded).
-    pub fn instance_subject(&self, instance_id: &str) -> String {
-        subjects::instance(&self.subject(), instance_id)
+    fn deref(&self) -> &Address {
+        &self.address
     }
 }
 
