@@ -117,36 +117,20 @@ impl Replicas {
     /// The replica to send a request for `model` to, counted as sent there; `None`
     /// when no fresh report names the model (the queue group decides then).
     pub fn pick(&self, model: &str) -> Option<String> {
-        self.choose(Some(model), None)
+        self.choose(model, None)
     }
 
-    /// The replica with the most room for `model` (over all its models when `None`; a
-    /// replica serving nothing is never chosen), other than `except`, counted as sent
+    /// The replica with the most room for `model`, other than `except`, counted as sent
     /// there.
-    fn choose(&self, model: Option<&str>, except: Option<&str>) -> Option<String> {
+    fn choose(&self, model: &str, except: Option<&str>) -> Option<String> {
         let mut known = self.lock();
         self.drop_stale(&mut known);
         let candidates: Vec<Candidate<'_>> = known
             .iter()
             .filter(|(instance, _)| Some(instance.as_str()) != except)
             .filter_map(|(instance, replica)| {
-                let (pending, capacity) = match model {
-                    Some(model) => *replica.models.get(model)?,
-                    None => replica
-                        .models
-                        .values()
-                        .fold((0, 0), |(p, c), &(pending, capacity)| {
-                            (p + pending, c + capacity)
-                        }),
-                };
-                if capacity == 0 {
-                    // Serves nothing (yet): it cannot answer for a model.
-                    return None;
-                }
-                let sent = match model {
-                    Some(model) => replica.sent.get(model).copied().unwrap_or(0),
-                    None => replica.sent.values().sum(),
-                };
+                let &(pending, capacity) = replica.models.get(model)?;
+                let sent = replica.sent.get(model).copied().unwrap_or(0);
                 Some(Candidate {
                     instance,
                     pending: pending + sent,
@@ -155,20 +139,20 @@ impl Replicas {
             })
             .collect();
         let chosen = least_loaded(&candidates)?.to_owned();
-        if let (Some(model), Some(replica)) = (model, known.get_mut(&chosen)) {
+        if let Some(replica) = known.get_mut(&chosen) {
             *replica.sent.entry(model.to_owned()).or_default() += 1;
         }
         Some(chosen)
     }
 
-    /// Calls an idempotent `endpoint` (embed, models, tokenize) on the replica with the
-    /// most room for `model`. If that replica is gone (nobody answers on its subject, or
+    /// Calls an idempotent `endpoint` (embed, tokenize) for `model` on the replica with
+    /// the most room for it. If that replica is gone (nobody answers on its subject, or
     /// its reports stop while the call waits) the call goes once more to another one.
     pub async fn call<Req, Resp>(
         &self,
         bus: &Bus,
         endpoint: &Endpoint<Req, Resp>,
-        model: Option<&str>,
+        model: &str,
         request: &Req,
     ) -> Result<Resp, BusError>
     where
@@ -209,6 +193,17 @@ impl Replicas {
                 return;
             }
         }
+    }
+
+    /// The replicas with a fresh report that serve at least one model.
+    pub fn instances(&self) -> Vec<String> {
+        let mut known = self.lock();
+        self.drop_stale(&mut known);
+        known
+            .iter()
+            .filter(|(_, replica)| !replica.models.is_empty())
+            .map(|(instance, _)| instance.clone())
+            .collect()
     }
 
     /// Forgets a replica that did not answer (it went away before its report aged).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use slough_protocol::inference;
 use support::{CHAT, EMBED, Platform, gateway_config, inference_config, read_events};
 
 fn france() -> Value {
@@ -1064,5 +1065,63 @@ async fn generations_are_spread_over_replicas_by_load() {
         first.max(other) <= 1.5 * first.min(other),
         "split {first}/{other}"
     );
+
+    // A fleet serving different models on different replicas: each model is listed and
+    // answered, whichever replica a request would have met by chance.
+    let bus = slough_bus::connect(
+        &platform.nats.url(),
+        "test",
+        slough_service::CommonConfig::default().nats.bus_options(),
+    )
+    .await
+    .unwrap();
+    let mut reports = bus.subscribe(&inference::LOAD_REPORTS).await.unwrap();
+    let mut instances = std::collections::BTreeSet::new();
+    while instances.len() < 2 {
+        let report = reports.next().await.unwrap().unwrap();
+        instances.insert(report.instance_id);
+    }
+    for (instance, model) in instances.iter().zip([CHAT, EMBED]) {
+        let request = inference::ModelRequest {
+            model: model.to_owned(),
+        };
+        bus.call_on(&inference::UNLOAD, instance, &request)
+            .await
+            .unwrap();
+    }
+    // The gateway hears of the change with the next reports.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..6 {
+        let list = platform.get_json("/v1/models", &key).await;
+        let mut ids: Vec<&str> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [EMBED, CHAT], "{list}");
+        let embedded = platform
+            .post(
+                "/v1/embeddings",
+                &key,
+                &json!({"model": EMBED, "input": "x"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(embedded.status(), 200);
+        let chat = platform
+            .post(
+                "/v1/chat/completions",
+                &key,
+                &json!({"model": CHAT, "messages": france(), "max_tokens": 2}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(chat.status(), 200);
+    }
+    bus.close().await;
     platform.stop().await;
 }

@@ -221,7 +221,7 @@ async fn embed_in_batches(
             async move {
                 let response = state
                     .replicas
-                    .call(&state.bus, &inference::EMBED, Some(model), &request)
+                    .call(&state.bus, &inference::EMBED, model, &request)
                     .await;
                 response.map_err(|err| in_request_terms(&err, range.start))
             }

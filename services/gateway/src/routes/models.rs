@@ -1,5 +1,7 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the models inference serves that the
-//! caller's key may use.
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models the inference replicas serve
+//! (all of them, when several serve different models) that the caller's key may use.
+
+use std::{collections::BTreeMap, time::Duration};
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -49,13 +51,45 @@ impl From<ModelInfo> for Model {
     }
 }
 
+/// How long the model list waits for each replica (they answer from memory).
+const LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// Every model the inference replicas serve, once each, sorted by id. With their load
+/// known, every replica is asked (a fleet may serve different models on different
+/// replicas); otherwise one, through the queue group.
 async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
-    let response = state
-        .replicas
-        .call(&state.bus, &inference::MODELS, None, &ModelsRequest {})
-        .await
-        .map_err(|err| ApiError::from_bus(&err))?;
-    Ok(response.models)
+    let instances = state.replicas.instances();
+    if instances.is_empty() {
+        let response = state
+            .bus
+            .call(&inference::MODELS, &ModelsRequest {})
+            .await
+            .map_err(|err| ApiError::from_bus(&err))?;
+        return Ok(response.models);
+    }
+    let asked = instances.iter().map(|instance| {
+        let call = state
+            .bus
+            .call_on(&inference::MODELS, instance, &ModelsRequest {});
+        tokio::time::timeout(LIST_WAIT, call)
+    });
+    let mut models = BTreeMap::new();
+    let mut failure = None;
+    for answer in futures::future::join_all(asked).await {
+        match answer {
+            Ok(Ok(answer)) => {
+                for model in answer.models {
+                    models.entry(model.id.clone()).or_insert(model);
+                }
+            }
+            Ok(Err(err)) => failure = Some(ApiError::from_bus(&err)),
+            Err(_) => {}
+        }
+    }
+    match failure {
+        Some(failure) if models.is_empty() => Err(failure),
+        _ => Ok(models.into_values().collect()),
+    }
 }
 
 /// Lists the models this key may use.
