@@ -172,6 +172,10 @@ pub struct GenerateChunk {
     /// Per token behind `text`, when asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// On a stream's first chunk only: the prompt's tokens, so a caller that leaves
+    /// before the final frame (which carries the usage) can still account for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
 }
 
 /// The log probability of a chosen token, and of its best alternatives.

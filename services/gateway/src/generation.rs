@@ -303,7 +303,7 @@ async fn collect(
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Chunk(chunk)) => {
-                metered.chunk();
+                metered.chunk(chunk.prompt_tokens);
                 if let Some(choice) = collected.get_mut(chunk.index as usize) {
                     choice.text.push_str(&chunk.text);
                     choice.logprobs.extend(chunk.logprobs);
@@ -381,7 +381,7 @@ fn sse<F: ChunkFormat>(
         loop {
             match state.events.next().await {
                 Some(Ok(Event::Chunk(chunk))) => {
-                    state.metered.chunk();
+                    state.metered.chunk(chunk.prompt_tokens);
                     return Some((Ok(state.format.chunk(chunk)), state));
                 }
                 Some(Ok(Event::Finished { index, reason })) => {

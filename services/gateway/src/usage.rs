@@ -57,9 +57,10 @@ impl UsageRecorder {
 
 /// Accounts for one admitted model request: holds its in-flight slot, and when dropped
 /// stores its usage row, counts its tokens against the key's limits and in the metrics.
-/// A request dropped before [`Metered::finish`] (the client went away) is stored as 499
-/// with the chunks it received as its completion tokens (its prompt is not counted:
-/// inference reports usage only at the end).
+/// A request dropped before [`Metered::finish`] (the client went away) is stored as 499,
+/// charged the prompts its generations announced (in their first chunk) and the chunks
+/// it received as its completion tokens (inference reports the exact usage only at the
+/// end).
 pub struct Metered {
     recorder: UsageRecorder,
     limits: Arc<Limits>,
@@ -70,6 +71,8 @@ pub struct Metered {
     usage: Usage,
     /// Chunks received that no upstream usage report covers yet.
     unreported_chunks: u32,
+    /// Prompt tokens announced by generations that have not reported their usage yet.
+    unreported_prompt: u32,
     status: u16,
     stream: bool,
     _slot: OwnedSemaphorePermit,
@@ -94,6 +97,7 @@ impl Metered {
             started: Instant::now(),
             usage: Usage::default(),
             unreported_chunks: 0,
+            unreported_prompt: 0,
             status: 499,
             stream: false,
             _slot: slot,
@@ -108,10 +112,12 @@ impl Metered {
         }
     }
 
-    /// Counts a chunk of generated text, so that a request abandoned before inference
-    /// reports its usage is still charged about what it generated.
-    pub fn chunk(&mut self) {
+    /// Counts a chunk of generated text (and the prompt its generation announces on its
+    /// first chunk), so that a request abandoned before inference reports its usage is
+    /// still charged about what it used.
+    pub fn chunk(&mut self, prompt_tokens: Option<u32>) {
         self.unreported_chunks += 1;
+        self.unreported_prompt += prompt_tokens.unwrap_or(0);
     }
 
     /// Adds tokens used so far (several prompts add up).
@@ -119,6 +125,7 @@ impl Metered {
         self.unreported_chunks = self
             .unreported_chunks
             .saturating_sub(usage.completion_tokens);
+        self.unreported_prompt = self.unreported_prompt.saturating_sub(usage.prompt_tokens);
         self.usage += usage;
     }
 
@@ -147,8 +154,11 @@ impl Drop for Metered {
     fn drop(&mut self) {
         if self.status == 499 {
             // Inference reports usage at the end; a chunk is at least one token.
-            self.usage.completion_tokens += self.unreported_chunks;
-            self.usage.total_tokens += self.unreported_chunks;
+            self.usage += Usage {
+                prompt_tokens: self.unreported_prompt,
+                completion_tokens: self.unreported_chunks,
+                total_tokens: self.unreported_prompt + self.unreported_chunks,
+            };
         }
         let metrics = &self.recorder.metrics;
         metrics.in_flight.dec();

@@ -706,8 +706,19 @@ async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream
             .await,
         0.0
     );
+    // The abandoned request is charged its prompt (announced with the first chunk)
+    // and at least the chunks it received.
+    let report = platform.usage_once(&key, 1).await;
+    assert!(report["prompt_tokens"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["completion_tokens"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
 
-    // Inference goes away mid-stream: the stream ends with an error event.
+    // Inference stops mid-stream: the stream ends, never hangs. A graceful stop lets
+    // the generation finish within its drain time (then `[DONE]`), or ends it with an
+    // `error` event; a replica that dies (SIGKILL, services/slough/tests/cli.rs) always
+    // ends its streams with the error event.
     let response = platform
         .post("/v1/completions", &key, &long)
         .send()
@@ -725,7 +736,10 @@ async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream
     .await;
     assert!(read.is_ok(), "the stream ended");
     let last = rest.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("data: {\"error\""), "{rest}");
+    assert!(
+        last == "data: [DONE]" || last.starts_with("data: {\"error\""),
+        "{rest}"
+    );
 
     // With no inference replica: 503.
     let response = platform

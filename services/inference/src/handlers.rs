@@ -90,6 +90,7 @@ async fn generate(
         let _cancel_on_drop = accepted.cancel.clone().drop_guard();
         tracing::Span::current().record("gen_ai.usage.input_tokens", accepted.prompt_tokens);
         let sender = start.accept().await.map_err(|err| err.to_body())?;
+        let mut prompt_tokens = u32::try_from(accepted.prompt_tokens).ok();
         loop {
             let event = tokio::select! {
                 event = accepted.events.recv() => event,
@@ -99,7 +100,9 @@ async fn generate(
                 }
             };
             match event {
-                Some(Event::Chunk(chunk)) => {
+                Some(Event::Chunk(mut chunk)) => {
+                    // The first chunk says how long the prompt was (see GenerateChunk).
+                    chunk.prompt_tokens = prompt_tokens.take();
                     if let Err(err) = sender.chunk(chunk).await {
                         accepted.cancel.cancel();
                         return Err(err.to_body());

@@ -437,6 +437,7 @@ impl Scheduler {
                 index: seq.choice,
                 text,
                 logprobs,
+                prompt_tokens: None,
             }));
         }
         if stopped {
@@ -458,6 +459,7 @@ impl Scheduler {
                 index: seq.choice,
                 text: rest,
                 logprobs: Vec::new(),
+                prompt_tokens: None,
             }));
         }
         if let Some(slot) = state.finish.get_mut(seq.choice as usize) {
