@@ -280,6 +280,9 @@ pub struct ModelInfo {
     pub created_at: String,
     /// The execution provider the model runs on (`cpu`, `cuda`, `tensorrt`).
     pub provider: String,
+    /// Embedding models: the length of their vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
 }
 
 /// Asks for the served models; empty.

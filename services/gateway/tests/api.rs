@@ -217,6 +217,8 @@ async fn completions_embeddings_and_models() {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     assert_eq!(decoded, first);
+    let embedded = "slough_inference_embedded_texts_total{model=\"minilm\"}";
+    let before = platform.inference_metric(embedded).await;
     let response = platform
         .post(
             "/v1/embeddings",
@@ -230,6 +232,11 @@ async fn completions_embeddings_and_models() {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "dimensions");
     assert!(error["error"]["message"].as_str().unwrap().contains("384"));
+    assert_eq!(
+        platform.inference_metric(embedded).await,
+        before,
+        "refused before any text was embedded"
+    );
 
     // Models: the list, one model, an unknown one.
     let list: Value = platform.get_json("/v1/models", &key).await;

@@ -76,6 +76,7 @@ impl EmbeddingModel {
             quantization: manifest.quantization.clone(),
             created_at: manifest.created_at.clone(),
             provider: provider.name().to_owned(),
+            dimensions: u32::try_from(manifest.graph.hidden).ok(),
         };
         let (jobs, mut inbox) = mpsc::unbounded_channel::<EmbedJob>();
         let mut worker = Worker {

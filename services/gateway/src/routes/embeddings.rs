@@ -140,6 +140,19 @@ pub async fn create(
         ));
     }
     key.allow_model(&body.model)?;
+    if let Some(asked) = body.dimensions {
+        // Refused before any embedding work when the model's size is known.
+        let size = super::models::served(&state)
+            .await?
+            .into_iter()
+            .find(|model| model.id == body.model)
+            .and_then(|model| model.dimensions);
+        if let Some(size) = size
+            && size != asked
+        {
+            return Err(cannot_shorten(&body.model, size as usize));
+        }
+    }
     let mut metered = state
         .admission
         .admit(&key, "embeddings", &body.model)
@@ -153,15 +166,9 @@ pub async fn create(
     if let Some(dimensions) = body.dimensions
         && dimensions as usize != size
     {
+        // A replica that does not report its model's size: found out by embedding.
         metered.finish(400);
-        return Err(ApiError::invalid(
-            "dimensions",
-            format!(
-                "model `{}` makes vectors of {size} dimensions and cannot shorten them; \
-                 leave dimensions out or set it to {size}",
-                body.model
-            ),
-        ));
+        return Err(cannot_shorten(&body.model, size));
     }
     let base64 = body.encoding_format == Some(EncodingFormat::Base64);
     let data = response
@@ -190,6 +197,17 @@ pub async fn create(
         },
         truncated: truncate.then_some(response.truncated),
     }))
+}
+
+/// 400: `dimensions` other than the model's own size.
+fn cannot_shorten(model: &str, size: usize) -> ApiError {
+    ApiError::invalid(
+        "dimensions",
+        format!(
+            "model `{model}` makes vectors of {size} dimensions and cannot shorten them; \
+             leave dimensions out or set it to {size}"
+        ),
+    )
 }
 
 /// Texts in one embed request on the bus. With up to 256 tokens each, a batch takes

@@ -57,7 +57,7 @@ const LIST_WAIT: Duration = Duration::from_secs(2);
 /// Every model the inference replicas serve, once each, sorted by id. With their load
 /// known, every replica is asked (a fleet may serve different models on different
 /// replicas); otherwise one, through the queue group.
-async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
+pub(crate) async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
     let instances = state.replicas.instances();
     if instances.is_empty() {
         let response = state

@@ -110,6 +110,7 @@ impl ChatModel {
                 quantization: manifest.quantization.clone(),
                 created_at: manifest.created_at.clone(),
                 provider: provider.name().to_owned(),
+                dimensions: None,
             },
             text,
             default_temperature: sampling.map_or(1.0, |s| s.temperature),
