@@ -11,7 +11,7 @@
 //! to another replica, so nobody waits out the request timeout for a replica that is gone.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -21,12 +21,14 @@ use serde::{Serialize, de::DeserializeOwned};
 use slough_bus::{Bus, BusError};
 use slough_protocol::{
     Endpoint,
-    inference::{self, InstanceLoad},
+    inference::{self, InstanceLoad, ModelInfo, ModelsRequest},
 };
 use tokio_util::sync::CancellationToken;
 
 /// A report older than this is not trusted: its replica may be gone.
 const FRESH_FOR: Duration = Duration::from_millis(1500);
+/// How long the model list waits for each replica.
+const LIST_WAIT: Duration = Duration::from_secs(2);
 
 /// The inference replicas' latest load, by instance id.
 ///
@@ -178,6 +180,41 @@ impl Replicas {
                 }
                 outcome => return outcome,
             }
+        }
+    }
+
+    /// Every model the inference replicas serve, once each, sorted by id. With their
+    /// load known, every replica is asked (a fleet may serve different models on
+    /// different replicas, and each answers from memory within [`LIST_WAIT`]);
+    /// otherwise one, through the queue group.
+    pub async fn models(&self, bus: &Bus) -> Result<Vec<ModelInfo>, BusError> {
+        let instances = self.instances();
+        if instances.is_empty() {
+            return Ok(bus
+                .call(&inference::MODELS, &ModelsRequest {})
+                .await?
+                .models);
+        }
+        let asked = instances.iter().map(|instance| {
+            let call = bus.call_on(&inference::MODELS, instance, &ModelsRequest {});
+            tokio::time::timeout(LIST_WAIT, call)
+        });
+        let mut models = BTreeMap::new();
+        let mut failure = None;
+        for answer in futures::future::join_all(asked).await {
+            match answer {
+                Ok(Ok(answer)) => {
+                    for model in answer.models {
+                        models.entry(model.id.clone()).or_insert(model);
+                    }
+                }
+                Ok(Err(err)) => failure = Some(err),
+                Err(_) => {}
+            }
+        }
+        match failure {
+            Some(failure) if models.is_empty() => Err(failure),
+            _ => Ok(models.into_values().collect()),
         }
     }
 

@@ -142,7 +142,9 @@ pub async fn create(
     key.allow_model(&body.model)?;
     if let Some(asked) = body.dimensions {
         // Refused before any embedding work when the model's size is known.
-        let size = super::models::served(&state)
+        let size = state
+            .replicas
+            .models(&state.bus)
             .await?
             .into_iter()
             .find(|model| model.id == body.model)

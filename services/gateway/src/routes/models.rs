@@ -1,11 +1,9 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the models the inference replicas serve
 //! (all of them, when several serve different models) that the caller's key may use.
 
-use std::{collections::BTreeMap, time::Duration};
-
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
-use slough_protocol::inference::{self, ModelInfo, ModelKind, ModelsRequest};
+use slough_protocol::inference::{ModelInfo, ModelKind};
 use utoipa::ToSchema;
 
 use crate::{AppState, error::ApiError, http::Caller, keys::Scope};
@@ -51,45 +49,13 @@ impl From<ModelInfo> for Model {
     }
 }
 
-/// How long the model list waits for each replica (they answer from memory).
-const LIST_WAIT: Duration = Duration::from_secs(2);
-
-/// Every model the inference replicas serve, once each, sorted by id. With their load
-/// known, every replica is asked (a fleet may serve different models on different
-/// replicas); otherwise one, through the queue group.
-pub(crate) async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
-    let instances = state.replicas.instances();
-    if instances.is_empty() {
-        let response = state
-            .bus
-            .call(&inference::MODELS, &ModelsRequest {})
-            .await
-            .map_err(|err| ApiError::from_bus(&err))?;
-        return Ok(response.models);
-    }
-    let asked = instances.iter().map(|instance| {
-        let call = state
-            .bus
-            .call_on(&inference::MODELS, instance, &ModelsRequest {});
-        tokio::time::timeout(LIST_WAIT, call)
-    });
-    let mut models = BTreeMap::new();
-    let mut failure = None;
-    for answer in futures::future::join_all(asked).await {
-        match answer {
-            Ok(Ok(answer)) => {
-                for model in answer.models {
-                    models.entry(model.id.clone()).or_insert(model);
-                }
-            }
-            Ok(Err(err)) => failure = Some(ApiError::from_bus(&err)),
-            Err(_) => {}
-        }
-    }
-    match failure {
-        Some(failure) if models.is_empty() => Err(failure),
-        _ => Ok(models.into_values().collect()),
-    }
+/// Every model the inference replicas serve (see [`crate::replicas::Replicas::models`]).
+async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
+    state
+        .replicas
+        .models(&state.bus)
+        .await
+        .map_err(|err| ApiError::from_bus(&err))
 }
 
 /// Lists the models this key may use.
