@@ -27,14 +27,12 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
     let key = platform.admin_key.clone();
 
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({"model": CHAT, "messages": france(), "temperature": 0, "max_tokens": 24}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     let plain: Value = response.json().await.unwrap();
     assert_eq!(plain["object"], "chat.completion");
@@ -53,7 +51,7 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
 
     // Streamed, greedy: the same text, in OpenAI's chunk sequence.
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({
@@ -61,9 +59,7 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
                 "stream": true, "stream_options": {"include_usage": true}
             }),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"].to_str().unwrap(),
@@ -90,7 +86,7 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
 
     // n, stop, seed and logprobs.
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({
@@ -103,9 +99,7 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
                 "logprobs": true, "top_logprobs": 2, "stop": ["\n\n"]
             }),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let choices = body["choices"].as_array().unwrap();
@@ -152,7 +146,7 @@ async fn completions_embeddings_and_models() {
     let key = platform.admin_key.clone();
 
     let response = platform
-        .post(
+        .send(
             "/v1/completions",
             &key,
             &json!({
@@ -160,9 +154,7 @@ async fn completions_embeddings_and_models() {
                 "max_tokens": 5, "temperature": 0, "logprobs": 1
             }),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["object"], "text_completion");
@@ -176,15 +168,9 @@ async fn completions_embeddings_and_models() {
     assert_eq!(body["usage"]["completion_tokens"], 10);
 
     // Streamed: the same greedy text as the plain answer.
-    let response = platform
-        .post(
-            "/v1/completions",
+    let response = platform.send("/v1/completions",
             &key,
-            &json!({"model": CHAT, "prompt": "The sky is", "max_tokens": 5, "temperature": 0, "stream": true}),
-        )
-        .send()
-        .await
-        .unwrap();
+            &json!({"model": CHAT, "prompt": "The sky is", "max_tokens": 5, "temperature": 0, "stream": true})).await;
     let (events, done) = read_events(response).await;
     assert!(done);
     let streamed: String = events
@@ -220,14 +206,12 @@ async fn completions_embeddings_and_models() {
     let embedded = "slough_inference_embedded_texts_total{model=\"minilm\"}";
     let before = platform.inference_metric(embedded).await;
     let response = platform
-        .post(
+        .send(
             "/v1/embeddings",
             &key,
             &json!({"model": EMBED, "input": "x", "dimensions": 64}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "dimensions");
@@ -531,17 +515,13 @@ async fn keys_limits_budgets_and_usage() {
     assert_eq!(info["scopes"], json!(["inference"]));
     for _ in 0..2 {
         let response = platform
-            .post("/v1/embeddings", &limited, &embed("hello"))
-            .send()
-            .await
-            .unwrap();
+            .send("/v1/embeddings", &limited, &embed("hello"))
+            .await;
         assert_eq!(response.status(), 200);
     }
     let refused = platform
-        .post("/v1/embeddings", &limited, &embed("hello"))
-        .send()
-        .await
-        .unwrap();
+        .send("/v1/embeddings", &limited, &embed("hello"))
+        .await;
     assert_eq!(refused.status(), 429);
     let retry_after: u64 = refused.headers()["retry-after"]
         .to_str()
@@ -555,20 +535,14 @@ async fn keys_limits_budgets_and_usage() {
     // Tokens per minute: one request may use them up; the next is refused.
     let (tpm, _) = platform.create_key(json!({"tokens_per_minute": 5})).await;
     let first = platform
-        .post(
+        .send(
             "/v1/embeddings",
             &tpm,
             &embed("a sentence of more than five tokens, surely"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(first.status(), 200);
-    let second = platform
-        .post("/v1/embeddings", &tpm, &embed("again"))
-        .send()
-        .await
-        .unwrap();
+    let second = platform.send("/v1/embeddings", &tpm, &embed("again")).await;
     assert_eq!(second.status(), 429);
     assert!(second.headers().contains_key("retry-after"));
 
@@ -576,17 +550,9 @@ async fn keys_limits_budgets_and_usage() {
     let (budget, info) = platform.create_key(json!({"token_budget": 20})).await;
     let id = info["id"].as_str().unwrap().to_owned();
     let chat = json!({"model": CHAT, "messages": france(), "max_tokens": 8, "temperature": 0});
-    let response = platform
-        .post("/v1/chat/completions", &budget, &chat)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/chat/completions", &budget, &chat).await;
     assert_eq!(response.status(), 200);
-    let refused = platform
-        .post("/v1/chat/completions", &budget, &chat)
-        .send()
-        .await
-        .unwrap();
+    let refused = platform.send("/v1/chat/completions", &budget, &chat).await;
     assert_eq!(refused.status(), 429);
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["type"], "insufficient_quota");
@@ -602,11 +568,7 @@ async fn keys_limits_budgets_and_usage() {
     let raised: Value = raised.json().await.unwrap();
     assert_eq!(raised["token_budget"], Value::Null);
     tokio::time::sleep(Duration::from_millis(300)).await; // the key cache's lifetime
-    let response = platform
-        .post("/v1/chat/completions", &budget, &chat)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/chat/completions", &budget, &chat).await;
     assert_eq!(response.status(), 200);
 
     // Usage: the key's own rows, by model; written off the response path.
@@ -639,11 +601,7 @@ async fn keys_limits_budgets_and_usage() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
-    let response = platform
-        .post("/v1/chat/completions", &budget, &chat)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/chat/completions", &budget, &chat).await;
     assert_eq!(response.status(), 401);
     let unknown = platform
         .get("/v1/keys/00000000-0000-0000-0000-000000000000", &admin)
@@ -652,14 +610,12 @@ async fn keys_limits_budgets_and_usage() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
     let invalid = platform
-        .post(
+        .send(
             "/v1/keys",
             &admin,
             &json!({"name": "x", "scopes": ["root"]}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(invalid.status(), 400);
     platform.stop().await;
 }
@@ -674,11 +630,7 @@ async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream
     });
 
     // The client reads a few chunks and goes away.
-    let response = platform
-        .post("/v1/completions", &key, &long)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/completions", &key, &long).await;
     let mut body = response.bytes_stream();
     for _ in 0..3 {
         body.next().await.unwrap().unwrap();
@@ -726,11 +678,7 @@ async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream
     // the generation finish within its drain time (then `[DONE]`), or ends it with an
     // `error` event; a replica that dies (SIGKILL, services/slough/tests/cli.rs) always
     // ends its streams with the error event.
-    let response = platform
-        .post("/v1/completions", &key, &long)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/completions", &key, &long).await;
     let mut body = response.bytes_stream();
     body.next().await.unwrap().unwrap();
     platform.stop_inference().await;
@@ -750,14 +698,12 @@ async fn a_disconnect_cancels_the_generation_and_a_lost_upstream_ends_the_stream
 
     // With no inference replica: 503.
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({"model": CHAT, "messages": france()}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 503);
     platform.stop().await;
 }
@@ -770,11 +716,7 @@ async fn three_streams(platform: &Platform) -> (Vec<u16>, Value) {
     let mut open = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let response = platform
-            .post("/v1/completions", &key, &long)
-            .send()
-            .await
-            .unwrap();
+        let response = platform.send("/v1/completions", &key, &long).await;
         statuses.push(response.status().as_u16());
         open.push(response);
     }
@@ -831,17 +773,9 @@ async fn keys_budgets_and_usage_on_postgresql() {
     .await;
     let (key, _) = platform.create_key(json!({"token_budget": 3})).await;
     let embed = json!({"model": EMBED, "input": "a budget of three tokens is soon spent"});
-    let first = platform
-        .post("/v1/embeddings", &key, &embed)
-        .send()
-        .await
-        .unwrap();
+    let first = platform.send("/v1/embeddings", &key, &embed).await;
     assert_eq!(first.status(), 200);
-    let second = platform
-        .post("/v1/embeddings", &key, &embed)
-        .send()
-        .await
-        .unwrap();
+    let second = platform.send("/v1/embeddings", &key, &embed).await;
     assert_eq!(second.status(), 429);
     let report = platform.usage_once(&key, 1).await;
     assert_eq!(report["requests"], 1, "{report}");
@@ -869,14 +803,12 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     // nats-server keeps NATS's 1 MiB): a 413 naming the limit, before any publishing.
     let huge = "word ".repeat(300_000);
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({"model": CHAT, "messages": [{"role": "user", "content": huge}]}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 413);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], "payload_too_large");
@@ -891,14 +823,12 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     // 300 texts: their vectors would not fit one reply; batches answer them in order.
     let texts: Vec<String> = (0..300).map(|i| format!("sentence number {i}")).collect();
     let response = platform
-        .post(
+        .send(
             "/v1/embeddings",
             &key,
             &json!({"model": EMBED, "input": texts, "encoding_format": "base64"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 200);
     let many: Value = response.json().await.unwrap();
     let data = many["data"].as_array().unwrap();
@@ -916,11 +846,7 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     // An input over the model's limit is refused by index, unless truncation is asked.
     let long = "many words here ".repeat(6_000);
     let body = json!({"model": EMBED, "input": ["short", long]});
-    let response = platform
-        .post("/v1/embeddings", &key, &body)
-        .send()
-        .await
-        .unwrap();
+    let response = platform.send("/v1/embeddings", &key, &body).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "input[1]");
@@ -992,14 +918,12 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let response = platform
-        .post(
+        .send(
             "/v1/chat/completions",
             &key,
             &json!({"model": CHAT, "messages": france(), "max_tokens": 5}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 503);
     println!("503 during the outage after {:?}", started.elapsed());
     assert!(response.headers().contains_key("retry-after"));
@@ -1013,14 +937,12 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     let back = std::time::Instant::now();
     loop {
         let response = platform
-            .post(
+            .send(
                 "/v1/chat/completions",
                 &key,
                 &json!({"model": CHAT, "messages": france(), "max_tokens": 5}),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         if response.status() == 200 {
             break;
         }
@@ -1067,11 +989,7 @@ async fn generations_are_spread_over_replicas_by_load() {
         "temperature": 0, "stream": true
     });
     let answered = futures::future::join_all((0..8).map(|_| async {
-        let response = platform
-            .post("/v1/completions", &key, &story)
-            .send()
-            .await
-            .unwrap();
+        let response = platform.send("/v1/completions", &key, &story).await;
         assert_eq!(response.status(), 200);
         read_events(response).await
     }))
@@ -1123,24 +1041,20 @@ async fn generations_are_spread_over_replicas_by_load() {
         ids.sort_unstable();
         assert_eq!(ids, [EMBED, CHAT], "{list}");
         let embedded = platform
-            .post(
+            .send(
                 "/v1/embeddings",
                 &key,
                 &json!({"model": EMBED, "input": "x"}),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(embedded.status(), 200);
         let chat = platform
-            .post(
+            .send(
                 "/v1/chat/completions",
                 &key,
                 &json!({"model": CHAT, "messages": france(), "max_tokens": 2}),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(chat.status(), 200);
     }
     bus.close().await;

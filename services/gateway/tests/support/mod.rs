@@ -151,6 +151,11 @@ impl Platform {
             .json(body)
     }
 
+    /// `POST path` with `key` and `body`: the response, whatever its status.
+    pub async fn send(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.post(path, key, body).send().await.expect("POST")
+    }
+
     pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.url))
