@@ -99,15 +99,7 @@ impl GraphBuilder {
         inputs: &[&str],
         attributes: &[(&str, Attr)],
     ) -> String {
-        let output = format!("{name}/out0");
-        self.node_named(
-            domain,
-            op_type,
-            name,
-            inputs,
-            std::slice::from_ref(&output),
-            attributes,
-        );
+        let [output] = self.node(domain, op_type, name, inputs, attributes);
         output
     }
 
