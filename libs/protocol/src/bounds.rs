@@ -5,7 +5,10 @@
 
 use std::fmt;
 
-use crate::{ErrorBody, inference::GenerateRequest};
+use crate::{
+    ErrorBody,
+    inference::{GenerateRequest, SamplingParams},
+};
 
 /// Most stop sequences per request (as OpenAI).
 pub const MAX_STOP: usize = 4;
@@ -169,23 +172,30 @@ impl From<Invalid> for ErrorBody {
     }
 }
 
-impl GenerateRequest {
-    /// Checks every field against its rule, naming the first that breaks one.
+impl SamplingParams {
+    /// Checks every sampling field against its rule, naming the first that breaks one.
     pub fn validate(&self) -> Result<(), Invalid> {
-        let sampling = &self.sampling;
         let floats = [
-            (Field::Temperature, sampling.temperature),
-            (Field::TopP, sampling.top_p),
-            (Field::MinP, sampling.min_p),
-            (Field::RepetitionPenalty, sampling.repetition_penalty),
-            (Field::PresencePenalty, sampling.presence_penalty),
-            (Field::FrequencyPenalty, sampling.frequency_penalty),
+            (Field::Temperature, self.temperature),
+            (Field::TopP, self.top_p),
+            (Field::MinP, self.min_p),
+            (Field::RepetitionPenalty, self.repetition_penalty),
+            (Field::PresencePenalty, self.presence_penalty),
+            (Field::FrequencyPenalty, self.frequency_penalty),
         ];
         for (field, value) in floats {
             if let Some(value) = value {
                 field.check_f32(value)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl GenerateRequest {
+    /// Checks every field against its rule, naming the first that breaks one.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.sampling.validate()?;
         Field::N.check(f64::from(self.n))?;
         if let Some(max_tokens) = self.max_tokens {
             Field::MaxTokens.check(f64::from(max_tokens))?;

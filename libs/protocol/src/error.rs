@@ -16,6 +16,9 @@ pub enum ErrorCode {
     NotFound,
     /// The model asked for is not served.
     ModelNotFound,
+    /// The request clashes with what is stored: the id is taken, or the thing may not
+    /// be changed (a built-in persona).
+    Conflict,
     /// A message is larger than the bus carries (NATS's `max_payload`); the message names
     /// both sizes.
     PayloadTooLarge,
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::NotFound => "not_found",
             ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ContextLengthExceeded => "context_length_exceeded",
             ErrorCode::Overloaded => "overloaded",
@@ -62,6 +66,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidRequest => 400,
             ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
+            ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::ContextLengthExceeded => 422,
             ErrorCode::Overloaded => 429,
@@ -141,6 +146,7 @@ mod tests {
             ErrorCode::InvalidRequest,
             ErrorCode::NotFound,
             ErrorCode::ModelNotFound,
+            ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
             ErrorCode::ContextLengthExceeded,
             ErrorCode::Overloaded,

@@ -89,6 +89,7 @@ pub enum PromptInput {
 /// How tokens are chosen. Unset fields take the model's defaults; temperature 0 is
 /// greedy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplingParams {
     /// 0 picks the most likely token. The allowed range of this and every other field

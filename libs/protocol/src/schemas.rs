@@ -12,6 +12,10 @@ use crate::{
         GenerateEnd, GenerateRequest, InstanceLoad, ModelEvent, ModelInfo, ModelRequest,
         ModelsRequest, ModelsResponse, TokenizeRequest, TokenizeResponse,
     },
+    personality::{
+        Adherence, AdherenceRequest, AnalyzeRequest, ComposeRequest, Composed, CreatePersona,
+        ListPersonas, Persona, PersonaList, PersonaRequest, StyleMetrics, UpdatePersona,
+    },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
 };
@@ -45,5 +49,17 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("detokenize_response", schema_for!(DetokenizeResponse)),
         ("model_event", schema_for!(ModelEvent)),
         ("instance_load", schema_for!(InstanceLoad)),
+        ("list_personas", schema_for!(ListPersonas)),
+        ("persona_list", schema_for!(PersonaList)),
+        ("persona_request", schema_for!(PersonaRequest)),
+        ("persona", schema_for!(Persona)),
+        ("create_persona", schema_for!(CreatePersona)),
+        ("update_persona", schema_for!(UpdatePersona)),
+        ("compose_request", schema_for!(ComposeRequest)),
+        ("composed", schema_for!(Composed)),
+        ("analyze_request", schema_for!(AnalyzeRequest)),
+        ("style_metrics", schema_for!(StyleMetrics)),
+        ("adherence_request", schema_for!(AdherenceRequest)),
+        ("adherence", schema_for!(Adherence)),
     ]
 }

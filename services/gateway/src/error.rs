@@ -181,6 +181,7 @@ impl ApiError {
             ErrorCode::NotFound | ErrorCode::ModelNotFound => {
                 (StatusCode::NOT_FOUND, "not_found_error")
             }
+            ErrorCode::Conflict => (StatusCode::CONFLICT, "invalid_request_error"),
             ErrorCode::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
             ErrorCode::ContextLengthExceeded => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error")
@@ -283,6 +284,7 @@ mod tests {
             (ErrorCode::InvalidRequest, 400),
             (ErrorCode::NotFound, 404),
             (ErrorCode::ModelNotFound, 404),
+            (ErrorCode::Conflict, 409),
             (ErrorCode::PayloadTooLarge, 413),
             (ErrorCode::ContextLengthExceeded, 422),
             (ErrorCode::Overloaded, 429),

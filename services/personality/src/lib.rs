@@ -1,6 +1,18 @@
-//! The personality service: personas applied to chats, text-style metrics and persona
-//! adherence (those arrive with their own issue; today it registers on the bus,
-//! answers `health` and serves its admin port).
+//! The personality service: personas applied to chats, text-style metrics, and how well
+//! a response matches its persona. Endpoints (`slough.v1.personality.<name>`):
+//! `list_personas`, `get_persona`, `create_persona`, `update_persona`,
+//! `delete_persona`, `compose`, `analyze`, `adherence`.
+//!
+//! A request's path: [`handlers`] decodes it; personas come from [`personas`] (built-in
+//! ones in code, the rest in the store), [`compose`] applies one to a chat, [`style`]
+//! measures a text and [`adherence`] scores the measure against a persona's traits.
+
+pub mod adherence;
+pub mod compose;
+mod handlers;
+pub mod metrics;
+pub mod personas;
+pub mod style;
 
 use slough_service::{AdminOnlyConfig, ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +23,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the instance says it does in `$SRV.INFO`.
 pub const DESCRIPTION: &str = "Personas, text-style metrics and persona adherence";
 
-/// The `[personality]` section of the configuration: its admin port for now.
+/// The `[personality]` section of the configuration: its admin port.
 pub type Config = AdminOnlyConfig<9404>;
 
 /// Serves until `shutdown` is cancelled, then leaves the bus.
@@ -20,5 +32,16 @@ pub async fn run(
     _config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    ctx.serve_health(DESCRIPTION, shutdown).await
+    let metrics = metrics::Metrics::register(ctx.registry())
+        .map_err(slough_telemetry::TelemetryError::from)?;
+    let store = ctx.open_store().await?;
+    let mut host = ctx.register(DESCRIPTION).await?;
+    let state = handlers::Personality {
+        personas: personas::Personas::new(store.clone()),
+        metrics,
+    };
+    handlers::add(&mut host, state).await?;
+    let served = ctx.serve(host, shutdown).await;
+    store.close().await;
+    served
 }

@@ -5,6 +5,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_api_keys;
 mod m20261122_000002_key_limits_and_usage;
+mod m20261201_000001_personas;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_api_keys::Migration),
             Box::new(m20261122_000002_key_limits_and_usage::Migration),
+            Box::new(m20261201_000001_personas::Migration),
         ]
     }
 }

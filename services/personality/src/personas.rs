@@ -1,0 +1,595 @@
+//! Personas: the built-in ones (in code, always there, read-only), those operators
+//! store (the `personas` table), the rules every persona's fields follow, and rendering
+//! a persona's system-prompt template.
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait as _, EntityTrait as _, QueryOrder as _, Set};
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::SamplingParams,
+    personality::{CreatePersona, Persona, PersonaPatch, Trait, Traits},
+};
+use slough_store::{Store, entities::persona};
+
+/// The template the built-in personas share; copies may change it. It sees `name`,
+/// `description`, `archetype`, `traits` and `style_rules`.
+pub const DEFAULT_TEMPLATE: &str = "\
+You are {{ name }}, {{ description }}
+{%- if traits.warmth >= 0.7 %} You are warm, kind and encouraging.
+{%- elif traits.warmth <= 0.3 %} You are cool and matter-of-fact.{% endif %}
+{%- if traits.formality >= 0.7 %} You write formally, in complete sentences, without slang or emoji.
+{%- elif traits.formality <= 0.3 %} You write casually, like a friend.{% endif %}
+{%- if traits.verbosity >= 0.7 %} You explain at length, with details and examples.
+{%- elif traits.verbosity <= 0.3 %} You answer in one or two sentences.{% endif %}
+{%- if traits.humour >= 0.7 %} You joke, make puns and use exclamation marks!
+{%- elif traits.humour <= 0.3 %} You stay serious.{% endif %}
+{%- if traits.optimism >= 0.7 %} You are upbeat and look on the bright side.
+{%- elif traits.optimism <= 0.3 %} You are sober and point out risks.{% endif %}
+{%- for rule in style_rules %} {{ rule }}{% endfor %}";
+
+/// The persona a new one starts from when it names none.
+pub const DEFAULT_BASE: &str = "assistant";
+
+const MAX_ID: usize = 64;
+const MAX_NAME: usize = 100;
+const MAX_DESCRIPTION: usize = 1_000;
+const MAX_ARCHETYPE: usize = 64;
+const MAX_RULES: usize = 20;
+const MAX_RULE: usize = 300;
+const MAX_TEMPLATE: usize = 8_000;
+
+struct Builtin {
+    id: &'static str,
+    name: &'static str,
+    description: &'static str,
+    traits: Traits,
+    style_rules: &'static [&'static str],
+    temperature: Option<f32>,
+}
+
+const BUILTINS: [Builtin; 6] = [
+    Builtin {
+        id: "assistant",
+        name: "Assistant",
+        description: "a helpful assistant that answers clearly and accurately.",
+        traits: Traits {
+            warmth: 0.6,
+            formality: 0.6,
+            verbosity: 0.5,
+            humour: 0.2,
+            optimism: 0.6,
+        },
+        style_rules: &[],
+        temperature: None,
+    },
+    Builtin {
+        id: "sage",
+        name: "Sage",
+        description: "a wise sage who answers with calm insight.",
+        traits: Traits {
+            warmth: 0.6,
+            formality: 0.8,
+            verbosity: 0.6,
+            humour: 0.1,
+            optimism: 0.6,
+        },
+        style_rules: &[
+            "Speak calmly and thoughtfully.",
+            "End with a short piece of wisdom.",
+        ],
+        temperature: Some(0.7),
+    },
+    Builtin {
+        id: "mentor",
+        name: "Mentor",
+        description: "a patient mentor who teaches step by step.",
+        traits: Traits {
+            warmth: 0.8,
+            formality: 0.5,
+            verbosity: 0.7,
+            humour: 0.3,
+            optimism: 0.8,
+        },
+        style_rules: &["Explain step by step.", "Encourage the learner."],
+        temperature: Some(0.6),
+    },
+    Builtin {
+        id: "jester",
+        name: "Jester",
+        description: "a playful jester who turns every answer into a joke.",
+        traits: Traits {
+            warmth: 0.8,
+            formality: 0.1,
+            verbosity: 0.4,
+            humour: 0.95,
+            optimism: 0.9,
+        },
+        style_rules: &[
+            "Make a joke or a pun in every answer.",
+            "Use exclamation marks and emoji.",
+        ],
+        temperature: Some(0.9),
+    },
+    Builtin {
+        id: "analyst",
+        name: "Analyst",
+        description: "a precise analyst who reports facts and figures.",
+        traits: Traits {
+            warmth: 0.2,
+            formality: 0.9,
+            verbosity: 0.6,
+            humour: 0.0,
+            optimism: 0.4,
+        },
+        style_rules: &[
+            "State facts precisely and neutrally.",
+            "Never use exclamation marks, emoji or jokes.",
+        ],
+        temperature: Some(0.2),
+    },
+    Builtin {
+        id: "companion",
+        name: "Companion",
+        description: "a friendly companion who chats like a close friend.",
+        traits: Traits {
+            warmth: 0.95,
+            formality: 0.2,
+            verbosity: 0.4,
+            humour: 0.6,
+            optimism: 0.8,
+        },
+        style_rules: &["Be supportive and personal.", "Ask how the user feels."],
+        temperature: Some(0.8),
+    },
+];
+
+impl Builtin {
+    fn persona(&self) -> Persona {
+        Persona {
+            id: self.id.to_owned(),
+            name: self.name.to_owned(),
+            description: self.description.to_owned(),
+            archetype: self.id.to_owned(),
+            traits: self.traits,
+            style_rules: self
+                .style_rules
+                .iter()
+                .map(|&rule| rule.to_owned())
+                .collect(),
+            system_template: DEFAULT_TEMPLATE.to_owned(),
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                ..SamplingParams::default()
+            },
+            builtin: true,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// The built-in personas.
+pub fn builtins() -> Vec<Persona> {
+    BUILTINS.iter().map(Builtin::persona).collect()
+}
+
+fn builtin(id: &str) -> Option<Persona> {
+    BUILTINS
+        .iter()
+        .find(|builtin| builtin.id == id)
+        .map(Builtin::persona)
+}
+
+/// Renders `persona`'s system prompt.
+pub fn render(persona: &Persona) -> Result<String, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let context = minijinja::context! {
+        name => persona.name.as_str(),
+        description => persona.description.as_str(),
+        archetype => persona.archetype.as_str(),
+        traits => minijinja::Value::from_pairs(
+            Trait::ALL.map(|which| (which.name(), persona.traits.get(which)))
+        ),
+        style_rules => persona.style_rules.clone(),
+    };
+    Ok(env
+        .render_str(&persona.system_template, context)?
+        .trim()
+        .to_owned())
+}
+
+/// Checks every field of `persona`, naming the first that breaks its rule.
+pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
+    check_id(&persona.id)?;
+    check_text("name", &persona.name, MAX_NAME, false)?;
+    check_text("description", &persona.description, MAX_DESCRIPTION, true)?;
+    check_text("archetype", &persona.archetype, MAX_ARCHETYPE, false)?;
+    for which in Trait::ALL {
+        let value = persona.traits.get(which);
+        if !(0.0..=1.0).contains(&value) {
+            return Err(ErrorBody::invalid(
+                format!("traits.{}", which.name()),
+                format!("traits.{} must be from 0 to 1, got {value}", which.name()),
+            ));
+        }
+    }
+    if persona.style_rules.len() > MAX_RULES {
+        return Err(ErrorBody::invalid(
+            "style_rules",
+            format!(
+                "style_rules holds at most {MAX_RULES} rules, got {}",
+                persona.style_rules.len()
+            ),
+        ));
+    }
+    for (index, rule) in persona.style_rules.iter().enumerate() {
+        check_text(&format!("style_rules[{index}]"), rule, MAX_RULE, false)?;
+    }
+    if persona.system_template.len() > MAX_TEMPLATE {
+        return Err(ErrorBody::invalid(
+            "system_template",
+            format!("system_template must be at most {MAX_TEMPLATE} bytes"),
+        ));
+    }
+    match render(persona) {
+        Ok(prompt) if prompt.is_empty() => Err(ErrorBody::invalid(
+            "system_template",
+            "system_template renders to an empty system prompt",
+        )),
+        Ok(_) => Ok(()),
+        Err(err) => Err(ErrorBody::invalid(
+            "system_template",
+            format!("system_template does not render: {err:#}"),
+        )),
+    }?;
+    persona
+        .sampling
+        .validate()
+        .map_err(|invalid| ErrorBody::invalid(invalid.field.wire_name(), invalid.message))
+}
+
+fn check_id(id: &str) -> Result<(), ErrorBody> {
+    let mut chars = id.chars();
+    let valid = id.len() <= MAX_ID
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid(
+            "id",
+            format!(
+                "id must be 1 to {MAX_ID} lowercase letters, digits, `-` or `_`, starting \
+                 with a letter or digit, got {id:?}"
+            ),
+        ))
+    }
+}
+
+fn check_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> Result<(), ErrorBody> {
+    if !may_be_empty && value.trim().is_empty() {
+        return Err(ErrorBody::invalid(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    let length = value.chars().count();
+    if length > max {
+        return Err(ErrorBody::invalid(
+            field,
+            format!("{field} must be at most {max} characters, got {length}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `persona` with `patch` applied (and nothing else changed).
+fn patched(mut persona: Persona, patch: PersonaPatch) -> Persona {
+    if let Some(name) = patch.name {
+        persona.name = name;
+    }
+    if let Some(description) = patch.description {
+        persona.description = description;
+    }
+    if let Some(archetype) = patch.archetype {
+        persona.archetype = archetype;
+    }
+    if let Some(traits) = patch.traits {
+        persona.traits = persona.traits.patched(&traits);
+    }
+    if let Some(rules) = patch.style_rules {
+        persona.style_rules = rules;
+    }
+    if let Some(template) = patch.system_template {
+        persona.system_template = template;
+    }
+    if let Some(sampling) = patch.sampling {
+        persona.sampling = sampling;
+    }
+    persona
+}
+
+/// The personas, built-in and stored.
+#[derive(Clone)]
+pub struct Personas {
+    store: Store,
+}
+
+impl Personas {
+    pub fn new(store: Store) -> Personas {
+        Personas { store }
+    }
+
+    /// Built-in personas, then stored ones by id.
+    pub async fn list(&self) -> Result<Vec<Persona>, ErrorBody> {
+        let stored = persona::Entity::find()
+            .order_by_asc(persona::Column::Id)
+            .all(self.store.connection())
+            .await
+            .map_err(store_error)?;
+        let mut personas = builtins();
+        for row in stored {
+            personas.push(from_row(row)?);
+        }
+        Ok(personas)
+    }
+
+    /// One persona, or `not_found` naming it.
+    pub async fn get(&self, id: &str) -> Result<Persona, ErrorBody> {
+        if let Some(persona) = builtin(id) {
+            return Ok(persona);
+        }
+        let row = persona::Entity::find_by_id(id.to_owned())
+            .one(self.store.connection())
+            .await
+            .map_err(store_error)?;
+        match row {
+            Some(row) => from_row(row),
+            None => Err(not_found(id)),
+        }
+    }
+
+    /// Stores a new persona built from `request` (see [`CreatePersona`]).
+    pub async fn create(&self, request: CreatePersona) -> Result<Persona, ErrorBody> {
+        check_id(&request.id)?;
+        if builtin(&request.id).is_some() {
+            return Err(ErrorBody {
+                param: Some("id".to_owned()),
+                ..ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("`{}` is a built-in persona's id", request.id),
+                )
+            });
+        }
+        let base_id = request.from.as_deref().unwrap_or(DEFAULT_BASE);
+        let base = self.get(base_id).await.map_err(|err| match err.code {
+            ErrorCode::NotFound => ErrorBody::invalid(
+                "from",
+                format!("from names persona `{base_id}`, which does not exist"),
+            ),
+            _ => err,
+        })?;
+        let now = stamp(Utc::now());
+        let persona = Persona {
+            id: request.id.clone(),
+            builtin: false,
+            created_at: Some(now.clone()),
+            updated_at: Some(now),
+            ..patched(base, request.patch())
+        };
+        validate(&persona)?;
+        let row = to_row(&persona)?;
+        match persona::Entity::insert(row)
+            .exec(self.store.connection())
+            .await
+        {
+            Ok(_) => Ok(persona),
+            Err(err) if self.exists(&persona.id).await => {
+                tracing::debug!("create persona {}: {err}", persona.id);
+                Err(ErrorBody {
+                    param: Some("id".to_owned()),
+                    ..ErrorBody::new(
+                        ErrorCode::Conflict,
+                        format!("persona `{}` already exists", persona.id),
+                    )
+                })
+            }
+            Err(err) => Err(store_error(err)),
+        }
+    }
+
+    /// Applies `patch` to stored persona `id`.
+    pub async fn update(&self, id: &str, patch: PersonaPatch) -> Result<Persona, ErrorBody> {
+        refuse_builtin(id, "changed")?;
+        let current = self.get(id).await?;
+        let persona = Persona {
+            updated_at: Some(stamp(Utc::now())),
+            ..patched(current, patch)
+        };
+        validate(&persona)?;
+        let mut row: persona::ActiveModel = to_row(&persona)?;
+        row.created_at = sea_orm::ActiveValue::NotSet;
+        row.update(self.store.connection())
+            .await
+            .map_err(|err| match err {
+                sea_orm::DbErr::RecordNotUpdated => not_found(id),
+                other => store_error(other),
+            })?;
+        Ok(persona)
+    }
+
+    /// Deletes stored persona `id` and answers what it was.
+    pub async fn delete(&self, id: &str) -> Result<Persona, ErrorBody> {
+        refuse_builtin(id, "deleted")?;
+        let persona = self.get(id).await?;
+        let result = persona::Entity::delete_by_id(id.to_owned())
+            .exec(self.store.connection())
+            .await
+            .map_err(store_error)?;
+        if result.rows_affected == 0 {
+            return Err(not_found(id));
+        }
+        Ok(persona)
+    }
+
+    async fn exists(&self, id: &str) -> bool {
+        persona::Entity::find_by_id(id.to_owned())
+            .one(self.store.connection())
+            .await
+            .is_ok_and(|row| row.is_some())
+    }
+}
+
+fn refuse_builtin(id: &str, what: &str) -> Result<(), ErrorBody> {
+    if builtin(id).is_some() {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "`{id}` is a built-in persona and cannot be {what}; create a copy with \
+                 `from: \"{id}\"` and change that"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A time as personas show it: RFC 3339 to the second, which every store keeps exactly.
+fn stamp(time: chrono::DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn not_found(id: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotFound,
+        format!("persona `{id}` does not exist"),
+    )
+}
+
+fn store_error(err: sea_orm::DbErr) -> ErrorBody {
+    tracing::warn!("persona store: {err}");
+    ErrorBody::new(ErrorCode::Unavailable, "the persona store is not available")
+}
+
+fn to_row(persona: &Persona) -> Result<persona::ActiveModel, ErrorBody> {
+    let json = |value: serde_json::Result<String>| {
+        value.map_err(|err| ErrorBody::new(ErrorCode::Internal, err.to_string()))
+    };
+    let time = |stamp: &Option<String>| {
+        stamp
+            .as_deref()
+            .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+            .map_or_else(Utc::now, |stamp| stamp.with_timezone(&Utc))
+    };
+    Ok(persona::ActiveModel {
+        id: Set(persona.id.clone()),
+        name: Set(persona.name.clone()),
+        description: Set(persona.description.clone()),
+        archetype: Set(persona.archetype.clone()),
+        traits: Set(json(serde_json::to_string(&persona.traits))?),
+        style_rules: Set(json(serde_json::to_string(&persona.style_rules))?),
+        system_template: Set(persona.system_template.clone()),
+        sampling: Set(json(serde_json::to_string(&persona.sampling))?),
+        created_at: Set(time(&persona.created_at)),
+        updated_at: Set(time(&persona.updated_at)),
+    })
+}
+
+fn from_row(row: persona::Model) -> Result<Persona, ErrorBody> {
+    let corrupt = |field: &str, err: serde_json::Error| {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!(
+                "stored persona `{}` has an unreadable {field}: {err}",
+                row.id
+            ),
+        )
+    };
+    Ok(Persona {
+        traits: serde_json::from_str(&row.traits).map_err(|err| corrupt("traits", err))?,
+        style_rules: serde_json::from_str(&row.style_rules)
+            .map_err(|err| corrupt("style_rules", err))?,
+        sampling: serde_json::from_str(&row.sampling).map_err(|err| corrupt("sampling", err))?,
+        id: row.id,
+        name: row.name,
+        description: row.description,
+        archetype: row.archetype,
+        system_template: row.system_template,
+        builtin: false,
+        created_at: Some(stamp(row.created_at)),
+        updated_at: Some(stamp(row.updated_at)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_valid_and_render_their_traits() {
+        let personas = builtins();
+        let ids: Vec<&str> = personas.iter().map(|persona| persona.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "assistant",
+                "sage",
+                "mentor",
+                "jester",
+                "analyst",
+                "companion"
+            ]
+        );
+        for persona in &personas {
+            validate(persona).unwrap();
+        }
+        let jester = render(&personas[3]).unwrap();
+        assert!(
+            jester.starts_with("You are Jester, a playful jester"),
+            "{jester}"
+        );
+        assert!(jester.contains("You joke"), "{jester}");
+        assert!(
+            jester.contains("Use exclamation marks and emoji."),
+            "{jester}"
+        );
+        let analyst = render(&personas[4]).unwrap();
+        assert!(analyst.contains("You write formally"), "{analyst}");
+        assert!(analyst.contains("You stay serious."), "{analyst}");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        type Spoil = fn(&mut Persona);
+        let cases: [(Spoil, &str); 9] = [
+            (|p| p.id = "Has Space".to_owned(), "id"),
+            (|p| p.id = "-lead".to_owned(), "id"),
+            (|p| p.name = "  ".to_owned(), "name"),
+            (|p| p.traits.humour = 1.5, "traits.humour"),
+            (|p| p.traits.warmth = f64::NAN, "traits.warmth"),
+            (|p| p.style_rules = vec![String::new()], "style_rules[0]"),
+            (
+                |p| p.system_template = "{{ nope }}".to_owned(),
+                "system_template",
+            ),
+            (
+                |p| p.system_template = "{% if %}".to_owned(),
+                "system_template",
+            ),
+            (
+                |p| p.sampling.temperature = Some(3.0),
+                "sampling.temperature",
+            ),
+        ];
+        for (spoil, field) in cases {
+            let mut persona = builtins().remove(0);
+            persona.id = "copy".to_owned();
+            spoil(&mut persona);
+            let err = validate(&persona).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidRequest);
+            assert_eq!(err.param.as_deref(), Some(field), "{err}");
+        }
+    }
+}
