@@ -337,6 +337,11 @@ pub trait ChunkFormat: 'static {
     fn finished(&mut self, index: u32, reason: FinishReason) -> Bytes;
     /// The usage chunk (`stream_options.include_usage`).
     fn usage(&self, usage: TokenUsage) -> Bytes;
+    /// Chunks sent after every choice finished and before the usage chunk (chat: each
+    /// choice's persona adherence).
+    fn closing(&mut self) -> impl std::future::Future<Output = Vec<Bytes>> {
+        std::future::ready(Vec::new())
+    }
 }
 
 /// One server-sent event carrying `value` as JSON.
@@ -400,6 +405,9 @@ fn sse<F: ChunkFormat>(
                     state.done = true;
                     state.metered.finish(200);
                     let mut tail = Vec::new();
+                    for chunk in state.format.closing().await {
+                        tail.extend_from_slice(&chunk);
+                    }
                     if state.include_usage {
                         tail.extend_from_slice(&state.format.usage(state.metered.usage().into()));
                     }

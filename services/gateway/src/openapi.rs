@@ -18,7 +18,8 @@ use crate::{error::ErrorResponse, routes};
     info(
         title = "SloughGPT API",
         description = "An OpenAI-compatible API (chat completions, completions, embeddings, \
-            models) with API key management and usage reports. Every error answers with \
+            models) with API key management, usage reports, and personas: who the model is, \
+            applied to chats and measured. Every error answers with \
             OpenAI's error object.",
     ),
     paths(
@@ -33,6 +34,12 @@ use crate::{error::ErrorResponse, routes};
         routes::keys::update,
         routes::keys::revoke,
         routes::usage::report,
+        routes::personality::list,
+        routes::personality::get,
+        routes::personality::create,
+        routes::personality::update,
+        routes::personality::delete,
+        routes::personality::analyze,
     ),
     components(schemas(ErrorResponse)),
     modifiers(&Security, &ErrorResponses, &FieldBounds),
@@ -137,7 +144,11 @@ const ERRORS: &[(&str, &str)] = &[
     ),
     ("401", "No API key, or an invalid or revoked one"),
     ("403", "The key lacks the scope, or may not use the model"),
-    ("404", "Unknown model, key or route"),
+    ("404", "Unknown model, key, persona or route"),
+    (
+        "409",
+        "The id is taken, or the thing may not be changed (a built-in persona)",
+    ),
     ("413", "The body is over the gateway's size limit"),
     (
         "422",
@@ -218,6 +229,9 @@ mod tests {
             "/v1/keys",
             "/v1/keys/{id}",
             "/v1/usage",
+            "/v1/personas",
+            "/v1/personas/{id}",
+            "/v1/personality/analyze",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

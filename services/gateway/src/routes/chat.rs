@@ -3,9 +3,13 @@
 
 use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
-use slough_protocol::inference::{
-    self as protocol, ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput,
-    TokenLogprob,
+use slough_bus::Bus;
+use slough_protocol::{
+    inference::{
+        self as protocol, ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput,
+        TokenLogprob,
+    },
+    personality::Adherence,
 };
 use utoipa::ToSchema;
 
@@ -18,7 +22,7 @@ use crate::{
     },
     http::{Caller, Connection, JsonBody},
     keys::Scope,
-    pipeline::{ChatPipeline, ChatTurn},
+    pipeline::{self, ChatPipeline, ChatTurn},
 };
 
 /// A chat completion request. Fields OpenAI defines that SloughGPT does not support
@@ -81,6 +85,10 @@ pub struct ChatCompletionRequest {
     /// Extension: above 1 discourages repeating tokens already seen.
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Extension: the persona to answer as (see `GET /v1/personas`); also chosen by a
+    /// model alias `<model>:<persona>`. The answer then carries `persona_adherence`.
+    #[serde(default)]
+    pub persona: Option<String>,
 }
 
 /// One message of the conversation.
@@ -120,8 +128,27 @@ pub enum ContentPart {
 }
 
 impl ChatCompletionRequest {
+    /// The served model and the persona this request names: `model` may be an alias
+    /// `<model>:<persona>`, and `persona` may name one too, but not a different one.
+    fn model_and_persona(&self) -> Result<(String, Option<String>), ApiError> {
+        let Some((model, alias)) = self.model.rsplit_once(':') else {
+            return Ok((self.model.clone(), self.persona.clone()));
+        };
+        match &self.persona {
+            Some(persona) if persona != alias => Err(ApiError::invalid(
+                "persona",
+                format!(
+                    "persona `{persona}` differs from the persona `{alias}` of the model \
+                     alias `{}`",
+                    self.model
+                ),
+            )),
+            _ => Ok((model.to_owned(), Some(alias.to_owned()))),
+        }
+    }
+
     /// The generation this request asks for, its fields checked.
-    fn to_generate(&self) -> Result<GenerateRequest, ApiError> {
+    fn to_generate(&self, model: &str) -> Result<GenerateRequest, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -147,7 +174,7 @@ impl ChatCompletionRequest {
             })
             .collect();
         generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
-        let mut request = GenerateRequest::new(&self.model, PromptInput::Messages(messages));
+        let mut request = GenerateRequest::new(model, PromptInput::Messages(messages));
         request.max_tokens = self.max_completion_tokens.or(self.max_tokens);
         request.sampling = sampling_of!(self);
         request.stop = Stop::into_list(self.stop.clone());
@@ -183,6 +210,9 @@ pub struct ChatChoice {
     pub message: ResponseMessage,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<Finish>,
+    /// Extension, with a persona: how well the answer matched it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona_adherence: Option<Adherence>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -257,6 +287,10 @@ pub struct ChunkChoice {
     pub delta: Delta,
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<Finish>,
+    /// Extension, with a persona: how well the choice matched it, in one chunk per
+    /// choice after every choice finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona_adherence: Option<Adherence>,
 }
 
 /// What a chunk adds to a choice's message.
@@ -275,6 +309,14 @@ struct ChatChunks {
     model: String,
     n: u32,
     logprobs: bool,
+    /// With a persona: what scores the choices at the end, and their text so far.
+    persona: Option<PersonaScoring>,
+}
+
+struct PersonaScoring {
+    bus: Bus,
+    persona: String,
+    texts: Vec<String>,
 }
 
 impl ChatChunks {
@@ -304,6 +346,7 @@ impl ChunkFormat for ChatChunks {
                         delta,
                         logprobs: None,
                         finish_reason: None,
+                        persona_adherence: None,
                     }],
                     None,
                 )
@@ -312,6 +355,11 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn chunk(&mut self, chunk: GenerateChunk) -> Bytes {
+        if let Some(scoring) = &mut self.persona
+            && let Some(text) = scoring.texts.get_mut(chunk.index as usize)
+        {
+            text.push_str(&chunk.text);
+        }
         let logprobs = self.logprobs.then(|| chat_logprobs(chunk.logprobs));
         self.event(
             vec![ChunkChoice {
@@ -322,6 +370,7 @@ impl ChunkFormat for ChatChunks {
                 },
                 logprobs,
                 finish_reason: None,
+                persona_adherence: None,
             }],
             None,
         )
@@ -334,6 +383,7 @@ impl ChunkFormat for ChatChunks {
                 delta: Delta::default(),
                 logprobs: None,
                 finish_reason: Some(reason.into()),
+                persona_adherence: None,
             }],
             None,
         )
@@ -341,6 +391,27 @@ impl ChunkFormat for ChatChunks {
 
     fn usage(&self, usage: TokenUsage) -> Bytes {
         self.event(Vec::new(), Some(usage))
+    }
+
+    async fn closing(&mut self) -> Vec<Bytes> {
+        let Some(scoring) = &self.persona else {
+            return Vec::new();
+        };
+        let scores = pipeline::adherence(&scoring.bus, &scoring.persona, &scoring.texts).await;
+        scores
+            .into_iter()
+            .zip(0..)
+            .filter_map(|(adherence, index)| {
+                let choice = ChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    logprobs: None,
+                    finish_reason: None,
+                    persona_adherence: Some(adherence?),
+                };
+                Some(self.event(vec![choice], None))
+            })
+            .collect()
     }
 }
 
@@ -367,8 +438,9 @@ pub async fn create(
     JsonBody(body): JsonBody<ChatCompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
-    let request = body.to_generate()?;
-    key.allow_model(&body.model)?;
+    let (model, persona) = body.model_and_persona()?;
+    let request = body.to_generate(&model)?;
+    key.allow_model(&model)?;
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
@@ -378,13 +450,19 @@ pub async fn create(
         model: body.model.clone(),
         n: request.n,
         logprobs: request.logprobs,
+        persona: persona.as_ref().map(|persona| PersonaScoring {
+            bus: state.bus.clone(),
+            persona: persona.clone(),
+            texts: vec![String::new(); request.n as usize],
+        }),
     };
     let mut metered = state
         .admission
-        .admit(&key, "chat.completions", &body.model)
+        .admit(&key, "chat.completions", &model)
         .await?;
     let turn = ChatTurn {
         generation: request.clone(),
+        persona: persona.clone(),
     };
     let generation = ChatPipeline::new(&state)
         .run(turn)
@@ -395,6 +473,14 @@ pub async fn create(
         Answer::Streamed(response) => return Ok(response),
         Answer::Collected(choices, usage) => (choices, usage),
     };
+    let mut scores = match &persona {
+        Some(persona) => {
+            let texts: Vec<String> = choices.iter().map(|choice| choice.text.clone()).collect();
+            pipeline::adherence(&state.bus, persona, &texts).await
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
     let choices = choices
         .into_iter()
         .zip(0..)
@@ -406,6 +492,7 @@ pub async fn create(
             },
             logprobs: request.logprobs.then(|| chat_logprobs(choice.logprobs)),
             finish_reason: choice.finish_reason.map(Finish::from),
+            persona_adherence: scores.next().flatten(),
         })
         .collect();
     Ok(HttpResponse::Ok().json(ChatCompletion {

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod keys;
 pub mod models;
+pub mod personality;
 pub mod usage;
 
 use actix_web::{HttpResponse, Resource, web};
@@ -33,6 +34,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::delete().to(keys::revoke)),
         )
         .service(resource("/v1/usage").route(web::get().to(usage::report)))
+        .service(
+            resource("/v1/personas")
+                .route(web::get().to(personality::list))
+                .route(web::post().to(personality::create)),
+        )
+        .service(
+            resource("/v1/personas/{id}")
+                .route(web::get().to(personality::get))
+                .route(web::post().to(personality::update))
+                .route(web::delete().to(personality::delete)),
+        )
+        .service(resource("/v1/personality/analyze").route(web::post().to(personality::analyze)))
         .service(resource("/openapi.json").route(web::get().to(openapi)));
 }
 

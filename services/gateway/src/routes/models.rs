@@ -1,9 +1,14 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: the models the inference replicas serve
-//! (all of them, when several serve different models) that the caller's key may use.
+//! (all of them, when several serve different models) that the caller's key may use,
+//! and for each chat model one alias `<model>:<persona>` per persona.
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
-use slough_protocol::inference::{ModelInfo, ModelKind};
+use slough_protocol::{
+    ErrorCode,
+    inference::{ModelInfo, ModelKind},
+    personality::{self, ListPersonas, PersonaRequest},
+};
 use utoipa::ToSchema;
 
 use crate::{AppState, error::ApiError, http::Caller, keys::Scope};
@@ -29,6 +34,24 @@ pub struct Model {
     pub kind: String,
     /// Extension: the longest prompt plus completion, in tokens.
     pub context_length: u32,
+    /// Extension, on an alias `<model>:<persona>`: the persona it answers as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+}
+
+impl Model {
+    /// The alias of this chat model that answers as `persona`.
+    fn alias(&self, persona: &str) -> Model {
+        Model {
+            id: format!("{}:{persona}", self.id),
+            object: self.object.clone(),
+            created: self.created,
+            owned_by: self.owned_by.clone(),
+            kind: self.kind.clone(),
+            context_length: self.context_length,
+            persona: Some(persona.to_owned()),
+        }
+    }
 }
 
 impl From<ModelInfo> for Model {
@@ -45,6 +68,7 @@ impl From<ModelInfo> for Model {
             }
             .to_owned(),
             context_length: info.context_length,
+            persona: None,
         }
     }
 }
@@ -56,6 +80,25 @@ async fn served(state: &AppState) -> Result<Vec<ModelInfo>, ApiError> {
         .models(&state.bus)
         .await
         .map_err(|err| ApiError::from_bus(&err))
+}
+
+/// The persona ids, for the aliases; without the personality service there are none.
+async fn persona_ids(state: &AppState) -> Vec<String> {
+    match state
+        .bus
+        .call(&personality::LIST_PERSONAS, &ListPersonas {})
+        .await
+    {
+        Ok(list) => list
+            .personas
+            .into_iter()
+            .map(|persona| persona.id)
+            .collect(),
+        Err(err) => {
+            tracing::warn!("models listed without persona aliases: {err}");
+            Vec::new()
+        }
+    }
 }
 
 /// Lists the models this key may use.
@@ -71,12 +114,30 @@ pub async fn list(
     Caller(key): Caller,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
-    let data = served(&state)
+    let models: Vec<Model> = served(&state)
         .await?
         .into_iter()
         .filter(|model| key.allow_model(&model.id).is_ok())
         .map(Model::from)
         .collect();
+    let personas = if models.iter().any(|model| model.kind == "chat") {
+        persona_ids(&state).await
+    } else {
+        Vec::new()
+    };
+    let mut data = Vec::with_capacity(models.len() * (1 + personas.len()));
+    for model in models {
+        let aliases: Vec<Model> = if model.kind == "chat" {
+            personas
+                .iter()
+                .map(|persona| model.alias(persona))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        data.push(model);
+        data.extend(aliases);
+    }
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list".to_owned(),
         data,
@@ -103,13 +164,31 @@ pub async fn get(
         ApiError::not_found("model_not_found", format!("model `{id}` is not served"))
             .with_param("model")
     };
-    if key.allow_model(&id).is_err() {
+    let (model_id, persona) = match id.rsplit_once(':') {
+        Some((model, persona)) => (model, Some(persona)),
+        None => (id.as_str(), None),
+    };
+    if key.allow_model(model_id).is_err() {
         return Err(not_found());
     }
     let model = served(&state)
         .await?
         .into_iter()
-        .find(|model| model.id == id)
+        .find(|model| model.id == model_id)
+        .map(Model::from)
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(Model::from(model)))
+    let Some(persona) = persona else {
+        return Ok(HttpResponse::Ok().json(model));
+    };
+    let request = PersonaRequest {
+        id: persona.to_owned(),
+    };
+    if model.kind != "chat" {
+        return Err(not_found());
+    }
+    match state.bus.call(&personality::GET_PERSONA, &request).await {
+        Ok(_) => Ok(HttpResponse::Ok().json(model.alias(persona))),
+        Err(err) if err.to_body().code == ErrorCode::NotFound => Err(not_found()),
+        Err(err) => Err(ApiError::from_bus(&err)),
+    }
 }

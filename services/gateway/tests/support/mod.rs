@@ -35,12 +35,23 @@ pub struct Platform {
     pub http: reqwest::Client,
     gateway: Option<Running>,
     inference: Option<Running>,
+    personality: Option<Running>,
     /// More inference replicas, from [`Platform::add_inference_replica`].
     replicas: Vec<Running>,
     common: CommonConfig,
     inference_config: slough_inference::Config,
     data: tempfile::TempDir,
 }
+
+/// The built-in personas, in the order the personality service lists them.
+pub const BUILTIN_PERSONAS: [&str; 6] = [
+    "assistant",
+    "sage",
+    "mentor",
+    "jester",
+    "analyst",
+    "companion",
+];
 
 /// The gateway settings tests start from: a free port, small limits.
 pub fn gateway_config() -> slough_gateway::Config {
@@ -96,6 +107,19 @@ impl Platform {
         store.close().await;
         let inference_config = inference.clone();
         let inference = start_inference(&common, &nats, inference).await;
+        let personality = start_service(
+            ServiceKind::Personality,
+            &common,
+            &nats,
+            move |ctx, stop| {
+                Box::pin(async move {
+                    slough_personality::run(ctx, slough_personality::Config::default(), stop)
+                        .await
+                        .expect("personality runs")
+                })
+            },
+        )
+        .await;
         let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
             Box::pin(async move {
                 slough_gateway::run(ctx, gateway, stop)
@@ -118,6 +142,7 @@ impl Platform {
             http: reqwest::Client::new(),
             gateway: Some(gateway),
             inference: Some(inference),
+            personality: Some(personality),
             replicas: Vec::new(),
             common,
             inference_config,
@@ -131,9 +156,10 @@ impl Platform {
                     && response.status() == 200
                 {
                     let body: Value = response.json().await.expect("models json");
+                    // Both models, and the chat model's alias for each built-in persona.
                     if body["data"]
                         .as_array()
-                        .is_some_and(|models| models.len() == 2)
+                        .is_some_and(|models| models.len() == 2 + BUILTIN_PERSONAS.len())
                     {
                         return platform;
                     }
@@ -251,12 +277,26 @@ impl Platform {
         }
     }
 
-    /// Stops the gateway (flushing its usage rows), then inference.
+    /// Stops the gateway (flushing its usage rows), then inference and personality.
     pub async fn stop(mut self) {
         if let Some(gateway) = self.gateway.take() {
             gateway.stop().await;
         }
         self.stop_inference().await;
+        if let Some(personality) = self.personality.take() {
+            personality.stop().await;
+        }
+    }
+
+    /// The personality service's value of `series` (0 when absent).
+    pub async fn personality_metric(&self, series: &str) -> f64 {
+        metric(
+            self.personality
+                .as_ref()
+                .map(|running| running.admin.as_str()),
+            series,
+        )
+        .await
     }
 
     /// The SQLite store's directory.

@@ -1,0 +1,166 @@
+//! `/v1/personas` and `/v1/personality/analyze`, answered by the personality service.
+//! Any key may read personas, use them and analyze text; changing personas takes the
+//! `admin` scope.
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use slough_protocol::{
+    Endpoint,
+    personality::{
+        self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaRequest,
+        StyleMetrics, UpdatePersona,
+    },
+};
+use utoipa::ToSchema;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    http::{Caller, JsonBody},
+    keys::Scope,
+};
+
+/// Every persona, built-in ones first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PersonaList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<Persona>,
+}
+
+async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    state: &AppState,
+    endpoint: &Endpoint<Req, Resp>,
+    request: &Req,
+) -> Result<Resp, ApiError> {
+    state
+        .bus
+        .call(endpoint, request)
+        .await
+        .map_err(|err| ApiError::from_bus(&err))
+}
+
+/// Lists the personas.
+#[utoipa::path(
+    get,
+    path = "/v1/personas",
+    tag = "Personas",
+    responses((status = 200, description = "The personas", body = PersonaList)),
+    security(("api_key" = [])),
+)]
+pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpResponse, ApiError> {
+    let list = call(&state, &personality::LIST_PERSONAS, &ListPersonas {}).await?;
+    Ok(HttpResponse::Ok().json(PersonaList {
+        object: "list".to_owned(),
+        data: list.personas,
+    }))
+}
+
+/// Describes one persona.
+#[utoipa::path(
+    get,
+    path = "/v1/personas/{id}",
+    tag = "Personas",
+    params(("id" = String, Path, description = "The persona's id")),
+    responses((status = 200, description = "The persona", body = Persona)),
+    security(("api_key" = [])),
+)]
+pub async fn get(
+    state: web::Data<AppState>,
+    Caller(_): Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let request = PersonaRequest {
+        id: id.into_inner(),
+    };
+    let persona = call(&state, &personality::GET_PERSONA, &request).await?;
+    Ok(HttpResponse::Ok().json(persona))
+}
+
+/// Creates a persona, a copy of `from` (default `assistant`) with the given fields.
+#[utoipa::path(
+    post,
+    path = "/v1/personas",
+    tag = "Personas",
+    request_body = CreatePersona,
+    responses((status = 201, description = "The new persona", body = Persona)),
+    security(("api_key" = [])),
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    JsonBody(body): JsonBody<CreatePersona>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let persona = call(&state, &personality::CREATE_PERSONA, &body).await?;
+    tracing::info!(persona = %persona.id, by = %caller.id, "persona created");
+    Ok(HttpResponse::Created().json(persona))
+}
+
+/// Changes the given fields of a stored persona (built-in ones cannot change).
+#[utoipa::path(
+    post,
+    path = "/v1/personas/{id}",
+    tag = "Personas",
+    params(("id" = String, Path, description = "The persona's id")),
+    request_body = PersonaPatch,
+    responses((status = 200, description = "The persona as changed", body = Persona)),
+    security(("api_key" = [])),
+)]
+pub async fn update(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+    JsonBody(patch): JsonBody<PersonaPatch>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let request = UpdatePersona {
+        id: id.into_inner(),
+        patch,
+    };
+    let persona = call(&state, &personality::UPDATE_PERSONA, &request).await?;
+    tracing::info!(persona = %persona.id, by = %caller.id, "persona updated");
+    Ok(HttpResponse::Ok().json(persona))
+}
+
+/// Deletes a stored persona (built-in ones cannot be) and answers what it was.
+#[utoipa::path(
+    delete,
+    path = "/v1/personas/{id}",
+    tag = "Personas",
+    params(("id" = String, Path, description = "The persona's id")),
+    responses((status = 200, description = "The deleted persona", body = Persona)),
+    security(("api_key" = [])),
+)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Admin)?;
+    let request = PersonaRequest {
+        id: id.into_inner(),
+    };
+    let persona = call(&state, &personality::DELETE_PERSONA, &request).await?;
+    tracing::info!(persona = %persona.id, by = %caller.id, "persona deleted");
+    Ok(HttpResponse::Ok().json(persona))
+}
+
+/// Measures a text's style: VADER sentiment, Flesch reading ease and grade, formality,
+/// emoji density, sentence length, lexical diversity, questions and exclamations.
+#[utoipa::path(
+    post,
+    path = "/v1/personality/analyze",
+    tag = "Personas",
+    request_body = AnalyzeRequest,
+    responses((status = 200, description = "The text's style metrics", body = StyleMetrics)),
+    security(("api_key" = [])),
+)]
+pub async fn analyze(
+    state: web::Data<AppState>,
+    Caller(_): Caller,
+    JsonBody(body): JsonBody<AnalyzeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let metrics = call(&state, &personality::ANALYZE, &body).await?;
+    Ok(HttpResponse::Ok().json(metrics))
+}
