@@ -106,7 +106,8 @@ const BUILTINS: [Builtin; 6] = [
         },
         style_rules: &[
             "Make a joke or a pun in every answer.",
-            "Use exclamation marks and emoji.",
+            "Use exclamation marks and emoji, like this: \"Ha! Great question! 😄 The sky \
+             is blue because air scatters blue light, like a disco ball for sunbeams! 🌞\"",
         ],
         temperature: Some(0.9),
     },
@@ -122,7 +123,9 @@ const BUILTINS: [Builtin; 6] = [
             optimism: 0.4,
         },
         style_rules: &[
-            "State facts precisely and neutrally.",
+            "State facts precisely and neutrally, like this: \"The sky appears blue \
+             because of Rayleigh scattering: shorter wavelengths of sunlight are scattered \
+             more strongly by the molecules of the atmosphere.\"",
             "Never use exclamation marks, emoji or jokes.",
         ],
         temperature: Some(0.2),

@@ -1,11 +1,12 @@
 //! The `slough` command's library half: the settings of the whole platform, the table
 //! of services ([`services`]), the code that runs them in one process ([`platform`]),
-//! model package management and the benchmarks. The binary (`main.rs`) parses the
+//! model package management, the benchmarks and the evaluations. The binary (`main.rs`) parses the
 //! command line; end-to-end tests start services through [`platform`] exactly as
 //! `slough up` does.
 
 pub mod bench;
 pub mod bench_gateway;
+pub mod eval_persona;
 pub mod models;
 pub mod platform;
 pub mod services;

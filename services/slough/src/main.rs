@@ -1,13 +1,14 @@
 //! `slough`: run the whole platform in one process (`up`), run one service against a
 //! NATS server (`run <service>`), show what monitoring sees (`status`), manage model
-//! packages (`models`) or measure (`bench`). This file parses the command line, sets up
-//! logging and dispatches; the work is in the library's modules.
+//! packages (`models`), measure speed (`bench`) or quality (`eval`). This file parses
+//! the command line, sets up logging and dispatches; the work is in the library's
+//! modules.
 
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, models,
+    Settings, bench, bench_gateway, eval_persona, models,
     platform::ServiceHandle,
     runtime, status_table,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
@@ -55,6 +56,43 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Measure quality on a running platform.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// Run prompts through the gateway as one or more personas and print, per persona
+    /// and trait, the target, the mean measure and the mean adherence.
+    Persona {
+        /// The personas (ids), compared on the same prompts.
+        #[arg(required = true)]
+        personas: Vec<String>,
+        /// A text file with one prompt per line (`#` lines are comments).
+        #[arg(long)]
+        prompts: std::path::PathBuf,
+        /// The chat model (default: the first chat model the gateway lists).
+        #[arg(long)]
+        model: Option<String>,
+        /// The gateway's URL (default: http:// and the configured gateway.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
+        #[arg(long)]
+        key: Option<String>,
+        /// Tokens per answer.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Prompts in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
 }
 
@@ -175,7 +213,10 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     if matches!(
         cli.command,
-        Command::Status { .. } | Command::Models { .. } | Command::Bench { .. }
+        Command::Status { .. }
+            | Command::Models { .. }
+            | Command::Bench { .. }
+            | Command::Eval { .. }
     ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
         log.level = "warn".to_owned();
@@ -258,6 +299,31 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 },
             ),
         },
+        Command::Eval {
+            command:
+                EvalCommand::Persona {
+                    personas,
+                    prompts,
+                    model,
+                    url,
+                    key,
+                    max_tokens,
+                    concurrency,
+                    json,
+                },
+        } => eval_persona::run(
+            settings,
+            eval_persona::PersonaEvalOptions {
+                personas,
+                prompts,
+                model,
+                url,
+                key,
+                max_tokens: max_tokens.max(1),
+                concurrency: concurrency.max(1),
+                json,
+            },
+        ),
     }
 }
 
