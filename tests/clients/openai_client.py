@@ -90,6 +90,31 @@ models = [model.id for model in client.models.list()]
 check("model list", CHAT in models and EMBED in models, models)
 check("one model", client.models.retrieve(CHAT).id == CHAT)
 
+# Personas: the extension field and the model alias, plain and streamed; each answer
+# carries its adherence.
+as_analyst = client.chat.completions.create(
+    model=CHAT, messages=QUESTION, max_tokens=24, extra_body={"persona": "analyst"}
+)
+adherence = as_analyst.choices[0].model_extra.get("persona_adherence") or {}
+check(
+    "persona answer carries its adherence",
+    adherence.get("persona") == "analyst" and 0 <= adherence.get("score", -1) <= 1,
+    repr(as_analyst.choices[0].model_extra),
+)
+check("persona aliases are listed", f"{CHAT}:jester" in models, models)
+scored = None
+for chunk in client.chat.completions.create(
+    model=f"{CHAT}:jester", messages=QUESTION, max_tokens=24, stream=True
+):
+    for choice in chunk.choices:
+        scored = (choice.model_extra or {}).get("persona_adherence") or scored
+check("streamed persona answer carries its adherence", scored and scored["persona"] == "jester", repr(scored))
+expect_error(
+    "404 NotFoundError for an unknown persona",
+    openai.NotFoundError,
+    lambda: client.chat.completions.create(model=CHAT, messages=QUESTION, extra_body={"persona": "nobody"}),
+)
+
 bad_key = openai.OpenAI(base_url=BASE_URL, api_key="sk-not-a-real-key-but-long-enough-to-look-like-one", max_retries=0)
 expect_error("401 AuthenticationError", openai.AuthenticationError, lambda: bad_key.models.list())
 expect_error(
