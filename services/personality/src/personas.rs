@@ -555,7 +555,7 @@ mod tests {
         );
         assert!(jester.contains("You joke"), "{jester}");
         assert!(
-            jester.contains("Use exclamation marks and emoji."),
+            jester.contains("Use exclamation marks and emoji, like this"),
             "{jester}"
         );
         let analyst = render(&personas[4]).unwrap();
