@@ -29,15 +29,16 @@ pub async fn add(host: &mut ServiceHost, state: Inference) -> Result<(), BusErro
     host.serve_stream(&inference::GENERATE, state.clone(), generate)
         .await?;
     host.serve(&inference::EMBED, state.clone(), embed).await?;
-    host.serve(&inference::MODELS, state.clone(), models)
-        .await?;
     host.serve(&inference::LOAD, state.clone(), load).await?;
     host.serve(&inference::UNLOAD, state.clone(), unload)
         .await?;
     host.serve(&inference::TOKENIZE, state.clone(), tokenize)
         .await?;
-    host.serve(&inference::DETOKENIZE, state, detokenize)
+    host.serve(&inference::DETOKENIZE, state.clone(), detokenize)
         .await?;
+    // Last: callers (the gateway, tests) take an answer to `models` to mean that every
+    // endpoint is there.
+    host.serve(&inference::MODELS, state, models).await?;
     Ok(())
 }
 
