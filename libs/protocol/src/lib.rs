@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod inference;
 pub mod personality;
+pub mod rag;
 pub mod schemas;
 pub mod status;
 pub mod stream;

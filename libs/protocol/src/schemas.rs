@@ -16,6 +16,11 @@ use crate::{
         Adherence, AdherenceRequest, AnalyzeRequest, ComposeRequest, Composed, CreatePersona,
         ListPersonas, Persona, PersonaList, PersonaRequest, StyleMetrics, UpdatePersona,
     },
+    rag::{
+        Collection, CollectionList, CollectionRequest, CreateCollection, DocumentDeleted,
+        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchRequest,
+        SearchResponse,
+    },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
 };
@@ -61,5 +66,16 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("style_metrics", schema_for!(StyleMetrics)),
         ("adherence_request", schema_for!(AdherenceRequest)),
         ("adherence", schema_for!(Adherence)),
+        ("create_collection", schema_for!(CreateCollection)),
+        ("collection", schema_for!(Collection)),
+        ("list_collections", schema_for!(ListCollections)),
+        ("collection_list", schema_for!(CollectionList)),
+        ("collection_request", schema_for!(CollectionRequest)),
+        ("ingest_request", schema_for!(IngestRequest)),
+        ("ingest_response", schema_for!(IngestResponse)),
+        ("document_request", schema_for!(DocumentRequest)),
+        ("document_deleted", schema_for!(DocumentDeleted)),
+        ("search_request", schema_for!(SearchRequest)),
+        ("search_response", schema_for!(SearchResponse)),
     ]
 }

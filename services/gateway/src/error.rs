@@ -205,6 +205,12 @@ impl ApiError {
         api
     }
 
+    /// Adds `suffix` to the message (what had been done before the failure).
+    pub fn with_message_suffix(mut self, suffix: &str) -> ApiError {
+        self.body.message.push_str(suffix);
+        self
+    }
+
     /// Names the field at fault.
     pub fn with_param(mut self, param: impl Into<String>) -> ApiError {
         self.body.param = Some(param.into());

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod replicas;
 pub mod routes;
+pub mod upload;
 pub mod usage;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

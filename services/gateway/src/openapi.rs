@@ -40,6 +40,13 @@ use crate::{error::ErrorResponse, routes};
         routes::personality::update,
         routes::personality::delete,
         routes::personality::analyze,
+        routes::collections::create,
+        routes::collections::list,
+        routes::collections::get,
+        routes::collections::delete,
+        routes::collections::ingest,
+        routes::collections::delete_document,
+        routes::collections::search,
     ),
     components(schemas(ErrorResponse)),
     modifiers(&Security, &ErrorResponses, &FieldBounds),
@@ -232,6 +239,9 @@ mod tests {
             "/v1/personas",
             "/v1/personas/{id}",
             "/v1/personality/analyze",
+            "/v1/collections",
+            "/v1/collections/{name}/documents",
+            "/v1/collections/{name}/search",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

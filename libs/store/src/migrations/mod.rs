@@ -6,6 +6,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 mod m20261122_000001_api_keys;
 mod m20261122_000002_key_limits_and_usage;
 mod m20261201_000001_personas;
+mod m20261201_000002_collections;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_api_keys::Migration),
             Box::new(m20261122_000002_key_limits_and_usage::Migration),
             Box::new(m20261201_000001_personas::Migration),
+            Box::new(m20261201_000002_collections::Migration),
         ]
     }
 }

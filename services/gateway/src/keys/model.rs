@@ -27,6 +27,8 @@ pub enum Scope {
     Admin,
     /// Use models: chat, completions, embeddings, the model list.
     Inference,
+    /// Change collections: create, delete, ingest and delete documents.
+    Rag,
 }
 
 impl Scope {
@@ -35,6 +37,7 @@ impl Scope {
         match self {
             Scope::Admin => "admin",
             Scope::Inference => "inference",
+            Scope::Rag => "rag",
         }
     }
 }
@@ -86,6 +89,7 @@ impl ApiKey {
             .filter_map(|scope| match scope {
                 "admin" => Some(Scope::Admin),
                 "inference" => Some(Scope::Inference),
+                "rag" => Some(Scope::Rag),
                 _ => None,
             })
             .collect();

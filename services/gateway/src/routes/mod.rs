@@ -3,6 +3,7 @@
 //! in that order, before anything reaches another service.
 
 pub mod chat;
+pub mod collections;
 pub mod completions;
 pub mod embeddings;
 pub mod keys;

@@ -1,0 +1,301 @@
+//! `/v1/collections`: the RAG service's collections, documents and search. Any key may
+//! list, describe and search; creating, deleting and ingesting take the `rag` scope.
+
+use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
+use serde::{Deserialize, Serialize};
+use slough_protocol::{
+    Endpoint,
+    rag::{
+        self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
+        DocumentRequest, IngestRequest, IngestResponse, ListCollections, MAX_INGEST_DOCUMENTS,
+        SearchMode, SearchRequest, SearchResponse,
+    },
+};
+use utoipa::ToSchema;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    http::{Caller, JsonBody},
+    keys::Scope,
+    upload::{self, DocumentsBody},
+};
+
+/// Every collection.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CollectionList {
+    /// Always `list`.
+    pub object: String,
+    pub data: Vec<Collection>,
+}
+
+/// A search of one collection.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    pub query: String,
+    /// Hits to return, 1 to 100 (default 5).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// `dense`, `sparse` or `hybrid` (default).
+    #[serde(default)]
+    pub mode: Option<SearchMode>,
+    /// Only chunks whose document metadata has each of these fields equal to the value
+    /// (a string, an integer or a boolean).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The most text one ingest call carries on the bus; a larger upload is sent in
+/// several, one after the other.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    state: &AppState,
+    endpoint: &Endpoint<Req, Resp>,
+    request: &Req,
+) -> Result<Resp, ApiError> {
+    state
+        .bus
+        .call(endpoint, request)
+        .await
+        .map_err(|err| ApiError::from_bus(&err))
+}
+
+/// Creates a collection.
+#[utoipa::path(
+    post,
+    path = "/v1/collections",
+    tag = "Collections",
+    request_body = CreateCollection,
+    responses((status = 201, description = "The new collection", body = Collection)),
+    security(("api_key" = [])),
+)]
+pub async fn create(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    JsonBody(body): JsonBody<CreateCollection>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Rag)?;
+    let collection = call(&state, &rag::CREATE_COLLECTION, &body).await?;
+    tracing::info!(collection = %collection.name, by = %caller.id, "collection created");
+    Ok(HttpResponse::Created().json(collection))
+}
+
+/// Lists the collections with their sizes.
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "Collections",
+    responses((status = 200, description = "The collections", body = CollectionList)),
+    security(("api_key" = [])),
+)]
+pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpResponse, ApiError> {
+    let list = call(&state, &rag::LIST_COLLECTIONS, &ListCollections {}).await?;
+    Ok(HttpResponse::Ok().json(CollectionList {
+        object: "list".to_owned(),
+        data: list.collections,
+    }))
+}
+
+/// Describes one collection.
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{name}",
+    tag = "Collections",
+    params(("name" = String, Path, description = "The collection's name")),
+    responses((status = 200, description = "The collection", body = Collection)),
+    security(("api_key" = [])),
+)]
+pub async fn get(
+    state: web::Data<AppState>,
+    Caller(_): Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let request = CollectionRequest {
+        name: name.into_inner(),
+    };
+    Ok(HttpResponse::Ok().json(call(&state, &rag::GET_COLLECTION, &request).await?))
+}
+
+/// Deletes a collection with its documents.
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{name}",
+    tag = "Collections",
+    params(("name" = String, Path, description = "The collection's name")),
+    responses((status = 200, description = "The deleted collection", body = Collection)),
+    security(("api_key" = [])),
+)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Rag)?;
+    let request = CollectionRequest {
+        name: name.into_inner(),
+    };
+    let deleted = call(&state, &rag::DELETE_COLLECTION, &request).await?;
+    tracing::info!(collection = %deleted.name, by = %caller.id, "collection deleted");
+    Ok(HttpResponse::Ok().json(deleted))
+}
+
+/// Adds documents, or replaces them by id: a JSON body `{"documents": [...]}` or a
+/// multipart form of `file` parts (`.jsonl`: a document per line; `.md`: Markdown;
+/// anything else: text; each of the last two one document named by its file name).
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{name}/documents",
+    tag = "Collections",
+    params(("name" = String, Path, description = "The collection's name")),
+    request_body(content(
+        (DocumentsBody = "application/json"),
+        (String = "multipart/form-data"),
+    )),
+    responses((status = 200, description = "What happened to each document", body = IngestResponse)),
+    security(("api_key" = [])),
+)]
+pub async fn ingest(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    request: HttpRequest,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Rag)?;
+    let content_type = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let documents = upload::documents(&content_type, body).await?;
+    let collection = name.into_inner();
+    let total = documents.len();
+    let mut outcome = IngestResponse {
+        documents: Vec::with_capacity(total),
+        chunks: 0,
+    };
+    for batch in batches(documents) {
+        let request = IngestRequest {
+            collection: collection.clone(),
+            documents: batch,
+        };
+        let done = call(&state, &rag::INGEST, &request).await.map_err(|err| {
+            err.with_message_suffix(&format!(
+                " ({} of {total} documents were ingested before this batch)",
+                outcome.documents.len()
+            ))
+        })?;
+        outcome.chunks += done.chunks;
+        outcome.documents.extend(done.documents);
+        if total > MAX_INGEST_DOCUMENTS {
+            tracing::info!(
+                collection = %collection,
+                "ingested {} of {total} documents",
+                outcome.documents.len()
+            );
+        }
+    }
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Documents in bus-sized batches: at most [`MAX_INGEST_DOCUMENTS`] and about
+/// [`BATCH_BYTES`] of text each (a larger document travels alone).
+fn batches(documents: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut batches: Vec<Vec<Document>> = Vec::new();
+    let mut bytes = 0;
+    for document in documents {
+        let size = document.text.len();
+        match batches.last_mut() {
+            Some(batch) if batch.len() < MAX_INGEST_DOCUMENTS && bytes + size <= BATCH_BYTES => {
+                bytes += size;
+                batch.push(document);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![document]);
+            }
+        }
+    }
+    batches
+}
+
+/// Deletes one document's chunks.
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{name}/documents/{id}",
+    tag = "Collections",
+    params(
+        ("name" = String, Path, description = "The collection's name"),
+        ("id" = String, Path, description = "The document's id"),
+    ),
+    responses((status = 200, description = "The deleted document", body = DocumentDeleted)),
+    security(("api_key" = [])),
+)]
+pub async fn delete_document(
+    state: web::Data<AppState>,
+    Caller(caller): Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(Scope::Rag)?;
+    let (collection, id) = path.into_inner();
+    let request = DocumentRequest { collection, id };
+    Ok(HttpResponse::Ok().json(call(&state, &rag::DELETE_DOCUMENT, &request).await?))
+}
+
+/// Searches a collection: dense, sparse (BM25) or hybrid (both, fused by reciprocal
+/// rank).
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{name}/search",
+    tag = "Collections",
+    params(("name" = String, Path, description = "The collection's name")),
+    request_body = SearchBody,
+    responses((status = 200, description = "The best chunks, best first", body = SearchResponse)),
+    security(("api_key" = [])),
+)]
+pub async fn search(
+    state: web::Data<AppState>,
+    Caller(_): Caller,
+    name: web::Path<String>,
+    JsonBody(body): JsonBody<SearchBody>,
+) -> Result<HttpResponse, ApiError> {
+    let request = SearchRequest {
+        collection: name.into_inner(),
+        query: body.query,
+        top_k: body.top_k.unwrap_or(5),
+        mode: body.mode.unwrap_or_default(),
+        filter: body.filter,
+    };
+    Ok(HttpResponse::Ok().json(call(&state, &rag::SEARCH, &request).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(id: usize, bytes: usize) -> Document {
+        Document {
+            id: id.to_string(),
+            text: "x".repeat(bytes),
+            format: rag::DocumentFormat::Text,
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn batches_hold_a_bounded_count_and_size() {
+        let many: Vec<Document> = (0..600).map(|id| document(id, 10)).collect();
+        let sizes: Vec<usize> = batches(many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [256, 256, 88]);
+        let large: Vec<Document> = (0..5).map(|id| document(id, 400_000)).collect();
+        let sizes: Vec<usize> = batches(large).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        let huge = vec![document(0, 10), document(1, 2_000_000), document(2, 10)];
+        let sizes: Vec<usize> = batches(huge).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 1, 1]);
+    }
+}

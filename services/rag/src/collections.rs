@@ -1,0 +1,691 @@
+//! The collections: their settings and documents in the store, their chunks in the
+//! vector store, and everything done to them — create, describe, delete, ingest
+//! documents, delete a document, search.
+//!
+//! Ingesting a document: hash its text, format and metadata; the same hash as stored
+//! means nothing to do. Otherwise split it, embed the chunks (inference's `embed`),
+//! write the new chunks, then delete the document's chunks of any other hash, then
+//! record the new hash. Until the new chunks are written the old ones stand untouched,
+//! so a failure midway leaves the document as it was; a crash between the last two
+//! steps leaves chunks of an older hash, which the next ingest or delete removes. One
+//! writer per collection at a time; searches never wait for it.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, Set,
+    TransactionTrait as _,
+};
+use sha2::Digest as _;
+use slough_bus::Bus;
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    inference::{self, EmbedRequest, ModelKind, ModelsRequest},
+    rag::{
+        Collection, CreateCollection, Document, DocumentDeleted, IngestRequest, IngestResponse,
+        IngestStatus, IngestedDocument, MAX_DOCUMENT_BYTES, MAX_INGEST_DOCUMENTS, MAX_TOP_K,
+        SearchMode, SearchRequest, SearchResponse,
+    },
+};
+use slough_store::{
+    Store,
+    entities::{collection, collection_document},
+};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::{
+    chunking::Chunker,
+    index::{ChunkPoint, EdgeBackend, Index, IndexError, IndexQuery},
+    metrics::Metrics,
+};
+
+const DEFAULT_CHUNK_SIZE: u32 = 200;
+const DEFAULT_CHUNK_OVERLAP: u32 = 32;
+const MAX_NAME: usize = 64;
+const MAX_DOCUMENT_ID: usize = 256;
+/// Tokens the embedding model adds around every text (`[CLS]`, `[SEP]`).
+const SPECIAL_TOKENS: u32 = 2;
+
+/// An open collection.
+struct Open {
+    row: collection::Model,
+    index: Arc<dyn Index>,
+    /// Built on first use from the embedding model's tokenizer.
+    chunker: Mutex<Option<Arc<Chunker>>>,
+    /// One ingest or delete at a time.
+    writer: Mutex<()>,
+}
+
+/// Every collection of this service.
+pub struct Collections {
+    store: Store,
+    backend: EdgeBackend,
+    bus: Bus,
+    models_dir: PathBuf,
+    embed_batch: usize,
+    metrics: Metrics,
+    open: RwLock<HashMap<String, Arc<Open>>>,
+}
+
+/// Where the service keeps things, and what it talks to.
+pub struct Setup {
+    pub store: Store,
+    pub bus: Bus,
+    pub collections_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub embed_batch: usize,
+    pub metrics: Metrics,
+}
+
+impl Collections {
+    /// Opens every collection the store lists.
+    pub async fn open(setup: Setup) -> Result<Collections, String> {
+        let backend = EdgeBackend::new(&setup.collections_dir);
+        let rows = collection::Entity::find()
+            .all(setup.store.connection())
+            .await
+            .map_err(|err| format!("cannot list collections: {err}"))?;
+        let collections = Collections {
+            store: setup.store,
+            backend,
+            bus: setup.bus,
+            models_dir: setup.models_dir,
+            embed_batch: setup.embed_batch,
+            metrics: setup.metrics,
+            open: RwLock::new(HashMap::new()),
+        };
+        for row in rows {
+            let name = row.name.clone();
+            let index = blocking({
+                let backend = collections.backend.clone();
+                move || backend.open(&name)
+            })
+            .await
+            .map_err(|err| format!("cannot open collection {}: {err}", row.name))?;
+            tracing::info!(collection = %row.name, "collection opened");
+            collections.insert(row, Arc::new(index)).await;
+        }
+        collections.report_sizes().await;
+        Ok(collections)
+    }
+
+    async fn insert(&self, row: collection::Model, index: Arc<dyn Index>) {
+        let name = row.name.clone();
+        let open = Arc::new(Open {
+            row,
+            index,
+            chunker: Mutex::new(None),
+            writer: Mutex::new(()),
+        });
+        self.open.write().await.insert(name, open);
+    }
+
+    async fn get_open(&self, name: &str) -> Result<Arc<Open>, ErrorBody> {
+        self.open.read().await.get(name).cloned().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("collection `{name}` does not exist"),
+            )
+        })
+    }
+
+    /// Creates a collection.
+    pub async fn create(&self, request: CreateCollection) -> Result<Collection, ErrorBody> {
+        check_name(&request.name)?;
+        let chunk_size = request.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        let chunk_overlap = request.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP);
+        let model = self.embedding_model(&request.embedding_model).await?;
+        let longest = model.context_length.saturating_sub(SPECIAL_TOKENS);
+        if chunk_size == 0 || chunk_size > longest {
+            return Err(ErrorBody::invalid(
+                "chunk_size",
+                format!(
+                    "chunk_size must be 1 to {longest} tokens for {}, got {chunk_size}",
+                    model.id
+                ),
+            ));
+        }
+        if chunk_overlap >= chunk_size {
+            return Err(ErrorBody::invalid(
+                "chunk_overlap",
+                format!(
+                    "chunk_overlap must be less than chunk_size ({chunk_size}), got \
+                     {chunk_overlap}"
+                ),
+            ));
+        }
+        let dimensions = model.dimensions.unwrap_or(0);
+        let mut open = self.open.write().await;
+        if open.contains_key(&request.name) {
+            return Err(ErrorBody {
+                param: Some("name".to_owned()),
+                ..ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("collection `{}` already exists", request.name),
+                )
+            });
+        }
+        let name = request.name.clone();
+        let index = blocking({
+            let backend = self.backend.clone();
+            move || backend.create(&name, dimensions as usize)
+        })
+        .await
+        .map_err(index_error)?;
+        let row = collection::Model {
+            name: request.name.clone(),
+            embedding_model: model.id.clone(),
+            dimensions: i32::try_from(dimensions).unwrap_or(i32::MAX),
+            chunk_size: i32::try_from(chunk_size).unwrap_or(i32::MAX),
+            chunk_overlap: i32::try_from(chunk_overlap).unwrap_or(i32::MAX),
+            created_at: Utc::now(),
+        };
+        let active: collection::ActiveModel = row.clone().into();
+        if let Err(err) = collection::Entity::insert(active)
+            .exec(self.store.connection())
+            .await
+        {
+            drop(index);
+            let _ = self.backend.delete(&request.name);
+            return Err(store_error(err));
+        }
+        let described = describe(&row, 0, 0);
+        open.insert(
+            row.name.clone(),
+            Arc::new(Open {
+                row,
+                index: Arc::new(index),
+                chunker: Mutex::new(None),
+                writer: Mutex::new(()),
+            }),
+        );
+        drop(open);
+        tracing::info!(collection = %described.name, model = %described.embedding_model, "collection created");
+        self.report_sizes().await;
+        Ok(described)
+    }
+
+    /// The served embedding model `id`, or why it cannot embed a collection.
+    async fn embedding_model(&self, id: &str) -> Result<inference::ModelInfo, ErrorBody> {
+        let served = self
+            .bus
+            .call(&inference::MODELS, &ModelsRequest {})
+            .await
+            .map_err(|err| {
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot ask inference for its models: {err}"),
+                )
+            })?;
+        let model = served
+            .models
+            .into_iter()
+            .find(|model| model.id == id)
+            .ok_or_else(|| {
+                ErrorBody::invalid(
+                    "embedding_model",
+                    format!("embedding_model `{id}` is not served"),
+                )
+            })?;
+        if model.kind != ModelKind::Embedding || model.dimensions.is_none() {
+            return Err(ErrorBody::invalid(
+                "embedding_model",
+                format!("`{id}` is a chat model; a collection needs an embedding model"),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// Every collection with its size, by name.
+    pub async fn list(&self) -> Result<Vec<Collection>, ErrorBody> {
+        let open: Vec<Arc<Open>> = self.open.read().await.values().cloned().collect();
+        let mut described = Vec::with_capacity(open.len());
+        for one in open {
+            described.push(self.describe(&one).await?);
+        }
+        described.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(described)
+    }
+
+    /// One collection with its size.
+    pub async fn get(&self, name: &str) -> Result<Collection, ErrorBody> {
+        let open = self.get_open(name).await?;
+        self.describe(&open).await
+    }
+
+    async fn describe(&self, open: &Open) -> Result<Collection, ErrorBody> {
+        let documents = collection_document::Entity::find()
+            .filter(collection_document::Column::Collection.eq(open.row.name.as_str()))
+            .all(self.store.connection())
+            .await
+            .map_err(store_error)?;
+        let chunks = documents.iter().map(|doc| doc.chunks.max(0) as u64).sum();
+        Ok(describe(&open.row, documents.len() as u64, chunks))
+    }
+
+    /// Deletes a collection, its documents and its chunks.
+    pub async fn delete(&self, name: &str) -> Result<Collection, ErrorBody> {
+        let open = self.get_open(name).await?;
+        let _writer = open.writer.lock().await;
+        let described = self.describe(&open).await?;
+        let transaction = self.store.connection().begin().await.map_err(store_error)?;
+        collection_document::Entity::delete_many()
+            .filter(collection_document::Column::Collection.eq(name))
+            .exec(&transaction)
+            .await
+            .map_err(store_error)?;
+        collection::Entity::delete_by_id(name.to_owned())
+            .exec(&transaction)
+            .await
+            .map_err(store_error)?;
+        transaction.commit().await.map_err(store_error)?;
+        self.open.write().await.remove(name);
+        drop(_writer);
+        drop(open);
+        if let Err(err) = self.backend.delete(name) {
+            tracing::warn!(
+                collection = name,
+                "the deleted collection's shard stays: {err}"
+            );
+        }
+        self.metrics.forget(name);
+        tracing::info!(collection = name, "collection deleted");
+        Ok(described)
+    }
+
+    /// Adds or replaces `request`'s documents, one after the other.
+    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResponse, ErrorBody> {
+        check_documents(&request.documents)?;
+        let open = self.get_open(&request.collection).await?;
+        let chunker = self.chunker(&open).await?;
+        let _writer = open.writer.lock().await;
+        let mut outcome = IngestResponse {
+            documents: Vec::with_capacity(request.documents.len()),
+            chunks: 0,
+        };
+        for (position, document) in request.documents.into_iter().enumerate() {
+            let started = Instant::now();
+            let ingested = self
+                .ingest_one(&open, &chunker, document)
+                .await
+                .map_err(|err| ErrorBody {
+                    message: format!("{} (documents before this one were ingested)", err.message),
+                    param: err
+                        .param
+                        .map(|param| format!("documents[{position}].{param}")),
+                    ..err
+                })?;
+            self.metrics.ingested(&ingested, started.elapsed());
+            outcome.chunks += if ingested.status == IngestStatus::Unchanged {
+                0
+            } else {
+                ingested.chunks
+            };
+            outcome.documents.push(ingested);
+        }
+        drop(_writer);
+        self.report_sizes().await;
+        Ok(outcome)
+    }
+
+    async fn ingest_one(
+        &self,
+        open: &Open,
+        chunker: &Arc<Chunker>,
+        document: Document,
+    ) -> Result<IngestedDocument, ErrorBody> {
+        let collection = open.row.name.as_str();
+        let hash = content_hash(&document);
+        let stored =
+            collection_document::Entity::find_by_id((collection.to_owned(), document.id.clone()))
+                .one(self.store.connection())
+                .await
+                .map_err(store_error)?;
+        if let Some(stored) = &stored
+            && stored.content_hash == hash
+        {
+            return Ok(IngestedDocument {
+                id: document.id,
+                status: IngestStatus::Unchanged,
+                chunks: stored.chunks.max(0) as u64,
+            });
+        }
+        let chunks = blocking({
+            let chunker = Arc::clone(chunker);
+            let text = document.text.clone();
+            let format = document.format;
+            move || Ok::<_, IndexError>(chunker.split(&text, format))
+        })
+        .await
+        .map_err(index_error)?;
+        let texts: Vec<String> = chunks.iter().map(|chunk| chunk.text.clone()).collect();
+        let vectors = self.embed(&open.row.embedding_model, texts).await?;
+        let points: Vec<ChunkPoint> = chunks
+            .into_iter()
+            .zip(vectors)
+            .zip(0u32..)
+            .map(|((chunk, dense), chunk_index)| ChunkPoint {
+                document_id: document.id.clone(),
+                content_hash: hash.clone(),
+                chunk_index,
+                start: chunk.range.start as u64,
+                end: chunk.range.end as u64,
+                text: chunk.text,
+                metadata: document.metadata.clone(),
+                dense,
+            })
+            .collect();
+        let count = points.len() as u64;
+        let index = Arc::clone(&open.index);
+        let (id, keep) = (document.id.clone(), hash.clone());
+        blocking(move || {
+            index.upsert(points)?;
+            index.delete_document(&id, Some(&keep))
+        })
+        .await
+        .map_err(index_error)?;
+        let row = collection_document::ActiveModel {
+            collection: Set(collection.to_owned()),
+            document_id: Set(document.id.clone()),
+            content_hash: Set(hash),
+            chunks: Set(i64::try_from(count).unwrap_or(i64::MAX)),
+            bytes: Set(i64::try_from(document.text.len()).unwrap_or(i64::MAX)),
+            updated_at: Set(Utc::now()),
+        };
+        let written = if stored.is_some() {
+            row.update(self.store.connection()).await.map(|_| ())
+        } else {
+            collection_document::Entity::insert(row)
+                .exec(self.store.connection())
+                .await
+                .map(|_| ())
+        };
+        written.map_err(store_error)?;
+        Ok(IngestedDocument {
+            id: document.id,
+            status: if stored.is_some() {
+                IngestStatus::Replaced
+            } else {
+                IngestStatus::Created
+            },
+            chunks: count,
+        })
+    }
+
+    /// `texts`' embeddings, in batches of `embed_batch`.
+    async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ErrorBody> {
+        let mut vectors = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(self.embed_batch) {
+            self.metrics.embed_batch(batch.len());
+            let request = EmbedRequest {
+                model: model.to_owned(),
+                inputs: batch.to_vec(),
+                truncate: true,
+            };
+            let embedded = self
+                .bus
+                .call(&inference::EMBED, &request)
+                .await
+                .map_err(|err| {
+                    let body = err.to_body();
+                    ErrorBody::new(
+                        if body.code == ErrorCode::InvalidRequest {
+                            ErrorCode::Internal
+                        } else {
+                            body.code
+                        },
+                        format!("embedding with {model} failed: {}", body.message),
+                    )
+                })?;
+            vectors.extend(embedded.embeddings);
+        }
+        Ok(vectors)
+    }
+
+    /// The collection's chunker, built from its model's tokenizer on first use.
+    async fn chunker(&self, open: &Open) -> Result<Arc<Chunker>, ErrorBody> {
+        let mut slot = open.chunker.lock().await;
+        if let Some(chunker) = slot.as_ref() {
+            return Ok(Arc::clone(chunker));
+        }
+        let file = self
+            .models_dir
+            .join(&open.row.embedding_model)
+            .join("tokenizer.json");
+        let size = open.row.chunk_size.max(1) as usize;
+        let overlap = open.row.chunk_overlap.max(0) as usize;
+        let chunker =
+            blocking(move || Chunker::new(&file, size, overlap).map_err(IndexError::Store))
+                .await
+                .map_err(|err| {
+                    ErrorBody::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "cannot chunk for {}: {err} (the RAG service reads tokenizers from its \
+                     models_dir)",
+                            open.row.embedding_model
+                        ),
+                    )
+                })?;
+        let chunker = Arc::new(chunker);
+        *slot = Some(Arc::clone(&chunker));
+        Ok(chunker)
+    }
+
+    /// Deletes one document's chunks.
+    pub async fn delete_document(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<DocumentDeleted, ErrorBody> {
+        let open = self.get_open(collection).await?;
+        let _writer = open.writer.lock().await;
+        let stored =
+            collection_document::Entity::find_by_id((collection.to_owned(), id.to_owned()))
+                .one(self.store.connection())
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    ErrorBody::new(
+                        ErrorCode::NotFound,
+                        format!("document `{id}` is not in collection `{collection}`"),
+                    )
+                })?;
+        let index = Arc::clone(&open.index);
+        let document = id.to_owned();
+        blocking(move || index.delete_document(&document, None))
+            .await
+            .map_err(index_error)?;
+        collection_document::Entity::delete_by_id((collection.to_owned(), id.to_owned()))
+            .exec(self.store.connection())
+            .await
+            .map_err(store_error)?;
+        drop(_writer);
+        self.report_sizes().await;
+        Ok(DocumentDeleted {
+            id: id.to_owned(),
+            chunks: stored.chunks.max(0) as u64,
+        })
+    }
+
+    /// The best chunks for the request's query.
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, ErrorBody> {
+        if request.top_k == 0 || request.top_k > MAX_TOP_K {
+            return Err(ErrorBody::invalid(
+                "top_k",
+                format!("top_k must be 1 to {MAX_TOP_K}, got {}", request.top_k),
+            ));
+        }
+        if request.query.trim().is_empty() {
+            return Err(ErrorBody::invalid("query", "query must not be empty"));
+        }
+        let open = self.get_open(&request.collection).await?;
+        let started = Instant::now();
+        let dense = match request.mode {
+            SearchMode::Sparse => None,
+            SearchMode::Dense | SearchMode::Hybrid => self
+                .embed(&open.row.embedding_model, vec![request.query.clone()])
+                .await?
+                .pop(),
+        };
+        let query = IndexQuery {
+            text: request.query,
+            dense,
+            mode: request.mode,
+            top_k: request.top_k as usize,
+            filter: request.filter,
+        };
+        let index = Arc::clone(&open.index);
+        let hits = blocking(move || index.search(&query))
+            .await
+            .map_err(|err| match err {
+                IndexError::FilterField(_) | IndexError::FilterValue(_) => {
+                    ErrorBody::invalid("filter", err.to_string())
+                }
+                other => index_error(other),
+            })?;
+        self.metrics.searched(request.mode, started.elapsed());
+        Ok(SearchResponse {
+            mode: request.mode,
+            hits,
+        })
+    }
+
+    /// Sets the size gauges from the store.
+    async fn report_sizes(&self) {
+        let names: Vec<String> = self.open.read().await.keys().cloned().collect();
+        for name in names {
+            if let Ok(described) = self.get(&name).await {
+                self.metrics
+                    .size(&name, described.documents, described.chunks);
+            }
+        }
+    }
+}
+
+fn describe(row: &collection::Model, documents: u64, chunks: u64) -> Collection {
+    Collection {
+        name: row.name.clone(),
+        embedding_model: row.embedding_model.clone(),
+        dimensions: row.dimensions.max(0) as u32,
+        chunk_size: row.chunk_size.max(0) as u32,
+        chunk_overlap: row.chunk_overlap.max(0) as u32,
+        documents,
+        chunks,
+        created_at: row
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+/// What a document's chunks depend on.
+fn content_hash(document: &Document) -> String {
+    let format = serde_json::to_string(&document.format).unwrap_or_default();
+    let metadata = serde_json::to_string(&document.metadata).unwrap_or_default();
+    let digest = sha2::Sha256::new()
+        .chain_update(format.as_bytes())
+        .chain_update([0])
+        .chain_update(metadata.as_bytes())
+        .chain_update([0])
+        .chain_update(document.text.as_bytes())
+        .finalize();
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn check_name(name: &str) -> Result<(), ErrorBody> {
+    let mut chars = name.chars();
+    let valid = name.len() <= MAX_NAME
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ErrorBody::invalid(
+            "name",
+            format!(
+                "name must be 1 to {MAX_NAME} lowercase letters, digits, `-` or `_`, \
+                 starting with a letter or digit, got {name:?}"
+            ),
+        ))
+    }
+}
+
+fn check_documents(documents: &[Document]) -> Result<(), ErrorBody> {
+    if documents.is_empty() {
+        return Err(ErrorBody::invalid(
+            "documents",
+            "documents must hold at least one document",
+        ));
+    }
+    if documents.len() > MAX_INGEST_DOCUMENTS {
+        return Err(ErrorBody::invalid(
+            "documents",
+            format!(
+                "at most {MAX_INGEST_DOCUMENTS} documents per request, got {}",
+                documents.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (position, document) in documents.iter().enumerate() {
+        let field = |name: &str| format!("documents[{position}].{name}");
+        if document.id.is_empty() || document.id.chars().count() > MAX_DOCUMENT_ID {
+            return Err(ErrorBody::invalid(
+                field("id"),
+                format!("a document id must be 1 to {MAX_DOCUMENT_ID} characters"),
+            ));
+        }
+        if !seen.insert(document.id.as_str()) {
+            return Err(ErrorBody::invalid(
+                field("id"),
+                format!("document `{}` appears twice in one request", document.id),
+            ));
+        }
+        if document.text.trim().is_empty() {
+            return Err(ErrorBody::invalid(
+                field("text"),
+                format!("document `{}` has no text", document.id),
+            ));
+        }
+        if document.text.len() > MAX_DOCUMENT_BYTES {
+            return Err(ErrorBody {
+                param: Some(field("text")),
+                ..ErrorBody::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "document `{}` is {} bytes; the most is {MAX_DOCUMENT_BYTES}",
+                        document.id,
+                        document.text.len()
+                    ),
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking vector-store work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+fn index_error(err: IndexError) -> ErrorBody {
+    tracing::warn!("{err}");
+    ErrorBody::new(ErrorCode::Internal, err.to_string())
+}
+
+fn store_error(err: sea_orm::DbErr) -> ErrorBody {
+    tracing::warn!("collection store: {err}");
+    ErrorBody::new(
+        ErrorCode::Unavailable,
+        "the collection store is not available",
+    )
+}

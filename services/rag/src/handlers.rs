@@ -1,0 +1,86 @@
+//! The NATS endpoints: decode, hand to [`Collections`], reply.
+
+use std::sync::Arc;
+
+use slough_bus::{BusError, ServiceHost};
+use slough_protocol::{
+    ErrorBody,
+    rag::{
+        self, Collection, CollectionList, CollectionRequest, CreateCollection, DocumentDeleted,
+        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchRequest,
+        SearchResponse,
+    },
+};
+
+use crate::collections::Collections;
+
+/// Adds every RAG endpoint to `host`.
+pub async fn add(host: &mut ServiceHost, collections: Arc<Collections>) -> Result<(), BusError> {
+    host.serve(&rag::CREATE_COLLECTION, collections.clone(), create)
+        .await?;
+    host.serve(&rag::LIST_COLLECTIONS, collections.clone(), list)
+        .await?;
+    host.serve(&rag::GET_COLLECTION, collections.clone(), get)
+        .await?;
+    host.serve(&rag::DELETE_COLLECTION, collections.clone(), delete)
+        .await?;
+    host.serve(&rag::INGEST, collections.clone(), ingest)
+        .await?;
+    host.serve(&rag::DELETE_DOCUMENT, collections.clone(), delete_document)
+        .await?;
+    host.serve(&rag::SEARCH, collections, search).await?;
+    Ok(())
+}
+
+async fn create(
+    collections: Arc<Collections>,
+    request: CreateCollection,
+) -> Result<Collection, ErrorBody> {
+    collections.create(request).await
+}
+
+async fn list(
+    collections: Arc<Collections>,
+    _: ListCollections,
+) -> Result<CollectionList, ErrorBody> {
+    Ok(CollectionList {
+        collections: collections.list().await?,
+    })
+}
+
+async fn get(
+    collections: Arc<Collections>,
+    request: CollectionRequest,
+) -> Result<Collection, ErrorBody> {
+    collections.get(&request.name).await
+}
+
+async fn delete(
+    collections: Arc<Collections>,
+    request: CollectionRequest,
+) -> Result<Collection, ErrorBody> {
+    collections.delete(&request.name).await
+}
+
+async fn ingest(
+    collections: Arc<Collections>,
+    request: IngestRequest,
+) -> Result<IngestResponse, ErrorBody> {
+    collections.ingest(request).await
+}
+
+async fn delete_document(
+    collections: Arc<Collections>,
+    request: DocumentRequest,
+) -> Result<DocumentDeleted, ErrorBody> {
+    collections
+        .delete_document(&request.collection, &request.id)
+        .await
+}
+
+async fn search(
+    collections: Arc<Collections>,
+    request: SearchRequest,
+) -> Result<SearchResponse, ErrorBody> {
+    collections.search(request).await
+}
