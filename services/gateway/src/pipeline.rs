@@ -7,8 +7,9 @@
 //! 1. compose the persona (personality's `compose`) when the turn names one: the
 //!    persona's system prompt merged into the messages, its default sampling under the
 //!    request's own parameters;
-//! 2. retrieve (rag's `search`) when the turn asks for a collection — arrives with the
-//!    RAG service;
+//! 2. retrieve (rag's `search`) when the turn names a collection: the best chunks for
+//!    the last user message, numbered, in a system message just before it, as many as
+//!    fit the model's context with room for the answer (the lowest-ranked go first);
 //! 3. generate: open the generation on the inference replica with the most room.
 //!
 //! After the answer, [`adherence`] scores each choice against the turn's persona.
@@ -16,11 +17,14 @@
 //! A new step is a field of [`ChatTurn`] saying what it needs, and one call in
 //! [`ChatPipeline::run`] before generation.
 
+use serde::{Deserialize, Serialize};
 use slough_bus::Bus;
 use slough_protocol::{
-    inference::{GenerateRequest, PromptInput},
+    inference::{self, ChatMessage, GenerateRequest, PromptInput, Role, TokenizeRequest},
     personality::{self, Adherence, AdherenceRequest, ComposeRequest},
+    rag::{self, SearchHit, SearchMode, SearchRequest},
 };
+use utoipa::ToSchema;
 
 use crate::{
     AppState,
@@ -34,6 +38,69 @@ use crate::{
 pub struct ChatTurn {
     pub generation: GenerateRequest,
     pub persona: Option<String>,
+    pub retrieval: Option<Retrieval>,
+}
+
+/// The chat extension `rag`: which collection to retrieve from, and how.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retrieval {
+    pub collection: String,
+    /// Chunks to retrieve, 1 to 100 (default 4); fewer are used when the context is
+    /// short.
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+    /// `dense`, `sparse` or `hybrid` (default).
+    #[serde(default)]
+    pub mode: SearchMode,
+}
+
+fn default_top_k() -> u32 {
+    4
+}
+
+/// A source the answer was given, as numbered in the prompt.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Citation {
+    /// The source's number in the prompt (`[1]`).
+    pub number: u32,
+    pub document_id: String,
+    pub chunk_index: u32,
+    /// Byte offsets of the chunk in its document.
+    pub start: u64,
+    pub end: u64,
+    pub score: f32,
+    pub text: String,
+}
+
+/// What retrieval found and used.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Retrieved {
+    /// The sources in the prompt, best first.
+    pub citations: Vec<Citation>,
+    /// Chunks found.
+    pub found: usize,
+    /// Found chunks left out so that the prompt and the answer fit the context.
+    pub dropped: usize,
+}
+
+/// Tokens kept free for the answer when the request sets no `max_tokens`.
+const DEFAULT_ANSWER_RESERVE: u32 = 256;
+
+/// The system message that gives the model its sources.
+fn sources_prompt(hits: &[SearchHit]) -> String {
+    let mut prompt = String::from(
+        "Answer with the numbered sources below, citing them like [1]. If they do not \
+         hold the answer, say so.\n",
+    );
+    for (hit, number) in hits.iter().zip(1..) {
+        prompt.push_str(&format!(
+            "\n[{number}] ({}) {}\n",
+            hit.document_id,
+            hit.text.trim()
+        ));
+    }
+    prompt
 }
 
 /// Runs chat turns on the platform's services.
@@ -47,12 +114,18 @@ impl<'a> ChatPipeline<'a> {
     }
 
     /// Runs `turn` through every step; the generation's events are what the route
-    /// streams or collects.
-    pub async fn run(&self, mut turn: ChatTurn) -> Result<Generation, ApiError> {
+    /// streams or collects, with what retrieval used.
+    pub async fn run(&self, mut turn: ChatTurn) -> Result<(Generation, Retrieved), ApiError> {
         if let Some(persona) = &turn.persona {
             self.compose(persona, &mut turn.generation).await?;
         }
-        generation::open_all(self.state, std::slice::from_ref(&turn.generation)).await
+        let retrieved = match &turn.retrieval {
+            Some(retrieval) => self.retrieve(retrieval, &mut turn.generation).await?,
+            None => Retrieved::default(),
+        };
+        let generation =
+            generation::open_all(self.state, std::slice::from_ref(&turn.generation)).await?;
+        Ok((generation, retrieved))
     }
 
     /// Step 1: the persona's messages and sampling replace the turn's.
@@ -81,6 +154,103 @@ impl<'a> ChatPipeline<'a> {
         generation.input = PromptInput::Messages(composed.messages);
         generation.sampling = composed.sampling;
         Ok(())
+    }
+    /// Step 2: the best chunks of the turn's collection for its last user message, put
+    /// before that message as numbered sources, as many as the context holds.
+    async fn retrieve(
+        &self,
+        retrieval: &Retrieval,
+        generation: &mut GenerateRequest,
+    ) -> Result<Retrieved, ApiError> {
+        let PromptInput::Messages(messages) = &mut generation.input else {
+            return Err(ApiError::invalid(
+                "rag",
+                "retrieval applies to chat messages only",
+            ));
+        };
+        let Some(last_user) = messages
+            .iter()
+            .rposition(|message| message.role == Role::User)
+        else {
+            return Err(ApiError::invalid(
+                "rag",
+                "retrieval searches with the last user message, and there is none",
+            ));
+        };
+        let request = SearchRequest {
+            collection: retrieval.collection.clone(),
+            query: messages[last_user].content.clone(),
+            top_k: retrieval.top_k,
+            mode: retrieval.mode,
+            filter: None,
+        };
+        let found = self
+            .state
+            .bus
+            .call(&rag::SEARCH, &request)
+            .await
+            .map_err(|err| {
+                let api = ApiError::from_bus(&err);
+                match err.to_body().param {
+                    Some(param) => api.with_param(format!("rag.{param}")),
+                    None => api.with_param("rag.collection"),
+                }
+            })?;
+        let mut hits = found.hits;
+        let found_count = hits.len();
+        let reserve = generation.max_tokens.unwrap_or(DEFAULT_ANSWER_RESERVE);
+        loop {
+            let mut candidate = messages.clone();
+            if !hits.is_empty() {
+                candidate.insert(
+                    last_user,
+                    ChatMessage::new(Role::System, sources_prompt(&hits)),
+                );
+            }
+            let counted = self
+                .state
+                .bus
+                .call(
+                    &inference::TOKENIZE,
+                    &TokenizeRequest {
+                        model: generation.model.clone(),
+                        input: PromptInput::Messages(candidate.clone()),
+                    },
+                )
+                .await
+                .map_err(|err| ApiError::from_bus(&err))?;
+            let fits = counted.tokens.len() as u64 + u64::from(reserve)
+                <= u64::from(counted.context_length);
+            if fits || hits.is_empty() {
+                *messages = candidate;
+                break;
+            }
+            hits.pop();
+        }
+        let dropped = found_count - hits.len();
+        if dropped > 0 {
+            tracing::info!(
+                collection = %retrieval.collection,
+                "{dropped} of {found_count} retrieved sources left out to fit the context"
+            );
+        }
+        Ok(Retrieved {
+            citations: hits
+                .into_iter()
+                .zip(1..)
+                .map(|(hit, number)| Citation {
+                    number,
+                    document_id: hit.document_id,
+                    chunk_index: hit.chunk_index,
+                    start: hit.start,
+                    end: hit.end,
+                    score: hit.score,
+                    text: hit.text,
+                })
+                .collect(),
+            found: found_count,
+            dropped,
+        })
     }
 }
 

@@ -22,7 +22,7 @@ use crate::{
     },
     http::{Caller, Connection, JsonBody},
     keys::Scope,
-    pipeline::{self, ChatPipeline, ChatTurn},
+    pipeline::{self, ChatPipeline, ChatTurn, Citation, Retrieval, Retrieved},
 };
 
 /// A chat completion request. Fields OpenAI defines that SloughGPT does not support
@@ -89,6 +89,10 @@ pub struct ChatCompletionRequest {
     /// model alias `<model>:<persona>`. The answer then carries `persona_adherence`.
     #[serde(default)]
     pub persona: Option<String>,
+    /// Extension: answer from a collection's chunks (`{"collection": "docs", "top_k":
+    /// 4, "mode": "hybrid"}`); the answer then carries `citations`.
+    #[serde(default)]
+    pub rag: Option<Retrieval>,
 }
 
 /// One message of the conversation.
@@ -202,6 +206,32 @@ pub struct ChatCompletion {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: TokenUsage,
+    /// Extension, with `rag`: the sources the model was given, as numbered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
+    /// Extension, with `rag`: how many chunks were found and how many were left out to
+    /// fit the context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<RetrievalSummary>,
+}
+
+/// How many retrieved chunks made it into the prompt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetrievalSummary {
+    pub found: usize,
+    pub used: usize,
+    /// Left out, lowest-ranked first, so that the prompt and the answer fit.
+    pub dropped_for_context: usize,
+}
+
+impl RetrievalSummary {
+    fn of(retrieved: &Retrieved) -> RetrievalSummary {
+        RetrievalSummary {
+            found: retrieved.found,
+            used: retrieved.citations.len(),
+            dropped_for_context: retrieved.dropped,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -279,6 +309,11 @@ pub struct ChatCompletionChunk {
     /// Only in the final chunk, with `stream_options.include_usage`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<TokenUsage>,
+    /// Extension, with `rag`: in one chunk after every choice finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<RetrievalSummary>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -311,6 +346,8 @@ struct ChatChunks {
     logprobs: bool,
     /// With a persona: what scores the choices at the end, and their text so far.
     persona: Option<PersonaScoring>,
+    /// With `rag`: the sources, sent at the end.
+    retrieved: Option<Retrieved>,
 }
 
 struct PersonaScoring {
@@ -328,6 +365,8 @@ impl ChatChunks {
             model: self.model.clone(),
             choices,
             usage,
+            citations: None,
+            retrieval: None,
         })
     }
 }
@@ -394,24 +433,39 @@ impl ChunkFormat for ChatChunks {
     }
 
     async fn closing(&mut self) -> Vec<Bytes> {
+        let mut closing = Vec::new();
+        if let Some(retrieved) = self.retrieved.take() {
+            closing.push(event_data(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".to_owned(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: None,
+                retrieval: Some(RetrievalSummary::of(&retrieved)),
+                citations: Some(retrieved.citations),
+            }));
+        }
         let Some(scoring) = &self.persona else {
-            return Vec::new();
+            return closing;
         };
         let scores = pipeline::adherence(&scoring.bus, &scoring.persona, &scoring.texts).await;
-        scores
-            .into_iter()
-            .zip(0..)
-            .filter_map(|(adherence, index)| {
-                let choice = ChunkChoice {
-                    index,
-                    delta: Delta::default(),
-                    logprobs: None,
-                    finish_reason: None,
-                    persona_adherence: Some(adherence?),
-                };
-                Some(self.event(vec![choice], None))
-            })
-            .collect()
+        closing.extend(
+            scores
+                .into_iter()
+                .zip(0..)
+                .filter_map(|(adherence, index)| {
+                    let choice = ChunkChoice {
+                        index,
+                        delta: Delta::default(),
+                        logprobs: None,
+                        finish_reason: None,
+                        persona_adherence: Some(adherence?),
+                    };
+                    Some(self.event(vec![choice], None))
+                }),
+        );
+        closing
     }
 }
 
@@ -444,7 +498,7 @@ pub async fn create(
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
-    let format = ChatChunks {
+    let mut format = ChatChunks {
         id: id.clone(),
         created,
         model: body.model.clone(),
@@ -455,6 +509,7 @@ pub async fn create(
             persona: persona.clone(),
             texts: vec![String::new(); request.n as usize],
         }),
+        retrieved: None,
     };
     let mut metered = state
         .admission
@@ -463,11 +518,14 @@ pub async fn create(
     let turn = ChatTurn {
         generation: request.clone(),
         persona: persona.clone(),
+        retrieval: body.rag.clone(),
     };
-    let generation = ChatPipeline::new(&state)
+    let (generation, retrieved) = ChatPipeline::new(&state)
         .run(turn)
         .await
         .map_err(|err| metered.failed(err))?;
+    let retrieved = body.rag.is_some().then_some(retrieved);
+    format.retrieved.clone_from(&retrieved);
     let answer = generation::answer(generation, connection, metered, stream.as_ref(), format);
     let (choices, usage) = match answer.await? {
         Answer::Streamed(response) => return Ok(response),
@@ -502,5 +560,7 @@ pub async fn create(
         model: body.model,
         choices,
         usage: usage.into(),
+        retrieval: retrieved.as_ref().map(RetrievalSummary::of),
+        citations: retrieved.map(|retrieved| retrieved.citations),
     }))
 }

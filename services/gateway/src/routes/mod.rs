@@ -47,6 +47,26 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::delete().to(personality::delete)),
         )
         .service(resource("/v1/personality/analyze").route(web::post().to(personality::analyze)))
+        .service(
+            resource("/v1/collections")
+                .route(web::get().to(collections::list))
+                .route(web::post().to(collections::create)),
+        )
+        .service(
+            resource("/v1/collections/{name}")
+                .route(web::get().to(collections::get))
+                .route(web::delete().to(collections::delete)),
+        )
+        .service(
+            resource("/v1/collections/{name}/documents").route(web::post().to(collections::ingest)),
+        )
+        .service(
+            resource("/v1/collections/{name}/documents/{id}")
+                .route(web::delete().to(collections::delete_document)),
+        )
+        .service(
+            resource("/v1/collections/{name}/search").route(web::post().to(collections::search)),
+        )
         .service(resource("/openapi.json").route(web::get().to(openapi)));
 }
 

@@ -36,6 +36,7 @@ pub struct Platform {
     gateway: Option<Running>,
     inference: Option<Running>,
     personality: Option<Running>,
+    rag: Option<Running>,
     /// More inference replicas, from [`Platform::add_inference_replica`].
     replicas: Vec<Running>,
     common: CommonConfig,
@@ -120,6 +121,18 @@ impl Platform {
             },
         )
         .await;
+        let rag_config = slough_rag::Config {
+            models_dir: Some(slough_testkit::test_models_dir()),
+            ..slough_rag::Config::default()
+        };
+        let rag = start_service(ServiceKind::Rag, &common, &nats, move |ctx, stop| {
+            Box::pin(async move {
+                slough_rag::run(ctx, rag_config, stop)
+                    .await
+                    .expect("rag runs")
+            })
+        })
+        .await;
         let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
             Box::pin(async move {
                 slough_gateway::run(ctx, gateway, stop)
@@ -143,6 +156,7 @@ impl Platform {
             gateway: Some(gateway),
             inference: Some(inference),
             personality: Some(personality),
+            rag: Some(rag),
             replicas: Vec::new(),
             common,
             inference_config,
@@ -285,6 +299,9 @@ impl Platform {
         self.stop_inference().await;
         if let Some(personality) = self.personality.take() {
             personality.stop().await;
+        }
+        if let Some(rag) = self.rag.take() {
+            rag.stop().await;
         }
     }
 
