@@ -12,7 +12,8 @@
 
 use slough::{
     Platform, Settings,
-    eval_persona::{self, Gateway, PersonaSummary},
+    eval_persona::{self, PersonaSummary},
+    gateway_client::GatewayClient,
     up::bootstrap_admin_key,
 };
 use slough_protocol::ServiceKind;
@@ -72,10 +73,10 @@ async fn jester_and_analyst_answers_measure_apart_in_the_direction_of_their_trai
         .find(|service| service.kind() == ServiceKind::Gateway)
         .unwrap();
     let api = gateway.address("api").await.unwrap();
-    let client = Gateway::new(&format!("http://{api}"), &key).unwrap();
+    let client = GatewayClient::new(&format!("http://{api}"), &key).unwrap();
     let mut model = None;
     for _ in 0..600 {
-        if let Ok(found) = client.first_chat_model().await {
+        if let Ok(found) = client.first_model("chat").await {
             model = Some(found);
             break;
         }

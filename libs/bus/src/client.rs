@@ -219,7 +219,23 @@ impl Bus {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        self.request(&endpoint.subject(), request).await
+        let timeout = self.options.request_timeout;
+        self.request(&endpoint.subject(), request, timeout).await
+    }
+
+    /// As [`Bus::call`], waiting up to `timeout` instead of the configured request
+    /// timeout: for work known to take long (ingesting documents).
+    pub async fn call_within<Req, Resp>(
+        &self,
+        endpoint: &Endpoint<Req, Resp>,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, BusError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        self.request(&endpoint.subject(), request, timeout).await
     }
 
     /// Calls `endpoint` at one replica, `instance_id` (see [`Bus::call`]); nobody
@@ -234,7 +250,8 @@ impl Bus {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        self.request(&endpoint.instance_subject(instance_id), request)
+        let timeout = self.options.request_timeout;
+        self.request(&endpoint.instance_subject(instance_id), request, timeout)
             .await
     }
 
@@ -243,6 +260,7 @@ impl Bus {
         &self,
         subject: &str,
         request: &Req,
+        timeout: Duration,
     ) -> Result<Resp, BusError>
     where
         Req: Serialize,
@@ -257,7 +275,6 @@ impl Bus {
         async {
             let payload = encode(subject, request)?;
             self.check_size(subject, payload.len())?;
-            let timeout = self.options.request_timeout;
             let headers = self.request_headers(timeout);
             let payload_size = payload.len();
             let nats_request = async_nats::Request::new()

@@ -396,7 +396,9 @@ impl Bus {
             inbox,
             request,
         };
-        let ack: StreamAck = self.request(subject, &envelope).await?;
+        let ack: StreamAck = self
+            .request(subject, &envelope, self.options().request_timeout)
+            .await?;
         Ok(StreamReceiver {
             bus: self.clone(),
             subscriber,

@@ -3,14 +3,17 @@
 //! target, the mean measure and the mean score, so that a persona's prompt can be tuned
 //! with numbers (and two personas compared on the same prompts).
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use serde::Serialize;
 use slough_protocol::personality::{Adherence, Trait};
 
-use crate::Settings;
+use crate::{
+    Settings,
+    gateway_client::{GatewayClient, api_key, gateway_url},
+};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -94,92 +97,34 @@ pub fn read_prompts(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// A client of one gateway with one key.
-pub struct Gateway {
-    http: reqwest::Client,
-    base: String,
-    key: String,
-}
-
-impl Gateway {
-    pub fn new(base: &str, key: &str) -> anyhow::Result<Gateway> {
-        Ok(Gateway {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()?,
-            base: base.trim_end_matches('/').to_owned(),
-            key: key.to_owned(),
-        })
+/// One answer as `persona`, with its adherence.
+async fn ask(
+    gateway: &GatewayClient,
+    model: &str,
+    persona: &str,
+    prompt: &str,
+    max_tokens: u32,
+    seed: u64,
+) -> anyhow::Result<Adherence> {
+    let body = serde_json::json!({
+        "model": model,
+        "persona": persona,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "seed": seed,
+    });
+    let completion = gateway.post("/v1/chat/completions", &body).await?;
+    let adherence = completion["choices"][0]["persona_adherence"].clone();
+    if adherence.is_null() {
+        anyhow::bail!("the answer carries no persona_adherence (is personality running?)");
     }
-
-    /// The first chat model the gateway lists.
-    pub async fn first_chat_model(&self) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .get(format!("{}/v1/models", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
-        let list: serde_json::Value = answer(response).await?;
-        list["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|model| model["kind"] == "chat" && model["persona"].is_null())
-            .and_then(|model| model["id"].as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("the gateway serves no chat model"))
-    }
-
-    /// One answer as `persona`, with its adherence.
-    async fn ask(
-        &self,
-        model: &str,
-        persona: &str,
-        prompt: &str,
-        max_tokens: u32,
-        seed: u64,
-    ) -> anyhow::Result<Adherence> {
-        let body = serde_json::json!({
-            "model": model,
-            "persona": persona,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "seed": seed,
-        });
-        let response = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
-        let completion: serde_json::Value = answer(response).await?;
-        let adherence = completion["choices"][0]["persona_adherence"].clone();
-        if adherence.is_null() {
-            anyhow::bail!("the answer carries no persona_adherence (is personality running?)");
-        }
-        Ok(serde_json::from_value(adherence)?)
-    }
-}
-
-/// The JSON of a 2xx answer, or the gateway's error message.
-async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("no message");
-        anyhow::bail!("the gateway answered {status}: {message}");
-    }
-    Ok(body)
+    Ok(serde_json::from_value(adherence)?)
 }
 
 /// Runs every prompt as `persona` (`concurrency` at a time; prompt `i` with seed `i`, so
 /// that runs repeat) and summarizes the adherence.
 pub async fn evaluate(
-    gateway: &Gateway,
+    gateway: &GatewayClient,
     model: &str,
     persona: &str,
     prompts: &[String],
@@ -189,8 +134,7 @@ pub async fn evaluate(
 ) -> anyhow::Result<PersonaSummary> {
     let answers: Vec<anyhow::Result<Adherence>> = futures::stream::iter(prompts.iter().zip(0u64..))
         .map(|(prompt, seed)| async move {
-            let answered = gateway
-                .ask(model, persona, prompt, max_tokens, seed)
+            let answered = ask(gateway, model, persona, prompt, max_tokens, seed)
                 .await
                 .with_context(|| format!("{persona}, prompt {}", seed + 1));
             progress.inc(1);
@@ -253,36 +197,16 @@ fn summarize(persona: &str, answers: &[Adherence]) -> PersonaSummary {
     }
 }
 
-/// The key: given, `SLOUGH_API_KEY`, or the admin key `slough up` generated.
-fn api_key(settings: &Settings, given: Option<String>) -> anyhow::Result<String> {
-    if let Some(key) = given.or_else(|| std::env::var("SLOUGH_API_KEY").ok()) {
-        return Ok(key);
-    }
-    let file = slough_gateway::keys::admin_key_path(&settings.common.data_dir);
-    std::fs::read_to_string(&file)
-        .map(|key| key.trim().to_owned())
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no API key: pass --key, set SLOUGH_API_KEY, or run where `slough up` keeps \
-                 its admin key ({})",
-                file.display()
-            )
-        })
-}
-
 /// `slough eval persona`.
 pub fn run(settings: Settings, options: PersonaEvalOptions) -> anyhow::Result<()> {
     let prompts = read_prompts(&options.prompts)?;
     let key = api_key(&settings, options.key.clone())?;
-    let base = options
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.gateway.listen));
+    let base = gateway_url(&settings, options.url.clone());
     crate::runtime()?.block_on(async {
-        let gateway = Gateway::new(&base, &key)?;
+        let gateway = GatewayClient::new(&base, &key)?;
         let model = match options.model.clone() {
             Some(model) => model,
-            None => gateway.first_chat_model().await?,
+            None => gateway.first_model("chat").await?,
         };
         let total = prompts.len() * options.personas.len();
         let progress = indicatif::ProgressBar::new(total as u64).with_style(

@@ -7,6 +7,8 @@
 pub mod bench;
 pub mod bench_gateway;
 pub mod eval_persona;
+pub mod eval_retrieval;
+pub mod gateway_client;
 pub mod models;
 pub mod platform;
 pub mod services;

@@ -8,7 +8,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, eval_persona, models,
+    Settings, bench, bench_gateway, eval_persona, eval_retrieval, models,
     platform::ServiceHandle,
     runtime, status_table,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
@@ -90,6 +90,31 @@ enum EvalCommand {
         /// Prompts in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Ingest a BEIR-format dataset into a throw-away collection through the gateway
+    /// and print recall@1/5/10, MRR@10 and nDCG@10 for dense, sparse and hybrid search.
+    Retrieval {
+        /// The dataset's directory (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv).
+        dataset: std::path::PathBuf,
+        /// The judgements to score against.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// The embedding model (default: the first one the gateway lists).
+        #[arg(long)]
+        embedding_model: Option<String>,
+        /// Tokens per chunk (default: the collection default).
+        #[arg(long)]
+        chunk_size: Option<u32>,
+        /// The gateway's URL (default: http:// and the configured gateway.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// The API key, with the rag scope (default: SLOUGH_API_KEY, then the admin key
+        /// `slough up` made).
+        #[arg(long)]
+        key: Option<String>,
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -321,6 +346,29 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 key,
                 max_tokens: max_tokens.max(1),
                 concurrency: concurrency.max(1),
+                json,
+            },
+        ),
+        Command::Eval {
+            command:
+                EvalCommand::Retrieval {
+                    dataset,
+                    split,
+                    embedding_model,
+                    chunk_size,
+                    url,
+                    key,
+                    json,
+                },
+        } => eval_retrieval::run(
+            settings,
+            eval_retrieval::RetrievalEvalOptions {
+                dataset,
+                split,
+                embedding_model,
+                chunk_size,
+                url,
+                key,
                 json,
             },
         ),

@@ -7,8 +7,8 @@ use slough_protocol::{
     Endpoint,
     rag::{
         self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
-        DocumentRequest, IngestRequest, IngestResponse, ListCollections, MAX_INGEST_DOCUMENTS,
-        SearchMode, SearchRequest, SearchResponse,
+        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode, SearchRequest,
+        SearchResponse,
     },
 };
 use utoipa::ToSchema;
@@ -49,7 +49,12 @@ pub struct SearchBody {
 
 /// The most text one ingest call carries on the bus; a larger upload is sent in
 /// several, one after the other.
-const BATCH_BYTES: usize = 1024 * 1024;
+const BATCH_BYTES: usize = 256 * 1024;
+/// The most documents one ingest call carries.
+const BATCH_DOCUMENTS: usize = 32;
+/// How long one ingest call may take: splitting and embedding are CPU-bound, and a
+/// batch holds up to [`BATCH_BYTES`] of text.
+const INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     state: &AppState,
@@ -183,15 +188,19 @@ pub async fn ingest(
             collection: collection.clone(),
             documents: batch,
         };
-        let done = call(&state, &rag::INGEST, &request).await.map_err(|err| {
-            err.with_message_suffix(&format!(
-                " ({} of {total} documents were ingested before this batch)",
-                outcome.documents.len()
-            ))
-        })?;
+        let done = state
+            .bus
+            .call_within(&rag::INGEST, &request, INGEST_TIMEOUT)
+            .await
+            .map_err(|err| {
+                ApiError::from_bus(&err).with_message_suffix(&format!(
+                    " ({} of {total} documents were ingested before this batch)",
+                    outcome.documents.len()
+                ))
+            })?;
         outcome.chunks += done.chunks;
         outcome.documents.extend(done.documents);
-        if total > MAX_INGEST_DOCUMENTS {
+        if total > BATCH_DOCUMENTS {
             tracing::info!(
                 collection = %collection,
                 "ingested {} of {total} documents",
@@ -202,15 +211,16 @@ pub async fn ingest(
     Ok(HttpResponse::Ok().json(outcome))
 }
 
-/// Documents in bus-sized batches: at most [`MAX_INGEST_DOCUMENTS`] and about
-/// [`BATCH_BYTES`] of text each (a larger document travels alone).
+/// Documents in batches of at most [`BATCH_DOCUMENTS`] and about [`BATCH_BYTES`] of
+/// text (a larger document travels alone), so that each call answers in reasonable
+/// time and fits the bus.
 fn batches(documents: Vec<Document>) -> Vec<Vec<Document>> {
     let mut batches: Vec<Vec<Document>> = Vec::new();
     let mut bytes = 0;
     for document in documents {
         let size = document.text.len();
         match batches.last_mut() {
-            Some(batch) if batch.len() < MAX_INGEST_DOCUMENTS && bytes + size <= BATCH_BYTES => {
+            Some(batch) if batch.len() < BATCH_DOCUMENTS && bytes + size <= BATCH_BYTES => {
                 bytes += size;
                 batch.push(document);
             }
@@ -290,11 +300,13 @@ mod tests {
     fn batches_hold_a_bounded_count_and_size() {
         let many: Vec<Document> = (0..600).map(|id| document(id, 10)).collect();
         let sizes: Vec<usize> = batches(many).iter().map(Vec::len).collect();
-        assert_eq!(sizes, [256, 256, 88]);
-        let large: Vec<Document> = (0..5).map(|id| document(id, 400_000)).collect();
+        let mut expected = vec![32; 18];
+        expected.push(24);
+        assert_eq!(sizes, expected);
+        let large: Vec<Document> = (0..5).map(|id| document(id, 100_000)).collect();
         let sizes: Vec<usize> = batches(large).iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 2, 1]);
-        let huge = vec![document(0, 10), document(1, 2_000_000), document(2, 10)];
+        let huge = vec![document(0, 10), document(1, 500_000), document(2, 10)];
         let sizes: Vec<usize> = batches(huge).iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 1, 1]);
     }

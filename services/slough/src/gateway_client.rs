@@ -1,0 +1,100 @@
+//! A small client of a running gateway's HTTP API for the `eval` commands: JSON in,
+//! JSON out, the gateway's error message on failure; and the key those commands use by
+//! default.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::Settings;
+
+/// One gateway, one key.
+pub struct GatewayClient {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl GatewayClient {
+    /// A client of the gateway at `base` (`http://127.0.0.1:8080`) using `key`.
+    pub fn new(base: &str, key: &str) -> anyhow::Result<GatewayClient> {
+        Ok(GatewayClient {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    /// `POST path` with `body` as JSON.
+    pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> anyhow::Result<Value> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(request).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            anyhow::bail!("the gateway answered {status}: {message}");
+        }
+        Ok(body)
+    }
+
+    /// The first model of `kind` (`chat`, `embedding`) the gateway lists, not counting
+    /// persona aliases.
+    pub async fn first_model(&self, kind: &str) -> anyhow::Result<String> {
+        let list = self.get("/v1/models").await?;
+        list["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|model| model["kind"] == kind && model["persona"].is_null())
+            .and_then(|model| model["id"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("the gateway serves no {kind} model"))
+    }
+}
+
+/// The gateway's URL: given, or `http://` and the configured listen address.
+pub fn gateway_url(settings: &Settings, given: Option<String>) -> String {
+    given.unwrap_or_else(|| format!("http://{}", settings.gateway.listen))
+}
+
+/// The key: given, `SLOUGH_API_KEY`, or the admin key `slough up` generated.
+pub fn api_key(settings: &Settings, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(key) = given.or_else(|| std::env::var("SLOUGH_API_KEY").ok()) {
+        return Ok(key);
+    }
+    let file = slough_gateway::keys::admin_key_path(&settings.common.data_dir);
+    std::fs::read_to_string(&file)
+        .map(|key| key.trim().to_owned())
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no API key: pass --key, set SLOUGH_API_KEY, or run where `slough up` keeps \
+                 its admin key ({})",
+                file.display()
+            )
+        })
+}
