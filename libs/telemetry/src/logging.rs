@@ -45,8 +45,10 @@ impl Default for LogConfig {
 }
 
 /// Our own info logs; libraries (the NATS client, actix, ONNX Runtime's session dumps)
-/// only when something goes wrong.
-const DEFAULT_LEVEL: &str = "info,async_nats=warn,actix_server=warn,ort=warn";
+/// only when something goes wrong. Qdrant Edge warns on every new shard that an mmap
+/// capability check it never runs in embedded use was not initialized, so only its
+/// errors show.
+const DEFAULT_LEVEL: &str = "info,async_nats=warn,actix_server=warn,ort=warn,qdrant_edge=error";
 
 /// Keeps the tracer provider alive; flushes pending spans when dropped.
 #[must_use = "dropping the guard shuts tracing down"]

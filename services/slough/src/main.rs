@@ -8,7 +8,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, eval_persona, eval_retrieval, models,
+    Settings, bench, bench_gateway, bench_rag, eval_persona, eval_retrieval, models,
     platform::ServiceHandle,
     runtime, status_table,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
@@ -169,6 +169,25 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// The vector store's share of RAG: upserts per second and search p50/p99 per mode
+    /// on synthetic chunks in a throw-away Qdrant Edge shard.
+    Rag {
+        /// Chunks to index.
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+        /// Dense vector size (all-MiniLM-L6-v2: 384).
+        #[arg(long, default_value_t = 384)]
+        dimensions: usize,
+        /// Searches per mode.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Hits per search.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +342,19 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     json,
                 },
             ),
+            BenchCommand::Rag {
+                chunks,
+                dimensions,
+                queries,
+                top_k,
+                json,
+            } => bench_rag::run(bench_rag::RagBenchOptions {
+                chunks: chunks.max(1),
+                dimensions: dimensions.max(1),
+                queries: queries.max(1),
+                top_k: top_k.clamp(1, 100),
+                json,
+            }),
         },
         Command::Eval {
             command:
