@@ -263,7 +263,7 @@ fn main() -> ExitCode {
             | Command::Eval { .. }
     ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
-        log.level = "warn".to_owned();
+        log.level = "warn,qdrant_edge=error".to_owned();
     }
     let _telemetry = match slough_telemetry::init("slough", &log) {
         Ok(guard) => guard,

@@ -3,16 +3,14 @@
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
 use serde::{Deserialize, Serialize};
-use slough_protocol::{
-    Endpoint,
-    rag::{
-        self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
-        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode, SearchRequest,
-        SearchResponse,
-    },
+use slough_protocol::rag::{
+    self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
+    DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode, SearchRequest,
+    SearchResponse,
 };
 use utoipa::ToSchema;
 
+use super::call;
 use crate::{
     AppState,
     error::ApiError,
@@ -55,18 +53,6 @@ const BATCH_DOCUMENTS: usize = 32;
 /// How long one ingest call may take: splitting and embedding are CPU-bound, and a
 /// batch holds up to [`BATCH_BYTES`] of text.
 const INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
-    state: &AppState,
-    endpoint: &Endpoint<Req, Resp>,
-    request: &Req,
-) -> Result<Resp, ApiError> {
-    state
-        .bus
-        .call(endpoint, request)
-        .await
-        .map_err(|err| ApiError::from_bus(&err))
-}
 
 /// Creates a collection.
 #[utoipa::path(

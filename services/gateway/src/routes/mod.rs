@@ -70,6 +70,19 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/openapi.json").route(web::get().to(openapi)));
 }
 
+/// Calls a service's endpoint; its error becomes the matching HTTP answer.
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    state: &crate::AppState,
+    endpoint: &slough_protocol::Endpoint<Req, Resp>,
+    request: &Req,
+) -> Result<Resp, crate::error::ApiError> {
+    state
+        .bus
+        .call(endpoint, request)
+        .await
+        .map_err(|err| crate::error::ApiError::from_bus(&err))
+}
+
 fn resource(path: &str) -> Resource {
     web::resource(path).default_service(web::to(wrong_method))
 }

@@ -4,15 +4,13 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
-use slough_protocol::{
-    Endpoint,
-    personality::{
-        self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaRequest,
-        StyleMetrics, UpdatePersona,
-    },
+use slough_protocol::personality::{
+    self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaRequest,
+    StyleMetrics, UpdatePersona,
 };
 use utoipa::ToSchema;
 
+use super::call;
 use crate::{
     AppState,
     error::ApiError,
@@ -26,18 +24,6 @@ pub struct PersonaList {
     /// Always `list`.
     pub object: String,
     pub data: Vec<Persona>,
-}
-
-async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
-    state: &AppState,
-    endpoint: &Endpoint<Req, Resp>,
-    request: &Req,
-) -> Result<Resp, ApiError> {
-    state
-        .bus
-        .call(endpoint, request)
-        .await
-        .map_err(|err| ApiError::from_bus(&err))
 }
 
 /// Lists the personas.
