@@ -11,29 +11,16 @@
 )]
 
 use slough::{
-    Platform, Settings,
+    Platform,
     eval_persona::{self, PersonaSummary},
     gateway_client::GatewayClient,
     up::bootstrap_admin_key,
 };
 use slough_protocol::ServiceKind;
-use slough_testkit::{TestNats, onnxruntime_library};
+use slough_testkit::TestNats;
+use support::settings;
 
-fn settings(nats: &TestNats) -> Settings {
-    let mut settings = Settings::default();
-    settings.common.data_dir = nats.dir().join("data");
-    settings.common.nats_url = Some(nats.url());
-    settings.inference.runtime.library = Some(onnxruntime_library());
-    settings.inference.models_dir = Some(slough_testkit::test_models_dir());
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    settings.gateway.listen = any;
-    settings.gateway.admin_listen = any;
-    settings.inference.admin_listen = any;
-    settings.personality.admin_listen = any;
-    settings.monitoring.admin_listen = any;
-    settings.monitoring.listen = any;
-    settings
-}
+mod support;
 
 fn print(summary: &PersonaSummary) {
     eprintln!(
@@ -54,7 +41,8 @@ fn print(summary: &PersonaSummary) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jester_and_analyst_answers_measure_apart_in_the_direction_of_their_traits() {
     let nats = TestNats::start();
-    let settings = settings(&nats);
+    let mut settings = settings(&nats);
+    settings.inference.models_dir = Some(slough_testkit::test_models_dir());
     let key = bootstrap_admin_key(&settings)
         .await
         .unwrap()

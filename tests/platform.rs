@@ -13,32 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use slough::{Platform, Settings, platform::ServiceHandle};
+use slough::{Platform, platform::ServiceHandle};
 use slough_protocol::{
     ServiceKind,
     health::{self, HealthRequest},
     status::StatusReport,
 };
-use slough_testkit::{TestNats, onnxruntime_library};
+use slough_testkit::TestNats;
+use support::settings;
 
-/// Settings for a platform on `nats`: every port picked free, data in the test's
-/// directory, monitoring sweeping at its default pace.
-fn settings(nats: &TestNats) -> Settings {
-    let mut settings = Settings::default();
-    settings.common.data_dir = nats.dir().join("data");
-    settings.common.nats_url = Some(nats.url());
-    settings.inference.runtime.library = Some(onnxruntime_library());
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    settings.gateway.listen = any;
-    settings.gateway.admin_listen = any;
-    settings.inference.admin_listen = any;
-    settings.rag.admin_listen = any;
-    settings.personality.admin_listen = any;
-    settings.training.admin_listen = any;
-    settings.monitoring.admin_listen = any;
-    settings.monitoring.listen = any;
-    settings
-}
+mod support;
 
 /// Monitoring's status URL, once it listens.
 async fn status_url(platform: &Platform) -> String {

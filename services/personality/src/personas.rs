@@ -7,6 +7,7 @@ use sea_orm::{ActiveModelTrait as _, EntityTrait as _, QueryOrder as _, Set};
 use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::SamplingParams,
+    names::check_name,
     personality::{CreatePersona, Persona, PersonaPatch, Trait, Traits},
 };
 use slough_store::{Store, entities::persona};
@@ -30,7 +31,6 @@ You are {{ name }}, {{ description }}
 /// The persona a new one starts from when it names none.
 pub const DEFAULT_BASE: &str = "assistant";
 
-const MAX_ID: usize = 64;
 const MAX_NAME: usize = 100;
 const MAX_DESCRIPTION: usize = 1_000;
 const MAX_ARCHETYPE: usize = 64;
@@ -204,7 +204,7 @@ pub fn render(persona: &Persona) -> Result<String, minijinja::Error> {
 
 /// Checks every field of `persona`, naming the first that breaks its rule.
 pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
-    check_id(&persona.id)?;
+    check_name("id", &persona.id)?;
     check_text("name", &persona.name, MAX_NAME, false)?;
     check_text("description", &persona.description, MAX_DESCRIPTION, true)?;
     check_text("archetype", &persona.archetype, MAX_ARCHETYPE, false)?;
@@ -250,26 +250,6 @@ pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
         .sampling
         .validate()
         .map_err(|invalid| ErrorBody::invalid(invalid.field.wire_name(), invalid.message))
-}
-
-fn check_id(id: &str) -> Result<(), ErrorBody> {
-    let mut chars = id.chars();
-    let valid = id.len() <= MAX_ID
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(ErrorBody::invalid(
-            "id",
-            format!(
-                "id must be 1 to {MAX_ID} lowercase letters, digits, `-` or `_`, starting \
-                 with a letter or digit, got {id:?}"
-            ),
-        ))
-    }
 }
 
 fn check_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> Result<(), ErrorBody> {
@@ -357,7 +337,7 @@ impl Personas {
 
     /// Stores a new persona built from `request` (see [`CreatePersona`]).
     pub async fn create(&self, request: CreatePersona) -> Result<Persona, ErrorBody> {
-        check_id(&request.id)?;
+        check_name("id", &request.id)?;
         if builtin(&request.id).is_some() {
             return Err(ErrorBody {
                 param: Some("id".to_owned()),

@@ -22,6 +22,7 @@ use slough_bus::Bus;
 use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::{self, EmbedRequest, ModelKind, ModelsRequest},
+    names::check_name,
     rag::{
         Collection, CreateCollection, Document, DocumentDeleted, IngestRequest, IngestResponse,
         IngestStatus, IngestedDocument, MAX_DOCUMENT_BYTES, MAX_INGEST_DOCUMENTS, MAX_TOP_K,
@@ -32,7 +33,7 @@ use slough_store::{
     Store,
     entities::{collection, collection_document},
 };
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, OnceCell, RwLock};
 
 use crate::{
     chunking::Chunker,
@@ -42,7 +43,6 @@ use crate::{
 
 const DEFAULT_CHUNK_SIZE: u32 = 200;
 const DEFAULT_CHUNK_OVERLAP: u32 = 32;
-const MAX_NAME: usize = 64;
 const MAX_DOCUMENT_ID: usize = 256;
 /// Tokens the embedding model adds around every text (`[CLS]`, `[SEP]`).
 const SPECIAL_TOKENS: u32 = 2;
@@ -52,9 +52,20 @@ struct Open {
     row: collection::Model,
     index: Arc<dyn Index>,
     /// Built on first use from the embedding model's tokenizer.
-    chunker: Mutex<Option<Arc<Chunker>>>,
+    chunker: OnceCell<Arc<Chunker>>,
     /// One ingest or delete at a time.
     writer: Mutex<()>,
+}
+
+impl Open {
+    fn new(row: collection::Model, index: Arc<dyn Index>) -> Arc<Open> {
+        Arc::new(Open {
+            row,
+            index,
+            chunker: OnceCell::new(),
+            writer: Mutex::new(()),
+        })
+    }
 }
 
 /// Every collection of this service.
@@ -112,13 +123,7 @@ impl Collections {
 
     async fn insert(&self, row: collection::Model, index: Arc<dyn Index>) {
         let name = row.name.clone();
-        let open = Arc::new(Open {
-            row,
-            index,
-            chunker: Mutex::new(None),
-            writer: Mutex::new(()),
-        });
-        self.open.write().await.insert(name, open);
+        self.open.write().await.insert(name, Open::new(row, index));
     }
 
     async fn get_open(&self, name: &str) -> Result<Arc<Open>, ErrorBody> {
@@ -132,7 +137,7 @@ impl Collections {
 
     /// Creates a collection.
     pub async fn create(&self, request: CreateCollection) -> Result<Collection, ErrorBody> {
-        check_name(&request.name)?;
+        check_name("name", &request.name)?;
         let chunk_size = request.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
         let chunk_overlap = request.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP);
         let model = self.embedding_model(&request.embedding_model).await?;
@@ -191,18 +196,10 @@ impl Collections {
             return Err(store_error(err));
         }
         let described = describe(&row, 0, 0);
-        open.insert(
-            row.name.clone(),
-            Arc::new(Open {
-                row,
-                index: Arc::new(index),
-                chunker: Mutex::new(None),
-                writer: Mutex::new(()),
-            }),
-        );
+        open.insert(row.name.clone(), Open::new(row, Arc::new(index)));
         drop(open);
         tracing::info!(collection = %described.name, model = %described.embedding_model, "collection created");
-        self.report_sizes().await;
+        self.metrics.size(&described.name, 0, 0);
         Ok(described)
     }
 
@@ -325,7 +322,7 @@ impl Collections {
             outcome.documents.push(ingested);
         }
         drop(_writer);
-        self.report_sizes().await;
+        self.report_size(&open).await;
         Ok(outcome)
     }
 
@@ -445,32 +442,21 @@ impl Collections {
 
     /// The collection's chunker, built from its model's tokenizer on first use.
     async fn chunker(&self, open: &Open) -> Result<Arc<Chunker>, ErrorBody> {
-        let mut slot = open.chunker.lock().await;
-        if let Some(chunker) = slot.as_ref() {
-            return Ok(Arc::clone(chunker));
-        }
-        let file = self
-            .models_dir
-            .join(&open.row.embedding_model)
-            .join("tokenizer.json");
+        let model = &open.row.embedding_model;
+        let file = self.models_dir.join(model).join("tokenizer.json");
         let size = open.row.chunk_size.max(1) as usize;
         let overlap = open.row.chunk_overlap.max(0) as usize;
-        let chunker =
-            blocking(move || Chunker::new(&file, size, overlap).map_err(IndexError::Store))
-                .await
-                .map_err(|err| {
-                    ErrorBody::new(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "cannot chunk for {}: {err} (the RAG service reads tokenizers from its \
-                     models_dir)",
-                            open.row.embedding_model
-                        ),
-                    )
-                })?;
-        let chunker = Arc::new(chunker);
-        *slot = Some(Arc::clone(&chunker));
-        Ok(chunker)
+        let build = blocking(move || Chunker::new(&file, size, overlap).map_err(IndexError::Store));
+        let chunker = open.chunker.get_or_try_init(|| async {
+            build.await.map(Arc::new).map_err(|err| {
+                let reason = format!("cannot chunk for {model}: {err}");
+                ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    format!("{reason} (the RAG service reads tokenizers from its models_dir)"),
+                )
+            })
+        });
+        Ok(Arc::clone(chunker.await?))
     }
 
     /// Deletes one document's chunks.
@@ -502,7 +488,7 @@ impl Collections {
             .await
             .map_err(store_error)?;
         drop(_writer);
-        self.report_sizes().await;
+        self.report_size(&open).await;
         Ok(DocumentDeleted {
             id: id.to_owned(),
             chunks: stored.chunks.max(0) as u64,
@@ -554,12 +540,17 @@ impl Collections {
 
     /// Sets the size gauges from the store.
     async fn report_sizes(&self) {
-        let names: Vec<String> = self.open.read().await.keys().cloned().collect();
-        for name in names {
-            if let Ok(described) = self.get(&name).await {
-                self.metrics
-                    .size(&name, described.documents, described.chunks);
-            }
+        let open: Vec<Arc<Open>> = self.open.read().await.values().cloned().collect();
+        for one in open {
+            self.report_size(&one).await;
+        }
+    }
+
+    /// Sets one collection's size gauges from the store.
+    async fn report_size(&self, open: &Open) {
+        if let Ok(described) = self.describe(open).await {
+            self.metrics
+                .size(&described.name, described.documents, described.chunks);
         }
     }
 }
@@ -591,26 +582,6 @@ fn content_hash(document: &Document) -> String {
         .chain_update(document.text.as_bytes())
         .finalize();
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn check_name(name: &str) -> Result<(), ErrorBody> {
-    let mut chars = name.chars();
-    let valid = name.len() <= MAX_NAME
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if valid {
-        Ok(())
-    } else {
-        Err(ErrorBody::invalid(
-            "name",
-            format!(
-                "name must be 1 to {MAX_NAME} lowercase letters, digits, `-` or `_`, \
-                 starting with a letter or digit, got {name:?}"
-            ),
-        ))
-    }
 }
 
 fn check_documents(documents: &[Document]) -> Result<(), ErrorBody> {

@@ -280,9 +280,7 @@ pub async fn inference(
         .json
         .clone()
         .unwrap_or_else(|| Path::new("bench-inference.json").to_path_buf());
-    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-    println!("written to {}", path.display());
-    Ok(())
+    crate::write_figures(&path, &report)
 }
 
 /// Waits (up to a minute) until an inference instance serves `model`.

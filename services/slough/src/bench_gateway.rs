@@ -309,9 +309,7 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
                     .json
                     .clone()
                     .unwrap_or_else(|| "bench-gateway.json".into());
-                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
-                println!("written to {}", path.display());
-                anyhow::Ok(())
+                crate::write_figures(&path, &report)
             }
             .await;
             for service in services.into_iter().rev() {

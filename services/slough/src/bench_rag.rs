@@ -170,8 +170,7 @@ pub fn run(options: RagBenchOptions) -> anyhow::Result<()> {
         );
     }
     if let Some(path) = &options.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
-        println!("figures written to {}", path.display());
+        crate::write_figures(path, &report)?;
     }
     Ok(())
 }

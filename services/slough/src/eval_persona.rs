@@ -238,9 +238,7 @@ pub fn run(settings: Settings, options: PersonaEvalOptions) -> anyhow::Result<()
         };
         print_report(&report);
         if let Some(path) = &options.json {
-            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("figures written to {}", path.display());
+            crate::write_figures(path, &report)?;
         }
         Ok(())
     })

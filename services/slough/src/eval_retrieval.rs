@@ -338,9 +338,7 @@ pub fn run(settings: Settings, options: RetrievalEvalOptions) -> anyhow::Result<
         progress.finish_and_clear();
         print_report(&report);
         if let Some(path) = &options.json {
-            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            println!("figures written to {}", path.display());
+            crate::write_figures(path, &report)?;
         }
         Ok(())
     })

@@ -26,3 +26,15 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// Writes a command's figures as pretty JSON to `path` and says where.
+pub fn write_figures(
+    path: &std::path::Path,
+    figures: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::write(path, serde_json::to_string_pretty(figures)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("figures written to {}", path.display());
+    Ok(())
+}
