@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod checkpoint;
 pub mod gguf;
 pub mod llama;
 mod mmap;

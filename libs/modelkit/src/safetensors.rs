@@ -68,6 +68,15 @@ impl SafetensorsFile {
         })
     }
 
+    /// Every tensor's name and shape.
+    pub fn names(&self) -> Vec<(String, Vec<usize>)> {
+        self.metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| (name, info.shape.clone()))
+            .collect()
+    }
+
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
         self.metadata.info(name).is_some()

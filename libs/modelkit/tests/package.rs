@@ -170,6 +170,7 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
                 float_weights,
                 ..BuildOptions::default()
             },
+            parent: Some("tiny-base".to_owned()),
         };
         let Imported::Created(manifest) =
             package::import(&source, &models, &options, &Quiet).unwrap()
@@ -178,6 +179,12 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
         };
         assert_eq!(manifest.kind, ModelKind::Chat);
         assert_eq!(manifest.source.format, "safetensors");
+        // A fine-tune records its parent, and where its source is for training again.
+        assert_eq!(manifest.parent.as_deref(), Some("tiny-base"));
+        assert_eq!(
+            manifest.source.path.as_deref().map(std::path::PathBuf::from),
+            Some(source.canonicalize().unwrap())
+        );
         assert_eq!(manifest.special_tokens.eos.as_deref(), Some("t2"));
         assert_eq!(manifest.special_tokens.bos.as_deref(), Some("t1"));
         assert_eq!(manifest.stop_tokens, ["t2"]);

@@ -82,7 +82,16 @@ pub fn import(
     let bar = Bar(ProgressBar::new_spinner());
     bar.0.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
-    let outcome = package::import(source, models_dir, &ImportOptions { id, build }, &bar);
+    let outcome = package::import(
+        source,
+        models_dir,
+        &ImportOptions {
+            id,
+            build,
+            parent: None,
+        },
+        &bar,
+    );
     bar.0.finish_and_clear();
     match outcome? {
         Imported::Created(manifest) => {

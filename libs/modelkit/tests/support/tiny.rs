@@ -151,125 +151,13 @@ fn tiny_llama_typed(tied: bool, float: bool) -> Vec<u8> {
 }
 
 /// The weights of a float tiny llama GGUF as a Hugging Face checkpoint in `dir`
-/// (`config.json` + `model.safetensors`): tensors renamed, and the Q/K rows of each head
-/// un-permuted from llama.cpp's interleaved rotary order back to halves.
+/// (`config.json` + `model.safetensors`), as the trainer exports them.
 pub fn write_hf_checkpoint(gguf: &[u8], dir: &std::path::Path) {
-    use slough_modelkit::gguf::GgufFile;
+    use slough_modelkit::{checkpoint::LlamaCheckpoint, gguf::GgufFile};
 
     let file = GgufFile::from_bytes(gguf.to_vec()).unwrap();
-    let tied = file.tensor("output.weight").is_err();
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": VOCAB,
-        "hidden_size": HIDDEN,
-        "intermediate_size": FFN,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": tied,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut add = |hf: String, gguf_name: String, unpermute_heads: Option<usize>| {
-        let info = file.tensor(&gguf_name).unwrap();
-        let mut values = file.dequantize(info).unwrap();
-        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-        if let Some(heads) = unpermute_heads {
-            values = unpermute(&values, heads, shape[1]);
-        }
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        tensors.push((hf, shape, bytes));
-    };
-    add(
-        "model.embed_tokens.weight".into(),
-        "token_embd.weight".into(),
-        None,
-    );
-    add(
-        "model.norm.weight".into(),
-        "output_norm.weight".into(),
-        None,
-    );
-    if !tied {
-        add("lm_head.weight".into(), "output.weight".into(), None);
-    }
-    for i in 0..LAYERS {
-        let layer = format!("model.layers.{i}");
-        add(
-            format!("{layer}.input_layernorm.weight"),
-            format!("blk.{i}.attn_norm.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.post_attention_layernorm.weight"),
-            format!("blk.{i}.ffn_norm.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.self_attn.q_proj.weight"),
-            format!("blk.{i}.attn_q.weight"),
-            Some(HEADS),
-        );
-        add(
-            format!("{layer}.self_attn.k_proj.weight"),
-            format!("blk.{i}.attn_k.weight"),
-            Some(KV_HEADS),
-        );
-        add(
-            format!("{layer}.self_attn.v_proj.weight"),
-            format!("blk.{i}.attn_v.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.self_attn.o_proj.weight"),
-            format!("blk.{i}.attn_output.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.mlp.gate_proj.weight"),
-            format!("blk.{i}.ffn_gate.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.mlp.up_proj.weight"),
-            format!("blk.{i}.ffn_up.weight"),
-            None,
-        );
-        add(
-            format!("{layer}.mlp.down_proj.weight"),
-            format!("blk.{i}.ffn_down.weight"),
-            None,
-        );
-    }
-    let views = tensors.iter().map(|(name, shape, bytes)| {
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .unwrap();
-        (name.clone(), view)
-    });
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-}
-
-/// llama.cpp stores head row `2j + t` where Hugging Face has row `t·half + j`.
-fn unpermute(values: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = values.len() / cols;
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0.0; values.len()];
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let from = h * head_dim + 2 * j + t;
-                let to = h * head_dim + t * half + j;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    out
+    LlamaCheckpoint::from_gguf(&file)
+        .unwrap()
+        .write_hf_dir(dir)
+        .unwrap();
 }
