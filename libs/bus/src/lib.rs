@@ -8,6 +8,7 @@
 mod client;
 mod error;
 mod event;
+pub mod files;
 mod host;
 mod stream;
 mod trace;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use client::{Bus, connect};
 pub use error::BusError;
 pub use event::EventStream;
+pub use files::FileStore;
 pub use host::{Registration, ServiceHost};
 pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
 

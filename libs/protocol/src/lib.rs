@@ -17,6 +17,7 @@ pub mod schemas;
 pub mod status;
 pub mod stream;
 pub mod subjects;
+pub mod training;
 
 pub use endpoint::{Endpoint, Event, StreamEndpoint};
 pub use error::{ErrorBody, ErrorCode};

@@ -23,6 +23,10 @@ use crate::{
     },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
+    training::{
+        CheckpointList, CreateJobRequest, EventList, Job, JobList, JobRequest, ListJobItems,
+        ListJobs, QueuedJob,
+    },
 };
 
 /// Every message schema, by file name (without `.json`).
@@ -77,5 +81,14 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("document_deleted", schema_for!(DocumentDeleted)),
         ("search_request", schema_for!(SearchRequest)),
         ("search_response", schema_for!(SearchResponse)),
+        ("create_job_request", schema_for!(CreateJobRequest)),
+        ("job", schema_for!(Job)),
+        ("list_jobs", schema_for!(ListJobs)),
+        ("job_list", schema_for!(JobList)),
+        ("job_request", schema_for!(JobRequest)),
+        ("list_job_items", schema_for!(ListJobItems)),
+        ("event_list", schema_for!(EventList)),
+        ("checkpoint_list", schema_for!(CheckpointList)),
+        ("queued_job", schema_for!(QueuedJob)),
     ]
 }

@@ -2,6 +2,10 @@
 //! with their own issue; today it registers on the bus, answers `health`, serves its
 //! admin port and reports whether JetStream answers, which its queue will need).
 
+pub mod config;
+pub mod jobs;
+pub mod trainer;
+
 use slough_service::{AdminOnlyConfig, ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
 

@@ -7,6 +7,7 @@ mod m20261122_000001_api_keys;
 mod m20261122_000002_key_limits_and_usage;
 mod m20261201_000001_personas;
 mod m20261201_000002_collections;
+mod m20261202_000001_fine_tuning;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_key_limits_and_usage::Migration),
             Box::new(m20261201_000001_personas::Migration),
             Box::new(m20261201_000002_collections::Migration),
+            Box::new(m20261202_000001_fine_tuning::Migration),
         ]
     }
 }

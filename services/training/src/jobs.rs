@@ -1,0 +1,624 @@
+//! Jobs, their events and checkpoints in the store, and the uploaded files' metadata
+//! the jobs read. Every status change is a conditional update (`WHERE status IN ...`),
+//! so a cancel and a worker's progress never overwrite each other; a worker's claim on a
+//! job is a lease (owner and expiry on the job's row) renewed every step.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, Condition, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, Set, sea_query::Expr,
+};
+use slough_protocol::{
+    ErrorBody, ErrorCode,
+    training::{
+        CheckpointList, CheckpointMetrics, EventLevel, EventList, Hyperparameters, Job,
+        JobCheckpoint, JobError, JobEvent, JobList, JobStatus, Lora, MAX_LIMIT,
+    },
+};
+use slough_store::{
+    Store,
+    entities::{file, fine_tuning_checkpoint, fine_tuning_event, fine_tuning_job},
+};
+
+/// A job about to be stored, its request checked.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub owner: String,
+    pub model: String,
+    pub training_file: String,
+    pub validation_file: Option<String>,
+    pub hyperparameters: Hyperparameters,
+    pub lora: Lora,
+    pub suffix: Option<String>,
+    pub seed: u64,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What a claim on a job found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The job is this worker's until the lease expires.
+    Claimed(Box<fine_tuning_job::Model>),
+    /// Another worker holds a live lease.
+    Busy,
+    /// The job has ended (or never existed): nothing to run.
+    Done,
+}
+
+/// The store's jobs.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    store: Store,
+}
+
+pub fn store_error(err: sea_orm::DbErr) -> ErrorBody {
+    tracing::warn!("training store: {err}");
+    ErrorBody::new(
+        ErrorCode::Unavailable,
+        "the training store is not available",
+    )
+}
+
+fn not_found(id: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotFound,
+        format!("fine-tuning job `{id}` does not exist"),
+    )
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A new id: `<prefix>-` and 24 hex digits.
+pub fn new_id(prefix: &str) -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &hex[..24])
+}
+
+impl Jobs {
+    pub fn new(store: Store) -> Jobs {
+        Jobs { store }
+    }
+
+    fn db(&self) -> &sea_orm::DatabaseConnection {
+        self.store.connection()
+    }
+
+    /// A file's metadata, if `owner` (any owner when `None`) may use it.
+    pub async fn file(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<file::Model>, ErrorBody> {
+        let row = file::Entity::find_by_id(id.to_owned())
+            .one(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(row.filter(|f| owner.is_none_or(|o| f.owner == o)))
+    }
+
+    /// Stores a job in `validating_files`.
+    pub async fn insert(&self, job: NewJob) -> Result<fine_tuning_job::Model, ErrorBody> {
+        let row = fine_tuning_job::ActiveModel {
+            id: Set(new_id("ftjob")),
+            owner: Set(job.owner),
+            model: Set(job.model),
+            training_file: Set(job.training_file),
+            validation_file: Set(job.validation_file),
+            status: Set(JobStatus::ValidatingFiles.as_str().to_owned()),
+            hyperparameters: Set(json(&job.hyperparameters)),
+            lora: Set(json(&job.lora)),
+            suffix: Set(job.suffix),
+            seed: Set(job.seed as i64),
+            fine_tuned_model: Set(None),
+            trained_tokens: Set(None),
+            error: Set(None),
+            metadata: Set(job.metadata.as_ref().map(json)),
+            created_at: Set(Utc::now()),
+            finished_at: Set(None),
+            estimated_finish: Set(None),
+            lease_owner: Set(None),
+            lease_expires_at: Set(None),
+        };
+        row.insert(self.db()).await.map_err(store_error)
+    }
+
+    /// One job, if `owner` (any owner when `None`) may see it.
+    pub async fn get(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<fine_tuning_job::Model, ErrorBody> {
+        fine_tuning_job::Entity::find_by_id(id.to_owned())
+            .one(self.db())
+            .await
+            .map_err(store_error)?
+            .filter(|job| owner.is_none_or(|o| job.owner == o))
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Jobs newest first, after the job `after`.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<JobList, ErrorBody> {
+        let limit = page_limit(limit, 20)?;
+        let mut query = fine_tuning_job::Entity::find();
+        if let Some(owner) = owner {
+            query = query.filter(fine_tuning_job::Column::Owner.eq(owner));
+        }
+        if let Some(after) = after {
+            let cursor = self.get(after, owner).await?;
+            query = query.filter(
+                Condition::any()
+                    .add(fine_tuning_job::Column::CreatedAt.lt(cursor.created_at))
+                    .add(
+                        Condition::all()
+                            .add(fine_tuning_job::Column::CreatedAt.eq(cursor.created_at))
+                            .add(fine_tuning_job::Column::Id.lt(cursor.id)),
+                    ),
+            );
+        }
+        let mut rows = query
+            .order_by_desc(fine_tuning_job::Column::CreatedAt)
+            .order_by_desc(fine_tuning_job::Column::Id)
+            .limit(limit + 1)
+            .all(self.db())
+            .await
+            .map_err(store_error)?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok(JobList {
+            object: "list".to_owned(),
+            data: rows.iter().map(to_job).collect(),
+            has_more,
+        })
+    }
+
+    /// Moves `id` from one of `from` to `to`; answers whether it did.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[JobStatus],
+        to: JobStatus,
+    ) -> Result<bool, ErrorBody> {
+        let mut update = fine_tuning_job::Entity::update_many()
+            .col_expr(fine_tuning_job::Column::Status, Expr::value(to.as_str()))
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::Status.is_in(from.iter().map(|s| s.as_str())));
+        if to.is_final() {
+            update = update
+                .col_expr(fine_tuning_job::Column::FinishedAt, Expr::value(Utc::now()))
+                .col_expr(
+                    fine_tuning_job::Column::EstimatedFinish,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                );
+        }
+        let result = update.exec(self.db()).await.map_err(store_error)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Cancels a job that has not ended.
+    pub async fn cancel(&self, id: &str, owner: Option<&str>) -> Result<Job, ErrorBody> {
+        self.get(id, owner).await?;
+        let open = [
+            JobStatus::ValidatingFiles,
+            JobStatus::Queued,
+            JobStatus::Running,
+        ];
+        if !self.transition(id, &open, JobStatus::Cancelled).await? {
+            let now = self.get(id, owner).await?;
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "fine-tuning job `{id}` has already ended ({}); only a job that is validating, queued or running can be cancelled",
+                    now.status
+                ),
+            ));
+        }
+        self.event(id, EventLevel::Info, "Job cancelled by the user", None)
+            .await?;
+        Ok(to_job(&self.get(id, owner).await?))
+    }
+
+    /// Fails a job that has not ended, with `error`; answers whether it did.
+    pub async fn fail(&self, id: &str, error: &JobError) -> Result<bool, ErrorBody> {
+        let result = fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::Status,
+                Expr::value(JobStatus::Failed.as_str()),
+            )
+            .col_expr(fine_tuning_job::Column::Error, Expr::value(json(error)))
+            .col_expr(fine_tuning_job::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(
+                fine_tuning_job::Column::EstimatedFinish,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::Status.is_in([
+                JobStatus::ValidatingFiles.as_str(),
+                JobStatus::Queued.as_str(),
+                JobStatus::Running.as_str(),
+            ]))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        if result.rows_affected == 1 {
+            self.event(id, EventLevel::Error, &error.message, None)
+                .await?;
+        }
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Claims `id` for `worker` for `lease` when it is queued or running and nobody else
+    /// holds a live lease; a claimed job is `running`.
+    pub async fn claim(&self, id: &str, worker: &str, lease: Duration) -> Result<Claim, ErrorBody> {
+        let now = Utc::now();
+        let result = fine_tuning_job::Entity::update_many()
+            .col_expr(fine_tuning_job::Column::LeaseOwner, Expr::value(worker))
+            .col_expr(
+                fine_tuning_job::Column::LeaseExpiresAt,
+                Expr::value(now + lease),
+            )
+            .col_expr(
+                fine_tuning_job::Column::Status,
+                Expr::value(JobStatus::Running.as_str()),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(
+                fine_tuning_job::Column::Status
+                    .is_in([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]),
+            )
+            .filter(
+                Condition::any()
+                    .add(fine_tuning_job::Column::LeaseOwner.is_null())
+                    .add(fine_tuning_job::Column::LeaseOwner.eq(worker))
+                    .add(fine_tuning_job::Column::LeaseExpiresAt.lt(now)),
+            )
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        if result.rows_affected == 1 {
+            return Ok(Claim::Claimed(Box::new(self.get(id, None).await?)));
+        }
+        match fine_tuning_job::Entity::find_by_id(id.to_owned())
+            .one(self.db())
+            .await
+            .map_err(store_error)?
+        {
+            Some(job) if !status(&job).is_final() => Ok(Claim::Busy),
+            _ => Ok(Claim::Done),
+        }
+    }
+
+    /// Renews `worker`'s lease on a running job and records its progress; answers
+    /// `false` when the job is no longer this worker's to run (cancelled, failed, or
+    /// its lease lost).
+    pub async fn renew(
+        &self,
+        id: &str,
+        worker: &str,
+        lease: Duration,
+        trained_tokens: u64,
+        estimated_finish: Option<DateTime<Utc>>,
+    ) -> Result<bool, ErrorBody> {
+        let result = fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::LeaseExpiresAt,
+                Expr::value(Utc::now() + lease),
+            )
+            .col_expr(
+                fine_tuning_job::Column::TrainedTokens,
+                Expr::value(trained_tokens as i64),
+            )
+            .col_expr(
+                fine_tuning_job::Column::EstimatedFinish,
+                Expr::value(estimated_finish),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
+            .filter(fine_tuning_job::Column::Status.eq(JobStatus::Running.as_str()))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Records the run's resolved hyperparameters.
+    pub async fn set_hyperparameters(
+        &self,
+        id: &str,
+        hyperparameters: &Hyperparameters,
+    ) -> Result<(), ErrorBody> {
+        fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::Hyperparameters,
+                Expr::value(json(hyperparameters)),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Marks a running job of `worker` succeeded with its model.
+    pub async fn succeed(
+        &self,
+        id: &str,
+        worker: &str,
+        fine_tuned_model: &str,
+        trained_tokens: u64,
+    ) -> Result<bool, ErrorBody> {
+        let result = fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::Status,
+                Expr::value(JobStatus::Succeeded.as_str()),
+            )
+            .col_expr(
+                fine_tuning_job::Column::FineTunedModel,
+                Expr::value(fine_tuned_model),
+            )
+            .col_expr(
+                fine_tuning_job::Column::TrainedTokens,
+                Expr::value(trained_tokens as i64),
+            )
+            .col_expr(fine_tuning_job::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(
+                fine_tuning_job::Column::EstimatedFinish,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
+            .filter(fine_tuning_job::Column::Status.eq(JobStatus::Running.as_str()))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Jobs still in `validating_files` (to validate again after a restart).
+    pub async fn validating(&self) -> Result<Vec<fine_tuning_job::Model>, ErrorBody> {
+        fine_tuning_job::Entity::find()
+            .filter(fine_tuning_job::Column::Status.eq(JobStatus::ValidatingFiles.as_str()))
+            .all(self.db())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Counts of jobs by status.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, ErrorBody> {
+        fine_tuning_job::Entity::find()
+            .select_only()
+            .column(fine_tuning_job::Column::Status)
+            .column_as(fine_tuning_job::Column::Id.count(), "count")
+            .group_by(fine_tuning_job::Column::Status)
+            .into_tuple()
+            .all(self.db())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Appends an event to a job.
+    pub async fn event(
+        &self,
+        id: &str,
+        level: EventLevel,
+        message: &str,
+        metrics: Option<serde_json::Value>,
+    ) -> Result<(), ErrorBody> {
+        let row = fine_tuning_event::ActiveModel {
+            job_id: Set(id.to_owned()),
+            level: Set(match level {
+                EventLevel::Info => "info",
+                EventLevel::Warn => "warn",
+                EventLevel::Error => "error",
+            }
+            .to_owned()),
+            kind: Set(if metrics.is_some() {
+                "metrics"
+            } else {
+                "message"
+            }
+            .to_owned()),
+            message: Set(message.to_owned()),
+            data: Set(metrics.as_ref().map(json)),
+            created_at: Set(Utc::now()),
+            ..Default::default()
+        };
+        row.insert(self.db()).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// A job's events newest first, after the event `after`.
+    pub async fn events(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<EventList, ErrorBody> {
+        self.get(id, owner).await?;
+        let limit = page_limit(limit, 20)?;
+        let mut query =
+            fine_tuning_event::Entity::find().filter(fine_tuning_event::Column::JobId.eq(id));
+        if let Some(after) = after {
+            let seq = after
+                .strip_prefix("ftevent-")
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ErrorBody::invalid("after", format!("`{after}` is not an event id"))
+                })?;
+            query = query.filter(fine_tuning_event::Column::Seq.lt(seq));
+        }
+        let mut rows = query
+            .order_by_desc(fine_tuning_event::Column::Seq)
+            .limit(limit + 1)
+            .all(self.db())
+            .await
+            .map_err(store_error)?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok(EventList {
+            object: "list".to_owned(),
+            data: rows.iter().map(to_event).collect(),
+            has_more,
+        })
+    }
+
+    /// Records a checkpoint.
+    pub async fn add_checkpoint(
+        &self,
+        id: &str,
+        step: u64,
+        train_loss: f64,
+        valid_loss: Option<f64>,
+    ) -> Result<(), ErrorBody> {
+        let row = fine_tuning_checkpoint::ActiveModel {
+            id: Set(new_id("ftckpt")),
+            job_id: Set(id.to_owned()),
+            step: Set(step as i64),
+            train_loss: Set(train_loss),
+            valid_loss: Set(valid_loss),
+            created_at: Set(Utc::now()),
+        };
+        row.insert(self.db()).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    /// A job's checkpoints, newest first, after the checkpoint `after`.
+    pub async fn checkpoints(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<CheckpointList, ErrorBody> {
+        let job = self.get(id, owner).await?;
+        let limit = page_limit(limit, 10)?;
+        let mut query = fine_tuning_checkpoint::Entity::find()
+            .filter(fine_tuning_checkpoint::Column::JobId.eq(id));
+        if let Some(after) = after {
+            let cursor = fine_tuning_checkpoint::Entity::find_by_id(after.to_owned())
+                .one(self.db())
+                .await
+                .map_err(store_error)?
+                .filter(|c| c.job_id == id)
+                .ok_or_else(|| {
+                    ErrorBody::invalid("after", format!("`{after}` is not a checkpoint of `{id}`"))
+                })?;
+            query = query.filter(fine_tuning_checkpoint::Column::Step.lt(cursor.step));
+        }
+        let mut rows = query
+            .order_by_desc(fine_tuning_checkpoint::Column::Step)
+            .limit(limit + 1)
+            .all(self.db())
+            .await
+            .map_err(store_error)?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let model = fine_tuned_name(&job);
+        let data: Vec<JobCheckpoint> = rows
+            .iter()
+            .map(|c| JobCheckpoint {
+                id: c.id.clone(),
+                object: "fine_tuning.job.checkpoint".to_owned(),
+                created_at: c.created_at.timestamp(),
+                fine_tuned_model_checkpoint: format!("{model}:ckpt-step-{}", c.step),
+                fine_tuning_job_id: id.to_owned(),
+                step_number: c.step as u64,
+                metrics: CheckpointMetrics {
+                    step: c.step as f64,
+                    train_loss: c.train_loss,
+                    valid_loss: c.valid_loss,
+                },
+            })
+            .collect();
+        Ok(CheckpointList {
+            object: "list".to_owned(),
+            first_id: data.first().map(|c| c.id.clone()),
+            last_id: data.last().map(|c| c.id.clone()),
+            data,
+            has_more,
+        })
+    }
+}
+
+fn page_limit(limit: Option<u32>, default: u32) -> Result<u64, ErrorBody> {
+    match limit.unwrap_or(default) {
+        n @ 1..=MAX_LIMIT => Ok(u64::from(n)),
+        n => Err(ErrorBody::invalid(
+            "limit",
+            format!("limit is {n}; it must be 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// A job row's status.
+pub fn status(job: &fine_tuning_job::Model) -> JobStatus {
+    JobStatus::parse(&job.status).unwrap_or(JobStatus::Failed)
+}
+
+/// The id the job's model gets: `ft:<base>:<suffix>:<job id>` (OpenAI's shape; the
+/// suffix may be empty).
+pub fn fine_tuned_name(job: &fine_tuning_job::Model) -> String {
+    format!(
+        "ft:{}:{}:{}",
+        job.model,
+        job.suffix.as_deref().unwrap_or(""),
+        job.id
+    )
+}
+
+/// A job row as the API shows it.
+pub fn to_job(row: &fine_tuning_job::Model) -> Job {
+    Job {
+        id: row.id.clone(),
+        object: "fine_tuning.job".to_owned(),
+        created_at: row.created_at.timestamp(),
+        finished_at: row.finished_at.map(|t| t.timestamp()),
+        model: row.model.clone(),
+        fine_tuned_model: row.fine_tuned_model.clone(),
+        organization_id: "org-slough".to_owned(),
+        status: status(row),
+        training_file: row.training_file.clone(),
+        validation_file: row.validation_file.clone(),
+        hyperparameters: serde_json::from_str(&row.hyperparameters).unwrap_or_default(),
+        trained_tokens: row.trained_tokens.map(|t| t as u64),
+        error: row
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str(e).ok()),
+        result_files: Vec::new(),
+        seed: row.seed as u64,
+        estimated_finish: row.estimated_finish.map(|t| t.timestamp()),
+        user_provided_suffix: row.suffix.clone(),
+        metadata: row
+            .metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok()),
+        lora: serde_json::from_str(&row.lora).unwrap_or_default(),
+    }
+}
+
+fn to_event(row: &fine_tuning_event::Model) -> JobEvent {
+    JobEvent {
+        id: format!("ftevent-{}", row.seq),
+        object: "fine_tuning.job.event".to_owned(),
+        created_at: row.created_at.timestamp(),
+        level: match row.level.as_str() {
+            "warn" => EventLevel::Warn,
+            "error" => EventLevel::Error,
+            _ => EventLevel::Info,
+        },
+        message: row.message.clone(),
+        kind: row.kind.clone(),
+        data: row
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok()),
+    }
+}
