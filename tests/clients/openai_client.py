@@ -166,4 +166,43 @@ limited = openai.OpenAI(base_url=BASE_URL, api_key=created["secret"], max_retrie
 limited.embeddings.create(model=EMBED, input="one")
 error = expect_error("429 RateLimitError", openai.RateLimitError, lambda: limited.embeddings.create(model=EMBED, input="two"))
 check("429 carries Retry-After", int(error.response.headers["retry-after"]) >= 1)
+# Files and fine-tuning: upload, start a job, follow it, cancel it (training itself is
+# covered by the end-to-end test; here the client's calls and shapes are).
+training = os.path.join(os.path.dirname(__file__), "..", "data", "fine-tune", "pirate-train.jsonl")
+with open(training, "rb") as handle:
+    uploaded = client.files.create(file=handle, purpose="fine-tune")
+check("files.create", uploaded.id.startswith("file-") and uploaded.purpose == "fine-tune" and uploaded.bytes > 0)
+check("files.retrieve", client.files.retrieve(uploaded.id).filename == "pirate-train.jsonl")
+check("files.list", any(f.id == uploaded.id for f in client.files.list(purpose="fine-tune")))
+with open(training, "rb") as handle:
+    check("files.content", client.files.content(uploaded.id).read() == handle.read())
+expect_error(
+    "400 BadRequestError for a malformed fine-tuning file, naming the line",
+    openai.BadRequestError,
+    lambda: client.files.create(file=("bad.jsonl", b'{"messages": []}\nnot json\n'), purpose="fine-tune"),
+)
+job = client.fine_tuning.jobs.create(
+    model=CHAT, training_file=uploaded.id, suffix="check", seed=3,
+    hyperparameters={"n_epochs": 1}, extra_body={"lora": {"rank": 4}},
+)
+check("fine_tuning.jobs.create", job.id.startswith("ftjob-") and job.status == "validating_files", job.status)
+check("fine_tuning.jobs.retrieve", client.fine_tuning.jobs.retrieve(job.id).training_file == uploaded.id)
+check("fine_tuning.jobs.list", any(j.id == job.id for j in client.fine_tuning.jobs.list(limit=5)))
+cancelled = client.fine_tuning.jobs.cancel(job.id)
+check("fine_tuning.jobs.cancel", cancelled.status == "cancelled", cancelled.status)
+messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=50)]
+check("fine_tuning.jobs.list_events", "Job cancelled by the user" in messages, repr(messages))
+check("fine_tuning.jobs.checkpoints.list", client.fine_tuning.jobs.checkpoints.list(job.id).data is not None)
+expect_error(
+    "409 ConflictError cancelling a finished job",
+    openai.ConflictError,
+    lambda: client.fine_tuning.jobs.cancel(job.id),
+)
+expect_error(
+    "404 NotFoundError for a job on an unknown model",
+    openai.NotFoundError,
+    lambda: client.fine_tuning.jobs.create(model="no-such-model", training_file=uploaded.id),
+)
+check("files.delete", client.files.delete(uploaded.id).deleted)
+
 print("openai client: all checks passed")

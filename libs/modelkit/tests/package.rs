@@ -182,7 +182,11 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
         // A fine-tune records its parent, and where its source is for training again.
         assert_eq!(manifest.parent.as_deref(), Some("tiny-base"));
         assert_eq!(
-            manifest.source.path.as_deref().map(std::path::PathBuf::from),
+            manifest
+                .source
+                .path
+                .as_deref()
+                .map(std::path::PathBuf::from),
             Some(source.canonicalize().unwrap())
         );
         assert_eq!(manifest.special_tokens.eos.as_deref(), Some("t2"));

@@ -284,6 +284,9 @@ pub struct ModelInfo {
     /// Embedding models: the length of their vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<u32>,
+    /// Fine-tuned models: the model they were fine-tuned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// Asks for the served models; empty.

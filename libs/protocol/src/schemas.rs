@@ -24,8 +24,8 @@ use crate::{
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
     training::{
-        CheckpointList, CreateJobRequest, EventList, Job, JobList, JobRequest, ListJobItems,
-        ListJobs, QueuedJob,
+        CheckpointList, CreateJobRequest, DeleteModel, EventList, Job, JobList, JobRequest,
+        ListJobItems, ListJobs, ModelDeleted, QueuedJob,
     },
 };
 
@@ -90,5 +90,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("event_list", schema_for!(EventList)),
         ("checkpoint_list", schema_for!(CheckpointList)),
         ("queued_job", schema_for!(QueuedJob)),
+        ("delete_model", schema_for!(DeleteModel)),
+        ("model_deleted", schema_for!(ModelDeleted)),
     ]
 }

@@ -25,6 +25,10 @@ pub const LIST_EVENTS: Endpoint<ListJobItems, EventList> =
 pub const LIST_CHECKPOINTS: Endpoint<ListJobItems, CheckpointList> =
     Endpoint::new(ServiceKind::Training, "list_checkpoints");
 
+/// Removes a fine-tuned model's package (base models are refused) and announces it.
+pub const DELETE_MODEL: Endpoint<DeleteModel, ModelDeleted> =
+    Endpoint::new(ServiceKind::Training, "delete_model");
+
 /// The JetStream stream that carries job ids to the workers (work-queue retention).
 pub const JOB_STREAM: &str = "SLOUGH_TRAINING_JOBS";
 /// The subject of that stream's messages.
@@ -188,6 +192,16 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in the order a job goes through them.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::ValidatingFiles,
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
     /// As stored and sent (`validating_files`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -202,16 +216,7 @@ impl JobStatus {
 
     /// Parses [`JobStatus::as_str`].
     pub fn parse(value: &str) -> Option<JobStatus> {
-        [
-            JobStatus::ValidatingFiles,
-            JobStatus::Queued,
-            JobStatus::Running,
-            JobStatus::Succeeded,
-            JobStatus::Failed,
-            JobStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == value)
     }
 
     /// Whether the job has ended.
@@ -387,4 +392,24 @@ pub struct CheckpointList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueuedJob {
     pub id: String,
+}
+
+/// A fine-tuned model to remove, on behalf of `owner` (the key that made it; any model
+/// when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteModel {
+    pub model: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// A removed model (OpenAI's answer to `DELETE /v1/models/{model}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelDeleted {
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    pub deleted: bool,
 }

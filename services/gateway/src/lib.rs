@@ -100,6 +100,8 @@ pub struct AppState {
     pub replicas: Arc<replicas::Replicas>,
     /// The largest body a request may have.
     pub max_body_bytes: usize,
+    /// Uploaded files' content, opened on the first file request.
+    pub files: tokio::sync::OnceCell<slough_bus::FileStore>,
 }
 
 /// Serves the API until `shutdown` is cancelled, then stops taking connections, lets
@@ -130,6 +132,7 @@ pub async fn run(
         metrics,
         replicas,
         max_body_bytes: config.max_body_bytes,
+        files: tokio::sync::OnceCell::new(),
     });
     let host = ctx.register(DESCRIPTION).await?;
     let api = start_api(&config, state.clone())?;

@@ -19,7 +19,8 @@ use crate::{error::ErrorResponse, routes};
         title = "SloughGPT API",
         description = "An OpenAI-compatible API (chat completions, completions, embeddings, \
             models) with API key management, usage reports, and personas: who the model is, \
-            applied to chats and measured. Every error answers with \
+            applied to chats and measured; collections for retrieval; files and fine-tuning jobs \
+            whose models are served. Every error answers with \
             OpenAI's error object.",
     ),
     paths(
@@ -28,6 +29,18 @@ use crate::{error::ErrorResponse, routes};
         routes::embeddings::create,
         routes::models::list,
         routes::models::get,
+        routes::models::delete,
+        routes::files::upload,
+        routes::files::list,
+        routes::files::get,
+        routes::files::content,
+        routes::files::delete,
+        routes::fine_tuning::create,
+        routes::fine_tuning::list,
+        routes::fine_tuning::get,
+        routes::fine_tuning::cancel,
+        routes::fine_tuning::events,
+        routes::fine_tuning::checkpoints,
         routes::keys::create,
         routes::keys::list,
         routes::keys::get,

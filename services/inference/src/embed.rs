@@ -77,6 +77,7 @@ impl EmbeddingModel {
             created_at: manifest.created_at.clone(),
             provider: provider.name().to_owned(),
             dimensions: u32::try_from(manifest.graph.hidden).ok(),
+            parent: manifest.parent.clone(),
         };
         let (jobs, mut inbox) = mpsc::unbounded_channel::<EmbedJob>();
         let mut worker = Worker {

@@ -41,6 +41,29 @@ impl GatewayClient {
         self.send(request).await
     }
 
+    /// `POST path` with a multipart form: the text `fields` and one `file` part.
+    pub async fn upload(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        file_name: &str,
+        content: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text((*name).to_owned(), (*value).to_owned());
+        }
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(content).file_name(file_name.to_owned()),
+        );
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .multipart(form);
+        self.send(request).await
+    }
+
     /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let request = self.http.delete(format!("{}{path}", self.base));

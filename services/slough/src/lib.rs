@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod bench_gateway;
 pub mod bench_rag;
+pub mod bench_training;
 pub mod eval_persona;
 pub mod eval_retrieval;
 pub mod gateway_client;
@@ -15,6 +16,7 @@ pub mod platform;
 pub mod services;
 pub mod settings;
 pub mod status_table;
+pub mod train;
 pub mod up;
 
 pub use platform::{Platform, ServiceHandle};

@@ -8,9 +8,10 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, bench_rag, eval_persona, eval_retrieval, models,
+    Settings, bench, bench_gateway, bench_rag, bench_training, eval_persona, eval_retrieval,
+    gateway_client, models,
     platform::ServiceHandle,
-    runtime, status_table,
+    runtime, status_table, train,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
 };
 use slough_modelkit::llama::{BuildOptions, FloatWeights};
@@ -62,6 +63,70 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
+    /// Fine-tune a chat model on a JSONL file of chat examples through the gateway and
+    /// follow the job (step, loss, ETA) until it ends.
+    Train {
+        /// The training file: one `{"messages": [...]}` per line (OpenAI's chat format).
+        file: std::path::PathBuf,
+        /// The base chat model.
+        #[arg(long)]
+        model: String,
+        /// A validation file in the same format (its loss is reported each epoch).
+        #[arg(long)]
+        validation: Option<std::path::PathBuf>,
+        /// Passes over the file (default: auto).
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Examples per step (default: auto).
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Scales the base learning rate (default: auto).
+        #[arg(long)]
+        learning_rate_multiplier: Option<f64>,
+        /// Part of the fine-tuned model's name.
+        #[arg(long)]
+        suffix: Option<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// LoRA rank (alpha is twice the rank).
+        #[arg(long)]
+        rank: Option<u32>,
+        /// The gateway's URL (default: http:// and the configured gateway.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// The API key, with the fine-tune scope (default: SLOUGH_API_KEY, then the admin
+        /// key `slough up` made).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Fine-tuning jobs through the gateway.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        /// The gateway's URL (default: http:// and the configured gateway.listen).
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
+        #[arg(long, global = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Every job, newest first.
+    List,
+    /// One job as JSON.
+    Show { id: String },
+    /// A job's events, oldest first.
+    Events {
+        id: String,
+        /// Keep following until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a job that has not ended.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +234,32 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// LoRA fine-tuning speed: tokens per second through forward, backward and update on
+    /// synthetic examples of a fixed length, and peak memory. Runs here, on the package's
+    /// base weights.
+    Training {
+        /// The chat model's package id.
+        #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
+        model: String,
+        /// Tokens per example.
+        #[arg(long, default_value_t = 256)]
+        sequence: usize,
+        /// Examples per step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Examples per forward pass (gradients accumulate over the batch).
+        #[arg(long, default_value_t = 4)]
+        micro_batch: usize,
+        /// Steps measured (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        rank: usize,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// The vector store's share of RAG: upserts per second and search p50/p99 per mode
     /// on synthetic chunks in a throw-away Qdrant Edge shard.
     Rag {
@@ -261,6 +352,8 @@ fn main() -> ExitCode {
             | Command::Models { .. }
             | Command::Bench { .. }
             | Command::Eval { .. }
+            | Command::Train { .. }
+            | Command::Jobs { .. }
     ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
         log.level = "warn,qdrant_edge=error".to_owned();
@@ -342,6 +435,35 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     json,
                 },
             ),
+            BenchCommand::Training {
+                model,
+                sequence,
+                batch,
+                micro_batch,
+                steps,
+                rank,
+                json,
+            } => bench_training::run(
+                &settings
+                    .training
+                    .models_dir
+                    .clone()
+                    .unwrap_or_else(|| settings.common.data_dir.join("models")),
+                &settings
+                    .training
+                    .sources_dir
+                    .clone()
+                    .unwrap_or_else(|| settings.common.data_dir.join("cache/sources")),
+                bench_training::TrainingBenchOptions {
+                    model,
+                    sequence: sequence.max(2),
+                    batch: batch.max(1),
+                    micro_batch: micro_batch.max(1),
+                    steps: steps.max(1),
+                    rank: rank.max(1),
+                    json,
+                },
+            ),
             BenchCommand::Rag {
                 chunks,
                 dimensions,
@@ -356,6 +478,51 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 json,
             }),
         },
+        Command::Train {
+            file,
+            model,
+            validation,
+            epochs,
+            batch_size,
+            learning_rate_multiplier,
+            suffix,
+            seed,
+            rank,
+            url,
+            key,
+        } => {
+            let client = gateway_client::GatewayClient::new(
+                &gateway_client::gateway_url(&settings, url),
+                &gateway_client::api_key(&settings, key)?,
+            )?;
+            let options = train::TrainOptions {
+                file,
+                validation,
+                model,
+                epochs,
+                batch_size,
+                learning_rate_multiplier,
+                suffix,
+                seed,
+                rank,
+            };
+            runtime()?.block_on(train::train(&client, options))
+        }
+        Command::Jobs { command, url, key } => {
+            let client = gateway_client::GatewayClient::new(
+                &gateway_client::gateway_url(&settings, url),
+                &gateway_client::api_key(&settings, key)?,
+            )?;
+            runtime()?.block_on(async {
+                match command {
+                    JobsCommand::List => train::list(&client).await,
+                    JobsCommand::Show { id } => train::show(&client, &id).await,
+                    JobsCommand::Events { id, follow: false } => train::events(&client, &id).await,
+                    JobsCommand::Events { id, follow: true } => train::follow(&client, &id).await,
+                    JobsCommand::Cancel { id } => train::cancel(&client, &id).await,
+                }
+            })
+        }
         Command::Eval {
             command:
                 EvalCommand::Persona {

@@ -327,6 +327,45 @@ impl Jobs {
         Ok(result.rows_affected == 1)
     }
 
+    /// Extends `worker`'s lease on a running job (through phases without steps).
+    pub async fn extend_lease(
+        &self,
+        id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, ErrorBody> {
+        let result = fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::LeaseExpiresAt,
+                Expr::value(Utc::now() + lease),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Gives up `worker`'s lease, so that another worker may take the job at once.
+    pub async fn release(&self, id: &str, worker: &str) -> Result<(), ErrorBody> {
+        fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                fine_tuning_job::Column::LeaseExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(fine_tuning_job::Column::Id.eq(id))
+            .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
+            .exec(self.db())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
     /// Records the run's resolved hyperparameters.
     pub async fn set_hyperparameters(
         &self,
@@ -378,6 +417,15 @@ impl Jobs {
             .await
             .map_err(store_error)?;
         Ok(result.rows_affected == 1)
+    }
+
+    /// The job that made the model `model`, if a job did.
+    pub async fn made(&self, model: &str) -> Result<Option<fine_tuning_job::Model>, ErrorBody> {
+        fine_tuning_job::Entity::find()
+            .filter(fine_tuning_job::Column::FineTunedModel.eq(model))
+            .one(self.db())
+            .await
+            .map_err(store_error)
     }
 
     /// Jobs still in `validating_files` (to validate again after a restart).

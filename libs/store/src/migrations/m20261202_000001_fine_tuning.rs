@@ -1,5 +1,6 @@
 //! Creates `files`, `fine_tuning_jobs`, `fine_tuning_events` and
-//! `fine_tuning_checkpoints` (see their entities).
+//! `fine_tuning_checkpoints` (see their entities), and gives existing admin keys the new
+//! `fine-tune` scope, as new admin keys get it.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -84,7 +85,16 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Checkpoints::CreatedAt))
                     .to_owned(),
             )
-            .await
+            .await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "UPDATE api_keys SET scopes = scopes || ' fine-tune' \
+                 WHERE (' ' || scopes || ' ') LIKE '% admin %' \
+                 AND (' ' || scopes || ' ') NOT LIKE '% fine-tune %'",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -23,7 +23,7 @@ pub async fn bootstrap_admin_key(
     let repository = KeyRepository::new(store.clone());
     let settings = |name: &str| KeySettings {
         name: name.to_owned(),
-        scopes: vec![Scope::Admin, Scope::Inference, Scope::Rag],
+        scopes: vec![Scope::Admin, Scope::Inference, Scope::Rag, Scope::FineTune],
         ..KeySettings::default()
     };
     if let Some(secret) = from_env {
@@ -119,7 +119,10 @@ mod tests {
             .authenticate(Some(&format!("Bearer {generated}")))
             .await
             .unwrap();
-        assert_eq!(admin.scopes, [Scope::Admin, Scope::Inference, Scope::Rag]);
+        assert_eq!(
+            admin.scopes,
+            [Scope::Admin, Scope::FineTune, Scope::Inference, Scope::Rag]
+        );
 
         let from_env = format!("sk-{}", "e".repeat(40));
         for start in ["first", "second"] {

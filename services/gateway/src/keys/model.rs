@@ -29,6 +29,9 @@ pub enum Scope {
     Inference,
     /// Change collections: create, delete, ingest and delete documents.
     Rag,
+    /// Upload files and run fine-tuning jobs.
+    #[serde(rename = "fine-tune")]
+    FineTune,
 }
 
 impl Scope {
@@ -38,6 +41,7 @@ impl Scope {
             Scope::Admin => "admin",
             Scope::Inference => "inference",
             Scope::Rag => "rag",
+            Scope::FineTune => "fine-tune",
         }
     }
 }
@@ -64,6 +68,16 @@ pub struct ApiKey {
 
 impl ApiKey {
     /// Refused unless the key has `scope`.
+    /// Whether the key is an administrator's (sees every key's files and jobs).
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whose files and jobs the key sees: its own, or everyone's (`None`) for an admin.
+    pub fn owner_filter(&self) -> Option<String> {
+        (!self.is_admin()).then(|| self.id.to_string())
+    }
+
     pub fn require(&self, scope: Scope) -> Result<(), KeyError> {
         if self.scopes.contains(&scope) {
             Ok(())
@@ -90,6 +104,7 @@ impl ApiKey {
                 "admin" => Some(Scope::Admin),
                 "inference" => Some(Scope::Inference),
                 "rag" => Some(Scope::Rag),
+                "fine-tune" => Some(Scope::FineTune),
                 _ => None,
             })
             .collect();

@@ -135,7 +135,7 @@ impl ChatCompletionRequest {
     /// The served model and the persona this request names: `model` may be an alias
     /// `<model>:<persona>`, and `persona` may name one too, but not a different one.
     fn model_and_persona(&self) -> Result<(String, Option<String>), ApiError> {
-        let Some((model, alias)) = self.model.rsplit_once(':') else {
+        let (model, Some(alias)) = slough_protocol::names::split_model_alias(&self.model) else {
             return Ok((self.model.clone(), self.persona.clone()));
         };
         match &self.persona {

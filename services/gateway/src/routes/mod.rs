@@ -6,6 +6,8 @@ pub mod chat;
 pub mod collections;
 pub mod completions;
 pub mod embeddings;
+pub mod files;
+pub mod fine_tuning;
 pub mod keys;
 pub mod models;
 pub mod personality;
@@ -22,7 +24,38 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/v1/completions").route(web::post().to(completions::create)))
         .service(resource("/v1/embeddings").route(web::post().to(embeddings::create)))
         .service(resource("/v1/models").route(web::get().to(models::list)))
-        .service(resource("/v1/models/{model}").route(web::get().to(models::get)))
+        .service(
+            resource("/v1/models/{model}")
+                .route(web::get().to(models::get))
+                .route(web::delete().to(models::delete)),
+        )
+        .service(
+            resource("/v1/files")
+                .route(web::get().to(files::list))
+                .route(web::post().to(files::upload)),
+        )
+        .service(
+            resource("/v1/files/{id}")
+                .route(web::get().to(files::get))
+                .route(web::delete().to(files::delete)),
+        )
+        .service(resource("/v1/files/{id}/content").route(web::get().to(files::content)))
+        .service(
+            resource("/v1/fine_tuning/jobs")
+                .route(web::get().to(fine_tuning::list))
+                .route(web::post().to(fine_tuning::create)),
+        )
+        .service(resource("/v1/fine_tuning/jobs/{id}").route(web::get().to(fine_tuning::get)))
+        .service(
+            resource("/v1/fine_tuning/jobs/{id}/cancel").route(web::post().to(fine_tuning::cancel)),
+        )
+        .service(
+            resource("/v1/fine_tuning/jobs/{id}/events").route(web::get().to(fine_tuning::events)),
+        )
+        .service(
+            resource("/v1/fine_tuning/jobs/{id}/checkpoints")
+                .route(web::get().to(fine_tuning::checkpoints)),
+        )
         .service(
             resource("/v1/keys")
                 .route(web::get().to(keys::list))

@@ -37,6 +37,9 @@ pub struct Model {
     /// Extension, on an alias `<model>:<persona>`: the persona it answers as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persona: Option<String>,
+    /// Extension, on a fine-tuned model: the model it was fine-tuned from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Model {
@@ -50,6 +53,7 @@ impl Model {
             kind: self.kind.clone(),
             context_length: self.context_length,
             persona: Some(persona.to_owned()),
+            parent: self.parent.clone(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl From<ModelInfo> for Model {
             .to_owned(),
             context_length: info.context_length,
             persona: None,
+            parent: info.parent,
         }
     }
 }
@@ -164,10 +169,7 @@ pub async fn get(
         ApiError::not_found("model_not_found", format!("model `{id}` is not served"))
             .with_param("model")
     };
-    let (model_id, persona) = match id.rsplit_once(':') {
-        Some((model, persona)) => (model, Some(persona)),
-        None => (id.as_str(), None),
-    };
+    let (model_id, persona) = slough_protocol::names::split_model_alias(&id);
     if key.allow_model(model_id).is_err() {
         return Err(not_found());
     }
@@ -191,4 +193,31 @@ pub async fn get(
         Err(err) if err.to_body().code == ErrorCode::NotFound => Err(not_found()),
         Err(err) => Err(ApiError::from_bus(&err)),
     }
+}
+
+/// Deletes a fine-tuned model: an admin key any, a `fine-tune` key the ones its jobs
+/// made. Base models are refused (409).
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{model}",
+    tag = "OpenAI",
+    params(("model" = String, Path, description = "The fine-tuned model's id")),
+    responses((status = 200, description = "The model is gone", body = slough_protocol::training::ModelDeleted)),
+    security(("api_key" = [])),
+)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    Caller(key): Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !key.is_admin() {
+        key.require(Scope::FineTune)?;
+    }
+    let request = slough_protocol::training::DeleteModel {
+        model: id.into_inner(),
+        owner: key.owner_filter(),
+    };
+    let deleted = super::call(&state, &slough_protocol::training::DELETE_MODEL, &request).await?;
+    tracing::info!(model = %deleted.id, by = %key.id, "model deleted");
+    Ok(HttpResponse::Ok().json(deleted))
 }

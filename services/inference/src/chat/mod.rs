@@ -111,6 +111,7 @@ impl ChatModel {
                 created_at: manifest.created_at.clone(),
                 provider: provider.name().to_owned(),
                 dimensions: None,
+                parent: manifest.parent.clone(),
             },
             text,
             default_temperature: sampling.map_or(1.0, |s| s.temperature),

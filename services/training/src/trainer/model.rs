@@ -236,7 +236,7 @@ impl LoraModel {
         dropout: &mut Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
         let w = &self.layers[layer].weights[target as usize];
-        let base = x.matmul(&w.t()?)?;
+        let base = linear(x, w)?;
         let Some(adapter) = self.adapters.get(&(layer, target)) else {
             return Ok(base);
         };
@@ -313,9 +313,7 @@ impl LoraModel {
         let hidden = self.hidden(batch, dropout)?;
         let positions = Tensor::from_slice(&batch.positions, batch.positions.len(), &self.device)?;
         let targets = Tensor::from_slice(&batch.targets, (batch.targets.len(), 1), &self.device)?;
-        let logits = hidden
-            .index_select(&positions, 0)?
-            .matmul(&self.lm_head.t()?)?;
+        let logits = linear(&hidden.index_select(&positions, 0)?, &self.lm_head)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         log_probs.gather(&targets, 1)?.mean_all()?.neg()
     }
@@ -323,9 +321,7 @@ impl LoraModel {
     /// Logits of every position, `[rows, len, vocab]` (tests and evaluation).
     pub fn logits(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.hidden(batch, None)?;
-        hidden
-            .matmul(&self.lm_head.t()?)?
-            .reshape((batch.rows, batch.len, self.config.vocab_size))
+        linear(&hidden, &self.lm_head)?.reshape((batch.rows, batch.len, self.config.vocab_size))
     }
 
     /// The base weights with every adapter merged in (`W + scale · B·A`), as a checkpoint
@@ -368,6 +364,48 @@ impl LoraModel {
             var.set(&value)?;
         }
         Ok(())
+    }
+}
+
+/// `x · Wᵀ` for a frozen weight `w` `[out, in]` and `x` `[rows, in]`. Its backward pass
+/// computes the gradient of `x` only: candle's matmul would also compute the weight's,
+/// which is the whole cost (and memory) of full fine-tuning.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2(w, FrozenLinear)
+}
+
+struct FrozenLinear;
+
+impl candle_core::CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        w_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage as _;
+        let (m, k) = x_layout.shape().dims2()?;
+        let (n, w_k) = w_layout.shape().dims2()?;
+        if k != w_k {
+            candle_core::bail!("frozen-linear: x is [{m}, {k}], w is [{n}, {w_k}]");
+        }
+        let out = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+        Ok((out, candle_core::Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
     }
 }
 
