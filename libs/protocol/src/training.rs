@@ -67,18 +67,44 @@ pub enum Auto {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Hyperparameters {
-    /// Passes over the training file, 1 to 50.
+    /// Passes over the training file, 1 to 50 (`auto`: 3, more for tiny files).
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = auto_or_integer))]
     pub n_epochs: Setting<u32>,
-    /// Examples per optimizer step, 1 to 256.
+    /// Examples per optimizer step, 1 to 256 (`auto`: about 2 % of the file, up to 16).
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = auto_or_integer))]
     pub batch_size: Setting<u32>,
-    /// Scales the base learning rate (2e-4), above 0 and at most 10.
+    /// Scales the base learning rate (2e-4; `auto` is 5), above 0 and at most 10.
     #[serde(default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = auto_or_number))]
     pub learning_rate_multiplier: Setting<f64>,
+}
+
+/// `"auto"` or a value of `kind`, as an OpenAPI schema.
+#[cfg(feature = "openapi")]
+fn auto_or(
+    kind: utoipa::openapi::schema::Type,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(kind))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["auto"])),
+        )
+        .into()
+}
+
+#[cfg(feature = "openapi")]
+fn auto_or_integer() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    auto_or(utoipa::openapi::schema::Type::Integer)
+}
+
+#[cfg(feature = "openapi")]
+fn auto_or_number() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    auto_or(utoipa::openapi::schema::Type::Number)
 }
 
 /// The LoRA adapters' shape (our extension).
