@@ -166,6 +166,15 @@ limited = openai.OpenAI(base_url=BASE_URL, api_key=created["secret"], max_retrie
 limited.embeddings.create(model=EMBED, input="one")
 error = expect_error("429 RateLimitError", openai.RateLimitError, lambda: limited.embeddings.create(model=EMBED, input="two"))
 check("429 carries Retry-After", int(error.response.headers["retry-after"]) >= 1)
+# A stored completion (OpenAI's `store`) takes feedback, which datasets are made of.
+kept = client.chat.completions.create(model=CHAT, messages=QUESTION, temperature=0, max_tokens=8, store=True, metadata={"check": "feedback"})
+feedback = httpx.post(
+    f"{BASE_URL}/chat/completions/{kept.id}/feedback",
+    headers={"Authorization": f"Bearer {KEY}"},
+    json={"rating": 5},
+)
+check("feedback on a stored completion", feedback.status_code == 200 and feedback.json()["rating"] == 5, feedback.text)
+
 # Files and fine-tuning: upload, start a job, follow it, cancel it (training itself is
 # covered by the end-to-end test; here the client's calls and shapes are).
 training = os.path.join(os.path.dirname(__file__), "..", "data", "fine-tune", "pirate-train.jsonl")

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod replicas;
 pub mod routes;
+pub mod stored;
 pub mod upload;
 pub mod usage;
 

@@ -25,6 +25,7 @@ use crate::{error::ErrorResponse, routes};
     ),
     paths(
         routes::chat::create,
+        routes::feedback::create,
         routes::completions::create,
         routes::embeddings::create,
         routes::models::list,

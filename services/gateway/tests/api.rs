@@ -139,6 +139,68 @@ async fn chat_completions_plain_streamed_and_with_logprobs() {
             .await
             > 0.0
     );
+
+    // `store: true` keeps a completion (plain or streamed) to take feedback, and rated
+    // or corrected ones become fine-tuning examples.
+    let kept: Value = platform
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "messages": france(), "temperature": 0, "max_tokens": 24, "store": true}),
+        )
+        .await;
+    let response = platform
+        .send(
+            "/v1/chat/completions",
+            &key,
+            &json!({
+                "model": CHAT, "temperature": 0, "max_tokens": 8, "stream": true, "store": true,
+                "messages": [{"role": "user", "content": "Name a colour."}],
+            }),
+        )
+        .await;
+    let (events, _) = read_events(response).await;
+    let streamed_id = events[0]["id"].as_str().unwrap().to_owned();
+    let feedback = |id: &str| format!("/v1/chat/completions/{id}/feedback");
+    let rated = platform
+        .post_json(
+            &feedback(kept["id"].as_str().unwrap()),
+            &key,
+            &json!({"rating": 5}),
+        )
+        .await;
+    assert_eq!(rated["rating"], 5);
+    let corrected = platform
+        .send(
+            &feedback(&streamed_id),
+            &key,
+            &json!({"rating": 2, "correction": "Teal."}),
+        )
+        .await;
+    assert_eq!(corrected.status(), 200);
+    let not_stored = platform
+        .send(
+            &feedback(plain["id"].as_str().unwrap()),
+            &key,
+            &json!({"rating": 4}),
+        )
+        .await;
+    assert_eq!(not_stored.status(), 404);
+    let out_of_range = platform
+        .send(&feedback(&streamed_id), &key, &json!({"rating": 9}))
+        .await;
+    assert_eq!(out_of_range.status(), 400);
+    let error: Value = out_of_range.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "rating");
+    let store = slough_store::Store::open(None, platform.data_dir())
+        .await
+        .unwrap();
+    let dataset = slough_gateway::stored::dataset(&store, 4).await.unwrap();
+    store.close().await;
+    assert_eq!(dataset.len(), 2, "{dataset:#?}");
+    assert_eq!(dataset[0]["messages"][0], france()[0]);
+    assert_eq!(dataset[0]["messages"][1]["content"], text);
+    assert_eq!(dataset[1]["messages"][1]["content"], "Teal.");
     platform.stop().await;
 }
 

@@ -8,8 +8,8 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, bench_rag, bench_training, eval_persona, eval_retrieval,
-    gateway_client, models,
+    Settings, bench, bench_gateway, bench_rag, bench_training, datasets, eval_persona,
+    eval_retrieval, gateway_client, models,
     platform::ServiceHandle,
     runtime, status_table, train,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
@@ -99,6 +99,11 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Fine-tuning data from the platform's own use.
+    Datasets {
+        #[command(subcommand)]
+        command: DatasetsCommand,
+    },
     /// Fine-tuning jobs through the gateway.
     Jobs {
         #[command(subcommand)]
@@ -109,6 +114,17 @@ enum Command {
         /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
         #[arg(long, global = true)]
         key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetsCommand {
+    /// Write a fine-tuning file (JSONL, standard output) from the feedback on stored
+    /// chat completions: answers rated at least --min-rating, and corrected answers.
+    FromFeedback {
+        /// The lowest rating (1 to 5) whose answer is kept as it is.
+        #[arg(long, default_value_t = 4)]
+        min_rating: i32,
     },
 }
 
@@ -353,6 +369,7 @@ fn main() -> ExitCode {
             | Command::Bench { .. }
             | Command::Eval { .. }
             | Command::Train { .. }
+            | Command::Datasets { .. }
             | Command::Jobs { .. }
     ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
@@ -508,6 +525,9 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             runtime()?.block_on(train::train(&client, options))
         }
+        Command::Datasets {
+            command: DatasetsCommand::FromFeedback { min_rating },
+        } => datasets::from_feedback(&settings, min_rating),
         Command::Jobs { command, url, key } => {
             let client = gateway_client::GatewayClient::new(
                 &gateway_client::gateway_url(&settings, url),

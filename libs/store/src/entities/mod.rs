@@ -8,4 +8,5 @@ pub mod fine_tuning_checkpoint;
 pub mod fine_tuning_event;
 pub mod fine_tuning_job;
 pub mod persona;
+pub mod stored_completion;
 pub mod usage;

@@ -8,6 +8,7 @@ mod m20261122_000002_key_limits_and_usage;
 mod m20261201_000001_personas;
 mod m20261201_000002_collections;
 mod m20261202_000001_fine_tuning;
+mod m20261202_000002_stored_completions;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_personas::Migration),
             Box::new(m20261201_000002_collections::Migration),
             Box::new(m20261202_000001_fine_tuning::Migration),
+            Box::new(m20261202_000002_stored_completions::Migration),
         ]
     }
 }

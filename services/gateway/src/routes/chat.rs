@@ -76,6 +76,14 @@ pub struct ChatCompletionRequest {
     /// An end-user id; accepted for compatibility.
     #[serde(default)]
     pub user: Option<String>,
+    /// Keep the request and its first choice for the key that made it, to take feedback
+    /// (`POST /v1/chat/completions/{id}/feedback`) and become fine-tuning data.
+    #[serde(default)]
+    pub store: Option<bool>,
+    /// Key-value pairs; accepted for compatibility.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Extension: keep only the k most likely tokens (0: off).
     #[serde(default)]
     pub top_k: Option<u32>,
@@ -348,6 +356,33 @@ struct ChatChunks {
     persona: Option<PersonaScoring>,
     /// With `rag`: the sources, sent at the end.
     retrieved: Option<Retrieved>,
+    /// With `store`: the conversation, kept with the first choice once it is complete.
+    stored: Option<Stored>,
+}
+
+/// A completion to keep (`store: true`).
+struct Stored {
+    store: slough_store::Store,
+    owner: String,
+    messages: Vec<(String, String)>,
+    answer: String,
+}
+
+impl Stored {
+    async fn save(&self, id: &str, model: &str) {
+        let saved = crate::stored::save(
+            &self.store,
+            id,
+            &self.owner,
+            model,
+            &self.messages,
+            &self.answer,
+        )
+        .await;
+        if let Err(err) = saved {
+            tracing::warn!(completion = id, "cannot store the completion: {err}");
+        }
+    }
 }
 
 struct PersonaScoring {
@@ -394,6 +429,11 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn chunk(&mut self, chunk: GenerateChunk) -> Bytes {
+        if let Some(stored) = &mut self.stored
+            && chunk.index == 0
+        {
+            stored.answer.push_str(&chunk.text);
+        }
         if let Some(scoring) = &mut self.persona
             && let Some(text) = scoring.texts.get_mut(chunk.index as usize)
         {
@@ -433,6 +473,9 @@ impl ChunkFormat for ChatChunks {
     }
 
     async fn closing(&mut self) -> Vec<Bytes> {
+        if let Some(stored) = self.stored.take() {
+            stored.save(&self.id, &self.model).await;
+        }
         let mut closing = Vec::new();
         if let Some(retrieved) = self.retrieved.take() {
             closing.push(event_data(&ChatCompletionChunk {
@@ -510,7 +553,24 @@ pub async fn create(
             texts: vec![String::new(); request.n as usize],
         }),
         retrieved: None,
+        stored: None,
     };
+    // Kept after the answer: by the stream's closing, or below once collected.
+    let mut stored = (body.store == Some(true)).then(|| Stored {
+        store: state.store.clone(),
+        owner: key.id.to_string(),
+        messages: match &request.input {
+            protocol::PromptInput::Messages(messages) => messages
+                .iter()
+                .map(|m| (m.role.as_str().to_owned(), m.content.clone()))
+                .collect(),
+            _ => Vec::new(),
+        },
+        answer: String::new(),
+    });
+    if stream.is_some() {
+        format.stored = stored.take();
+    }
     let mut metered = state
         .admission
         .admit(&key, "chat.completions", &model)
@@ -531,6 +591,10 @@ pub async fn create(
         Answer::Streamed(response) => return Ok(response),
         Answer::Collected(choices, usage) => (choices, usage),
     };
+    if let Some(mut stored) = stored {
+        stored.answer = choices.first().map(|c| c.text.clone()).unwrap_or_default();
+        stored.save(&id, &body.model).await;
+    }
     let mut scores = match &persona {
         Some(persona) => {
             let texts: Vec<String> = choices.iter().map(|choice| choice.text.clone()).collect();

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod collections;
 pub mod completions;
 pub mod embeddings;
+pub mod feedback;
 pub mod files;
 pub mod fine_tuning;
 pub mod keys;
@@ -21,6 +22,9 @@ use crate::http::wrong_method;
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(resource("/v1/chat/completions").route(web::post().to(chat::create)))
+        .service(
+            resource("/v1/chat/completions/{id}/feedback").route(web::post().to(feedback::create)),
+        )
         .service(resource("/v1/completions").route(web::post().to(completions::create)))
         .service(resource("/v1/embeddings").route(web::post().to(embeddings::create)))
         .service(resource("/v1/models").route(web::get().to(models::list)))
