@@ -21,7 +21,7 @@ pub struct TrainingBenchOptions {
     pub model: String,
     pub sequence: usize,
     pub batch: usize,
-    pub micro_batch: usize,
+    pub micro_batch_tokens: usize,
     pub steps: usize,
     pub rank: usize,
     pub json: Option<std::path::PathBuf>,
@@ -32,7 +32,7 @@ pub struct TrainingBenchReport {
     pub model: String,
     pub sequence: usize,
     pub batch: usize,
-    pub micro_batch: usize,
+    pub micro_batch_tokens: usize,
     pub rank: usize,
     pub trainable_parameters: usize,
     pub steps: usize,
@@ -83,7 +83,7 @@ pub fn run(
     let hyper = Hyperparameters {
         epochs: 1,
         batch_size: options.batch,
-        micro_batch: options.micro_batch,
+        micro_batch_tokens: options.micro_batch_tokens,
         learning_rate: 2e-4,
         warmup_ratio: 0.1,
         max_grad_norm: 1.0,
@@ -98,11 +98,11 @@ pub fn run(
         .map(|(_, var)| var.as_tensor().elem_count())
         .sum();
     println!(
-        "{}: sequence {}, batch {} (micro-batches of {}), LoRA rank {} on every projection ({:.2} M trainable parameters); loaded in {load_seconds:.1} s",
+        "{}: sequence {}, batch {} (micro-batches of at most {} tokens), LoRA rank {} on every projection ({:.2} M trainable parameters); loaded in {load_seconds:.1} s",
         options.model,
         options.sequence,
         options.batch,
-        options.micro_batch,
+        options.micro_batch_tokens,
         options.rank,
         trainable as f64 / 1e6
     );
@@ -127,7 +127,7 @@ pub fn run(
         model: options.model.clone(),
         sequence: options.sequence,
         batch: options.batch,
-        micro_batch: options.micro_batch,
+        micro_batch_tokens: options.micro_batch_tokens,
         rank: options.rank,
         trainable_parameters: trainable,
         steps: options.steps,

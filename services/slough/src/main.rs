@@ -263,9 +263,9 @@ enum BenchCommand {
         /// Examples per step.
         #[arg(long, default_value_t = 4)]
         batch: usize,
-        /// Examples per forward pass (gradients accumulate over the batch).
-        #[arg(long, default_value_t = 4)]
-        micro_batch: usize,
+        /// Most padded tokens per forward pass (gradients accumulate over the batch).
+        #[arg(long, default_value_t = 512)]
+        micro_batch_tokens: usize,
         /// Steps measured (after one warm-up step).
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -456,7 +456,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 model,
                 sequence,
                 batch,
-                micro_batch,
+                micro_batch_tokens,
                 steps,
                 rank,
                 json,
@@ -475,7 +475,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     model,
                     sequence: sequence.max(2),
                     batch: batch.max(1),
-                    micro_batch: micro_batch.max(1),
+                    micro_batch_tokens: micro_batch_tokens.max(1),
                     steps: steps.max(1),
                     rank: rank.max(1),
                     json,

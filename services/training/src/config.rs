@@ -23,8 +23,10 @@ pub struct Config {
     pub concurrency: usize,
     /// A checkpoint every this many steps (and at each epoch's end).
     pub checkpoint_every: u64,
-    /// Examples per forward pass; larger batches accumulate gradients.
-    pub micro_batch: usize,
+    /// Most padded tokens per forward pass; larger batches are split and their
+    /// gradients accumulate (activation memory grows with it: about 2 GB per 256 tokens
+    /// for SmolLM2-135M).
+    pub micro_batch_tokens: usize,
     /// How long a worker's claim on a job lasts without renewal, and how long JetStream
     /// waits for an acknowledgement before it redelivers the job: a killed worker's job
     /// is taken over after about this long.
@@ -42,7 +44,7 @@ impl Default for Config {
             jobs_dir: None,
             concurrency: 1,
             checkpoint_every: 50,
-            micro_batch: 4,
+            micro_batch_tokens: 512,
             lease_seconds: 30,
             export_weights: slough_modelkit::llama::FloatWeights::Int8,
         }
@@ -65,10 +67,10 @@ impl Config {
                 "training.checkpoint_every must be at least 1".to_owned(),
             ),
             (
-                (1..=64).contains(&self.micro_batch),
+                (16..=65_536).contains(&self.micro_batch_tokens),
                 format!(
-                    "training.micro_batch = {} (must be 1 to 64)",
-                    self.micro_batch
+                    "training.micro_batch_tokens = {} (must be 16 to 65536)",
+                    self.micro_batch_tokens
                 ),
             ),
             (

@@ -75,7 +75,7 @@ pub async fn run(
         },
         settings: worker::Settings {
             checkpoint_every: config.checkpoint_every,
-            micro_batch: config.micro_batch,
+            micro_batch_tokens: config.micro_batch_tokens,
             lease,
             export_weights: config.export_weights,
         },

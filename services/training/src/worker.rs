@@ -61,7 +61,7 @@ pub struct Paths {
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub checkpoint_every: u64,
-    pub micro_batch: usize,
+    pub micro_batch_tokens: usize,
     pub lease: Duration,
     pub export_weights: FloatWeights,
 }
@@ -394,7 +394,7 @@ impl Worker {
             &requested,
             train.len(),
             job.seed as u64,
-            self.settings.micro_batch,
+            self.settings.micro_batch_tokens,
         );
         let resolved = Hyperparameters {
             n_epochs: Setting::Value(hyper.epochs as u32),
@@ -439,7 +439,7 @@ fn resolve(
     requested: &Hyperparameters,
     examples: usize,
     seed: u64,
-    micro_batch: usize,
+    micro_batch_tokens: usize,
 ) -> trainer::Hyperparameters {
     let epochs = match requested.n_epochs {
         Setting::Value(n) => u64::from(n),
@@ -460,7 +460,7 @@ fn resolve(
     trainer::Hyperparameters {
         epochs,
         batch_size,
-        micro_batch,
+        micro_batch_tokens,
         learning_rate: BASE_LEARNING_RATE * multiplier,
         warmup_ratio: 0.05,
         max_grad_norm: 1.0,

@@ -124,11 +124,11 @@ fn examples(count: usize) -> Vec<Example> {
         .collect()
 }
 
-fn hyper(epochs: u64, batch_size: usize, micro_batch: usize) -> Hyperparameters {
+fn hyper(epochs: u64, batch_size: usize, micro_batch_tokens: usize) -> Hyperparameters {
     Hyperparameters {
         epochs,
         batch_size,
-        micro_batch,
+        micro_batch_tokens,
         learning_rate: 5e-3,
         warmup_ratio: 0.1,
         max_grad_norm: 1.0,
@@ -146,7 +146,7 @@ fn the_loss_falls_when_the_adapters_learn_a_small_set() {
     let mut trainer = Trainer::new(
         &base,
         lora(4, 0.0),
-        hyper(30, 4, 4),
+        hyper(30, 4, 64),
         examples(8),
         examples(8),
         DType::F32,
@@ -169,7 +169,7 @@ fn the_merged_model_gives_the_logits_of_the_model_with_adapters() {
     let mut trainer = Trainer::new(
         &base,
         lora(4, 0.0),
-        hyper(3, 4, 2),
+        hyper(3, 4, 20),
         examples(8),
         Vec::new(),
         DType::F32,
@@ -307,7 +307,7 @@ fn a_resumed_run_continues_with_the_losses_of_an_uninterrupted_one() {
         Trainer::new(
             &base,
             lora(4, 0.1),
-            hyper(3, 3, 2),
+            hyper(3, 3, 20),
             examples(10),
             Vec::new(),
             DType::F32,

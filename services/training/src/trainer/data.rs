@@ -180,6 +180,27 @@ pub fn epoch_order(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// `examples` in order, cut into groups whose padded size (rows × longest row) stays
+/// within `budget` tokens; an example longer than the budget is a group of its own.
+pub fn micro_batches<'a>(examples: &[&'a Example], budget: usize) -> Vec<Vec<&'a Example>> {
+    let mut groups: Vec<Vec<&Example>> = Vec::new();
+    let mut longest = 0;
+    for &example in examples {
+        let len = example.tokens.len();
+        match groups.last_mut() {
+            Some(group) if (group.len() + 1) * longest.max(len) <= budget => {
+                group.push(example);
+                longest = longest.max(len);
+            }
+            _ => {
+                groups.push(vec![example]);
+                longest = len;
+            }
+        }
+    }
+    groups
+}
+
 /// A right-padded batch of `examples` (padding with token 0, masked out).
 pub fn batch(examples: &[&Example]) -> Batch {
     let rows = examples.len();

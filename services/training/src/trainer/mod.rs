@@ -40,8 +40,10 @@ pub struct Hyperparameters {
     pub epochs: u64,
     /// Examples per optimizer step.
     pub batch_size: usize,
-    /// Examples per forward pass; a batch larger than this accumulates gradients.
-    pub micro_batch: usize,
+    /// Most padded tokens (rows × longest row) per forward pass: a batch is split into
+    /// micro-batches of consecutive examples within it (at least one example each),
+    /// whose gradients accumulate. Activation memory grows with it.
+    pub micro_batch_tokens: usize,
     /// The peak learning rate.
     pub learning_rate: f64,
     /// Share of the steps spent warming up.
@@ -166,8 +168,8 @@ impl Trainer {
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss = 0.0;
         let mut tokens = 0u64;
-        for micro in examples.chunks(self.hyper.micro_batch.max(1)) {
-            let batch = data::batch(micro);
+        for micro in data::micro_batches(&examples, self.hyper.micro_batch_tokens) {
+            let batch = data::batch(&micro);
             tokens += batch.lengths.iter().sum::<usize>() as u64;
             if batch.targets.is_empty() {
                 continue;
@@ -220,9 +222,9 @@ impl Trainer {
         }
         let mut total = 0.0;
         let mut count = 0usize;
-        for chunk in self.valid.chunks(self.hyper.micro_batch.max(1)) {
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let batch = data::batch(&refs);
+        let valid: Vec<&Example> = self.valid.iter().collect();
+        for micro in data::micro_batches(&valid, self.hyper.micro_batch_tokens) {
+            let batch = data::batch(&micro);
             if batch.targets.is_empty() {
                 continue;
             }
