@@ -404,6 +404,13 @@ async fn a_fine_tuned_model_learns_a_style_survives_a_killed_worker_and_is_serve
     assert!(err.contains("409"), "{err}");
     let deleted = client.delete(&format!("/v1/models/{model}")).await.unwrap();
     assert_eq!(deleted["deleted"], true);
+    let export = settings
+        .common
+        .data_dir
+        .join("training")
+        .join(&id)
+        .join("model");
+    assert!(!export.exists(), "{} is left behind", export.display());
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(&format!("/v1/models/{model}")).await.is_ok() {
         assert!(Instant::now() < deadline, "{model} is still served");

@@ -129,15 +129,11 @@ async fn delete_model(
             ),
         ));
     }
-    if let Some(owner) = &owner {
-        let made_by_owner = state
-            .jobs
-            .made(&model)
-            .await?
-            .is_some_and(|job| &job.owner == owner);
-        if !made_by_owner {
-            return Err(not_found());
-        }
+    let job = state.jobs.made(&model).await?;
+    if let Some(owner) = &owner
+        && job.as_ref().is_none_or(|job| &job.owner != owner)
+    {
+        return Err(not_found());
     }
     package::remove(models, &model)
         .map_err(|err| ErrorBody::new(ErrorCode::Internal, err.to_string()))?;
@@ -151,6 +147,15 @@ async fn delete_model(
         .await
     {
         tracing::warn!("cannot announce the removal of {model}: {err}");
+    }
+    // The merged weights the package was built from go with it.
+    if let Some(job) = job {
+        let export = state.worker.paths.jobs.join(&job.id).join("model");
+        if let Err(err) = std::fs::remove_dir_all(&export)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {err}", export.display());
+        }
     }
     tracing::info!(%model, "fine-tuned model deleted");
     Ok(ModelDeleted {
