@@ -47,9 +47,12 @@ pub struct Manifest {
     pub quantization: String,
     /// Where it came from.
     pub source: Source,
-    /// The model this one was fine-tuned from, if any.
+    /// The model this one was fine-tuned from, if any (a classifier's embedding model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// A classifier's labels, in the order of its output rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
     /// Shape facts inference needs (KV cache, embedding width).
     pub graph: GraphShape,
     /// Special tokens by role.
@@ -85,6 +88,10 @@ fn first_graph_version() -> u32 {
 pub enum ModelKind {
     Chat,
     Embedding,
+    /// A linear head over an embedding model's vectors (`parent`), trained by a
+    /// classifier job; the personality service scores texts with it. Inference does
+    /// not serve it.
+    Classifier,
 }
 
 /// The source a package was built from.
@@ -336,6 +343,83 @@ pub fn source_path(manifest: &Manifest, fallback_dir: &Path) -> Option<PathBuf> 
     recorded.into_iter().chain([fallback]).find(|p| p.exists())
 }
 
+/// The file a classifier package keeps its head in: `weight` `[labels, dimensions]` and
+/// `bias` `[labels]`, f32.
+pub const CLASSIFIER_WEIGHTS: &str = "classifier.safetensors";
+
+/// Writes a classifier package `id` over the embedding model `parent` (its manifest
+/// gives the context length): `tensors` hold `weight` and `bias`, `labels` name the
+/// rows. Staged beside the target and renamed into place, as imports are.
+pub fn write_classifier(
+    models_dir: &Path,
+    id: &str,
+    parent: &Manifest,
+    labels: Vec<String>,
+    tensors: &std::collections::BTreeMap<String, crate::checkpoint::FloatTensor>,
+) -> Result<Manifest, PackageError> {
+    validate_id(id)?;
+    let target = models_dir.join(id);
+    if target.exists() {
+        return Err(PackageError::Conflict {
+            id: id.to_owned(),
+            existing: "a package of that id".to_owned(),
+        });
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".classifier-{id}-"))
+        .tempdir_in(models_dir)
+        .map_err(io("cannot create a staging directory"))?;
+    let weights = staging.path().join(CLASSIFIER_WEIGHTS);
+    crate::checkpoint::write_tensors(&weights, tensors).map_err(|err| PackageError::Manifest {
+        path: weights.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    let dimensions = tensors
+        .get("weight")
+        .map_or(0, |w| w.shape.get(1).copied().unwrap_or(0));
+    let manifest = Manifest {
+        id: id.to_owned(),
+        kind: ModelKind::Classifier,
+        architecture: "linear".to_owned(),
+        context_length: parent.context_length,
+        quantization: "fp32".to_owned(),
+        source: Source {
+            format: "classifier".to_owned(),
+            file: CLASSIFIER_WEIGHTS.to_owned(),
+            sha256: sha256_file(&weights, &Quiet)?,
+            path: None,
+        },
+        parent: Some(parent.id.clone()),
+        labels: Some(labels.clone()),
+        graph: GraphShape {
+            layers: 1,
+            hidden: dimensions,
+            vocab_size: labels.len(),
+            kv_heads: None,
+            head_dim: None,
+        },
+        special_tokens: SpecialTokens::default(),
+        stop_tokens: Vec::new(),
+        chat_template: None,
+        default_sampling: None,
+        created_at: chrono::Utc::now().to_rfc3339(),
+        modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
+        graph_version: GRAPH_VERSION,
+        build: BuildOptions::default(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
+        path: MANIFEST.to_owned(),
+        reason: err.to_string(),
+    })?;
+    fs::write(staging.path().join(MANIFEST), json).map_err(io("cannot write the manifest"))?;
+    let staged = staging.keep();
+    fs::rename(&staged, &target).map_err(io(format!(
+        "cannot move the package to {}",
+        target.display()
+    )))?;
+    Ok(manifest)
+}
+
 /// Every package in `models_dir`, sorted by id. Directories without a valid manifest
 /// (staging leftovers, foreign files) are skipped.
 pub fn list(models_dir: &Path) -> Result<Vec<Manifest>, PackageError> {
@@ -580,6 +664,7 @@ fn chat_manifest(
         quantization,
         source,
         parent: None,
+        labels: None,
         graph: GraphShape {
             layers: config.layers,
             hidden: config.hidden,
@@ -667,6 +752,7 @@ fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
             path: None,
         },
         parent: None,
+        labels: None,
         graph: GraphShape {
             layers: config.num_hidden_layers,
             hidden: config.hidden_size,

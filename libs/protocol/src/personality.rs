@@ -282,6 +282,10 @@ pub struct Composed {
 pub struct AnalyzeRequest {
     /// At most 200 000 bytes of text.
     pub text: String,
+    /// A classifier model (made by a fine-tuning job with `method.type` `classifier`)
+    /// to score the text with as well.
+    #[serde(default)]
+    pub classifier: Option<String>,
 }
 
 /// A text's style, measured by rules (no model involved).
@@ -311,6 +315,20 @@ pub struct StyleMetrics {
     pub question_ratio: f64,
     /// The share of sentences that end with `!`.
     pub exclamation_ratio: f64,
+    /// With `classifier`: the learned model's verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Classification>,
+}
+
+/// What a learned classifier says of a text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Classification {
+    pub model: String,
+    /// The most probable label.
+    pub label: String,
+    /// Every label's probability (they sum to 1).
+    pub probabilities: std::collections::BTreeMap<String, f64>,
 }
 
 /// VADER's sentiment scores: the shares of positive, neutral and negative weight, and

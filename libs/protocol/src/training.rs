@@ -295,6 +295,54 @@ pub struct Job {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub lora: Lora,
+    /// How the model is trained (OpenAI's `method`; `classifier` is our extension).
+    pub method: Method,
+    /// A classifier job's figures, once it succeeded.
+    pub result: Option<ClassifierResult>,
+}
+
+/// OpenAI's `method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Method {
+    #[serde(rename = "type")]
+    pub kind: MethodKind,
+}
+
+/// What a job trains.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MethodKind {
+    /// LoRA on a chat model, from chat examples (`{"messages": [...]}`).
+    #[default]
+    Supervised,
+    /// A linear head over an embedding model's vectors, from labelled texts
+    /// (`{"text": ..., "label": ...}`), for the personality service.
+    Classifier,
+}
+
+impl MethodKind {
+    /// As stored (`supervised`, `classifier`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodKind::Supervised => "supervised",
+            MethodKind::Classifier => "classifier",
+        }
+    }
+}
+
+/// What a classifier job measured: accuracy on a held-out fifth of the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClassifierResult {
+    pub labels: Vec<String>,
+    /// The share of held-out examples labelled right.
+    pub accuracy: f64,
+    pub held_out: u32,
+    pub train_accuracy: f64,
 }
 
 /// Jobs of `owner` (every job when `None`), newest first, after the job `after`.

@@ -89,6 +89,11 @@ impl Loader {
             PackageKind::Embedding => Served::Embedding(Arc::new(EmbeddingModel::start(
                 &dir, &manifest, runtime, metrics,
             )?)),
+            PackageKind::Classifier => {
+                return Err(format!(
+                    "{id} is a classifier head; the personality service uses it, inference does not serve it"
+                ));
+            }
         })
     }
 }
@@ -113,6 +118,7 @@ impl Models {
             let ids: Vec<String> = package::list(&startup.dir)
                 .unwrap_or_default()
                 .into_iter()
+                .filter(|manifest| manifest.kind != PackageKind::Classifier)
                 .map(|manifest| manifest.id)
                 .collect();
             let mut served = BTreeMap::new();

@@ -18,6 +18,7 @@ use crate::{adherence, compose, metrics::Metrics, personas, personas::Personas, 
 pub struct Personality {
     pub personas: Personas,
     pub metrics: Metrics,
+    pub classifiers: crate::classifiers::Classifiers,
 }
 
 /// Adds every personality endpoint to `host`.
@@ -86,9 +87,15 @@ async fn compose(state: Personality, request: ComposeRequest) -> Result<Composed
     ))
 }
 
-async fn analyze(_: Personality, request: AnalyzeRequest) -> Result<StyleMetrics, ErrorBody> {
+async fn analyze(state: Personality, request: AnalyzeRequest) -> Result<StyleMetrics, ErrorBody> {
     check_text(&request.text)?;
-    Ok(measure(request.text).await)
+    let classification = match &request.classifier {
+        Some(id) => Some(state.classifiers.classify(id, &request.text).await?),
+        None => None,
+    };
+    let mut metrics = measure(request.text).await;
+    metrics.classification = classification;
+    Ok(metrics)
 }
 
 async fn score(state: Personality, request: AdherenceRequest) -> Result<Adherence, ErrorBody> {

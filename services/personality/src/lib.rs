@@ -8,13 +8,15 @@
 //! measures a text and [`adherence`] scores the measure against a persona's traits.
 
 pub mod adherence;
+pub mod classifiers;
 pub mod compose;
+pub mod config;
 mod handlers;
 pub mod metrics;
 pub mod personas;
 pub mod style;
 
-use slough_service::{AdminOnlyConfig, ServiceContext, ServiceError};
+use slough_service::{ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 /// The crate version, which is the version the instance registers with.
@@ -24,12 +26,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DESCRIPTION: &str = "Personas, text-style metrics and persona adherence";
 
 /// The `[personality]` section of the configuration: its admin port.
-pub type Config = AdminOnlyConfig<9404>;
+pub use config::Config;
 
 /// Serves until `shutdown` is cancelled, then leaves the bus.
 pub async fn run(
     ctx: ServiceContext,
-    _config: Config,
+    config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let metrics = metrics::Metrics::register(ctx.registry())
@@ -39,6 +41,12 @@ pub async fn run(
     let state = handlers::Personality {
         personas: personas::Personas::new(store.clone()),
         metrics,
+        classifiers: classifiers::Classifiers::new(
+            config
+                .models_dir
+                .unwrap_or_else(|| ctx.common().data_dir.join("models")),
+            ctx.bus().clone(),
+        ),
     };
     handlers::add(&mut host, state).await?;
     let served = ctx.serve(host, shutdown).await;

@@ -168,6 +168,7 @@ pub fn analyze(text: &str) -> StyleMetrics {
         lexical_diversity: ratio(distinct.len(), words.len()),
         question_ratio: per_sentence(endings.questions),
         exclamation_ratio: per_sentence(endings.exclamations),
+        classification: None,
     }
 }
 

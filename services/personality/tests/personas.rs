@@ -305,6 +305,7 @@ async fn personas_lifecycle(common: CommonConfig) {
             &personality::ANALYZE,
             &AnalyzeRequest {
                 text: "The book was good.".to_owned(),
+                classifier: None,
             },
         )
         .await
@@ -315,6 +316,7 @@ async fn personas_lifecycle(common: CommonConfig) {
             &personality::ANALYZE,
             &AnalyzeRequest {
                 text: "a".repeat(personality::MAX_TEXT_BYTES + 1),
+                classifier: None,
             },
         )
         .await

@@ -176,6 +176,7 @@ fn kind(manifest: &Manifest) -> &'static str {
     match manifest.kind {
         package::ModelKind::Chat => "chat",
         package::ModelKind::Embedding => "embedding",
+        package::ModelKind::Classifier => "classifier",
     }
 }
 

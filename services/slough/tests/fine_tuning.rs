@@ -56,10 +56,12 @@ fn settings(nats: &TestNats, models: &Path) -> Settings {
     settings.common.nats_url = Some(nats.url());
     settings.inference.runtime.library = Some(onnxruntime_library());
     settings.inference.models_dir = Some(models.to_path_buf());
+    settings.personality.models_dir = Some(models.to_path_buf());
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     settings.gateway.listen = any;
     settings.gateway.admin_listen = any;
     settings.inference.admin_listen = any;
+    settings.personality.admin_listen = any;
     settings
 }
 
@@ -207,7 +209,11 @@ async fn a_fine_tuned_model_learns_a_style_survives_a_killed_worker_and_is_serve
     let settings = settings(&nats, &models);
     let key = bootstrap_admin_key(&settings).await.unwrap().unwrap();
     let platform = Platform::start(
-        &[ServiceKind::Inference, ServiceKind::Gateway],
+        &[
+            ServiceKind::Inference,
+            ServiceKind::Personality,
+            ServiceKind::Gateway,
+        ],
         &settings,
         &nats.url(),
     )
@@ -416,6 +422,76 @@ async fn a_fine_tuned_model_learns_a_style_survives_a_killed_worker_and_is_serve
         assert!(Instant::now() < deadline, "{model} is still served");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A classifier job: a head on MiniLM learns formal from casual, and the
+    // personality service scores texts with it.
+    let err = client
+        .post(
+            "/v1/fine_tuning/jobs",
+            &json!({"model": BASE, "training_file": file, "method": {"type": "classifier"}}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("embedding model"),
+        "{err}"
+    );
+    let labelled = std::fs::read(data("formality.jsonl")).unwrap();
+    let labelled = upload(&client, "formality.jsonl", labelled).await.unwrap();
+    let created = client
+        .post(
+            "/v1/fine_tuning/jobs",
+            &json!({
+                "model": "minilm", "training_file": labelled, "suffix": "formality", "seed": 3,
+                "method": {"type": "classifier"},
+            }),
+        )
+        .await
+        .unwrap();
+    let classifier_job = created["id"].as_str().unwrap().to_owned();
+    let done = wait_job(&client, &classifier_job, Duration::from_secs(300), |job| {
+        ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["method"]["type"], "classifier");
+    let accuracy = done["result"]["accuracy"].as_f64().unwrap();
+    eprintln!(
+        "formality classifier: held-out accuracy {accuracy:.3} {:#}",
+        done["result"]
+    );
+    assert!(accuracy >= 0.8, "{done:#}");
+    let classifier = done["fine_tuned_model"].as_str().unwrap();
+    for (text, label) in [
+        (
+            "We kindly request that you submit the signed agreement by Friday.",
+            "formal",
+        ),
+        ("lol yeah see you there, gonna be fun", "casual"),
+    ] {
+        let analyzed = client
+            .post(
+                "/v1/personality/analyze",
+                &json!({"text": text, "classifier": classifier}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(analyzed["classification"]["label"], label, "{analyzed:#}");
+    }
+    let err = client
+        .post(
+            "/v1/personality/analyze",
+            &json!({"text": "hi", "classifier": "no-such-classifier"}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("404") && err.contains("no-such-classifier"),
+        "{err}"
+    );
+
     eprintln!("whole test: {:.0} s", started.elapsed().as_secs_f64());
 
     drop(second);

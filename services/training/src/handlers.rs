@@ -10,7 +10,7 @@ use slough_protocol::{
     training::{
         self, CheckpointList, CreateJob, CreateJobRequest, DeleteModel, EventList, Hyperparameters,
         Job, JobList, JobRequest, LORA_TARGETS, ListJobItems, ListJobs, Lora, MAX_SUFFIX,
-        ModelDeleted, Setting,
+        MethodKind, ModelDeleted, Setting,
     },
 };
 
@@ -181,20 +181,33 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
         integrations,
     } = job;
 
+    let kind = match &method {
+        None => MethodKind::Supervised,
+        Some(method) => method_kind(method)?,
+    };
     match package::read_manifest(&state.worker.paths.models.join(&model)) {
-        Ok(manifest) if manifest.kind == ModelKind::Chat && manifest.architecture == "llama" => {}
-        Ok(manifest) => {
-            return Err(ErrorBody::invalid(
-                "model",
-                format!(
-                    "`{model}` is {} model; only llama chat models can be fine-tuned",
-                    match manifest.kind {
-                        ModelKind::Embedding => "an embedding",
-                        ModelKind::Chat => "a non-llama chat",
-                    }
-                ),
-            ));
-        }
+        Ok(manifest) => match (kind, manifest.kind) {
+            (MethodKind::Supervised, ModelKind::Chat) if manifest.architecture == "llama" => {}
+            (MethodKind::Classifier, ModelKind::Embedding) => {}
+            (MethodKind::Supervised, found) => {
+                return Err(ErrorBody::invalid(
+                    "model",
+                    format!(
+                        "`{model}` is {}; only llama chat models can be fine-tuned (a classifier job, `method.type` `classifier`, trains a head on an embedding model)",
+                        kind_name(found)
+                    ),
+                ));
+            }
+            (MethodKind::Classifier, found) => {
+                return Err(ErrorBody::invalid(
+                    "model",
+                    format!(
+                        "`{model}` is {}; a classifier job needs an embedding model",
+                        kind_name(found)
+                    ),
+                ));
+            }
+        },
         Err(_) => {
             return Err(ErrorBody {
                 param: Some("model".to_owned()),
@@ -232,12 +245,12 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
     let hyperparameters = match (hyperparameters, method) {
         (hyperparameters, None) => hyperparameters.unwrap_or_default(),
         (hyperparameters, Some(method)) => {
-            let from_method = supervised_hyperparameters(&method)?;
+            let from_method = method_hyperparameters(&method, kind)?;
             match (hyperparameters, from_method) {
                 (Some(_), Some(_)) => {
                     return Err(ErrorBody::invalid(
                         "hyperparameters",
-                        "give hyperparameters either at the top level or in method.supervised, not both",
+                        "give hyperparameters either at the top level or in the method, not both",
                     ));
                 }
                 (a, b) => a.or(b).unwrap_or_default(),
@@ -259,6 +272,12 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
                 ),
             ));
         }
+    }
+    if kind == MethodKind::Classifier && lora.is_some() {
+        return Err(ErrorBody::invalid(
+            "lora",
+            "lora applies to supervised jobs, not to classifiers",
+        ));
     }
     let lora = lora.unwrap_or_default();
     check_lora(&lora)?;
@@ -284,30 +303,51 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
         suffix,
         seed: seed.unwrap_or_else(|| u64::from(rand::random::<u32>())),
         metadata,
+        method: kind,
     })
 }
 
-/// The hyperparameters inside OpenAI's `method` (`{"type": "supervised", "supervised":
-/// {"hyperparameters": {...}}}`), when it gives any.
-fn supervised_hyperparameters(
-    method: &serde_json::Value,
-) -> Result<Option<Hyperparameters>, ErrorBody> {
+fn kind_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Chat => "a chat model",
+        ModelKind::Embedding => "an embedding model",
+        ModelKind::Classifier => "a classifier",
+    }
+}
+
+/// The kind of job OpenAI's `method` asks for (`{"type": "supervised"}`, or our
+/// `{"type": "classifier"}`).
+fn method_kind(method: &serde_json::Value) -> Result<MethodKind, ErrorBody> {
     let kind = method.get("type").and_then(|t| t.as_str());
-    if kind != Some("supervised") {
-        return Err(ErrorBody::invalid(
+    match kind {
+        Some("supervised") => Ok(MethodKind::Supervised),
+        Some("classifier") => Ok(MethodKind::Classifier),
+        _ => Err(ErrorBody::invalid(
             "method.type",
             format!(
-                "method type {} is not supported; only `supervised` is",
+                "method type {} is not supported; use `supervised` or `classifier`",
                 kind.map_or("(missing)".to_owned(), |k| format!("`{k}`"))
             ),
-        ));
+        )),
     }
-    match method.pointer("/supervised/hyperparameters") {
+}
+
+/// The hyperparameters inside the method (`{"type": "supervised", "supervised":
+/// {"hyperparameters": {...}}}`), when it gives any.
+fn method_hyperparameters(
+    method: &serde_json::Value,
+    kind: MethodKind,
+) -> Result<Option<Hyperparameters>, ErrorBody> {
+    let pointer = format!("/{}/hyperparameters", kind.as_str());
+    match method.pointer(&pointer) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(value) => serde_json::from_value(value.clone())
             .map(Some)
             .map_err(|err| {
-                ErrorBody::invalid("method.supervised.hyperparameters", err.to_string())
+                ErrorBody::invalid(
+                    format!("method.{}.hyperparameters", kind.as_str()),
+                    err.to_string(),
+                )
             }),
     }
 }

@@ -11,8 +11,9 @@ use sea_orm::{
 use slough_protocol::{
     ErrorBody, ErrorCode,
     training::{
-        CheckpointList, CheckpointMetrics, EventLevel, EventList, Hyperparameters, Job,
-        JobCheckpoint, JobError, JobEvent, JobList, JobStatus, Lora, MAX_LIMIT,
+        CheckpointList, CheckpointMetrics, ClassifierResult, EventLevel, EventList,
+        Hyperparameters, Job, JobCheckpoint, JobError, JobEvent, JobList, JobStatus, Lora,
+        MAX_LIMIT, Method, MethodKind,
     },
 };
 use slough_store::{
@@ -32,6 +33,7 @@ pub struct NewJob {
     pub suffix: Option<String>,
     pub seed: u64,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub method: MethodKind,
 }
 
 /// What a claim on a job found.
@@ -107,6 +109,7 @@ impl Jobs {
             training_file: Set(job.training_file),
             validation_file: Set(job.validation_file),
             status: Set(JobStatus::ValidatingFiles.as_str().to_owned()),
+            method: Set(job.method.as_str().to_owned()),
             hyperparameters: Set(json(&job.hyperparameters)),
             lora: Set(json(&job.lora)),
             suffix: Set(job.suffix),
@@ -114,6 +117,7 @@ impl Jobs {
             fine_tuned_model: Set(None),
             trained_tokens: Set(None),
             error: Set(None),
+            result: Set(None),
             metadata: Set(job.metadata.as_ref().map(json)),
             created_at: Set(Utc::now()),
             finished_at: Set(None),
@@ -384,15 +388,21 @@ impl Jobs {
         Ok(())
     }
 
-    /// Marks a running job of `worker` succeeded with its model.
+    /// Marks a running job of `worker` succeeded with its model (and a classifier's
+    /// figures).
     pub async fn succeed(
         &self,
         id: &str,
         worker: &str,
         fine_tuned_model: &str,
         trained_tokens: u64,
+        figures: Option<&ClassifierResult>,
     ) -> Result<bool, ErrorBody> {
         let result = fine_tuning_job::Entity::update_many()
+            .col_expr(
+                fine_tuning_job::Column::Result,
+                Expr::value(figures.map(json)),
+            )
             .col_expr(
                 fine_tuning_job::Column::Status,
                 Expr::value(JobStatus::Succeeded.as_str()),
@@ -610,6 +620,14 @@ pub fn status(job: &fine_tuning_job::Model) -> JobStatus {
     JobStatus::parse(&job.status).unwrap_or(JobStatus::Failed)
 }
 
+/// A job row's method.
+pub fn method(job: &fine_tuning_job::Model) -> MethodKind {
+    match job.method.as_str() {
+        "classifier" => MethodKind::Classifier,
+        _ => MethodKind::Supervised,
+    }
+}
+
 /// The id the job's model gets: `ft:<base>:<suffix>:<job id>` (OpenAI's shape; the
 /// suffix may be empty).
 pub fn fine_tuned_name(job: &fine_tuning_job::Model) -> String {
@@ -649,6 +667,11 @@ pub fn to_job(row: &fine_tuning_job::Model) -> Job {
             .as_deref()
             .and_then(|m| serde_json::from_str(m).ok()),
         lora: serde_json::from_str(&row.lora).unwrap_or_default(),
+        method: Method { kind: method(row) },
+        result: row
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! pulls it, trains it with [`trainer`] on candle, checkpoints, and exports the merged
 //! model as a package that inference loads.
 
+pub mod classifier;
 pub mod config;
 mod handlers;
 pub mod jobs;

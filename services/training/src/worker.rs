@@ -27,13 +27,17 @@ use slough_modelkit::{
 };
 use slough_protocol::{
     ErrorBody, inference,
-    training::{EventLevel, Hyperparameters, JobError, JobStatus, Lora, Setting},
+    training::{
+        ClassifierResult, EventLevel, Hyperparameters, JobError, JobStatus, Lora, MethodKind,
+        Setting,
+    },
 };
 use slough_store::entities::fine_tuning_job;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    classifier::{self, Labelled},
     jobs::{self, Claim, Jobs},
     metrics::Metrics,
     queue::{Delivery, Queue},
@@ -84,6 +88,8 @@ enum Outcome {
     Succeeded {
         model: String,
         tokens: u64,
+        /// A classifier's figures.
+        figures: Option<ClassifierResult>,
     },
     Failed(JobError),
     /// Cancelled, or the lease went to another worker: nothing more to do here.
@@ -160,18 +166,7 @@ impl Worker {
         param: &str,
     ) -> Result<Vec<Example>, JobError> {
         let code = format!("invalid_{param}");
-        let bytes = self
-            .files
-            .get(file_id)
-            .await
-            .map_err(|err| job_error(&code, err.to_string(), Some(param)))?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            job_error(
-                &code,
-                format!("file {file_id} is not UTF-8 text"),
-                Some(param),
-            )
-        })?;
+        let text = self.file_text(file_id, param).await?;
         let renderer = Renderer {
             template: &base.template,
             tokenizer: &base.tokenizer,
@@ -179,6 +174,61 @@ impl Worker {
         };
         data::parse_file(&text, &renderer)
             .map_err(|err| job_error(&code, format!("file {file_id}: {err}"), Some(param)))
+    }
+
+    /// A file's content as text.
+    async fn file_text(&self, file_id: &str, param: &str) -> Result<String, JobError> {
+        let code = format!("invalid_{param}");
+        let bytes = self
+            .files
+            .get(file_id)
+            .await
+            .map_err(|err| job_error(&code, err.to_string(), Some(param)))?;
+        String::from_utf8(bytes).map_err(|_| {
+            job_error(
+                &code,
+                format!("file {file_id} is not UTF-8 text"),
+                Some(param),
+            )
+        })
+    }
+
+    /// A classifier job's labelled training file.
+    async fn labelled(&self, job: &fine_tuning_job::Model) -> Result<Labelled, JobError> {
+        let text = self.file_text(&job.training_file, "training_file").await?;
+        classifier::parse_file(&text).map_err(|err| {
+            job_error(
+                "invalid_training_file",
+                format!("file {}: {err}", job.training_file),
+                Some("training_file"),
+            )
+        })
+    }
+
+    /// What validating a job's files found, as its event says it.
+    async fn check_files(&self, job: &fine_tuning_job::Model) -> Result<String, JobError> {
+        if jobs::method(job) == MethodKind::Classifier {
+            let labelled = self.labelled(job).await?;
+            return Ok(format!(
+                "Files validated: {} labelled examples, labels {}",
+                labelled.texts.len(),
+                labelled.labels.join(", ")
+            ));
+        }
+        let base = self.base(&job.model)?;
+        let train = self
+            .examples(&base, &job.training_file, "training_file")
+            .await?;
+        let tokens: usize = train.iter().map(|e| e.tokens.len()).sum();
+        let mut message = format!(
+            "Files validated: {} training examples ({tokens} tokens)",
+            train.len()
+        );
+        if let Some(file) = &job.validation_file {
+            let valid = self.examples(&base, file, "validation_file").await?.len();
+            message.push_str(&format!(", {valid} validation examples"));
+        }
+        Ok(message)
     }
 
     /// Checks a `validating_files` job's files; queues it or fails it naming the problem.
@@ -193,36 +243,16 @@ impl Worker {
         if jobs::status(&job) != JobStatus::ValidatingFiles {
             return Ok(());
         }
-        let checked = async {
-            let base = self.base(&job.model)?;
-            let train = self
-                .examples(&base, &job.training_file, "training_file")
-                .await?;
-            let valid = match &job.validation_file {
-                Some(file) => self.examples(&base, file, "validation_file").await?.len(),
-                None => 0,
-            };
-            Ok::<_, JobError>((train, valid))
-        }
-        .await;
-        match checked {
+        match self.check_files(&job).await {
             Err(error) => {
                 self.jobs.fail(id, &error).await?;
             }
-            Ok((train, valid)) => {
-                let tokens: usize = train.iter().map(|e| e.tokens.len()).sum();
+            Ok(message) => {
                 let moved = self
                     .jobs
                     .transition(id, &[JobStatus::ValidatingFiles], JobStatus::Queued)
                     .await?;
                 if moved {
-                    let mut message = format!(
-                        "Files validated: {} training examples ({tokens} tokens)",
-                        train.len()
-                    );
-                    if valid > 0 {
-                        message.push_str(&format!(", {valid} validation examples"));
-                    }
                     self.jobs
                         .event(id, EventLevel::Info, &message, None)
                         .await?;
@@ -306,16 +336,31 @@ impl Worker {
                 }
             })
         };
-        let outcome = self.run(&job, &delivery, &stop).await;
+        let outcome = match jobs::method(&job) {
+            MethodKind::Supervised => self.run(&job, &delivery, &stop).await,
+            MethodKind::Classifier => self.run_classifier(&job).await,
+        };
         heartbeat.abort();
         let status = match outcome {
-            Outcome::Succeeded { model, tokens } => {
-                match self.jobs.succeed(&id, &self.id, &model, tokens).await {
+            Outcome::Succeeded {
+                model,
+                tokens,
+                figures,
+            } => {
+                match self
+                    .jobs
+                    .succeed(&id, &self.id, &model, tokens, figures.as_ref())
+                    .await
+                {
                     Ok(true) => {
+                        // Inference serves chat models; classifiers are personality's.
                         let event = inference::ModelEvent {
                             model: model.clone(),
                         };
-                        if let Err(err) = self.bus.emit(&inference::MODEL_ADDED, &event).await {
+                        let served = figures.is_none();
+                        if served
+                            && let Err(err) = self.bus.emit(&inference::MODEL_ADDED, &event).await
+                        {
                             tracing::warn!(job = %id, "cannot announce {model}: {err}");
                         }
                         let _ = self
@@ -433,6 +478,171 @@ impl Worker {
             })
     }
 }
+
+impl Worker {
+    /// A classifier job: embeds the labelled texts with the job's embedding model (over
+    /// the bus), trains a head on four fifths, measures it on the rest, and writes the
+    /// head as a classifier package.
+    async fn run_classifier(self: &Arc<Self>, job: &fine_tuning_job::Model) -> Outcome {
+        let failed = |code: &str, message: String| Outcome::Failed(job_error(code, message, None));
+        let manifest = match package::read_manifest(&self.paths.models.join(&job.model)) {
+            Ok(manifest) if manifest.kind == ModelKind::Embedding => manifest,
+            _ => {
+                return Outcome::Failed(job_error(
+                    "model_not_found",
+                    format!(
+                        "the embedding model `{}` is not in the models directory",
+                        job.model
+                    ),
+                    Some("model"),
+                ));
+            }
+        };
+        let labelled = match self.labelled(job).await {
+            Ok(labelled) => labelled,
+            Err(error) => return Outcome::Failed(error),
+        };
+        let mut features: Vec<Vec<f32>> = Vec::with_capacity(labelled.texts.len());
+        let mut tokens = 0u64;
+        for chunk in labelled.texts.chunks(32) {
+            let request = inference::EmbedRequest {
+                model: job.model.clone(),
+                inputs: chunk.to_vec(),
+                truncate: true,
+            };
+            match self
+                .bus
+                .call_within(&inference::EMBED, &request, Duration::from_secs(120))
+                .await
+            {
+                Ok(response) => {
+                    tokens += u64::from(response.usage.prompt_tokens);
+                    features.extend(response.embeddings);
+                }
+                Err(err) => {
+                    return failed(
+                        "embedding_failed",
+                        format!("cannot embed the texts with `{}`: {err}", job.model),
+                    );
+                }
+            }
+        }
+        self.note(
+            &job.id,
+            &format!("Embedded {} texts with {}", features.len(), job.model),
+            None,
+        )
+        .await;
+        let requested: Hyperparameters =
+            serde_json::from_str(&job.hyperparameters).unwrap_or_default();
+        let settings = classifier::HeadSettings {
+            epochs: match requested.n_epochs {
+                Setting::Value(n) => u64::from(n),
+                Setting::Auto(_) => 30,
+            },
+            batch_size: match requested.batch_size {
+                Setting::Value(n) => n as usize,
+                Setting::Auto(_) => 16,
+            },
+            learning_rate: CLASSIFIER_LEARNING_RATE
+                * match requested.learning_rate_multiplier {
+                    Setting::Value(m) => m,
+                    Setting::Auto(_) => 1.0,
+                },
+            seed: job.seed as u64,
+        };
+        let resolved = Hyperparameters {
+            n_epochs: Setting::Value(settings.epochs as u32),
+            batch_size: Setting::Value(settings.batch_size as u32),
+            learning_rate_multiplier: Setting::Value(
+                settings.learning_rate / CLASSIFIER_LEARNING_RATE,
+            ),
+        };
+        if let Err(err) = self.jobs.set_hyperparameters(&job.id, &resolved).await {
+            tracing::warn!(job = %job.id, "cannot record the hyperparameters: {err}");
+        }
+        let labels = labelled.labels.len();
+        let (train, held_out) = classifier::split(&labelled.classes, labels, settings.seed);
+        let trained = tokio::task::spawn_blocking(move || {
+            let pick = |idx: &[usize]| -> (Vec<&[f32]>, Vec<usize>) {
+                (
+                    idx.iter().map(|&i| features[i].as_slice()).collect(),
+                    idx.iter().map(|&i| labelled.classes[i]).collect(),
+                )
+            };
+            let (x, y) = pick(&train);
+            let (head, losses) = classifier::train(&x, &y, labels, settings)?;
+            let train_accuracy = head.accuracy(&x, &y)?;
+            let (hx, hy) = pick(&held_out);
+            let accuracy = head.accuracy(&hx, &hy)?;
+            Ok::<_, candle_core::Error>((
+                head.tensors()?,
+                losses,
+                ClassifierResult {
+                    labels: labelled.labels,
+                    accuracy,
+                    held_out: held_out.len() as u32,
+                    train_accuracy,
+                },
+            ))
+        })
+        .await;
+        let (tensors, losses, figures) = match trained {
+            Ok(Ok(trained)) => trained,
+            Ok(Err(err)) => return failed("training_failed", err.to_string()),
+            Err(err) => return failed("training_failed", format!("the trainer crashed: {err}")),
+        };
+        for (epoch, loss) in losses.iter().enumerate() {
+            let metrics = serde_json::json!({
+                "step": epoch + 1,
+                "total_steps": losses.len(),
+                "epoch": epoch + 1,
+                "train_loss": loss,
+            });
+            let message = format!(
+                "Epoch {}/{}: training loss={loss:.4}",
+                epoch + 1,
+                losses.len()
+            );
+            self.note(&job.id, &message, Some(metrics)).await;
+        }
+        let message = format!(
+            "Held-out accuracy {:.3} on {} examples (training {:.3})",
+            figures.accuracy, figures.held_out, figures.train_accuracy
+        );
+        self.note(&job.id, &message, None).await;
+        let name = jobs::fine_tuned_name(job);
+        let written = package::write_classifier(
+            &self.paths.models,
+            &name,
+            &manifest,
+            figures.labels.clone(),
+            &tensors,
+        );
+        match written {
+            Ok(_) => Outcome::Succeeded {
+                model: name,
+                tokens,
+                figures: Some(figures),
+            },
+            Err(err) => failed("export_failed", err.to_string()),
+        }
+    }
+
+    /// Records an info event, logging (not failing) when the store does not take it.
+    async fn note(&self, id: &str, message: &str, metrics: Option<serde_json::Value>) {
+        if let Err(err) = self
+            .jobs
+            .event(id, EventLevel::Info, message, metrics)
+            .await
+        {
+            tracing::warn!(job = id, "cannot record an event: {err}");
+        }
+    }
+}
+
+/// The base learning rate of a classifier head (`learning_rate_multiplier` scales it).
+pub const CLASSIFIER_LEARNING_RATE: f64 = 1e-2;
 
 /// OpenAI's `auto`s made concrete for `examples` examples.
 fn resolve(
@@ -648,6 +858,7 @@ impl Run {
             Ok(model) => Outcome::Succeeded {
                 model,
                 tokens: trainer.position().tokens,
+                figures: None,
             },
             Err(error) => Outcome::Failed(error),
         }

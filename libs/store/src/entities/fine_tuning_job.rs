@@ -18,6 +18,9 @@ pub struct Model {
     pub validation_file: Option<String>,
     /// `validating_files`, `queued`, `running`, `succeeded`, `failed`, `cancelled`.
     pub status: String,
+    /// `supervised` (LoRA on a chat model) or `classifier` (a head on an embedding
+    /// model).
+    pub method: String,
     /// The hyperparameters as requested (JSON), then as resolved once the job starts.
     pub hyperparameters: String,
     /// The LoRA settings (JSON).
@@ -28,6 +31,8 @@ pub struct Model {
     pub trained_tokens: Option<i64>,
     /// `{"code", "message", "param"}` (JSON) once failed.
     pub error: Option<String>,
+    /// A classifier job's figures (JSON) once it succeeded.
+    pub result: Option<String>,
     /// The caller's metadata (JSON object).
     pub metadata: Option<String>,
     pub created_at: DateTimeUtc,

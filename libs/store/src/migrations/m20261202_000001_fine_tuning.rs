@@ -33,6 +33,7 @@ impl MigrationTrait for Migration {
                     .col(string(Jobs::TrainingFile))
                     .col(string_null(Jobs::ValidationFile))
                     .col(string(Jobs::Status))
+                    .col(string(Jobs::Method))
                     .col(text(Jobs::Hyperparameters))
                     .col(text(Jobs::Lora))
                     .col(string_null(Jobs::Suffix))
@@ -40,6 +41,7 @@ impl MigrationTrait for Migration {
                     .col(string_null(Jobs::FineTunedModel))
                     .col(big_integer_null(Jobs::TrainedTokens))
                     .col(text_null(Jobs::Error))
+                    .col(text_null(Jobs::Result))
                     .col(text_null(Jobs::Metadata))
                     .col(timestamp_with_time_zone(Jobs::CreatedAt))
                     .col(timestamp_with_time_zone_null(Jobs::FinishedAt))
@@ -133,6 +135,7 @@ enum Jobs {
     TrainingFile,
     ValidationFile,
     Status,
+    Method,
     Hyperparameters,
     Lora,
     Suffix,
@@ -140,6 +143,7 @@ enum Jobs {
     FineTunedModel,
     TrainedTokens,
     Error,
+    Result,
     Metadata,
     CreatedAt,
     FinishedAt,

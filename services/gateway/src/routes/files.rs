@@ -2,7 +2,8 @@
 //! to the bus's file store (a JetStream object store every service reads), the
 //! metadata to the store. A key sees its own files; an admin key sees every file.
 //! A `fine-tune` file is checked line by line on upload (JSON objects with a `messages`
-//! list); the training service checks the rest when a job starts.
+//! list, or with `text` and `label` for a classifier); the training service checks the
+//! rest when a job starts.
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
 use chrono::Utc;
@@ -211,7 +212,7 @@ pub async fn upload(
     Ok(HttpResponse::Ok().json(FileObject::from(&row)))
 }
 
-/// Lines of a fine-tuning file that are not JSON objects with a `messages` list, named.
+/// Lines of a fine-tuning file that are neither chat examples nor labelled texts, named.
 fn check_fine_tune_file(filename: &str, bytes: &[u8]) -> Result<(), ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::invalid("file", format!("{filename} is not UTF-8 text")))?;
@@ -226,11 +227,15 @@ fn check_fine_tune_file(filename: &str, bytes: &[u8]) -> Result<(), ApiError> {
                 format!("{filename} line {}: not valid JSON: {err}", index + 1),
             )
         })?;
-        if !value.get("messages").is_some_and(|m| m.is_array()) {
+        let chat = value.get("messages").is_some_and(|m| m.is_array());
+        let labelled = ["text", "label"]
+            .iter()
+            .all(|field| value.get(field).is_some_and(|v| v.is_string()));
+        if !chat && !labelled {
             return Err(ApiError::invalid(
                 "file",
                 format!(
-                    "{filename} line {}: each line must be an object with a `messages` list",
+                    "{filename} line {}: each line must be an object with a `messages` list (a chat example) or a `text` and a `label` (a classifier's example)",
                     index + 1
                 ),
             ));
