@@ -133,3 +133,37 @@ async fn unusable_urls_are_named() {
     assert!(message.contains("mysql://me:***@db/x"), "{message}");
     assert!(!message.contains("secret"));
 }
+
+#[tokio::test]
+async fn admin_keys_of_an_older_store_gain_the_fine_tune_scope() {
+    use sea_orm_migration::MigratorTrait as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slough.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    // The store as it was before fine-tuning: the first four migrations.
+    let old = sea_orm::Database::connect(&url).await.unwrap();
+    slough_store::Migrator::up(&old, Some(4)).await.unwrap();
+    let mut admin = key("sk-admin");
+    admin.scopes = Set("admin inference rag".to_owned());
+    admin.insert(&old).await.unwrap();
+    key("sk-plain").insert(&old).await.unwrap();
+    old.close().await.unwrap();
+
+    let store = Store::open(None, dir.path()).await.unwrap();
+    let scopes = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            api_key::Entity::find()
+                .filter(api_key::Column::Prefix.eq(prefix))
+                .one(store.connection())
+                .await
+                .unwrap()
+                .unwrap()
+                .scopes
+        }
+    };
+    assert_eq!(scopes("sk-admin").await, "admin inference rag fine-tune");
+    assert_eq!(scopes("sk-plain").await, "inference");
+    store.close().await;
+}
