@@ -108,3 +108,29 @@ fn a_checkpoint_that_is_not_a_llama_or_lacks_a_tensor_is_named() {
     assert!(matches!(err, BuildError::Safetensors(_)), "{err}");
     assert!(err.to_string().contains("model.layers.2."), "{err}");
 }
+
+#[test]
+fn a_checkpoint_written_as_f16_stays_close_to_f32() {
+    use slough_modelkit::checkpoint::{LlamaCheckpoint, StoredFloat};
+
+    let file = GgufFile::from_bytes(tiny_llama_f32(true)).unwrap();
+    let checkpoint = LlamaCheckpoint::from_gguf(&file).unwrap();
+    let (full, half) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    checkpoint
+        .write_hf_dir(full.path(), StoredFloat::F32)
+        .unwrap();
+    checkpoint
+        .write_hf_dir(half.path(), StoredFloat::F16)
+        .unwrap();
+    let size = |dir: &std::path::Path| {
+        std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(size(half.path()) * 2 <= size(full.path()) + 4096);
+    let exact = hf_logits(full.path(), FloatWeights::Fp32);
+    let scale = exact.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let (worst, _) = compare(&hf_logits(half.path(), FloatWeights::Fp32), &exact);
+    eprintln!("f16 vs f32 checkpoint: max |Δlogit| {worst:.2e} of {scale:.2}");
+    assert!(worst < 2e-3 * scale.max(1.0), "max |Δlogit| {worst}");
+}

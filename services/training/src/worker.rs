@@ -20,7 +20,7 @@ use chrono::Utc;
 use slough_bus::{Bus, FileStore};
 use slough_modelkit::{
     chat::ChatTemplate,
-    checkpoint::{self, ChatFacts, LlamaCheckpoint},
+    checkpoint::{self, ChatFacts, LlamaCheckpoint, StoredFloat},
     gguf::GgufFile,
     llama::{BuildOptions, FloatWeights},
     package::{self, ImportOptions, Manifest, ModelKind, Quiet},
@@ -902,8 +902,14 @@ impl Run {
         let merged = trainer
             .merged(weights)
             .map_err(|err| failed(err.to_string()))?;
+        // Float weights end up as int8/int4 blocks: f16 here halves the disk for no
+        // difference that survives that.
+        let stored = match self.worker.settings.export_weights {
+            FloatWeights::Fp32 => StoredFloat::F32,
+            FloatWeights::Int8 | FloatWeights::Int4 => StoredFloat::F16,
+        };
         merged
-            .write_hf_dir(&dir)
+            .write_hf_dir(&dir, stored)
             .map_err(|err| failed(err.to_string()))?;
         let manifest = &self.base.manifest;
         let chat = ChatFacts {

@@ -153,11 +153,14 @@ fn tiny_llama_typed(tied: bool, float: bool) -> Vec<u8> {
 /// The weights of a float tiny llama GGUF as a Hugging Face checkpoint in `dir`
 /// (`config.json` + `model.safetensors`), as the trainer exports them.
 pub fn write_hf_checkpoint(gguf: &[u8], dir: &std::path::Path) {
-    use slough_modelkit::{checkpoint::LlamaCheckpoint, gguf::GgufFile};
+    use slough_modelkit::{
+        checkpoint::{LlamaCheckpoint, StoredFloat},
+        gguf::GgufFile,
+    };
 
     let file = GgufFile::from_bytes(gguf.to_vec()).unwrap();
     LlamaCheckpoint::from_gguf(&file)
         .unwrap()
-        .write_hf_dir(dir)
+        .write_hf_dir(dir, StoredFloat::F32)
         .unwrap();
 }
