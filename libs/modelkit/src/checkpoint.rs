@@ -130,6 +130,15 @@ impl LlamaCheckpoint {
         })
     }
 
+    /// Reads a package's source: a Hugging Face directory or a GGUF file.
+    pub fn from_source(source: &Path) -> Result<LlamaCheckpoint, CheckpointError> {
+        if source.is_dir() {
+            LlamaCheckpoint::from_hf_dir(source)
+        } else {
+            LlamaCheckpoint::from_gguf(&GgufFile::open(source)?)
+        }
+    }
+
     /// Reads `config.json` and `model.safetensors` of a Hugging Face llama directory.
     pub fn from_hf_dir(dir: &Path) -> Result<LlamaCheckpoint, CheckpointError> {
         let json =

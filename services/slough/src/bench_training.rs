@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::DType;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
-use slough_modelkit::{checkpoint::LlamaCheckpoint, gguf::GgufFile, package};
+use slough_modelkit::{checkpoint::LlamaCheckpoint, package};
 use slough_training::trainer::{
     Hyperparameters, Trainer,
     data::Example,
@@ -57,11 +57,7 @@ pub fn run(
         )
     })?;
     let loading = Instant::now();
-    let base = if source.is_dir() {
-        LlamaCheckpoint::from_hf_dir(&source)?
-    } else {
-        LlamaCheckpoint::from_gguf(&GgufFile::open(&source)?)?
-    };
+    let base = LlamaCheckpoint::from_source(&source)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let vocab = base.config.vocab_size as u32;
     let examples: Vec<Example> = (0..options.batch * (options.steps + 1))

@@ -173,8 +173,7 @@ impl Jobs {
             .all(self.db())
             .await
             .map_err(store_error)?;
-        let has_more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
+        let has_more = trim_page(&mut rows, limit);
         Ok(JobList {
             object: "list".to_owned(),
             data: rows.iter().map(to_job).collect(),
@@ -518,8 +517,7 @@ impl Jobs {
             .all(self.db())
             .await
             .map_err(store_error)?;
-        let has_more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
+        let has_more = trim_page(&mut rows, limit);
         Ok(EventList {
             object: "list".to_owned(),
             data: rows.iter().map(to_event).collect(),
@@ -576,8 +574,7 @@ impl Jobs {
             .all(self.db())
             .await
             .map_err(store_error)?;
-        let has_more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
+        let has_more = trim_page(&mut rows, limit);
         let model = fine_tuned_name(&job);
         let data: Vec<JobCheckpoint> = rows
             .iter()
@@ -603,6 +600,14 @@ impl Jobs {
             has_more,
         })
     }
+}
+
+/// Cuts rows fetched with one extra (`limit + 1`) to `limit`; answers whether there
+/// were more.
+fn trim_page<T>(rows: &mut Vec<T>, limit: u64) -> bool {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    more
 }
 
 fn page_limit(limit: Option<u32>, default: u32) -> Result<u64, ErrorBody> {

@@ -21,7 +21,6 @@ use slough_bus::{Bus, FileStore};
 use slough_modelkit::{
     chat::ChatTemplate,
     checkpoint::{self, ChatFacts, LlamaCheckpoint, StoredFloat},
-    gguf::GgufFile,
     llama::{BuildOptions, FloatWeights},
     package::{self, ImportOptions, Manifest, ModelKind, Quiet},
 };
@@ -882,12 +881,7 @@ impl Run {
                     self.worker.paths.sources.display()
                 ))
             })?;
-        if source.is_dir() {
-            LlamaCheckpoint::from_hf_dir(&source).map_err(|err| unavailable(err.to_string()))
-        } else {
-            let file = GgufFile::open(&source).map_err(|err| unavailable(err.to_string()))?;
-            LlamaCheckpoint::from_gguf(&file).map_err(|err| unavailable(err.to_string()))
-        }
+        LlamaCheckpoint::from_source(&source).map_err(|err| unavailable(err.to_string()))
     }
 
     /// Merges the adapters, writes a Hugging Face directory under the job's directory
