@@ -37,7 +37,7 @@ use tokio::sync::{Mutex, OnceCell, RwLock};
 
 use crate::{
     chunking::Chunker,
-    index::{ChunkPoint, EdgeBackend, Index, IndexError, IndexQuery},
+    index::{Backend, ChunkPoint, Index, IndexError, IndexQuery, blocking},
     metrics::Metrics,
 };
 
@@ -50,20 +50,23 @@ const SPECIAL_TOKENS: u32 = 2;
 /// An open collection.
 struct Open {
     row: collection::Model,
-    index: Arc<dyn Index>,
+    index: Arc<Index>,
     /// Built on first use from the embedding model's tokenizer.
     chunker: OnceCell<Arc<Chunker>>,
     /// One ingest or delete at a time.
     writer: Mutex<()>,
+    /// Held while the index is being optimized after an ingest.
+    optimizing: Arc<Mutex<()>>,
 }
 
 impl Open {
-    fn new(row: collection::Model, index: Arc<dyn Index>) -> Arc<Open> {
+    fn new(row: collection::Model, index: Index) -> Arc<Open> {
         Arc::new(Open {
             row,
-            index,
+            index: Arc::new(index),
             chunker: OnceCell::new(),
             writer: Mutex::new(()),
+            optimizing: Arc::new(Mutex::new(())),
         })
     }
 }
@@ -71,7 +74,7 @@ impl Open {
 /// Every collection of this service.
 pub struct Collections {
     store: Store,
-    backend: EdgeBackend,
+    backend: Backend,
     bus: Bus,
     models_dir: PathBuf,
     embed_batch: usize,
@@ -83,7 +86,8 @@ pub struct Collections {
 pub struct Setup {
     pub store: Store,
     pub bus: Bus,
-    pub collections_dir: PathBuf,
+    /// Where the chunks are indexed.
+    pub backend: Backend,
     pub models_dir: PathBuf,
     pub embed_batch: usize,
     pub metrics: Metrics,
@@ -92,14 +96,13 @@ pub struct Setup {
 impl Collections {
     /// Opens every collection the store lists.
     pub async fn open(setup: Setup) -> Result<Collections, String> {
-        let backend = EdgeBackend::new(&setup.collections_dir);
         let rows = collection::Entity::find()
             .all(setup.store.connection())
             .await
             .map_err(|err| format!("cannot list collections: {err}"))?;
         let collections = Collections {
             store: setup.store,
-            backend,
+            backend: setup.backend,
             bus: setup.bus,
             models_dir: setup.models_dir,
             embed_batch: setup.embed_batch,
@@ -107,21 +110,19 @@ impl Collections {
             open: RwLock::new(HashMap::new()),
         };
         for row in rows {
-            let name = row.name.clone();
-            let index = blocking({
-                let backend = collections.backend.clone();
-                move || backend.open(&name)
-            })
-            .await
-            .map_err(|err| format!("cannot open collection {}: {err}", row.name))?;
+            let index = collections
+                .backend
+                .open(&row.name)
+                .await
+                .map_err(|err| format!("cannot open collection {}: {err}", row.name))?;
             tracing::info!(collection = %row.name, "collection opened");
-            collections.insert(row, Arc::new(index)).await;
+            collections.insert(row, index).await;
         }
         collections.report_sizes().await;
         Ok(collections)
     }
 
-    async fn insert(&self, row: collection::Model, index: Arc<dyn Index>) {
+    async fn insert(&self, row: collection::Model, index: Index) {
         let name = row.name.clone();
         self.open.write().await.insert(name, Open::new(row, index));
     }
@@ -171,13 +172,11 @@ impl Collections {
                 )
             });
         }
-        let name = request.name.clone();
-        let index = blocking({
-            let backend = self.backend.clone();
-            move || backend.create(&name, dimensions as usize)
-        })
-        .await
-        .map_err(index_error)?;
+        let index = self
+            .backend
+            .create(&request.name, dimensions as usize)
+            .await
+            .map_err(index_error)?;
         let row = collection::Model {
             name: request.name.clone(),
             embedding_model: model.id.clone(),
@@ -192,11 +191,11 @@ impl Collections {
             .await
         {
             drop(index);
-            let _ = self.backend.delete(&request.name);
+            let _ = self.backend.delete(&request.name).await;
             return Err(store_error(err));
         }
         let described = describe(&row, 0, 0);
-        open.insert(row.name.clone(), Open::new(row, Arc::new(index)));
+        open.insert(row.name.clone(), Open::new(row, index));
         drop(open);
         tracing::info!(collection = %described.name, model = %described.embedding_model, "collection created");
         self.metrics.size(&described.name, 0, 0);
@@ -265,6 +264,7 @@ impl Collections {
     pub async fn delete(&self, name: &str) -> Result<Collection, ErrorBody> {
         let open = self.get_open(name).await?;
         let _writer = open.writer.lock().await;
+        let _optimizing = open.optimizing.lock().await;
         let described = self.describe(&open).await?;
         let transaction = self.store.connection().begin().await.map_err(store_error)?;
         collection_document::Entity::delete_many()
@@ -278,9 +278,9 @@ impl Collections {
             .map_err(store_error)?;
         transaction.commit().await.map_err(store_error)?;
         self.open.write().await.remove(name);
-        drop(_writer);
+        drop((_writer, _optimizing));
         drop(open);
-        if let Err(err) = self.backend.delete(name) {
+        if let Err(err) = self.backend.delete(name).await {
             tracing::warn!(
                 collection = name,
                 "the deleted collection's shard stays: {err}"
@@ -323,6 +323,9 @@ impl Collections {
         }
         drop(_writer);
         self.report_size(&open).await;
+        if outcome.chunks > 0 {
+            optimize_in_background(&open);
+        }
         Ok(outcome)
     }
 
@@ -374,14 +377,11 @@ impl Collections {
             })
             .collect();
         let count = points.len() as u64;
-        let index = Arc::clone(&open.index);
-        let (id, keep) = (document.id.clone(), hash.clone());
-        blocking(move || {
-            index.upsert(points)?;
-            index.delete_document(&id, Some(&keep))
-        })
-        .await
-        .map_err(index_error)?;
+        open.index.upsert(points).await.map_err(index_error)?;
+        open.index
+            .delete_document(&document.id, Some(&hash))
+            .await
+            .map_err(index_error)?;
         let row = collection_document::ActiveModel {
             collection: Set(collection.to_owned()),
             document_id: Set(document.id.clone()),
@@ -478,9 +478,8 @@ impl Collections {
                         format!("document `{id}` is not in collection `{collection}`"),
                     )
                 })?;
-        let index = Arc::clone(&open.index);
-        let document = id.to_owned();
-        blocking(move || index.delete_document(&document, None))
+        open.index
+            .delete_document(id, None)
             .await
             .map_err(index_error)?;
         collection_document::Entity::delete_by_id((collection.to_owned(), id.to_owned()))
@@ -522,15 +521,12 @@ impl Collections {
             top_k: request.top_k as usize,
             filter: request.filter,
         };
-        let index = Arc::clone(&open.index);
-        let hits = blocking(move || index.search(&query))
-            .await
-            .map_err(|err| match err {
-                IndexError::FilterField(_) | IndexError::FilterValue(_) => {
-                    ErrorBody::invalid("filter", err.to_string())
-                }
-                other => index_error(other),
-            })?;
+        let hits = open.index.search(query).await.map_err(|err| match err {
+            IndexError::FilterField(_) | IndexError::FilterValue(_) => {
+                ErrorBody::invalid("filter", err.to_string())
+            }
+            other => index_error(other),
+        })?;
         self.metrics.searched(request.mode, started.elapsed());
         Ok(SearchResponse {
             mode: request.mode,
@@ -568,6 +564,34 @@ fn describe(row: &collection::Model, documents: u64, chunks: u64) -> Collection 
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
+}
+
+/// Lets the index build its search structures for what was just written, unless it is
+/// already at it; ingestion and searches go on meanwhile.
+fn optimize_in_background(open: &Arc<Open>) {
+    let Ok(optimizing) = Arc::clone(&open.optimizing).try_lock_owned() else {
+        return;
+    };
+    let open = Arc::clone(open);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        match open.index.optimize().await {
+            Ok(true) => tracing::info!(
+                collection = %open.row.name,
+                seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                "collection index optimized"
+            ),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(
+                collection = %open.row.name,
+                "optimizing the collection's index failed: {err}"
+            ),
+        }
+        // The index goes before the guard: a collection deleted next must not find its
+        // shard still held here.
+        drop(open);
+        drop(optimizing);
+    });
 }
 
 /// What a document's chunks depend on.
@@ -636,16 +660,6 @@ fn check_documents(documents: &[Document]) -> Result<(), ErrorBody> {
         }
     }
     Ok(())
-}
-
-/// Runs blocking vector-store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
-) -> Result<T, IndexError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    }
 }
 
 fn index_error(err: IndexError) -> ErrorBody {

@@ -1,6 +1,6 @@
 //! The RAG service: collections of documents, split into chunks with the embedding
-//! model's tokenizer, embedded by inference, and indexed in Qdrant Edge for dense,
-//! sparse (BM25) and hybrid search. Endpoints (`slough.v1.rag.<name>`):
+//! model's tokenizer, embedded by inference, and indexed in Qdrant (embedded Qdrant
+//! Edge shards, or a Qdrant server) for dense, sparse (BM25) and hybrid search. Endpoints (`slough.v1.rag.<name>`):
 //! `create_collection`, `list_collections`, `get_collection`, `delete_collection`,
 //! `ingest`, `delete_document`, `search`.
 //!
@@ -15,7 +15,7 @@ mod handlers;
 pub mod index;
 pub mod metrics;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use slough_service::{ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
@@ -38,14 +38,31 @@ pub async fn run(
     let data_dir = ctx.common().data_dir.clone();
     let metrics = metrics::Metrics::register(ctx.registry())
         .map_err(slough_telemetry::TelemetryError::from)?;
+    let backend = match &config.qdrant.url {
+        None => index::Backend::Edge(index::EdgeBackend::new(
+            &config
+                .collections_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("collections")),
+        )),
+        Some(url) => {
+            let server = index::ServerBackend::new(index::server::ServerSettings {
+                url: url.clone(),
+                api_key: config.qdrant.api_key.clone(),
+                timeout: Duration::from_secs(config.qdrant.timeout_seconds),
+                connect_timeout: Duration::from_secs(config.qdrant.connect_timeout_seconds),
+                collection_prefix: config.qdrant.collection_prefix.clone(),
+            })
+            .map_err(|err| ServiceError::Config(err.to_string()))?;
+            index::Backend::Server(server)
+        }
+    };
+    tracing::info!("collections kept as {}", backend.describe());
     let store = ctx.open_store().await?;
     let setup = collections::Setup {
         store: store.clone(),
         bus: ctx.bus().clone(),
-        collections_dir: config
-            .collections_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("collections")),
+        backend,
         models_dir: config
             .models_dir
             .clone()
