@@ -1571,6 +1571,56 @@ async fn collections_ingest_search_and_answer_with_citations() {
         "{found}"
     );
 
+    // A streamed upload reports progress after each batch of 32 documents, then the
+    // outcome; a document refused in the second batch ends the stream with an error
+    // event that says how far it got, and the first batch stays ingested.
+    let many: Vec<Value> = (0..40)
+        .map(|i| json!({"id": format!("note-{i}"), "text": format!("Maintenance note {i}: check the tyres.")}))
+        .collect();
+    let response = platform
+        .send(
+            "/v1/collections/docs/documents?stream=true",
+            &admin,
+            &json!({"documents": many}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let (events, done) = read_events(response).await;
+    assert!(done);
+    let objects: Vec<&str> = events
+        .iter()
+        .map(|event| event["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        objects,
+        ["ingest.progress", "ingest.progress", "ingest.completed"]
+    );
+    assert_eq!(events[0]["documents_done"], 32);
+    assert_eq!(events[1]["documents_done"], 40);
+    assert_eq!(events[1]["documents_total"], 40);
+    assert_eq!(events[2]["documents"].as_array().unwrap().len(), 40);
+    let mut broken: Vec<Value> = (0..34)
+        .map(|i| json!({"id": format!("extra-{i}"), "text": format!("Extra note {i}.")}))
+        .collect();
+    broken[33]["text"] = json!("   ");
+    let response = platform
+        .send(
+            "/v1/collections/docs/documents?stream=true",
+            &admin,
+            &json!({"documents": broken}),
+        )
+        .await;
+    let (events, done) = read_events(response).await;
+    assert!(!done, "{events:?}");
+    assert_eq!(events[0]["object"], "ingest.progress", "{events:?}");
+    let message = events[1]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("32 of 34 documents were ingested"),
+        "{message}"
+    );
+    let described: Value = platform.get_json("/v1/collections/docs", &reader).await;
+    assert_eq!(described["documents"], 4 + 40 + 32, "{described}");
+
     // Retrieval-augmented chat: the sources are cited, in the answer and the stream.
     let question = json!([{"role": "user", "content": "Which fuel does a turbofan burn?"}]);
     let answered = platform

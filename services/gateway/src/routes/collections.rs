@@ -8,9 +8,10 @@ use slough_protocol::rag::{
     DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode, SearchRequest,
     SearchResponse,
 };
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::call;
+use crate::generation::event_data;
 use crate::{
     AppState,
     error::ApiError,
@@ -140,12 +141,17 @@ pub async fn delete(
     post,
     path = "/v1/collections/{name}/documents",
     tag = "Collections",
-    params(("name" = String, Path, description = "The collection's name")),
+    params(("name" = String, Path, description = "The collection's name"), IngestOptions),
     request_body(content(
         (DocumentsBody = "application/json"),
         (String = "multipart/form-data"),
     )),
-    responses((status = 200, description = "What happened to each document", body = IngestResponse)),
+    responses((status = 200, description = "What happened to each document; with \
+        `stream=true`, `IngestEvent`s as server-sent events ending with `data: [DONE]`",
+        content(
+            (IngestResponse = "application/json"),
+            (IngestEvent = "text/event-stream"),
+        ))),
     security(("api_key" = [])),
 )]
 pub async fn ingest(
@@ -153,6 +159,7 @@ pub async fn ingest(
     Caller(caller): Caller,
     request: HttpRequest,
     name: web::Path<String>,
+    options: web::Query<IngestOptions>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Rag)?;
@@ -163,38 +170,131 @@ pub async fn ingest(
         .unwrap_or("application/json")
         .to_owned();
     let documents = upload::documents(&content_type, body).await?;
-    let collection = name.into_inner();
-    let total = documents.len();
-    let mut outcome = IngestResponse {
-        documents: Vec::with_capacity(total),
-        chunks: 0,
-    };
-    for batch in batches(documents) {
+    let mut ingestion = Ingestion::new(state.bus.clone(), name.into_inner(), documents);
+    if !options.stream {
+        while ingestion.next_batch().await? {}
+        return Ok(HttpResponse::Ok().json(ingestion.outcome));
+    }
+    // Streamed: a progress event after each batch, the outcome, `[DONE]`; a failure is an
+    // error event that says how far it got.
+    let events = futures::stream::unfold(Some(ingestion), |ingestion| async move {
+        let mut ingestion = ingestion?;
+        let event = match ingestion.next_batch().await {
+            Ok(true) => event_data(&IngestEvent::Progress(ingestion.progress())),
+            Ok(false) => {
+                let mut tail = event_data(&IngestEvent::Completed(ingestion.outcome)).to_vec();
+                tail.extend_from_slice(b"data: [DONE]\n\n");
+                return Some((Ok::<_, actix_web::Error>(web::Bytes::from(tail)), None));
+            }
+            Err(err) => {
+                let error = crate::error::ErrorResponse {
+                    error: err.object().clone(),
+                };
+                return Some((Ok(event_data(&error)), None));
+            }
+        };
+        Some((Ok(event), Some(ingestion)))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events))
+}
+
+/// How an upload is answered.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestOptions {
+    /// Stream the progress as server-sent events: an `ingest.progress` event after each
+    /// batch of documents, then `ingest.completed` with what happened to each, then
+    /// `data: [DONE]`.
+    pub stream: bool,
+}
+
+/// How far a streamed upload has got.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestProgress {
+    pub documents_done: usize,
+    pub documents_total: usize,
+    /// Chunks written so far.
+    pub chunks: u64,
+}
+
+/// One event of a streamed upload, named by its `object`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "object")]
+pub enum IngestEvent {
+    #[serde(rename = "ingest.progress")]
+    Progress(IngestProgress),
+    #[serde(rename = "ingest.completed")]
+    Completed(IngestResponse),
+}
+
+/// An upload on its way to the RAG service, one batch at a time.
+struct Ingestion {
+    bus: slough_bus::Bus,
+    collection: String,
+    total: usize,
+    batches: std::vec::IntoIter<Vec<Document>>,
+    outcome: IngestResponse,
+}
+
+impl Ingestion {
+    fn new(bus: slough_bus::Bus, collection: String, documents: Vec<Document>) -> Ingestion {
+        let total = documents.len();
+        Ingestion {
+            bus,
+            collection,
+            total,
+            batches: batches(documents).into_iter(),
+            outcome: IngestResponse {
+                documents: Vec::with_capacity(total),
+                chunks: 0,
+            },
+        }
+    }
+
+    /// Sends the next batch; false when there was none left.
+    async fn next_batch(&mut self) -> Result<bool, ApiError> {
+        let Some(batch) = self.batches.next() else {
+            return Ok(false);
+        };
         let request = IngestRequest {
-            collection: collection.clone(),
+            collection: self.collection.clone(),
             documents: batch,
         };
-        let done = state
+        let done = self
             .bus
             .call_within(&rag::INGEST, &request, INGEST_TIMEOUT)
             .await
             .map_err(|err| {
                 ApiError::from_bus(&err).with_message_suffix(&format!(
-                    " ({} of {total} documents were ingested before this batch)",
-                    outcome.documents.len()
+                    " ({} of {} documents were ingested before this batch)",
+                    self.outcome.documents.len(),
+                    self.total
                 ))
             })?;
-        outcome.chunks += done.chunks;
-        outcome.documents.extend(done.documents);
-        if total > BATCH_DOCUMENTS {
+        self.outcome.chunks += done.chunks;
+        self.outcome.documents.extend(done.documents);
+        if self.total > BATCH_DOCUMENTS {
             tracing::info!(
-                collection = %collection,
-                "ingested {} of {total} documents",
-                outcome.documents.len()
+                collection = %self.collection,
+                "ingested {} of {} documents",
+                self.outcome.documents.len(),
+                self.total
             );
         }
+        Ok(true)
     }
-    Ok(HttpResponse::Ok().json(outcome))
+
+    fn progress(&self) -> IngestProgress {
+        IngestProgress {
+            documents_done: self.outcome.documents.len(),
+            documents_total: self.total,
+            chunks: self.outcome.chunks,
+        }
+    }
 }
 
 /// Documents in batches of at most [`BATCH_DOCUMENTS`] and about [`BATCH_BYTES`] of
