@@ -55,12 +55,7 @@ async fn jester_and_analyst_answers_measure_apart_in_the_direction_of_their_trai
     let platform = Platform::start(&kinds, &settings, &nats.url())
         .await
         .unwrap();
-    let gateway = platform
-        .services()
-        .iter()
-        .find(|service| service.kind() == ServiceKind::Gateway)
-        .unwrap();
-    let api = gateway.address("api").await.unwrap();
+    let api = platform.gateway_api().await.unwrap();
     let client = GatewayClient::new(&format!("http://{api}"), &key).unwrap();
     let mut model = None;
     for _ in 0..600 {

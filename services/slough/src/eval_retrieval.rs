@@ -30,6 +30,8 @@ pub struct RetrievalEvalOptions {
     pub split: String,
     pub embedding_model: Option<String>,
     pub chunk_size: Option<u32>,
+    /// Only this many queries (see [`Dataset::sample`]).
+    pub sample: Option<usize>,
     pub url: Option<String>,
     pub key: Option<String>,
     pub json: Option<PathBuf>,
@@ -153,6 +155,37 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// A smaller dataset for a quick look: the first `queries` judged queries, every
+    /// document judged for them, and every `spread`-th other document as distractors.
+    pub fn sample(&self, queries: usize, spread: usize) -> Dataset {
+        let queries: Vec<(String, String)> = self.queries.iter().take(queries).cloned().collect();
+        let judged: HashSet<&str> = queries
+            .iter()
+            .flat_map(|(id, _)| self.qrels[id].keys().map(String::as_str))
+            .collect();
+        let corpus = self
+            .corpus
+            .iter()
+            .enumerate()
+            .filter(|(position, (id, _))| {
+                judged.contains(id.as_str()) || position % spread.max(1) == 0
+            })
+            .map(|(_, document)| document.clone())
+            .collect();
+        let qrels = queries
+            .iter()
+            .map(|(id, _)| (id.clone(), self.qrels[id].clone()))
+            .collect();
+        Dataset {
+            name: format!("{} (sample)", self.name),
+            corpus,
+            queries,
+            qrels,
+        }
+    }
+}
+
 /// The scores of one ranking against one query's judgements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Scores {
@@ -227,8 +260,8 @@ pub struct RetrievalReport {
     pub modes: BTreeMap<&'static str, Scores>,
 }
 
-/// Documents per ingest call: well under the gateway's body limit.
-const INGEST_BATCH: usize = 64;
+/// Text per upload: well under the gateway's body limit (4 MiB by default).
+const UPLOAD_BYTES: usize = 1024 * 1024;
 /// Chunks fetched per query, folded to at least ten documents.
 const SEARCH_DEPTH: u32 = 40;
 
@@ -264,6 +297,23 @@ pub async fn evaluate(
     })
 }
 
+/// The corpus in uploads of about [`UPLOAD_BYTES`] of text each.
+fn upload_batches(corpus: &[(String, String)]) -> Vec<&[(String, String)]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (position, (_, text)) in corpus.iter().enumerate() {
+        if bytes + text.len() > UPLOAD_BYTES && position > start {
+            batches.push(&corpus[start..position]);
+            (start, bytes) = (position, 0);
+        }
+        bytes += text.len();
+    }
+    if start < corpus.len() {
+        batches.push(&corpus[start..]);
+    }
+    batches
+}
+
 type Measured = (u64, f64, BTreeMap<&'static str, Scores>);
 
 async fn measure(
@@ -276,19 +326,30 @@ async fn measure(
     progress.set_message(format!("{}: ingesting", dataset.name));
     let started = std::time::Instant::now();
     let mut chunks = 0;
-    for batch in dataset.corpus.chunks(INGEST_BATCH) {
+    for batch in upload_batches(&dataset.corpus) {
         let documents: Vec<_> = batch
             .iter()
             .map(|(id, text)| json!({"id": id, "text": text}))
             .collect();
-        let done = gateway
-            .post(
-                &format!("/v1/collections/{name}/documents"),
+        // Streamed, so that the bar moves as the gateway's batches are done.
+        let mut done = 0;
+        gateway
+            .post_events(
+                &format!("/v1/collections/{name}/documents?stream=true"),
                 &json!({"documents": documents}),
+                |event| match event["object"].as_str() {
+                    Some("ingest.progress") => {
+                        let now = event["documents_done"].as_u64().unwrap_or(done);
+                        progress.inc(now.saturating_sub(done));
+                        done = now;
+                    }
+                    Some("ingest.completed") => {
+                        chunks += event["chunks"].as_u64().unwrap_or(0);
+                    }
+                    _ => {}
+                },
             )
             .await?;
-        chunks += done["chunks"].as_u64().unwrap_or(0);
-        progress.inc(batch.len() as u64);
     }
     let ingest_seconds = started.elapsed().as_secs_f64();
     let mut modes = BTreeMap::new();
@@ -321,7 +382,10 @@ async fn measure(
 
 /// `slough eval retrieval`.
 pub fn run(settings: Settings, options: RetrievalEvalOptions) -> anyhow::Result<()> {
-    let dataset = Dataset::read(&options.dataset, &options.split)?;
+    let mut dataset = Dataset::read(&options.dataset, &options.split)?;
+    if let Some(queries) = options.sample {
+        dataset = dataset.sample(queries, 10);
+    }
     let key = api_key(&settings, options.key.clone())?;
     let base = gateway_url(&settings, options.url.clone());
     crate::runtime()?.block_on(async {

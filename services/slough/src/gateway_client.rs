@@ -41,6 +41,51 @@ impl GatewayClient {
         self.send(request).await
     }
 
+    /// `POST path` with `body` as JSON, answered with server-sent events: each event's
+    /// JSON goes to `on_event` as it arrives; an `error` event fails the call.
+    pub async fn post_events<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+        mut on_event: impl FnMut(Value),
+    ) -> anyhow::Result<()> {
+        let mut response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or_default();
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            anyhow::bail!("the gateway answered {status}: {message}");
+        }
+        let mut pending = Vec::new();
+        while let Some(bytes) = response.chunk().await? {
+            pending.extend_from_slice(&bytes);
+            while let Some(end) = pending.windows(2).position(|pair| pair == b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                let Some(data) = text.trim().strip_prefix("data: ") else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    return Ok(());
+                }
+                let value: Value = serde_json::from_str(data)
+                    .with_context(|| format!("a server-sent event that is not JSON: {data}"))?;
+                if let Some(message) = value["error"]["message"].as_str() {
+                    anyhow::bail!("the gateway failed midway: {message}");
+                }
+                on_event(value);
+            }
+        }
+        anyhow::bail!("the gateway's event stream ended before [DONE]")
+    }
+
     /// `POST path` with a multipart form: the text `fields` and one `file` part.
     pub async fn upload(
         &self,

@@ -189,6 +189,10 @@ enum EvalCommand {
         /// Tokens per chunk (default: the collection default).
         #[arg(long)]
         chunk_size: Option<u32>,
+        /// A quick look: only the first N judged queries, their judged documents and
+        /// every tenth other document.
+        #[arg(long, value_name = "N")]
+        sample: Option<usize>,
         /// The gateway's URL (default: http:// and the configured gateway.listen).
         #[arg(long)]
         url: Option<String>,
@@ -575,6 +579,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     split,
                     embedding_model,
                     chunk_size,
+                    sample,
                     url,
                     key,
                     json,
@@ -586,6 +591,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 split,
                 embedding_model,
                 chunk_size,
+                sample,
                 url,
                 key,
                 json,

@@ -135,6 +135,15 @@ impl Platform {
         &self.services
     }
 
+    /// The gateway's API address, once it listens (None without a gateway).
+    pub async fn gateway_api(&self) -> Option<std::net::SocketAddr> {
+        let gateway = self
+            .services
+            .iter()
+            .find(|service| service.kind() == ServiceKind::Gateway)?;
+        gateway.address("api").await
+    }
+
     /// Resolves when a service stops with an error on its own.
     pub async fn failed(&self) {
         self.failed.cancelled().await;

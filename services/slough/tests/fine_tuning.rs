@@ -219,12 +219,7 @@ async fn a_fine_tuned_model_learns_a_style_survives_a_killed_worker_and_is_serve
     )
     .await
     .unwrap();
-    let gateway = platform
-        .services()
-        .iter()
-        .find(|service| service.kind() == ServiceKind::Gateway)
-        .unwrap();
-    let api = gateway.address("api").await.unwrap();
+    let api = platform.gateway_api().await.unwrap();
     let client = GatewayClient::new(&format!("http://{api}"), &key).unwrap();
     let worker = training_worker(&nats, &settings, &models);
     let deadline = Instant::now() + Duration::from_secs(60);
