@@ -476,11 +476,13 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
     let embedding_success = killed.elapsed();
 
     // The open streams end: those on the killed replica with an error event, the rest
-    // with [DONE]; none hangs past the heartbeat window.
+    // with [DONE]; none hangs. The survivor's four take their 200 tokens' time (longer
+    // on a busy machine), so the limit is generous; the killed replica's end within
+    // the heartbeat window either way.
     let (mut failed, mut finished) = (0, 0);
     for mut stream in streams {
         let mut text = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let read = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(chunk) = stream.chunk().await.unwrap() {
                 text.push_str(&String::from_utf8_lossy(&chunk));
             }
