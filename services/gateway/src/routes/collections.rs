@@ -171,7 +171,7 @@ pub async fn ingest(
         .to_owned();
     let documents = upload::documents(&content_type, body).await?;
     let mut ingestion = Ingestion::new(state.bus.clone(), name.into_inner(), documents);
-    if !options.stream {
+    if options.stream != Some(true) {
         while ingestion.next_batch().await? {}
         return Ok(HttpResponse::Ok().json(ingestion.outcome));
     }
@@ -204,12 +204,13 @@ pub async fn ingest(
 
 /// How an upload is answered.
 #[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct IngestOptions {
     /// Stream the progress as server-sent events: an `ingest.progress` event after each
     /// batch of documents, then `ingest.completed` with what happened to each, then
-    /// `data: [DONE]`.
-    pub stream: bool,
+    /// `data: [DONE]` (default false).
+    pub stream: Option<bool>,
 }
 
 /// How far a streamed upload has got.
