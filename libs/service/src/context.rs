@@ -22,7 +22,7 @@ use slough_telemetry::{AdminServer, Readiness};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CommonConfig, ServiceError};
+use crate::{CommonConfig, ServiceError, nats_probe::NatsProbe};
 
 /// The outcome of one readiness check: `Err` carries why the dependency is not usable.
 pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -37,6 +37,8 @@ pub struct ServiceContext {
     admin: AdminServer,
     admin_url: String,
     listening: Listening,
+    /// Keeps the NATS connection's gauges current while the context lives.
+    _nats_probe: NatsProbe,
 }
 
 /// The addresses a service's servers bound (the gateway's `api`, monitoring's
@@ -116,6 +118,8 @@ impl ServiceContext {
                 Box::pin(async move { health.report().await })
             })
         };
+        let nats_probe = NatsProbe::start(kind, health.bus.clone(), &registry)
+            .map_err(slough_telemetry::TelemetryError::from)?;
         let admin = AdminServer::start(admin_listen, registry.clone(), readiness)?;
         let admin_url = format!(
             "http://{}",
@@ -129,6 +133,7 @@ impl ServiceContext {
             admin,
             admin_url,
             listening: Listening::default(),
+            _nats_probe: nats_probe,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod context;
+pub mod nats_probe;
 pub mod nats_server;
 
 pub use config::{AdminOnlyConfig, CommonConfig, ConfigError, load_config};
