@@ -22,6 +22,7 @@ pub struct Metrics {
     cancelled: IntCounterVec,
     embedded_texts: IntCounterVec,
     embed_seconds: HistogramVec,
+    loads: IntCounterVec,
 }
 
 /// One model's series, handed to its scheduler.
@@ -86,6 +87,14 @@ impl Metrics {
             &["model"],
         )?;
         registry.register(Box::new(kv_cache_usage.clone()))?;
+        let loads = IntCounterVec::new(
+            Opts::new(
+                "slough_inference_model_loads_total",
+                "Model packages loaded (at start or on demand), by outcome (loaded, failed)",
+            ),
+            &["model", "outcome"],
+        )?;
+        registry.register(Box::new(loads.clone()))?;
         Ok(Metrics {
             ttft: histogram(
                 "time_to_first_token_seconds",
@@ -130,7 +139,14 @@ impl Metrics {
                 "Time to embed one request's texts",
                 LATENCY_BUCKETS,
             )?,
+            loads,
         })
+    }
+
+    /// Counts one attempt to load package `model`.
+    pub fn model_load(&self, model: &str, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "failed" };
+        self.loads.with_label_values(&[model, outcome]).inc();
     }
 
     /// The series of `model` (created at zero).

@@ -72,8 +72,14 @@ struct Loader {
 }
 
 impl Loader {
-    /// Loads package `id` (blocking: builds its session).
+    /// Loads package `id` (blocking: builds its session), counting the attempt.
     fn load(&self, id: &str) -> Result<Served, String> {
+        let loaded = self.build(id);
+        self.metrics.model_load(id, loaded.is_ok());
+        loaded
+    }
+
+    fn build(&self, id: &str) -> Result<Served, String> {
         let runtime = self.runtime.as_ref().map_err(Clone::clone)?;
         let dir = self.dir.join(id);
         let manifest = package::read_manifest(&dir).map_err(|err| err.to_string())?;
