@@ -42,6 +42,35 @@ pub enum StoreError {
     Query(#[from] sea_orm::DbErr),
 }
 
+/// Whether `err` means the database cannot be reached now (connection refused or lost,
+/// the pool exhausted, the server shutting down or refusing connections, a SQLite file
+/// busy) rather than a wrong query: callers answer 503 and try again later.
+pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => {
+            match err {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL: connection exceptions (08), operator intervention (57P),
+                // "not accepting connections" (55000), too many connections (53300);
+                // SQLite: busy (5) and locked (6).
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || ["55000", "53300", "5", "6"].contains(&code.as_ref())
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// A connection pool on a migrated database.
 #[derive(Debug, Clone)]
 pub struct Store {

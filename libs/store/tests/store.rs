@@ -167,3 +167,58 @@ async fn admin_keys_of_an_older_store_gain_the_fine_tune_scope() {
     assert_eq!(scopes("sk-plain").await, "inference");
     store.close().await;
 }
+
+/// A database that refuses connections is told apart from a wrong query (503, not 500,
+/// for callers), and the same store works again once the database is back.
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_and_comes_back() {
+    use sea_orm::ConnectionTrait as _;
+    let database = TestPostgres::create().await;
+    let url = SecretString::from(database.url().to_owned());
+    let unused = tempfile::tempdir().unwrap();
+    let store = Store::open(Some(&url), unused.path()).await.unwrap();
+    let wrong = store
+        .connection()
+        .execute_unprepared("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    assert!(!slough_store::is_unavailable(&wrong), "{wrong}");
+
+    let admin = sea_orm::Database::connect(TestPostgres::admin_url())
+        .await
+        .unwrap();
+    let name = database.url().rsplit('/').next().unwrap().to_owned();
+    let allow = async |allow: bool| {
+        admin
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}"
+            ))
+            .await
+            .unwrap();
+        if !allow {
+            admin
+                .execute_unprepared(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    allow(false).await;
+    let gone = store
+        .connection()
+        .execute_unprepared("SELECT 1")
+        .await
+        .unwrap_err();
+    assert!(slough_store::is_unavailable(&gone), "{gone}");
+    allow(true).await;
+    store
+        .connection()
+        .execute_unprepared("SELECT 1")
+        .await
+        .unwrap();
+    store.close().await;
+    let _ = admin.close().await;
+    database.drop_database().await;
+}

@@ -163,6 +163,19 @@ impl ApiError {
     }
 
     /// 500: a bug or an unexpected failure; the details go to the log, not the client.
+    /// A store error: 503 (try again shortly) when the database cannot be reached now,
+    /// else 500.
+    pub fn store(context: &str, error: &sea_orm::DbErr) -> ApiError {
+        if slough_store::is_unavailable(error) {
+            tracing::warn!(error = %error, "{context}: the store is unavailable");
+            return ApiError::unavailable(
+                format!("{context}: the database cannot be reached; try again shortly"),
+                std::time::Duration::from_secs(5),
+            );
+        }
+        ApiError::internal(context, error)
+    }
+
     pub fn internal(context: &str, error: impl fmt::Display) -> ApiError {
         tracing::error!(error = %error, "{context}");
         ApiError::new(
@@ -242,7 +255,8 @@ impl From<KeyError> for ApiError {
             }
             KeyError::NotFound(_) => ApiError::not_found("key_not_found", message),
             KeyError::Invalid { param, message } => ApiError::invalid(param, message),
-            KeyError::AdminKey(_) | KeyError::AdminKeyFile { .. } | KeyError::Store { .. } => {
+            KeyError::Store { source, .. } => ApiError::store("cannot check the API key", &source),
+            KeyError::AdminKey(_) | KeyError::AdminKeyFile { .. } => {
                 ApiError::internal("cannot use the API keys", message)
             }
         }

@@ -152,7 +152,14 @@ pub async fn run(
     let served = ctx.serve(host, bus_shutdown).await;
     let _ = stopped.await;
     drop(state);
-    let _ = writer.await;
+    // The last usage rows are stored; a store that is down gets a few seconds, not the
+    // writer's whole patience.
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!("the store did not take the last usage rows within 10 s; they are lost");
+    }
     store.close().await;
     served
 }
@@ -193,6 +200,11 @@ fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServe
             .app_data(state.clone())
             .app_data(document.clone())
             .app_data(web::PayloadConfig::new(body_limit))
+            // A query string that does not fit a route's parameters is the caller's
+            // error, answered in the API's JSON error shape.
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                error::ApiError::invalid("query", format!("bad query string: {err}")).into()
+            }))
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(http::observe))
             .configure(routes::configure)

@@ -126,7 +126,7 @@ impl Limits {
         }
         let spent = ledger::spent(&self.store, key_id)
             .await
-            .map_err(|err| ApiError::internal("cannot read the key's usage", err))?;
+            .map_err(|err| ApiError::store("cannot read the key's usage", &err))?;
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
         limits.spent = spent;

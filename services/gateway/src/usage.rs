@@ -1,9 +1,14 @@
 //! Usage accounting: one `usage` row per model request (key, model, tokens, latency,
 //! status). Handlers never wait for the store: a [`Metered`] guard hands its row to a
 //! bounded queue when the request ends (however it ends), and one writer task stores
-//! rows in batches through the [`ledger`](crate::ledger), which also sums them.
+//! rows in batches through the [`ledger`](crate::ledger), which also sums them. While
+//! the database is unreachable the rows wait (the queue is bounded) and are stored when
+//! it is back.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use sea_orm::Set;
@@ -38,10 +43,8 @@ impl UsageRecorder {
         let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rows.recv_many(&mut batch, BATCH).await > 0 {
-                let count = batch.len();
-                if let Err(err) = ledger::insert(&store, batch.drain(..)).await {
-                    tracing::error!(error = %err, rows = count, "cannot store usage rows");
-                }
+                store_batch(&store, &batch).await;
+                batch.clear();
             }
         });
         (UsageRecorder { queue, metrics }, writer)
@@ -54,6 +57,31 @@ impl UsageRecorder {
         }
     }
 }
+
+/// Stores one batch of rows. While the database cannot be reached the batch waits and is
+/// tried again (for up to [`OUTAGE`]), and later rows wait in the queue behind it;
+/// another error loses the batch, logged.
+async fn store_batch(store: &Store, batch: &[usage::ActiveModel]) {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ledger::insert(store, batch.iter().cloned()).await {
+            Ok(()) => return,
+            Err(err) if slough_store::is_unavailable(&err) && started.elapsed() < OUTAGE => {
+                tracing::warn!(error = %err, rows = batch.len(), "the store is unavailable; usage rows wait");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, rows = batch.len(), "cannot store usage rows");
+                return;
+            }
+        }
+    }
+}
+
+/// How long a batch of usage rows waits for an unavailable store.
+const OUTAGE: Duration = Duration::from_secs(600);
 
 /// Accounts for one admitted model request: holds its in-flight slot, and when dropped
 /// stores its usage row, counts its tokens against the key's limits and in the metrics.

@@ -1620,6 +1620,17 @@ async fn collections_ingest_search_and_answer_with_citations() {
     );
     let described: Value = platform.get_json("/v1/collections/docs", &reader).await;
     assert_eq!(described["documents"], 4 + 40 + 32, "{described}");
+    // A query parameter that does not parse is refused in the API's error shape.
+    let response = platform
+        .send(
+            "/v1/collections/docs/documents?stream=maybe",
+            &admin,
+            &json!({"documents": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let refused: Value = response.json().await.unwrap();
+    assert_eq!(refused["error"]["param"], "query", "{refused}");
 
     // Retrieval-augmented chat: the sources are cited, in the answer and the stream.
     let question = json!([{"role": "user", "content": "Which fuel does a turbofan burn?"}]);

@@ -77,7 +77,7 @@ pub async fn create(
         body.correction.as_deref(),
     )
     .await
-    .map_err(|err| ApiError::internal("stored completions", err))?;
+    .map_err(|err| ApiError::store("stored completions", &err))?;
     if !rated {
         return Err(ApiError::not_found(
             "completion_not_found",

@@ -101,7 +101,7 @@ async fn files(state: &AppState) -> Result<&FileStore, ApiError> {
 }
 
 fn store_error(err: sea_orm::DbErr) -> ApiError {
-    ApiError::internal("file store", err)
+    ApiError::store("file store", &err)
 }
 
 /// Uploads a file (`multipart/form-data` with `purpose` and `file`).

@@ -74,7 +74,7 @@ pub async fn report(
     let id = query.key_id.unwrap_or(caller.id);
     let report = ledger::report(&state.store, id, since, budget)
         .await
-        .map_err(|err| ApiError::internal("cannot read usage", err))?;
+        .map_err(|err| ApiError::store("cannot read usage", &err))?;
     Ok(HttpResponse::Ok().json(report))
 }
 
