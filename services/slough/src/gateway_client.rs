@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::Settings;
 
 /// One gateway, one key.
+#[derive(Clone)]
 pub struct GatewayClient {
     http: reqwest::Client,
     base: String,
@@ -39,6 +40,13 @@ impl GatewayClient {
     pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> anyhow::Result<Value> {
         let request = self.http.post(format!("{}{path}", self.base)).json(body);
         self.send(request).await
+    }
+
+    /// A `POST path` with the key, for a caller that reads the answer its own way.
+    pub fn post_request(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
     }
 
     /// `POST path` with `body` as JSON, answered with server-sent events: each event's

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_gateway;
 pub mod bench_rag;
 pub mod bench_training;
+pub mod chaos;
 pub mod datasets;
 pub mod eval_persona;
 pub mod eval_retrieval;

@@ -99,6 +99,28 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Run the platform as separate processes on 127.0.0.1, inject a fault under load,
+    /// print figures, and fail when the scenario's promise is broken: `soak` (no errors,
+    /// memory growth under 5 %), `replica-loss` (SIGKILL one of two inference replicas),
+    /// `nats-restart` (stop and restart nats-server), `store-outage` (PostgreSQL refuses
+    /// connections for a while).
+    Chaos {
+        #[arg(value_enum)]
+        scenario: slough::chaos::Scenario,
+        /// Concurrent streaming chats (one more client sends embeddings).
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// How long the load runs, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Tokens each chat asks for.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// store-outage: a PostgreSQL database URL on a server where this user may
+        /// create databases (the scenario makes and drops its own).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres: String,
+    },
     /// Fine-tuning data from the platform's own use.
     Datasets {
         #[command(subcommand)]
@@ -374,6 +396,7 @@ fn main() -> ExitCode {
             | Command::Eval { .. }
             | Command::Train { .. }
             | Command::Datasets { .. }
+            | Command::Chaos { .. }
             | Command::Jobs { .. }
     ) {
         // A one-shot command: its output is the answer, logs only when something is wrong.
@@ -529,6 +552,22 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             runtime()?.block_on(train::train(&client, options))
         }
+        Command::Chaos {
+            scenario,
+            streams,
+            seconds,
+            max_tokens,
+            postgres,
+        } => slough::chaos::run(
+            &settings,
+            &slough::chaos::ChaosOptions {
+                scenario,
+                streams,
+                seconds,
+                max_tokens,
+                postgres,
+            },
+        ),
         Command::Datasets {
             command: DatasetsCommand::FromFeedback { min_rating },
         } => datasets::from_feedback(&settings, min_rating),
