@@ -545,3 +545,36 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
     wait_exit(&mut gateway, Duration::from_secs(30));
     wait_exit(&mut replicas[1], Duration::from_secs(30));
 }
+
+/// `slough chaos store-outage` end to end: PostgreSQL refuses connections for ten
+/// seconds under load, and the promises hold (clean 503s while it is gone, `/readyz`
+/// names the store, requests succeed again without a restart, usage complete).
+#[test]
+fn chaos_store_outage_keeps_its_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+    let postgres = slough_testkit::TestPostgres::admin_url();
+    let output = env
+        .command(&[
+            "chaos",
+            "store-outage",
+            "--streams",
+            "2",
+            "--seconds",
+            "30",
+            "--max-tokens",
+            "16",
+            "--postgres",
+            &postgres,
+        ])
+        .env(
+            "SLOUGH_INFERENCE__MODELS_DIR",
+            slough_testkit::test_models_dir(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    assert!(stdout.contains("every promise kept"), "{stdout}");
+    assert!(stdout.contains("503 unavailable"), "{stdout}");
+}
