@@ -66,14 +66,18 @@ impl BusError {
     pub fn code(&self) -> ErrorCode {
         match self {
             BusError::Service(body) => body.code,
-            BusError::NoResponders { .. } | BusError::Connect { .. } => ErrorCode::Unavailable,
+            // A lost frame is the bus failing in transit (NATS reconnecting), not a bug:
+            // the caller may try again.
+            BusError::NoResponders { .. }
+            | BusError::Connect { .. }
+            | BusError::StreamGap { .. } => ErrorCode::Unavailable,
             BusError::Timeout { .. }
             | BusError::ProducerLost { .. }
             | BusError::DeadlinePassed { .. } => ErrorCode::Timeout,
             BusError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             BusError::Codec { .. } => ErrorCode::InvalidRequest,
             BusError::StreamClosed { .. } => ErrorCode::Cancelled,
-            BusError::Nats(_) | BusError::StreamGap { .. } => ErrorCode::Internal,
+            BusError::Nats(_) => ErrorCode::Internal,
         }
     }
 

@@ -600,7 +600,7 @@ async fn start(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let (Ok(chat), Ok(embed)) = (
-            gateway.first_model("chat").await,
+            base_chat_model(&gateway).await,
             gateway.first_model("embedding").await,
         ) {
             return Ok((gateway, chat, embed));
@@ -613,6 +613,20 @@ async fn start(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The first chat model that is not itself fine-tuned (the fine-tuning job's base).
+async fn base_chat_model(gateway: &GatewayClient) -> anyhow::Result<String> {
+    let list = gateway.get("/v1/models").await?;
+    list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|model| model["kind"] == "chat" && model["persona"].is_null())
+        .filter_map(|model| model["id"].as_str())
+        .find(|id| !id.starts_with("ft:"))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the gateway serves no base chat model"))
 }
 
 async fn soak(
