@@ -1,7 +1,8 @@
 //! `slough chaos <scenario>`: how the platform behaves under faults, measured. Each
 //! scenario starts its own platform as separate processes (`nats-server`, and `slough
 //! run <service>` per instance) on free ports of 127.0.0.1 with a throw-away data
-//! directory and this data directory's models, drives streaming chats and embeddings
+//! directory and this data directory's models (linked, so that a model it fine-tunes
+//! stays in the throw-away directory), drives streaming chats and embeddings
 //! through the gateway, injects its fault, prints a table of figures, and fails when
 //! the scenario's promise is broken:
 //!
@@ -71,7 +72,7 @@ pub fn run(settings: &Settings, options: &ChaosOptions) -> anyhow::Result<()> {
             .options(0, scratch.path().join("nats")),
     )?;
     let rt = crate::runtime()?;
-    let mut cluster = Cluster::new(settings, scratch.path(), nats.url());
+    let mut cluster = Cluster::new(settings, scratch.path(), nats.url())?;
     let outcome = match options.scenario {
         Scenario::Soak => rt.block_on(soak(&mut cluster, &nats, options)),
         Scenario::ReplicaLoss => rt.block_on(replica_loss(&mut cluster, settings, options)),
@@ -110,19 +111,29 @@ struct Process {
 }
 
 impl Cluster {
-    fn new(settings: &Settings, dir: &Path, nats_url: String) -> Cluster {
+    fn new(settings: &Settings, dir: &Path, nats_url: String) -> anyhow::Result<Cluster> {
         let data = &settings.common.data_dir;
         let models = settings
             .inference
             .models_dir
             .clone()
             .unwrap_or_else(|| data.join("models"));
+        // The packages, linked into the scratch directory: what the run fine-tunes lands
+        // there, not among the user's models.
+        let linked = dir.join("models");
+        std::fs::create_dir_all(&linked)?;
+        for entry in std::fs::read_dir(&models)
+            .with_context(|| format!("cannot read the models in {}", models.display()))?
+        {
+            let entry = entry?;
+            std::os::unix::fs::symlink(entry.path(), linked.join(entry.file_name()))?;
+        }
         let mut env = vec![
             ("SLOUGH_DATA_DIR".to_owned(), dir.join("data")),
-            ("SLOUGH_INFERENCE__MODELS_DIR".to_owned(), models.clone()),
-            ("SLOUGH_RAG__MODELS_DIR".to_owned(), models.clone()),
-            ("SLOUGH_PERSONALITY__MODELS_DIR".to_owned(), models.clone()),
-            ("SLOUGH_TRAINING__MODELS_DIR".to_owned(), models.clone()),
+            ("SLOUGH_INFERENCE__MODELS_DIR".to_owned(), linked.clone()),
+            ("SLOUGH_RAG__MODELS_DIR".to_owned(), linked.clone()),
+            ("SLOUGH_PERSONALITY__MODELS_DIR".to_owned(), linked.clone()),
+            ("SLOUGH_TRAINING__MODELS_DIR".to_owned(), linked),
             (
                 "SLOUGH_TRAINING__SOURCES_DIR".to_owned(),
                 settings
@@ -143,7 +154,7 @@ impl Cluster {
                     .unwrap_or_else(|| data.join("runtime/libonnxruntime.so")),
             ));
         }
-        Cluster {
+        Ok(Cluster {
             exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slough")),
             dir: dir.to_owned(),
             nats_url,
@@ -155,7 +166,7 @@ impl Cluster {
                 .map(|(k, v)| (k, v.display().to_string()))
                 .collect(),
             processes: Vec::new(),
-        }
+        })
     }
 
     /// Starts `slough run <service>` as process `name`; its log goes to `logs/<name>.log`.
