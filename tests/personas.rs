@@ -65,7 +65,9 @@ async fn jester_and_analyst_answers_measure_apart_in_the_direction_of_their_trai
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let model = model.expect("the gateway lists the chat model");
+    model.expect("the gateway lists a chat model");
+    // The base test model by name: the shared test models directory may hold others.
+    let model = slough_testkit::CHAT_MODEL.to_owned();
 
     let prompts = eval_persona::read_prompts(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/persona-prompts.txt"),
