@@ -1,7 +1,8 @@
 //! Each request is a span: a caller's `traceparent` is adopted, the trace id comes back
 //! as `x-request-id`, and the spans of one chat request, from the gateway and from
 //! inference across NATS, reach a real OTLP/HTTP receiver under that one trace id with
-//! the GenAI attributes. Its own binary, as it installs the global subscriber.
+//! the GenAI attributes; a chat with a persona and retrieval has spans from every
+//! service on its path. Its own binary, as it installs the global subscriber.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,7 +21,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message as _;
 use serde_json::json;
-use support::{CHAT, Platform, gateway_config, inference_config};
+use support::{CHAT, EMBED, Platform, gateway_config, inference_config};
 
 /// Spans an OTLP/HTTP receiver got, decoded.
 type Received = Arc<Mutex<Vec<Span>>>;
@@ -177,6 +178,65 @@ async fn requests_join_the_callers_trace() {
     );
     assert!(attribute(&generate, "gen_ai.usage.input_tokens").is_some());
     assert!(attribute(&generate, "gen_ai.usage.output_tokens").is_some());
+
+    // A chat with a persona and retrieval crosses every service on its path: the
+    // gateway, personality (compose and adherence), rag (search, which embeds the
+    // question on inference) and inference; all of it under the one trace id.
+    let admin = platform.admin_key.clone();
+    let created = platform
+        .send(
+            "/v1/collections",
+            &admin,
+            &json!({"name": "traced", "embedding_model": EMBED}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let ingested = platform
+        .send(
+            "/v1/collections/traced/documents",
+            &admin,
+            &json!({"documents": [{"id": "fuel", "text": "Jet engines burn kerosene."}]}),
+        )
+        .await;
+    assert_eq!(ingested.status(), 200);
+    let response = platform
+        .send(
+            "/v1/chat/completions",
+            &admin,
+            &json!({"model": CHAT, "persona": "analyst", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "What do jet engines burn?"}],
+                    "rag": {"collection": "traced", "top_k": 1}}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let rag_trace = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let wanted = ["gateway", "inference", "personality", "rag"];
+    let mut services = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        services = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|span| hex(&span.trace_id) == rag_trace)
+            .filter_map(|span| match span.name.as_str() {
+                "bus.handle" => attribute(span, "messaging.destination.name")
+                    .and_then(|subject| subject.split('.').nth(2).map(str::to_owned)),
+                name if name.starts_with("POST ") => Some("gateway".to_owned()),
+                _ => None,
+            })
+            .collect();
+        if wanted.iter().all(|service| services.contains(*service)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        wanted.iter().all(|service| services.contains(*service)),
+        "services in trace {rag_trace}: {services:?}"
+    );
     platform.stop().await;
 }
 
