@@ -7,6 +7,8 @@ use utoipa::{
     Modify, OpenApi,
     openapi::{
         self, Ref, RefOr, ResponseBuilder, Schema,
+        extensions::Extensions,
+        schema::{ObjectBuilder, OneOfBuilder, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
 };
@@ -63,7 +65,7 @@ use crate::{error::ErrorResponse, routes};
         routes::collections::search,
     ),
     components(schemas(ErrorResponse)),
-    modifiers(&Security, &ErrorResponses, &FieldBounds),
+    modifiers(&Security, &ErrorResponses, &FieldBounds, &EventStreams),
 )]
 struct ApiDoc;
 
@@ -155,6 +157,61 @@ fn set_bounds(property: &mut openapi::schema::Object, bounds: Bounds) {
     property.maximum = bounds.max.map(number);
 }
 
+/// A `text/event-stream` answer documented as what it is, a stream of server-sent
+/// events: each event's `data` is a JSON text of the route's schema (its
+/// `contentSchema`), or `[DONE]` at the end. Tools that check streams (schemathesis)
+/// validate each event, not its decoded data.
+struct EventStreams;
+
+impl Modify for EventStreams {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let Some(content) = response.content.get_mut("text/event-stream") else {
+                        continue;
+                    };
+                    if let Some(data) = content.schema.take() {
+                        content.schema = Some(event_schema(&data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One server-sent event whose `data` holds a JSON text of `data`.
+fn event_schema(data: &RefOr<Schema>) -> RefOr<Schema> {
+    let mut text = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/json")
+        .description(Some("A JSON text of the schema in `contentSchema`"))
+        .build();
+    let mut extensions = Extensions::default();
+    extensions.insert(
+        "contentSchema".to_owned(),
+        serde_json::to_value(data).unwrap_or_default(),
+    );
+    text.extensions = Some(extensions);
+    let done = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["[DONE]"]))
+        .description(Some("The end of the stream"));
+    let data = OneOfBuilder::new().item(text).item(done);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("One server-sent event"))
+        .property("data", data)
+        .required("data")
+        .property("event", ObjectBuilder::new().schema_type(Type::String))
+        .property("id", ObjectBuilder::new().schema_type(Type::String))
+        .build()
+        .into()
+}
+
 /// The error answers every route may give, documented once here instead of on each.
 struct ErrorResponses;
 
@@ -180,7 +237,10 @@ const ERRORS: &[(&str, &str)] = &[
         "A rate limit, the token budget, or capacity reached; see `Retry-After`",
     ),
     ("500", "A bug in SloughGPT"),
-    ("503", "No inference replica is answering"),
+    (
+        "503",
+        "No inference replica is answering, or the database cannot be reached; see `Retry-After`",
+    ),
     ("504", "Inference did not answer in time"),
 ];
 

@@ -1620,6 +1620,15 @@ async fn collections_ingest_search_and_answer_with_citations() {
     );
     let described: Value = platform.get_json("/v1/collections/docs", &reader).await;
     assert_eq!(described["documents"], 4 + 40 + 32, "{described}");
+    // An upload refused in its first batch is an HTTP error, not a stream.
+    let response = platform
+        .send(
+            "/v1/collections/docs/documents?stream=true",
+            &admin,
+            &json!({"documents": [{"id": "", "text": "No id."}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
     // A query parameter that does not parse is refused in the API's error shape.
     let response = platform
         .send(

@@ -2,6 +2,7 @@
 //! list, describe and search; creating, deleting and ingesting take the `rag` scope.
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use slough_protocol::rag::{
     self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
@@ -14,7 +15,7 @@ use super::call;
 use crate::generation::event_data;
 use crate::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorResponse},
     http::{Caller, JsonBody},
     keys::Scope,
     upload::{self, DocumentsBody},
@@ -147,10 +148,11 @@ pub async fn delete(
         (String = "multipart/form-data"),
     )),
     responses((status = 200, description = "What happened to each document; with \
-        `stream=true`, `IngestEvent`s as server-sent events ending with `data: [DONE]`",
+        `stream=true`, `IngestStreamEvent`s as server-sent events ending with `data: [DONE]` \
+        (an upload refused in its first batch is an HTTP error instead)",
         content(
             (IngestResponse = "application/json"),
-            (IngestEvent = "text/event-stream"),
+            (IngestStreamEvent = "text/event-stream"),
         ))),
     security(("api_key" = [])),
 )]
@@ -175,31 +177,48 @@ pub async fn ingest(
         while ingestion.next_batch().await? {}
         return Ok(HttpResponse::Ok().json(ingestion.outcome));
     }
-    // Streamed: a progress event after each batch, the outcome, `[DONE]`; a failure is an
-    // error event that says how far it got.
-    let events = futures::stream::unfold(Some(ingestion), |ingestion| async move {
+    // Streamed: the first batch is stored before the answer starts, so that an upload
+    // refused outright is an HTTP error. Then a progress event after each batch, the
+    // outcome, `[DONE]`; a later failure is an error event that says how far it got.
+    let first = ingestion.next_batch().await?;
+    let (first, more) = stream_event(&mut ingestion, Ok(first));
+    let rest = futures::stream::unfold(more.then_some(ingestion), |ingestion| async move {
         let mut ingestion = ingestion?;
-        let event = match ingestion.next_batch().await {
-            Ok(true) => event_data(&IngestEvent::Progress(ingestion.progress())),
-            Ok(false) => {
-                let mut tail = event_data(&IngestEvent::Completed(ingestion.outcome)).to_vec();
-                tail.extend_from_slice(b"data: [DONE]\n\n");
-                return Some((Ok::<_, actix_web::Error>(web::Bytes::from(tail)), None));
-            }
-            Err(err) => {
-                let error = crate::error::ErrorResponse {
-                    error: err.object().clone(),
-                };
-                return Some((Ok(event_data(&error)), None));
-            }
-        };
-        Some((Ok(event), Some(ingestion)))
+        let batch = ingestion.next_batch().await;
+        let (event, more) = stream_event(&mut ingestion, batch);
+        Some((Ok(event), more.then_some(ingestion)))
     });
+    let events = futures::stream::once(async move { Ok::<_, actix_web::Error>(first) }).chain(rest);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(events))
+}
+
+/// The server-sent event that reports one batch's outcome (`Ok(true)`: stored, more to
+/// come; `Ok(false)`: all done), and whether the stream goes on.
+fn stream_event(ingestion: &mut Ingestion, batch: Result<bool, ApiError>) -> (web::Bytes, bool) {
+    match batch {
+        Ok(true) => (
+            event_data(&IngestStreamEvent::Event(IngestEvent::Progress(
+                ingestion.progress(),
+            ))),
+            true,
+        ),
+        Ok(false) => {
+            let outcome = IngestEvent::Completed(ingestion.outcome.clone());
+            let mut tail = event_data(&IngestStreamEvent::Event(outcome)).to_vec();
+            tail.extend_from_slice(b"data: [DONE]\n\n");
+            (web::Bytes::from(tail), false)
+        }
+        Err(err) => {
+            let error = ErrorResponse {
+                error: err.object().clone(),
+            };
+            (event_data(&IngestStreamEvent::Error(error)), false)
+        }
+    }
 }
 
 /// How an upload is answered.
@@ -230,6 +249,14 @@ pub enum IngestEvent {
     Progress(IngestProgress),
     #[serde(rename = "ingest.completed")]
     Completed(IngestResponse),
+}
+
+/// What a streamed upload sends: its events, or the error that ends it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum IngestStreamEvent {
+    Event(IngestEvent),
+    Error(ErrorResponse),
 }
 
 /// An upload on its way to the RAG service, one batch at a time.
