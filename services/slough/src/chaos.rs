@@ -454,7 +454,7 @@ async fn answer(
         }
     }
     if !streamed {
-        return (Some(began.elapsed()), None);
+        return (None, None);
     }
     let last = text.trim_end().lines().last().unwrap_or_default();
     if last == "data: [DONE]" {
@@ -628,15 +628,11 @@ async fn start(
 
 /// The first chat model that is not itself fine-tuned (the fine-tuning job's base).
 async fn base_chat_model(gateway: &GatewayClient) -> anyhow::Result<String> {
-    let list = gateway.get("/v1/models").await?;
-    list["data"]
-        .as_array()
+    gateway
+        .models("chat")
+        .await?
         .into_iter()
-        .flatten()
-        .filter(|model| model["kind"] == "chat" && model["persona"].is_null())
-        .filter_map(|model| model["id"].as_str())
         .find(|id| !id.starts_with("ft:"))
-        .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("the gateway serves no base chat model"))
 }
 

@@ -138,17 +138,27 @@ impl GatewayClient {
         Ok(body)
     }
 
-    /// The first model of `kind` (`chat`, `embedding`) the gateway lists, not counting
-    /// persona aliases.
-    pub async fn first_model(&self, kind: &str) -> anyhow::Result<String> {
+    /// The models of `kind` (`chat`, `embedding`) the gateway lists, in its order, not
+    /// counting persona aliases.
+    pub async fn models(&self, kind: &str) -> anyhow::Result<Vec<String>> {
         let list = self.get("/v1/models").await?;
-        list["data"]
+        Ok(list["data"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|model| model["kind"] == kind && model["persona"].is_null())
-            .and_then(|model| model["id"].as_str())
+            .filter(|model| model["kind"] == kind && model["persona"].is_null())
+            .filter_map(|model| model["id"].as_str())
             .map(str::to_owned)
+            .collect())
+    }
+
+    /// The first model of `kind` (`chat`, `embedding`) the gateway lists, not counting
+    /// persona aliases.
+    pub async fn first_model(&self, kind: &str) -> anyhow::Result<String> {
+        self.models(kind)
+            .await?
+            .into_iter()
+            .next()
             .ok_or_else(|| anyhow::anyhow!("the gateway serves no {kind} model"))
     }
 }

@@ -1,7 +1,7 @@
 //! `GET /v1/usage`: what a key has used, in all and by model (admins may ask about any
 //! key with `key_id`).
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -58,11 +58,10 @@ fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
 pub async fn report(
     state: web::Data<AppState>,
     Caller(caller): Caller,
-    request: HttpRequest,
+    query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<UsageQuery>::from_query(request.query_string())
-        .map_err(|err| ApiError::invalid("query", format!("bad query string: {err}")))?
-        .into_inner();
+    // A query string that does not parse is refused by the app's `QueryConfig`.
+    let query = query.into_inner();
     let since = query.since.as_deref().map(parse_since).transpose()?;
     let budget = match query.key_id {
         Some(id) if id != caller.id => {
