@@ -28,6 +28,9 @@ pub const UPDATE_PERSONA: Endpoint<UpdatePersona, Persona> =
 /// Deletes a stored persona (built-in ones cannot be) and answers what it was.
 pub const DELETE_PERSONA: Endpoint<PersonaRequest, Persona> =
     Endpoint::new(ServiceKind::Personality, "delete_persona");
+/// The system prompt persona `id` would have with `patch` applied; nothing is stored.
+pub const PREVIEW_PERSONA: Endpoint<UpdatePersona, PersonaPreview> =
+    Endpoint::new(ServiceKind::Personality, "preview_persona");
 /// A persona applied to a chat: the messages and sampling to send to inference.
 pub const COMPOSE: Endpoint<ComposeRequest, Composed> =
     Endpoint::new(ServiceKind::Personality, "compose");
@@ -250,6 +253,16 @@ pub struct PersonaPatch {
 pub struct UpdatePersona {
     pub id: String,
     pub patch: PersonaPatch,
+}
+
+/// A persona's system prompt as its template renders it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PersonaPreview {
+    /// The persona's id.
+    pub persona: String,
+    /// The system prompt a chat with it would start with.
+    pub system_prompt: String,
 }
 
 /// A chat to which a persona is applied.

@@ -14,7 +14,8 @@ use crate::{
     },
     personality::{
         Adherence, AdherenceRequest, AnalyzeRequest, ComposeRequest, Composed, CreatePersona,
-        ListPersonas, Persona, PersonaList, PersonaRequest, StyleMetrics, UpdatePersona,
+        ListPersonas, Persona, PersonaList, PersonaPreview, PersonaRequest, StyleMetrics,
+        UpdatePersona,
     },
     rag::{
         Collection, CollectionList, CollectionRequest, CreateCollection, DocumentDeleted,
@@ -64,6 +65,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("persona", schema_for!(Persona)),
         ("create_persona", schema_for!(CreatePersona)),
         ("update_persona", schema_for!(UpdatePersona)),
+        ("persona_preview", schema_for!(PersonaPreview)),
         ("compose_request", schema_for!(ComposeRequest)),
         ("composed", schema_for!(Composed)),
         ("analyze_request", schema_for!(AnalyzeRequest)),

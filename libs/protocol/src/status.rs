@@ -17,6 +17,7 @@ pub struct StatusRequest {}
 
 /// Every instance monitoring currently knows, sorted by service then id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     /// When monitoring last swept the bus.
     pub swept_at: Option<DateTime<Utc>>,
@@ -26,6 +27,7 @@ pub struct StatusReport {
 
 /// One running instance of a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceStatus {
     /// The instance's NATS service id.
     pub id: String,
@@ -52,6 +54,7 @@ pub struct InstanceStatus {
 
 /// Counters of one endpoint of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointStatus {
     /// Endpoint name, e.g. `health`.
     pub name: String,

@@ -24,6 +24,7 @@ pub const ROOT: &str = "slough.v1";
     Deserialize,
     schemars::JsonSchema,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceKind {
     Gateway,

@@ -6,8 +6,8 @@ use slough_protocol::{
     ErrorBody,
     personality::{
         self, Adherence, AdherenceRequest, AnalyzeRequest, ComposeRequest, Composed, CreatePersona,
-        ListPersonas, MAX_TEXT_BYTES, Persona, PersonaList, PersonaRequest, StyleMetrics,
-        UpdatePersona,
+        ListPersonas, MAX_TEXT_BYTES, Persona, PersonaList, PersonaPreview, PersonaRequest,
+        StyleMetrics, UpdatePersona,
     },
 };
 
@@ -32,6 +32,8 @@ pub async fn add(host: &mut ServiceHost, state: Personality) -> Result<(), BusEr
     host.serve(&personality::UPDATE_PERSONA, state.clone(), update)
         .await?;
     host.serve(&personality::DELETE_PERSONA, state.clone(), delete)
+        .await?;
+    host.serve(&personality::PREVIEW_PERSONA, state.clone(), preview)
         .await?;
     host.serve(&personality::COMPOSE, state.clone(), compose)
         .await?;
@@ -67,6 +69,10 @@ async fn delete(state: Personality, request: PersonaRequest) -> Result<Persona, 
     let persona = state.personas.delete(&request.id).await?;
     tracing::info!(persona = %persona.id, "persona deleted");
     Ok(persona)
+}
+
+async fn preview(state: Personality, request: UpdatePersona) -> Result<PersonaPreview, ErrorBody> {
+    state.personas.preview(&request.id, request.patch).await
 }
 
 async fn compose(state: Personality, request: ComposeRequest) -> Result<Composed, ErrorBody> {

@@ -8,7 +8,7 @@ use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::SamplingParams,
     names::check_name,
-    personality::{CreatePersona, Persona, PersonaPatch, Trait, Traits},
+    personality::{CreatePersona, Persona, PersonaPatch, PersonaPreview, Trait, Traits},
 };
 use slough_store::{Store, entities::persona};
 
@@ -402,6 +402,27 @@ impl Personas {
                 other => store_error(other),
             })?;
         Ok(persona)
+    }
+
+    /// The system prompt persona `id` (built-in or stored) would have with `patch`
+    /// applied, checked as `update` checks it; nothing is stored.
+    pub async fn preview(
+        &self,
+        id: &str,
+        patch: PersonaPatch,
+    ) -> Result<PersonaPreview, ErrorBody> {
+        let persona = patched(self.get(id).await?, patch);
+        validate(&persona)?;
+        let system_prompt = render(&persona).map_err(|err| {
+            ErrorBody::invalid(
+                "system_template",
+                format!("system_template does not render: {err:#}"),
+            )
+        })?;
+        Ok(PersonaPreview {
+            persona: persona.id,
+            system_prompt,
+        })
     }
 
     /// Deletes stored persona `id` and answers what it was.

@@ -269,6 +269,60 @@ async fn personas_lifecycle(common: CommonConfig) {
         .unwrap();
     assert_eq!(stored, renamed);
 
+    // A preview renders the persona as the patch would leave it, built-in ones too,
+    // refuses what an update would refuse, and stores nothing.
+    let preview = |id: &str, patch: PersonaPatch| {
+        let request = UpdatePersona {
+            id: id.to_owned(),
+            patch,
+        };
+        async move { svc.call(&personality::PREVIEW_PERSONA, &request).await }
+    };
+    let previewed = preview(
+        "pirate",
+        PersonaPatch {
+            name: Some("Bosun".to_owned()),
+            ..PersonaPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        previewed
+            .system_prompt
+            .starts_with("You are Bosun, a pirate"),
+        "{}",
+        previewed.system_prompt
+    );
+    assert!(previewed.system_prompt.contains("Say arr."));
+    let sage = preview("sage", PersonaPatch::default()).await.unwrap();
+    assert!(!sage.system_prompt.is_empty());
+    let typo = service
+        .call(
+            &personality::PREVIEW_PERSONA,
+            &UpdatePersona {
+                id: "pirate".to_owned(),
+                patch: PersonaPatch {
+                    system_template: Some("You are {{ nmae }}.".to_owned()),
+                    ..PersonaPatch::default()
+                },
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(typo.code, ErrorCode::InvalidRequest);
+    assert_eq!(typo.param.as_deref(), Some("system_template"));
+    let unchanged = service
+        .call(
+            &personality::GET_PERSONA,
+            &PersonaRequest {
+                id: "pirate".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(unchanged, renamed);
+
     // Compose: the persona's prompt merged before the caller's own system message; the
     // caller's temperature wins, the persona's fills the rest.
     let composed = service
