@@ -132,6 +132,42 @@ async fn monitoring_sees_every_service_and_forgets_a_stopped_one() {
         assert!(text.contains(&prefix), "{metrics_url} lacks {prefix}");
     }
 
+    // The gateway serves the same report to admin keys (the console's operations page).
+    let key = slough::up::bootstrap_admin_key(&settings)
+        .await
+        .unwrap()
+        .expect("a fresh store makes an admin key");
+    let api = platform.gateway_api().await.unwrap();
+    let through_gateway: StatusReport = http
+        .get(format!("http://{api}/v1/status"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(through_gateway.instances.len(), 6, "{through_gateway:#?}");
+    let created: serde_json::Value = http
+        .post(format!("http://{api}/v1/keys"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "user", "scopes": ["inference"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refused = http
+        .get(format!("http://{api}/v1/status"))
+        .bearer_auth(created["secret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
     // Prometheus discovers one target per instance.
     let sd_url = status_url.replace("/v1/status", "/v1/sd/prometheus");
     let groups: Vec<serde_json::Value> = http

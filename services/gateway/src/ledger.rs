@@ -53,6 +53,26 @@ pub struct UsageReport {
     pub budget_remaining: Option<u64>,
     /// By model, most tokens first.
     pub models: Vec<ModelUsage>,
+    /// With `interval`: the same requests over time, one bucket per interval from
+    /// `since` to now (empty buckets included, oldest first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<UsageBucket>>,
+}
+
+/// The requests of one time bucket of a [`UsageReport`]'s series.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct UsageBucket {
+    /// The bucket's first instant.
+    pub start: DateTime<Utc>,
+    pub requests: u64,
+    /// Requests answered with a 4xx or 5xx status (or left by the client).
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Median and 95th percentile of the latency (receipt to last byte) of the bucket's
+    /// requests, in milliseconds; `null` without requests.
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
 }
 
 /// One model's share of a [`UsageReport`].
@@ -119,5 +139,116 @@ pub async fn report(
         token_budget,
         budget_remaining,
         models,
+        series: None,
     })
+}
+
+/// The usage rows of `key_id` from `since` to `until`, in buckets of `step` (the
+/// caller bounds how many buckets that makes).
+pub async fn series(
+    store: &Store,
+    key_id: Uuid,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    step: chrono::TimeDelta,
+) -> Result<Vec<UsageBucket>, sea_orm::DbErr> {
+    let rows: Vec<(DateTime<Utc>, i64, i64, i64, i16)> = usage::Entity::find()
+        .select_only()
+        .column(usage::Column::CreatedAt)
+        .column(usage::Column::PromptTokens)
+        .column(usage::Column::CompletionTokens)
+        .column(usage::Column::LatencyMs)
+        .column(usage::Column::Status)
+        .filter(usage::Column::KeyId.eq(key_id))
+        .filter(usage::Column::CreatedAt.gte(since))
+        .filter(usage::Column::CreatedAt.lte(until))
+        .into_tuple()
+        .all(store.connection())
+        .await?;
+    Ok(bucket(since, until, step, rows))
+}
+
+/// Sorts `rows` (time, prompt, completion, latency, status) into buckets of `step`
+/// from `since` to `until`.
+fn bucket(
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    step: chrono::TimeDelta,
+    rows: Vec<(DateTime<Utc>, i64, i64, i64, i16)>,
+) -> Vec<UsageBucket> {
+    let step_ms = step.num_milliseconds().max(1);
+    let count =
+        usize::try_from((until - since).num_milliseconds().max(0) / step_ms + 1).unwrap_or(1);
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); count];
+    let mut buckets: Vec<UsageBucket> = (0..count)
+        .map(|i| UsageBucket {
+            start: since + step * i32::try_from(i).unwrap_or(i32::MAX),
+            requests: 0,
+            errors: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_p50_ms: None,
+            latency_p95_ms: None,
+        })
+        .collect();
+    let count_of = |n: i64| u64::try_from(n).unwrap_or(0);
+    for (at, prompt, completion, latency, status) in rows {
+        let Ok(i) = usize::try_from((at - since).num_milliseconds() / step_ms) else {
+            continue;
+        };
+        let Some(bucket) = buckets.get_mut(i) else {
+            continue;
+        };
+        bucket.requests += 1;
+        bucket.errors += u64::from(status >= 400);
+        bucket.prompt_tokens += count_of(prompt);
+        bucket.completion_tokens += count_of(completion);
+        latencies[i].push(count_of(latency));
+    }
+    for (bucket, mut latencies) in buckets.iter_mut().zip(latencies) {
+        latencies.sort_unstable();
+        bucket.latency_p50_ms = percentile(&latencies, 50);
+        bucket.latency_p95_ms = percentile(&latencies, 95);
+    }
+    buckets
+}
+
+/// The nearest-rank percentile of sorted `values`.
+fn percentile(values: &[u64], percent: usize) -> Option<u64> {
+    let rank = (values.len() * percent).div_ceil(100).max(1);
+    values.get(rank - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_the_window_count_errors_and_take_nearest_rank_percentiles() {
+        let since = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |minutes: i64| since + chrono::TimeDelta::minutes(minutes);
+        let rows = (1..=20)
+            .map(|latency| (at(5), 10, 2, latency, if latency == 20 { 500 } else { 200 }))
+            .chain([(at(130), 1, 1, 7, 499)])
+            .collect();
+        let buckets = bucket(since, at(150), chrono::TimeDelta::hours(1), rows);
+        assert_eq!(buckets.len(), 3);
+        assert_eq!(buckets[0].start, since);
+        assert_eq!(buckets[1].start, at(60));
+        assert_eq!(
+            (
+                buckets[0].requests,
+                buckets[0].errors,
+                buckets[0].prompt_tokens
+            ),
+            (20, 1, 200)
+        );
+        assert_eq!(buckets[0].latency_p50_ms, Some(10));
+        assert_eq!(buckets[0].latency_p95_ms, Some(19));
+        assert_eq!((buckets[1].requests, buckets[1].latency_p50_ms), (0, None));
+        assert_eq!((buckets[2].requests, buckets[2].errors), (1, 1));
+        assert_eq!(buckets[2].latency_p95_ms, Some(7));
+    }
 }

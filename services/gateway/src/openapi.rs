@@ -22,7 +22,7 @@ use crate::{error::ErrorResponse, routes};
         description = "An OpenAI-compatible API (chat completions, completions, embeddings, \
             models) with API key management, usage reports, and personas: who the model is, \
             applied to chats and measured; collections for retrieval; files and fine-tuning jobs \
-            whose models are served. Every error answers with \
+            whose models are served; the platform's status for operators. Every error answers with \
             OpenAI's error object.",
     ),
     paths(
@@ -55,6 +55,7 @@ use crate::{error::ErrorResponse, routes};
         routes::personality::create,
         routes::personality::update,
         routes::personality::delete,
+        routes::personality::preview,
         routes::personality::analyze,
         routes::collections::create,
         routes::collections::list,
@@ -63,6 +64,7 @@ use crate::{error::ErrorResponse, routes};
         routes::collections::ingest,
         routes::collections::delete_document,
         routes::collections::search,
+        routes::status::report,
     ),
     components(schemas(ErrorResponse)),
     modifiers(&Security, &ErrorResponses, &FieldBounds, &EventStreams),

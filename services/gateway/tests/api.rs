@@ -666,6 +666,39 @@ async fn keys_limits_budgets_and_usage() {
         .unwrap();
     assert_eq!(bad_query.status(), 400);
 
+    // Over time: buckets from `since` to now, the two requests in the last ones; a
+    // series needs `since` and refuses more than 10 000 buckets, naming the parameter.
+    let since = (chrono::Utc::now() - chrono::TimeDelta::minutes(5)).format("%Y-%m-%dT%H:%M:00Z");
+    let series: Value = platform
+        .get_json(&format!("/v1/usage?since={since}&interval=minute"), &budget)
+        .await;
+    let buckets = series["series"].as_array().unwrap();
+    assert!((6..=7).contains(&buckets.len()), "{series:#}");
+    let counted: u64 = buckets
+        .iter()
+        .map(|b| b["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2, "{series:#}");
+    assert!(
+        buckets
+            .iter()
+            .any(|b| b["latency_p95_ms"].as_u64().is_some())
+    );
+    for (query, param) in [
+        ("interval=hour", "since"),
+        ("since=2000-01-01&interval=minute", "interval"),
+        ("since=2026-01-01&interval=week", "query"),
+    ] {
+        let refused = platform
+            .get(&format!("/v1/usage?{query}"), &budget)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{query}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["param"], param, "{query}: {body}");
+    }
+
     // Listing shows no secrets; revoking takes effect at once.
     let list: Value = platform.get_json("/v1/keys", &admin).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 4);

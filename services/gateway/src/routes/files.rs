@@ -79,6 +79,7 @@ pub struct FileDeleted {
 /// `GET /v1/files` filters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only files with this purpose.
     pub purpose: Option<String>,

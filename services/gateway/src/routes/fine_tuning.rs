@@ -19,6 +19,7 @@ use crate::{
 
 /// Paging of lists: items after `after`, at most `limit`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     pub after: Option<String>,
     /// 1 to 100.

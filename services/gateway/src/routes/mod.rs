@@ -12,6 +12,7 @@ pub mod fine_tuning;
 pub mod keys;
 pub mod models;
 pub mod personality;
+pub mod status;
 pub mod usage;
 
 use actix_web::{HttpResponse, Resource, web};
@@ -83,6 +84,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::post().to(personality::update))
                 .route(web::delete().to(personality::delete)),
         )
+        .service(resource("/v1/personas/{id}/preview").route(web::post().to(personality::preview)))
+        .service(resource("/v1/status").route(web::get().to(status::report)))
         .service(resource("/v1/personality/analyze").route(web::post().to(personality::analyze)))
         .service(
             resource("/v1/collections")

@@ -5,8 +5,8 @@
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use slough_protocol::personality::{
-    self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaRequest,
-    StyleMetrics, UpdatePersona,
+    self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaPreview,
+    PersonaRequest, StyleMetrics, UpdatePersona,
 };
 use utoipa::ToSchema;
 
@@ -107,6 +107,31 @@ pub async fn update(
     let persona = call(&state, &personality::UPDATE_PERSONA, &request).await?;
     tracing::info!(persona = %persona.id, by = %caller.id, "persona updated");
     Ok(HttpResponse::Ok().json(persona))
+}
+
+/// Renders the system prompt persona `id` would have with the given fields changed,
+/// checked as a change is; nothing is stored, so any key may preview any persona.
+#[utoipa::path(
+    post,
+    path = "/v1/personas/{id}/preview",
+    tag = "Personas",
+    params(("id" = String, Path, description = "The persona's id")),
+    request_body = PersonaPatch,
+    responses((status = 200, description = "The system prompt it would have", body = PersonaPreview)),
+    security(("api_key" = [])),
+)]
+pub async fn preview(
+    state: web::Data<AppState>,
+    Caller(_): Caller,
+    id: web::Path<String>,
+    JsonBody(patch): JsonBody<PersonaPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let request = UpdatePersona {
+        id: id.into_inner(),
+        patch,
+    };
+    let preview = call(&state, &personality::PREVIEW_PERSONA, &request).await?;
+    Ok(HttpResponse::Ok().json(preview))
 }
 
 /// Deletes a stored persona (built-in ones cannot be) and answers what it was.

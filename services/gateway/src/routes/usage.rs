@@ -2,9 +2,9 @@
 //! key with `key_id`).
 
 use actix_web::{HttpResponse, web};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
@@ -24,7 +24,40 @@ pub struct UsageQuery {
     pub since: Option<String>,
     /// Another key's id (needs the `admin` scope).
     pub key_id: Option<Uuid>,
+    /// Adds `series`: the requests from `since` (which it needs) to now in buckets of a
+    /// `minute`, an `hour` or a `day`, at most 10 000 of them.
+    pub interval: Option<Interval>,
 }
+
+/// The width of a usage series' buckets.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Interval {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Interval {
+    fn name(self) -> &'static str {
+        match self {
+            Interval::Minute => "minute",
+            Interval::Hour => "hour",
+            Interval::Day => "day",
+        }
+    }
+
+    fn step(self) -> TimeDelta {
+        match self {
+            Interval::Minute => TimeDelta::minutes(1),
+            Interval::Hour => TimeDelta::hours(1),
+            Interval::Day => TimeDelta::days(1),
+        }
+    }
+}
+
+/// The most buckets a series may have.
+const MAX_BUCKETS: i64 = 10_000;
 
 /// Reads `since`: an RFC 3339 time or a plain date (midnight UTC).
 fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
@@ -70,10 +103,41 @@ pub async fn report(
         }
         _ => caller.token_budget,
     };
+    let window = match (query.interval, since) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "since",
+                "interval needs since: the series starts there",
+            ));
+        }
+        (Some(interval), Some(since)) => {
+            let until = Utc::now();
+            let step = interval.step();
+            if (until - since).num_seconds() / step.num_seconds() >= MAX_BUCKETS {
+                return Err(ApiError::invalid(
+                    "interval",
+                    format!(
+                        "from since to now is more than {MAX_BUCKETS} buckets of a {}; \
+                         choose a later since or a longer interval",
+                        interval.name()
+                    ),
+                ));
+            }
+            Some((since, until, step))
+        }
+    };
     let id = query.key_id.unwrap_or(caller.id);
-    let report = ledger::report(&state.store, id, since, budget)
+    let unavailable = |err| ApiError::store("cannot read usage", &err);
+    let mut report = ledger::report(&state.store, id, since, budget)
         .await
-        .map_err(|err| ApiError::store("cannot read usage", &err))?;
+        .map_err(unavailable)?;
+    if let Some((since, until, step)) = window {
+        let series = ledger::series(&state.store, id, since, until, step)
+            .await
+            .map_err(unavailable)?;
+        report.series = Some(series);
+    }
     Ok(HttpResponse::Ok().json(report))
 }
 
