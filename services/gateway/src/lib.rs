@@ -8,8 +8,10 @@
 //! `usage::Metered` guard records the request however it ends) → for a chat, the
 //! `pipeline` (persona, retrieval, generation on the bus), for other routes a bus call
 //! → `generation` streams or collects the answer → the route shapes OpenAI's JSON.
+//! `console` serves the web console (static files, a client of this same API) at `/`.
 
 pub mod admission;
+pub mod console;
 pub mod error;
 pub mod generation;
 pub mod http;
@@ -208,6 +210,7 @@ fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServe
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(http::observe))
             .configure(routes::configure)
+            .configure(console::configure)
             .default_service(web::to(http::no_route))
     })
     .on_connect(http::remember_socket)

@@ -164,10 +164,9 @@ fn print_banner(
     new_admin_key: Option<&str>,
 ) {
     println!("SloughGPT {} is up.", env!("CARGO_PKG_VERSION"));
-    println!(
-        "  gateway (OpenAI API)  http://{}/v1",
-        api.unwrap_or(settings.gateway.listen)
-    );
+    let api = api.unwrap_or(settings.gateway.listen);
+    println!("  console (browser)     http://{api}/");
+    println!("  gateway (OpenAI API)  http://{api}/v1");
     println!(
         "  status                http://{}/v1/status",
         status.unwrap_or(settings.monitoring.listen)
