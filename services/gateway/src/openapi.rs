@@ -66,7 +66,7 @@ use crate::{error::ErrorResponse, routes};
         routes::collections::search,
         routes::status::report,
     ),
-    components(schemas(ErrorResponse)),
+    components(schemas(ErrorResponse, routes::usage::Interval)),
     modifiers(&Security, &ErrorResponses, &FieldBounds, &EventStreams),
 )]
 struct ApiDoc;

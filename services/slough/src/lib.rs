@@ -10,6 +10,7 @@ pub mod bench_rag;
 pub mod bench_training;
 pub mod chaos;
 pub mod datasets;
+pub mod eval_perplexity;
 pub mod eval_persona;
 pub mod eval_retrieval;
 pub mod gateway_client;

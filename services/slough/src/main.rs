@@ -8,8 +8,8 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, bench, bench_gateway, bench_rag, bench_training, datasets, eval_persona,
-    eval_retrieval, gateway_client, models,
+    Settings, bench, bench_gateway, bench_rag, bench_training, datasets, eval_perplexity,
+    eval_persona, eval_retrieval, gateway_client, models,
     platform::ServiceHandle,
     runtime, status_table, train,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
@@ -169,6 +169,30 @@ enum JobsCommand {
 
 #[derive(Debug, Subcommand)]
 enum EvalCommand {
+    /// A chat model package's perplexity on a text, as llama.cpp's llama-perplexity
+    /// computes it (windows of --context tokens, the second half of each scored), run
+    /// here on ONNX Runtime; with --reference also the mean KL divergence and top-1
+    /// agreement against another package (the exact graph, say).
+    Perplexity {
+        /// A text file, or a .jsonl file whose lines' `text` fields are joined (e.g.
+        /// ../shared/data/retrieval/cranfield/corpus.jsonl).
+        text: std::path::PathBuf,
+        /// The package to score.
+        #[arg(long)]
+        model: String,
+        /// A package with the same tokenizer to compare with.
+        #[arg(long)]
+        reference: Option<String>,
+        /// Tokens per window (llama-perplexity's -c).
+        #[arg(long, default_value_t = 512)]
+        context: usize,
+        /// Score only the first N windows (llama-perplexity's --chunks).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Run prompts through the gateway as one or more personas and print, per persona
     /// and trait, the target, the mean measure and the mean adherence.
     Persona {
@@ -586,6 +610,27 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 }
             })
         }
+        Command::Eval {
+            command:
+                EvalCommand::Perplexity {
+                    text,
+                    model,
+                    reference,
+                    context,
+                    chunks,
+                    json,
+                },
+        } => eval_perplexity::run(
+            &settings,
+            &eval_perplexity::PerplexityOptions {
+                model,
+                reference,
+                text,
+                context,
+                chunks,
+                json,
+            },
+        ),
         Command::Eval {
             command:
                 EvalCommand::Persona {

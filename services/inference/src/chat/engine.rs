@@ -94,13 +94,11 @@ impl Engine {
         }
     }
 
-    /// Runs prompts on an empty cache, together (right-padded) when there are several;
-    /// returns per prompt its last position's logits and its keys/values per layer
-    /// ([kv_heads, len, head_dim] each) for [`Engine::place`].
-    pub fn prefill(
-        &mut self,
+    /// The inputs that run `prompts` on an empty cache, right-padded to the longest.
+    fn prompt_inputs(
+        &self,
         prompts: &[&[u32]],
-    ) -> Result<Vec<(Vec<f32>, PrefillCache)>, EngineError> {
+    ) -> Result<Vec<(String, ort::session::SessionInputValue<'static>)>, EngineError> {
         let s = self.shape;
         let rows = prompts.len();
         let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -112,7 +110,7 @@ impl Engine {
                 mask[row * width + col] = 1;
             }
         }
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'static>)> = vec![
             (
                 "input_ids".into(),
                 Tensor::from_array(([rows, width], ids))?.into(),
@@ -131,6 +129,51 @@ impl Engine {
                 ));
             }
         }
+        Ok(inputs)
+    }
+
+    /// Teacher-forced logits of `tokens` from position `first` on, through the same
+    /// path a generation takes: `tokens[..=first]` prefilled, then one decode step per
+    /// following token. Entry i predicts `tokens[first + i + 1]` (what perplexity
+    /// scores). Uses row 0 of a one-row buffer, so only for an engine of its own.
+    pub fn teacher_forced(
+        &mut self,
+        tokens: &[u32],
+        first: usize,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if first + 1 >= tokens.len() {
+            return Ok(Vec::new());
+        }
+        let (last, cache) = self
+            .prefill(&[&tokens[..=first]])?
+            .pop()
+            .ok_or_else(|| ort::Error::new("prefill returned nothing"))?;
+        self.relayout(self.layout_for(1, tokens.len()), &[])?;
+        self.place(0, &cache, first + 1)?;
+        let mut logits = vec![last];
+        let fed = &tokens[first + 1..tokens.len() - 1];
+        for (position, &token) in (first + 1..).zip(fed) {
+            let step = Step {
+                row: 0,
+                token,
+                position,
+            };
+            logits.extend(self.decode(&[step])?);
+        }
+        Ok(logits)
+    }
+
+    /// Runs prompts on an empty cache, together (right-padded) when there are several;
+    /// returns per prompt its last position's logits and its keys/values per layer
+    /// ([kv_heads, len, head_dim] each) for [`Engine::place`].
+    pub fn prefill(
+        &mut self,
+        prompts: &[&[u32]],
+    ) -> Result<Vec<(Vec<f32>, PrefillCache)>, EngineError> {
+        let s = self.shape;
+        let rows = prompts.len();
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let inputs = self.prompt_inputs(prompts)?;
         let outputs = self.session.run(inputs)?;
         // One row of logits per prompt (its last position).
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;

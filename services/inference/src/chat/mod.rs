@@ -60,6 +60,33 @@ pub struct Accepted {
     pub prompt_tokens: usize,
 }
 
+/// A chat package's tokenizer and engine on `runtime`, its context capped at
+/// `max_context`: what a served model's scheduler runs, and what
+/// `slough eval perplexity` scores text with.
+pub fn open(
+    dir: &Path,
+    manifest: &Manifest,
+    runtime: &Runtime,
+    max_context: usize,
+) -> Result<(TextModel, Engine, crate::config::Provider), String> {
+    let text = TextModel::load(dir, manifest)?;
+    let (Some(kv_heads), Some(head_dim)) = (manifest.graph.kv_heads, manifest.graph.head_dim)
+    else {
+        return Err("the manifest lacks graph.kv_heads / graph.head_dim".to_owned());
+    };
+    let (session, provider) = runtime
+        .session(&dir.join("model.onnx"))
+        .map_err(|err| err.to_string())?;
+    let shape = Shape {
+        layers: manifest.graph.layers,
+        kv_heads,
+        head_dim,
+        vocab: manifest.graph.vocab_size,
+        max_context: manifest.context_length.min(max_context),
+    };
+    Ok((text, Engine::new(session, shape), provider))
+}
+
 impl ChatModel {
     /// Opens the package's session and starts its scheduler thread.
     pub fn start(
@@ -69,26 +96,13 @@ impl ChatModel {
         config: &Config,
         metrics: ModelMetrics,
     ) -> Result<ChatModel, String> {
-        let text = Arc::new(TextModel::load(dir, manifest)?);
-        let (Some(kv_heads), Some(head_dim)) = (manifest.graph.kv_heads, manifest.graph.head_dim)
-        else {
-            return Err("the manifest lacks graph.kv_heads / graph.head_dim".to_owned());
-        };
-        let (session, provider) = runtime
-            .session(&dir.join("model.onnx"))
-            .map_err(|err| err.to_string())?;
         let max_context = manifest.context_length.min(config.max_context);
-        let shape = Shape {
-            layers: manifest.graph.layers,
-            kv_heads,
-            head_dim,
-            vocab: manifest.graph.vocab_size,
-            max_context,
-        };
+        let (text, engine, provider) = open(dir, manifest, runtime, max_context)?;
+        let text = Arc::new(text);
         let (jobs, inbox) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let scheduler = Scheduler::new(
-            Engine::new(session, shape),
+            engine,
             text.clone(),
             metrics,
             config.max_batch,
