@@ -28,6 +28,10 @@ pub struct Config {
     /// one request: a burst of short prompts starts together, while a long prompt delays
     /// running streams by at most about this much prefill.
     pub prefill_budget: usize,
+    /// Memory per chat model for the keys and values of recent prompts' leading
+    /// 64-token blocks, in MiB (0 turns the prefix cache off): a prompt that starts like
+    /// a recent one (a persona's system prompt, RAG instructions) prefills only the rest.
+    pub prefix_cache_mb: usize,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
             max_context: 2048,
             max_embed_inputs: 2048,
             prefill_budget: 256,
+            prefix_cache_mb: 256,
         }
     }
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     embedded_texts: IntCounterVec,
     embed_seconds: HistogramVec,
     loads: IntCounterVec,
+    prefix_lookups: IntCounterVec,
+    prefix_hits: IntCounterVec,
+    prefix_saved_tokens: IntCounterVec,
+    prefix_cache_bytes: IntGaugeVec,
 }
 
 /// One model's series, handed to its scheduler.
@@ -41,6 +45,12 @@ pub struct ModelMetrics {
     pub cancelled: IntCounter,
     pub embedded_texts: IntCounter,
     pub embed_seconds: Histogram,
+    /// Prompts looked up in the prefix cache, and those that found leading blocks.
+    pub prefix_lookups: IntCounter,
+    pub prefix_hits: IntCounter,
+    /// Prompt tokens taken from the prefix cache instead of being prefilled.
+    pub prefix_saved_tokens: IntCounter,
+    pub prefix_cache_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -140,6 +150,22 @@ impl Metrics {
                 LATENCY_BUCKETS,
             )?,
             loads,
+            prefix_lookups: counter(
+                "prefix_cache_lookups_total",
+                "Prompts looked up in the prefix cache",
+            )?,
+            prefix_hits: counter(
+                "prefix_cache_hits_total",
+                "Prompts whose leading blocks were in the prefix cache",
+            )?,
+            prefix_saved_tokens: counter(
+                "prefix_cache_saved_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of prefilled",
+            )?,
+            prefix_cache_bytes: int_gauge(
+                "prefix_cache_bytes",
+                "Bytes of keys and values held by the prefix cache",
+            )?,
         })
     }
 
@@ -166,6 +192,10 @@ impl Metrics {
             cancelled: self.cancelled.with_label_values(l),
             embedded_texts: self.embedded_texts.with_label_values(l),
             embed_seconds: self.embed_seconds.with_label_values(l),
+            prefix_lookups: self.prefix_lookups.with_label_values(l),
+            prefix_hits: self.prefix_hits.with_label_values(l),
+            prefix_saved_tokens: self.prefix_saved_tokens.with_label_values(l),
+            prefix_cache_bytes: self.prefix_cache_bytes.with_label_values(l),
         }
     }
 }

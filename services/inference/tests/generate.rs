@@ -1,6 +1,7 @@
 //! Generation end to end over a real nats-server with the real SmolLM2 package:
 //! determinism, seeds, stop strings, limits, n, logprobs, cancellation, overload,
-//! context overflow, and concurrent streams equal to lone ones.
+//! context overflow, concurrent streams equal to lone ones, and prefix-cache hits equal
+//! to cold prefills.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use slough_bus::BusError;
 use slough_inference::Config;
-use slough_protocol::{ErrorCode, inference::FinishReason};
-use support::{Inference, chat};
+use slough_protocol::{
+    ErrorCode,
+    inference::{ChatMessage, FinishReason, PromptInput, Role},
+};
+use support::{CHAT, Generated, Inference, chat};
 
 const GENERATED: &str = "slough_inference_generated_tokens_total{model=\"smollm2\"}";
 const RUNNING: &str = "slough_inference_running_sequences{model=\"smollm2\"}";
@@ -292,4 +296,113 @@ async fn concurrent_greedy_streams_equal_lone_ones() {
         );
     }
     inference.stop().await;
+}
+
+/// Greedy answers to prompts sharing a long system prompt: the same with the prefix
+/// cache (every prompt after the first finds its leading blocks cached) as without it,
+/// up to a near-tie flipped by rounding; the hits and saved tokens are counted, and the
+/// cache's bytes stay within its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_hits_answer_like_cold_prefills() {
+    let system = "You are the assistant of a lighthouse museum on a rocky coast. Answer visitors' \
+        questions about the lighthouse, its history, its keepers, the lamp and the lens, the \
+        ships it guided and the storms it weathered. Keep answers short and friendly, use plain \
+        words, and when you do not know something, say so and suggest asking the staff at the \
+        front desk. Never invent dates or names. The museum opens at ten and closes at five, \
+        every day except Mondays; the tower can be climbed on Saturdays; tickets cost five \
+        pounds for adults and two for children; dogs on a lead are welcome in the gardens but \
+        not in the tower. "
+        .repeat(2);
+    let questions = [
+        "When can I climb the tower?",
+        "How much is a ticket for a child?",
+        "Can I bring my dog?",
+        "What time does the museum close?",
+    ];
+    let request = |question: &str| {
+        let mut request = chat(question);
+        request.input = PromptInput::Messages(vec![
+            ChatMessage::new(Role::System, system.as_str()),
+            ChatMessage::new(Role::User, question),
+        ]);
+        request.max_tokens = Some(24);
+        request.logprobs = true;
+        request.top_logprobs = 2;
+        request
+    };
+
+    let cold = Inference::start(Config {
+        prefix_cache_mb: 0,
+        ..Config::default()
+    })
+    .await;
+    let mut reference = Vec::new();
+    for question in questions {
+        reference.push(cold.generate(&request(question)).await.unwrap());
+    }
+    let series = |name: &str| format!("slough_inference_{name}{{model=\"{CHAT}\"}}");
+    assert_eq!(cold.metric(&series("prefix_cache_hits_total")).await, 0.0);
+    cold.stop().await;
+
+    let cached = Inference::start(Config::default()).await;
+    let mut answers = Vec::new();
+    let mut first_token = Vec::new();
+    for question in questions.iter().chain(&questions[..1]) {
+        let started = Instant::now();
+        let mut one = request(question);
+        one.max_tokens = Some(1);
+        cached.generate(&one).await.unwrap();
+        first_token.push(started.elapsed());
+        answers.push(cached.generate(&request(question)).await.unwrap());
+    }
+    let prompt_tokens = answers[0].end.as_ref().unwrap().usage.prompt_tokens as f64;
+    eprintln!(
+        "prompt of {prompt_tokens} tokens: one-token answer cold {:?}, then with the system prompt cached {:?}",
+        first_token[0],
+        &first_token[1..]
+    );
+    let hits = cached.metric(&series("prefix_cache_hits_total")).await;
+    let saved = cached
+        .metric(&series("prefix_cache_saved_tokens_total"))
+        .await;
+    let bytes = cached.metric(&series("prefix_cache_bytes")).await;
+    eprintln!("prefix cache: {hits} hits, {saved} tokens saved, {bytes} bytes");
+    // Every request but the very first finds at least the system prompt's blocks.
+    assert_eq!(hits, 9.0);
+    assert!(saved >= 9.0 * 256.0, "{saved}");
+    assert!(bytes > 0.0 && bytes <= 256.0 * 1024.0 * 1024.0, "{bytes}");
+
+    for ((question, cold), warm) in questions
+        .iter()
+        .chain(&questions[..1])
+        .zip(reference.iter().chain(&reference[..1]))
+        .zip(&answers)
+    {
+        if cold.text() == warm.text() {
+            continue;
+        }
+        let steps = |answer: &Generated| -> Vec<_> {
+            answer
+                .chunks
+                .iter()
+                .flat_map(|c| c.logprobs.clone())
+                .collect()
+        };
+        let (cold_steps, warm_steps) = (steps(cold), steps(warm));
+        let at = cold_steps
+            .iter()
+            .zip(&warm_steps)
+            .position(|(a, b)| a.token != b.token)
+            .expect("texts differ, so some token does");
+        let top = &cold_steps[at].top_logprobs;
+        let gap = top[0].logprob - top[1].logprob;
+        eprintln!("{question:?}: cached prefix differs at token {at}, logit gap there {gap:.2e}");
+        assert!(
+            gap < 1e-2,
+            "{question:?}: not a near-tie (gap {gap}): {:?} vs {:?}",
+            cold.text(),
+            warm.text()
+        );
+    }
+    cached.stop().await;
 }

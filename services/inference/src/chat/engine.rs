@@ -209,6 +209,53 @@ impl Engine {
         Ok(prefilled)
     }
 
+    /// Prefills `suffix` after a prompt prefix whose keys and values are known
+    /// (`prefix`, `prefix_len` positions, as a cached [`PrefillCache`]): only the suffix
+    /// is computed. Returns the last position's logits and the whole prompt's cache, as
+    /// [`Engine::prefill`] would for the prefix and suffix together.
+    pub fn prefill_after(
+        &mut self,
+        prefix: &PrefillCache,
+        prefix_len: usize,
+        suffix: &[u32],
+    ) -> Result<(Vec<f32>, PrefillCache), EngineError> {
+        let s = self.shape;
+        let ids: Vec<i64> = suffix.iter().map(|&t| i64::from(t)).collect();
+        let total = prefix_len + suffix.len();
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'static>)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array(([1, suffix.len()], ids))?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(([1, total], vec![1i64; total]))?.into(),
+            ),
+        ];
+        for (layer, parts) in prefix.iter().enumerate() {
+            for (part, name) in parts.iter().zip(["key", "value"]) {
+                inputs.push((
+                    format!("past_key_values.{layer}.{name}"),
+                    Tensor::from_array(([1, s.kv_heads, prefix_len, s.head_dim], part.clone()))?
+                        .into(),
+                ));
+            }
+        }
+        let outputs = self.session.run(inputs)?;
+        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let last = logits[logits.len() - s.vocab..].to_vec();
+        let mut cache = Vec::with_capacity(s.layers);
+        for layer in 0..s.layers {
+            let part = |name: &str| -> Result<Vec<f32>, EngineError> {
+                let (_, data) = outputs[format!("present.{layer}.{name}").as_str()]
+                    .try_extract_tensor::<f32>()?;
+                Ok(data.to_vec())
+            };
+            cache.push([part("key")?, part("value")?]);
+        }
+        Ok((last, cache))
+    }
+
     /// Copies a prefilled cache of `len` positions into `row` of the current buffer.
     pub fn place(
         &mut self,

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod engine;
+pub mod prefix;
 pub mod sampler;
 pub mod scheduler;
 
@@ -105,8 +106,7 @@ impl ChatModel {
             engine,
             text.clone(),
             metrics,
-            config.max_batch,
-            config.prefill_budget,
+            config,
             inbox,
             pending.clone(),
         );

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     admission::{self, Waiting},
     engine::{Engine, Layout, PrefillCache, Step},
+    prefix::PrefixCache,
     sampler::{self, Sampler, Settings},
 };
 use crate::{
@@ -105,6 +106,8 @@ pub struct Scheduler {
     running: Vec<Sequence>,
     /// The KV buffer the running sequences live in, once one is made.
     layout: Option<Layout>,
+    /// Recent prompts' leading blocks, so that a shared beginning is prefilled once.
+    prefixes: PrefixCache,
 }
 
 impl Scheduler {
@@ -112,17 +115,17 @@ impl Scheduler {
         engine: Engine,
         text: Arc<TextModel>,
         metrics: ModelMetrics,
-        max_batch: usize,
-        prefill_budget: usize,
+        config: &crate::config::Config,
         inbox: mpsc::UnboundedReceiver<Job>,
         pending: Arc<AtomicUsize>,
     ) -> Scheduler {
+        let prefixes = PrefixCache::new(engine.shape(), config.prefix_cache_mb * 1024 * 1024);
         Scheduler {
             engine,
             text,
             metrics,
-            max_batch,
-            prefill_budget,
+            max_batch: config.max_batch,
+            prefill_budget: config.prefill_budget,
             inbox,
             pending,
             waiting: VecDeque::new(),
@@ -130,6 +133,7 @@ impl Scheduler {
             next_job: 0,
             running: Vec::new(),
             layout: None,
+            prefixes,
         }
     }
 
@@ -234,28 +238,78 @@ impl Scheduler {
             picked.into_iter().map(|one| vec![one]).collect()
         };
         for group in groups {
-            let prompts: Vec<&[u32]> = group.iter().map(|(_, j)| j.prompt.as_slice()).collect();
-            // A prefill span in the first request's trace, linked from the others'.
-            let span = tracing::info_span!(
-                parent: group.first().map(|(_, job)| job.span.id()).unwrap_or_default(),
-                "gen_ai.prefill",
-                prompts = group.len(),
-                tokens = prompts.iter().map(|p| p.len()).sum::<usize>(),
-            );
-            for (_, job) in group.iter().skip(1) {
-                span.follows_from(job.span.id());
+            let cold = self.prefill_cached(group);
+            if !cold.is_empty() {
+                self.prefill_together(cold);
             }
-            let prefilled = span.in_scope(|| self.engine.prefill(&prompts));
+        }
+    }
+
+    /// Prefills the requests of `group` whose prompts begin with cached blocks, each on
+    /// its own after those blocks, and starts them; answers the others.
+    fn prefill_cached(&mut self, group: Vec<(u64, Job)>) -> Vec<(u64, Job)> {
+        if !self.prefixes.enabled() {
+            return group;
+        }
+        let mut cold = Vec::new();
+        for (id, job) in group {
+            self.metrics.prefix_lookups.inc();
+            let Some((past, len)) = self.prefixes.lookup(&job.prompt) else {
+                cold.push((id, job));
+                continue;
+            };
+            self.metrics.prefix_hits.inc();
+            self.metrics.prefix_saved_tokens.inc_by(len as u64);
+            let span = tracing::info_span!(
+                parent: job.span.id(),
+                "gen_ai.prefill",
+                prompts = 1,
+                tokens = job.prompt.len() - len,
+                cached_tokens = len,
+            );
+            let prefilled =
+                span.in_scope(|| self.engine.prefill_after(&past, len, &job.prompt[len..]));
             match prefilled {
-                Ok(prefilled) => {
-                    for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
-                        self.start(id, job, &logits, &cache);
-                    }
+                Ok((logits, cache)) => {
+                    self.prefixes.insert(&job.prompt, &cache);
+                    self.start(id, job, &logits, &cache);
                 }
-                Err(err) => {
-                    for (_, job) in group {
-                        self.refuse(&job, &format!("prefill failed: {err}"));
-                    }
+                Err(err) => self.refuse(&job, &format!("prefill failed: {err}")),
+            }
+        }
+        self.metrics
+            .prefix_cache_bytes
+            .set(self.prefixes.bytes() as i64);
+        cold
+    }
+
+    /// Prefills `group` together (right-padded) from an empty cache and starts each.
+    fn prefill_together(&mut self, group: Vec<(u64, Job)>) {
+        let prompts: Vec<&[u32]> = group.iter().map(|(_, j)| j.prompt.as_slice()).collect();
+        // A prefill span in the first request's trace, linked from the others'.
+        let span = tracing::info_span!(
+            parent: group.first().map(|(_, job)| job.span.id()).unwrap_or_default(),
+            "gen_ai.prefill",
+            prompts = group.len(),
+            tokens = prompts.iter().map(|p| p.len()).sum::<usize>(),
+        );
+        for (_, job) in group.iter().skip(1) {
+            span.follows_from(job.span.id());
+        }
+        let prefilled = span.in_scope(|| self.engine.prefill(&prompts));
+        match prefilled {
+            Ok(prefilled) => {
+                for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
+                    self.prefixes.insert(&job.prompt, &cache);
+                    self.start(id, job, &logits, &cache);
+                }
+                self.metrics
+                    .prefix_cache_bytes
+                    .set(self.prefixes.bytes() as i64);
+            }
+            Err(err) => {
+                for (_, job) in group {
+                    self.refuse(&job, &format!("prefill failed: {err}"));
                 }
             }
         }

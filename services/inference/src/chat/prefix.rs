@@ -1,0 +1,260 @@
+//! The prefix cache of one chat model: the keys and values of recent prompts, in blocks
+//! of [`BLOCK`] tokens from the start, so that a prompt beginning like a recent one (a
+//! persona's system prompt, RAG instructions, the chat template's preamble) prefills
+//! only what follows. A block is keyed by a hash of every token up to its end (its
+//! parent block's key and its own tokens, both checked on a hit, so a hash collision
+//! cannot hand a prompt another prompt's cache). Memory is bounded: the least recently
+//! used blocks go first, a prompt's later blocks before its earlier ones (which more
+//! prompts share).
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+};
+
+use super::engine::{PrefillCache, Shape};
+
+/// Tokens per block.
+pub const BLOCK: usize = 64;
+
+struct Block {
+    parent: u64,
+    /// Its place from the start (0 for a prompt's first block).
+    depth: usize,
+    tokens: Vec<u32>,
+    /// Per layer: key, value, each [kv_heads, BLOCK, head_dim].
+    kv: Vec<[Vec<f32>; 2]>,
+    used: u64,
+}
+
+/// Cached leading blocks of recent prompts, within a byte budget.
+pub struct PrefixCache {
+    shape: Shape,
+    capacity: usize,
+    bytes: usize,
+    blocks: HashMap<u64, Block>,
+    clock: u64,
+}
+
+/// The key of the block holding `tokens` after the block keyed `parent`.
+fn key(parent: u64, tokens: &[u32]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parent.hash(&mut hasher);
+    tokens.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl PrefixCache {
+    /// A cache of at most `capacity` bytes for a model of `shape` (0: always empty).
+    pub fn new(shape: Shape, capacity: usize) -> PrefixCache {
+        PrefixCache {
+            shape,
+            capacity,
+            bytes: 0,
+            blocks: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    /// Bytes one block holds.
+    pub fn block_bytes(&self) -> usize {
+        let s = self.shape;
+        s.layers * 2 * s.kv_heads * BLOCK * s.head_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Whether a block fits in the budget at all.
+    pub fn enabled(&self) -> bool {
+        self.block_bytes() <= self.capacity
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The cached leading blocks of `prompt` (leaving at least its last token to
+    /// prefill, which gives the logits to sample from), assembled into one cache, and
+    /// how many positions it holds; `None` when not even the first block is cached.
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(PrefillCache, usize)> {
+        let mut keys = Vec::new();
+        let mut parent = 0;
+        for tokens in prompt[..prompt.len().saturating_sub(1)].chunks_exact(BLOCK) {
+            let key = key(parent, tokens);
+            match self.blocks.get(&key) {
+                Some(block) if block.parent == parent && block.tokens == tokens => {}
+                _ => break,
+            }
+            keys.push(key);
+            parent = key;
+        }
+        if keys.is_empty() {
+            return None;
+        }
+        self.clock += 1;
+        let s = self.shape;
+        let len = keys.len() * BLOCK;
+        let mut cache: PrefillCache = (0..s.layers)
+            .map(|_| {
+                [
+                    vec![0.0; s.kv_heads * len * s.head_dim],
+                    vec![0.0; s.kv_heads * len * s.head_dim],
+                ]
+            })
+            .collect();
+        let run = BLOCK * s.head_dim;
+        for (index, key) in keys.iter().enumerate() {
+            let block = self.blocks.get_mut(key)?;
+            block.used = self.clock;
+            for (layer, parts) in block.kv.iter().enumerate() {
+                for (part, data) in parts.iter().enumerate() {
+                    for head in 0..s.kv_heads {
+                        let to = (head * len + index * BLOCK) * s.head_dim;
+                        cache[layer][part][to..to + run]
+                            .copy_from_slice(&data[head * run..(head + 1) * run]);
+                    }
+                }
+            }
+        }
+        Some((cache, len))
+    }
+
+    /// Keeps the full blocks of `prompt` from its `cache` (as prefill leaves it,
+    /// [kv_heads, prompt.len(), head_dim] per layer), evicting the least recently used
+    /// blocks beyond the budget.
+    pub fn insert(&mut self, prompt: &[u32], cache: &PrefillCache) {
+        if !self.enabled() {
+            return;
+        }
+        let block_bytes = self.block_bytes();
+        let s = self.shape;
+        let len = prompt.len();
+        let run = BLOCK * s.head_dim;
+        self.clock += 1;
+        let mut parent = 0;
+        for (index, tokens) in prompt.chunks_exact(BLOCK).enumerate() {
+            let key = key(parent, tokens);
+            if let Some(block) = self.blocks.get_mut(&key) {
+                block.used = self.clock;
+            } else {
+                let kv = cache
+                    .iter()
+                    .map(|parts| {
+                        parts.each_ref().map(|data| {
+                            (0..s.kv_heads)
+                                .flat_map(|head| {
+                                    let from = (head * len + index * BLOCK) * s.head_dim;
+                                    data[from..from + run].iter().copied()
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                self.blocks.insert(
+                    key,
+                    Block {
+                        parent,
+                        depth: index,
+                        tokens: tokens.to_vec(),
+                        kv,
+                        used: self.clock,
+                    },
+                );
+                self.bytes += block_bytes;
+            }
+            parent = key;
+        }
+        while self.bytes > self.capacity {
+            let oldest = self
+                .blocks
+                .iter()
+                .min_by_key(|(_, block)| (block.used, std::cmp::Reverse(block.depth)));
+            let Some((&oldest, _)) = oldest else {
+                break;
+            };
+            self.blocks.remove(&oldest);
+            self.bytes -= block_bytes;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: Shape = Shape {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 4,
+        vocab: 10,
+        max_context: 1024,
+    };
+
+    /// A cache whose every value names its layer, part, head and position.
+    fn cache_of(len: usize) -> PrefillCache {
+        (0..SHAPE.layers)
+            .map(|layer| {
+                [0, 1].map(|part| {
+                    (0..SHAPE.kv_heads)
+                        .flat_map(|head| {
+                            (0..len * SHAPE.head_dim).map(move |i| {
+                                (layer * 1_000_000 + part * 100_000 + head * 10_000 + i) as f32
+                            })
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_prefix_comes_back_block_aligned_and_bit_for_bit() {
+        let mut cache = PrefixCache::new(SHAPE, usize::MAX);
+        let first: Vec<u32> = (0..200).collect();
+        cache.insert(&first, &cache_of(200));
+        assert_eq!(cache.bytes(), 3 * cache.block_bytes());
+
+        // The same 150 leading tokens, then others: two blocks (128 positions) hit.
+        let mut second: Vec<u32> = (0..150).collect();
+        second.extend(900..960);
+        let (hit, len) = cache.lookup(&second).unwrap();
+        assert_eq!(len, 128);
+        let expected = cache_of(200);
+        for layer in 0..SHAPE.layers {
+            for part in 0..2 {
+                for head in 0..SHAPE.kv_heads {
+                    let run = len * SHAPE.head_dim;
+                    let from = head * 200 * SHAPE.head_dim;
+                    assert_eq!(
+                        hit[layer][part][head * run..(head + 1) * run],
+                        expected[layer][part][from..from + run]
+                    );
+                }
+            }
+        }
+        // A prompt of exactly one block keeps its last token to prefill: no hit.
+        assert!(cache.lookup(&first[..64]).is_none());
+        assert_eq!(cache.lookup(&first[..65]).unwrap().1, 64);
+        // A different first block: nothing, even if later blocks match.
+        let mut other = first.clone();
+        other[3] = 999;
+        assert!(cache.lookup(&other).is_none());
+    }
+
+    #[test]
+    fn the_budget_evicts_the_least_recently_used_blocks() {
+        let probe = PrefixCache::new(SHAPE, 0);
+        let mut cache = PrefixCache::new(SHAPE, 3 * probe.block_bytes());
+        let a: Vec<u32> = (0..129).collect();
+        let b: Vec<u32> = (1000..1129).collect();
+        cache.insert(&a, &cache_of(129));
+        cache.insert(&b, &cache_of(129));
+        assert_eq!(cache.bytes(), 3 * cache.block_bytes());
+        // a's blocks were the oldest, its later one goes first; b's blocks stay.
+        assert_eq!(cache.lookup(&b).unwrap().1, 128);
+        assert_eq!(cache.lookup(&a).unwrap().1, 64);
+        // Nothing fits in a cache smaller than a block.
+        let mut none = PrefixCache::new(SHAPE, 0);
+        none.insert(&a, &cache_of(129));
+        assert_eq!(none.bytes(), 0);
+        assert!(none.lookup(&a).is_none());
+    }
+}
