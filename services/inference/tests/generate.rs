@@ -378,31 +378,144 @@ async fn prefix_cache_hits_answer_like_cold_prefills() {
         .zip(reference.iter().chain(&reference[..1]))
         .zip(&answers)
     {
-        if cold.text() == warm.text() {
-            continue;
-        }
-        let steps = |answer: &Generated| -> Vec<_> {
-            answer
-                .chunks
-                .iter()
-                .flat_map(|c| c.logprobs.clone())
-                .collect()
-        };
-        let (cold_steps, warm_steps) = (steps(cold), steps(warm));
-        let at = cold_steps
-            .iter()
-            .zip(&warm_steps)
-            .position(|(a, b)| a.token != b.token)
-            .expect("texts differ, so some token does");
-        let top = &cold_steps[at].top_logprobs;
-        let gap = top[0].logprob - top[1].logprob;
-        eprintln!("{question:?}: cached prefix differs at token {at}, logit gap there {gap:.2e}");
-        assert!(
-            gap < 1e-2,
-            "{question:?}: not a near-tie (gap {gap}): {:?} vs {:?}",
-            cold.text(),
-            warm.text()
-        );
+        same_or_near_tie(cold, warm, &format!("{question:?} with a cached prefix"));
     }
     cached.stop().await;
+}
+
+/// A long prompt arriving while a stream runs, with chunked prefill (chunks of 64) and
+/// in one piece: the running stream keeps getting tokens while the long prompt is
+/// prefilled in chunks (and hardly any without chunks), and the long prompt's greedy
+/// answer is the same either way (up to a near-tie) and the same as when it runs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_prefill_keeps_streams_going_and_answers_like_one_piece() {
+    let long_text =
+        "The lighthouse keeper climbed the spiral stairs each evening, trimmed the wick, \
+        polished the great lens and wrote the weather in the log. "
+            .repeat(20);
+    let mut long = chat(&format!(
+        "{long_text}\nWhat did the keeper do each evening?"
+    ));
+    long.max_tokens = Some(16);
+    long.logprobs = true;
+    long.top_logprobs = 2;
+    let mut background = chat("Count from one to one hundred in words.");
+    background.max_tokens = Some(400);
+    background.ignore_eos = true;
+
+    let mut answers = Vec::new();
+    for (budget, label) in [
+        (64, "chunked (64 tokens a turn)"),
+        (100_000, "in one piece"),
+    ] {
+        let inference = Inference::start(Config {
+            prefill_budget: budget,
+            prefix_cache_mb: 0,
+            ..Config::default()
+        })
+        .await;
+        let alone = inference.generate(&long).await.unwrap();
+        let prompt_tokens = alone.end.as_ref().unwrap().usage.prompt_tokens;
+
+        // The background stream runs; its token times are recorded.
+        let mut stream = inference.open(&background).await.unwrap();
+        for _ in 0..3 {
+            stream.next().await.unwrap().unwrap();
+        }
+        let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = {
+            let times = times.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(_)) = stream.next().await {
+                    times.lock().unwrap().push(Instant::now());
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = Instant::now();
+        let mut opened = inference.open(&long).await.unwrap();
+        let mut first_token = None;
+        let mut arrived = Generated::default();
+        while let Some(item) = opened.next().await {
+            match item.unwrap() {
+                slough_bus::StreamItem::Chunk(chunk) => {
+                    first_token.get_or_insert_with(Instant::now);
+                    arrived.texts.resize(1, String::new());
+                    arrived.texts[0].push_str(&chunk.text);
+                    arrived.chunks.push(chunk);
+                }
+                slough_bus::StreamItem::End(end) => arrived.end = Some(end),
+            }
+        }
+        let first_token = first_token.unwrap();
+        let during: Vec<Instant> = times
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| *t > sent && *t < first_token)
+            .collect();
+        let longest_gap = during
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .chain(during.first().map(|t| *t - sent))
+            .chain(during.last().map(|t| first_token - *t))
+            .max()
+            .unwrap_or(first_token - sent);
+        eprintln!(
+            "{label}: a {prompt_tokens}-token prompt's prefill took {:?}; meanwhile the running stream got {} tokens, its longest wait {:?}",
+            first_token - sent,
+            during.len(),
+            longest_gap
+        );
+        if budget == 64 {
+            assert!(
+                during.len() >= 4,
+                "the running stream stalled during the chunked prefill: {} tokens",
+                during.len()
+            );
+        } else {
+            assert!(during.len() <= 2, "{} tokens", during.len());
+        }
+        same_or_near_tie(
+            &alone,
+            &arrived,
+            &format!("{label}: joined the batch vs alone"),
+        );
+        answers.push(arrived);
+        recorder.abort();
+        inference.stop().await;
+    }
+    same_or_near_tie(&answers[1], &answers[0], "chunked vs one piece");
+}
+
+/// Asserts that `other` generated what `reference` did, or differs first where the
+/// reference's top two tokens were a near-tie (which rounding in another batch shape
+/// or prefill order may flip). Both need `logprobs` with `top_logprobs` ≥ 2.
+fn same_or_near_tie(reference: &Generated, other: &Generated, what: &str) {
+    if reference.text() == other.text() {
+        return;
+    }
+    let steps = |answer: &Generated| -> Vec<_> {
+        answer
+            .chunks
+            .iter()
+            .flat_map(|c| c.logprobs.clone())
+            .collect()
+    };
+    let (a, b) = (steps(reference), steps(other));
+    let at = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x.token != y.token)
+        .expect("texts differ, so some token does");
+    let top = &a[at].top_logprobs;
+    let gap = top[0].logprob - top[1].logprob;
+    eprintln!("{what}: differs at token {at}, logit gap there {gap:.2e}");
+    assert!(
+        gap < 1e-2,
+        "{what}: not a near-tie (gap {gap}): {:?} vs {:?}",
+        reference.text(),
+        other.text()
+    );
 }

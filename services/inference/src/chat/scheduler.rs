@@ -108,6 +108,9 @@ pub struct Scheduler {
     layout: Option<Layout>,
     /// Recent prompts' leading blocks, so that a shared beginning is prefilled once.
     prefixes: PrefixCache,
+    /// The front waiting request's prompt, prefilled so far (its id, its cache, how
+    /// many positions), while a long prompt is prefilled a chunk per turn.
+    partial: Option<(u64, PrefillCache, usize)>,
 }
 
 impl Scheduler {
@@ -134,6 +137,7 @@ impl Scheduler {
             running: Vec::new(),
             layout: None,
             prefixes,
+            partial: None,
         }
     }
 
@@ -192,8 +196,12 @@ impl Scheduler {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Admits waiting requests as [`admission::admit`] decides, and prefills them.
+    /// Admits waiting requests as [`admission::admit`] decides, and prefills them; a
+    /// long prompt arriving while streams run is prefilled in chunks instead.
     fn admit(&mut self) {
+        if self.prefill_chunk() {
+            return;
+        }
         let waiting = self.waiting.iter().map(|(_, job)| Waiting {
             prompt_tokens: job.prompt.len(),
             choices: job.n,
@@ -243,6 +251,118 @@ impl Scheduler {
                 self.prefill_together(cold);
             }
         }
+    }
+
+    /// Chunked prefill: while streams run, a prompt at the front of the queue longer
+    /// than the prefill budget is prefilled one budget-sized chunk per turn (each after
+    /// the chunks before it, as a prefix-cache hit is), so that the running streams'
+    /// next token waits for one chunk rather than the whole prompt. Answers whether it
+    /// did this turn's prefill work.
+    fn prefill_chunk(&mut self) -> bool {
+        let chunk = self.prefill_budget.max(1);
+        let Some((id, job)) = self.waiting.front() else {
+            self.partial = None;
+            return false;
+        };
+        let id = *id;
+        if self
+            .partial
+            .as_ref()
+            .is_some_and(|(owner, _, _)| *owner != id)
+        {
+            // Its request was cancelled; the next one starts afresh.
+            self.partial = None;
+        }
+        let prompt_len = job.prompt.len();
+        if self.partial.is_none() {
+            let room = self.running.len() + job.n <= self.max_batch;
+            if self.running.is_empty() || prompt_len <= chunk || !room {
+                return false;
+            }
+            let start = match self.prefixes.lookup(&job.prompt) {
+                Some((cache, len)) => {
+                    self.metrics.prefix_lookups.inc();
+                    self.metrics.prefix_hits.inc();
+                    self.metrics.prefix_saved_tokens.inc_by(len as u64);
+                    (cache, len)
+                }
+                None => {
+                    if self.prefixes.enabled() {
+                        self.metrics.prefix_lookups.inc();
+                    }
+                    (Vec::new(), 0)
+                }
+            };
+            self.partial = Some((id, start.0, start.1));
+        }
+        let Some((_, cache, done)) = self.partial.take() else {
+            return false;
+        };
+        let end = (done + chunk).min(prompt_len);
+        let tokens = &job.prompt[done..end];
+        let span = tracing::info_span!(
+            parent: job.span.id(),
+            "gen_ai.prefill",
+            prompts = 1,
+            tokens = tokens.len(),
+            cached_tokens = done,
+        );
+        let prefilled = span.in_scope(|| {
+            if done == 0 {
+                self.engine
+                    .prefill(&[tokens])
+                    .map(|mut all| all.pop().unwrap_or_default())
+            } else {
+                self.engine.prefill_after(&cache, done, tokens)
+            }
+        });
+        if end < prompt_len {
+            match prefilled {
+                Ok((_, cache)) => self.partial = Some((id, cache, end)),
+                Err(err) => {
+                    if let Some((_, job)) = self.waiting.pop_front() {
+                        self.refuse(&job, &format!("prefill failed: {err}"));
+                    }
+                }
+            }
+            return true;
+        }
+        // The last chunk: the request leaves the queue and starts.
+        let Some((_, job)) = self.waiting.pop_front() else {
+            return true;
+        };
+        let (logits, cache) = match prefilled {
+            Ok(prefilled) => prefilled,
+            Err(err) => {
+                self.refuse(&job, &format!("prefill failed: {err}"));
+                return true;
+            }
+        };
+        let queued = job.enqueued.elapsed();
+        self.metrics.queue_seconds.observe(queued.as_secs_f64());
+        self.prefixes.insert(&job.prompt, &cache);
+        self.metrics
+            .prefix_cache_bytes
+            .set(self.prefixes.bytes() as i64);
+        let needed = self.engine.layout_for(
+            self.running.len() + job.n,
+            self.longest().max(prompt_len + 1),
+        );
+        let target = match self.layout {
+            Some(current) => Layout {
+                rows: current.rows.max(needed.rows),
+                capacity: current.capacity.max(needed.capacity),
+            },
+            None => needed,
+        };
+        if let Err(err) = self.move_to(target) {
+            let message = format!("cannot grow the batch: {err}");
+            self.fail_all(&message);
+            self.refuse(&job, &message);
+            return true;
+        }
+        self.start(id, job, &logits, &cache);
+        true
     }
 
     /// Prefills the requests of `group` whose prompts begin with cached blocks, each on
