@@ -25,13 +25,18 @@ pub struct Config {
     /// Most texts in one embedding request.
     pub max_embed_inputs: usize,
     /// Prompt tokens a scheduler prefills between two decode steps once it has admitted
-    /// one request: a burst of short prompts starts together, while a long prompt delays
-    /// running streams by at most about this much prefill.
+    /// one request: a burst of short prompts starts together, and a longer prompt that
+    /// arrives while streams run is prefilled in chunks of this size, one per step.
     pub prefill_budget: usize,
     /// Memory per chat model for the keys and values of recent prompts' leading
     /// 64-token blocks, in MiB (0 turns the prefix cache off): a prompt that starts like
     /// a recent one (a persona's system prompt, RAG instructions) prefills only the rest.
     pub prefix_cache_mb: usize,
+    /// Most memory per chat model for the running sequences' keys and values, in MiB
+    /// (default: a quarter of the machine's memory). Requests wait while admitting them
+    /// would need more (each counted at its prompt plus max_tokens); one that could
+    /// never fit is refused.
+    pub kv_cache_mb: Option<usize>,
 }
 
 impl Default for Config {
@@ -46,11 +51,18 @@ impl Default for Config {
             max_embed_inputs: 2048,
             prefill_budget: 256,
             prefix_cache_mb: 256,
+            kv_cache_mb: None,
         }
     }
 }
 
 impl Config {
+    /// The KV-cache limit per chat model, in bytes.
+    pub fn kv_cache_bytes(&self) -> usize {
+        let mib = self.kv_cache_mb.unwrap_or_else(|| machine_memory_mib() / 4);
+        mib.saturating_mul(1024 * 1024)
+    }
+
     /// Checks ranges; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=256).contains(&self.max_batch) {
@@ -65,6 +77,9 @@ impl Config {
                 self.max_context
             ));
         }
+        if self.kv_cache_mb == Some(0) {
+            return Err("inference.kv_cache_mb must be at least 1 (MiB)".to_owned());
+        }
         if self.max_embed_inputs == 0 {
             return Err("inference.max_embed_inputs must be at least 1".to_owned());
         }
@@ -73,6 +88,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The machine's memory in MiB (`MemTotal` of /proc/meminfo; 16 GiB where unreadable).
+fn machine_memory_mib() -> usize {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+            let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024)
+        })
+        .unwrap_or(16 * 1024)
 }
 
 /// `[inference.runtime]`.

@@ -27,6 +27,8 @@ pub struct Metrics {
     prefix_hits: IntCounterVec,
     prefix_saved_tokens: IntCounterVec,
     prefix_cache_bytes: IntGaugeVec,
+    kv_cache_bytes: IntGaugeVec,
+    kv_cache_limit_bytes: IntGaugeVec,
 }
 
 /// One model's series, handed to its scheduler.
@@ -51,6 +53,9 @@ pub struct ModelMetrics {
     /// Prompt tokens taken from the prefix cache instead of being prefilled.
     pub prefix_saved_tokens: IntCounter,
     pub prefix_cache_bytes: IntGauge,
+    /// The KV buffer's bytes, and the limit it stays within.
+    pub kv_cache_bytes: IntGauge,
+    pub kv_cache_limit_bytes: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -166,6 +171,14 @@ impl Metrics {
                 "prefix_cache_bytes",
                 "Bytes of keys and values held by the prefix cache",
             )?,
+            kv_cache_bytes: int_gauge(
+                "kv_cache_bytes",
+                "Bytes of the KV buffer the running sequences live in",
+            )?,
+            kv_cache_limit_bytes: int_gauge(
+                "kv_cache_limit_bytes",
+                "The most bytes the KV buffer may take (inference.kv_cache_mb)",
+            )?,
         })
     }
 
@@ -196,6 +209,8 @@ impl Metrics {
             prefix_hits: self.prefix_hits.with_label_values(l),
             prefix_saved_tokens: self.prefix_saved_tokens.with_label_values(l),
             prefix_cache_bytes: self.prefix_cache_bytes.with_label_values(l),
+            kv_cache_bytes: self.kv_cache_bytes.with_label_values(l),
+            kv_cache_limit_bytes: self.kv_cache_limit_bytes.with_label_values(l),
         }
     }
 }

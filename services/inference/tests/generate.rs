@@ -519,3 +519,91 @@ fn same_or_near_tie(reference: &Generated, other: &Generated, what: &str) {
         other.text()
     );
 }
+
+/// A KV-cache limit of 24 MiB (room for two 256-position rows of SmolLM2): under a
+/// burst, at most two sequences run at once, the KV buffer never passes the limit (its
+/// gauge, read all along), requests beyond the queue are refused with `overloaded` and
+/// a retry hint, the rest all finish; a request that could never fit is refused naming
+/// the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_cache_limit_holds_under_a_burst() {
+    let inference = Inference::start(Config {
+        kv_cache_mb: Some(24),
+        max_batch: 4,
+        max_queue: 2,
+        prefix_cache_mb: 0,
+        ..Config::default()
+    })
+    .await;
+    let limit = 24.0 * 1024.0 * 1024.0;
+    let series = |name: &str| format!("slough_inference_{name}{{model=\"{CHAT}\"}}");
+
+    let mut too_long = chat("Tell me everything.");
+    too_long.max_tokens = Some(600);
+    let err = inference.open(&too_long).await.err().expect("never fits");
+    assert_eq!(code(&err), Some(ErrorCode::ContextLengthExceeded), "{err}");
+    assert!(err.to_string().contains("kv_cache_mb"), "{err}");
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        let admin = inference.admin.clone();
+        let (bytes, running) = (series("kv_cache_bytes"), series("running_sequences"));
+        tokio::spawn(async move {
+            let (mut most_bytes, mut most_running) = (0.0f64, 0.0f64);
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let value = |name: &str| {
+                    let (admin, name) = (admin.clone(), name.to_owned());
+                    async move {
+                        slough_testkit::scrape_metric(&admin, &name)
+                            .await
+                            .unwrap_or(0.0)
+                    }
+                };
+                most_bytes = most_bytes.max(value(&bytes).await);
+                most_running = most_running.max(value(&running).await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (most_bytes, most_running)
+        })
+    };
+    let burst = futures::future::join_all((0..10).map(|i| {
+        let mut request = chat(&format!("Say something about the number {i}."));
+        request.max_tokens = Some(32);
+        let inference = &inference;
+        async move { inference.generate(&request).await }
+    }))
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let (most_bytes, most_running) = watcher.await.unwrap();
+    let refused = burst
+        .iter()
+        .filter(|result| match result {
+            Err(BusError::Service(body)) => {
+                assert_eq!(body.code, ErrorCode::Overloaded, "{body:?}");
+                assert!(body.retry_after_ms.is_some());
+                true
+            }
+            Err(other) => panic!("{other}"),
+            Ok(generated) => {
+                assert_eq!(generated.finish.len(), 1);
+                false
+            }
+        })
+        .count();
+    eprintln!(
+        "burst of 10: {} finished, {refused} refused; at most {most_running} running, KV buffer at most {most_bytes} of {limit} bytes",
+        10 - refused
+    );
+    assert_eq!(
+        refused, 4,
+        "4 running or queued slots are beyond max_batch + max_queue"
+    );
+    assert!(most_bytes > 0.0 && most_bytes <= limit, "{most_bytes}");
+    assert!(most_running <= 2.0, "{most_running}");
+    assert_eq!(
+        inference.metric(&series("kv_cache_limit_bytes")).await,
+        limit
+    );
+    inference.stop().await;
+}

@@ -83,6 +83,12 @@ impl Engine {
         self.shape
     }
 
+    /// The bytes a buffer of `layout` takes (keys and values of every layer).
+    pub fn layout_bytes(&self, layout: Layout) -> usize {
+        let s = self.shape;
+        layout.rows * layout.capacity * s.layers * 2 * s.kv_heads * s.head_dim * 4
+    }
+
     /// The smallest layout holding `sequences` rows of up to `positions` positions.
     pub fn layout_for(&self, sequences: usize, positions: usize) -> Layout {
         Layout {

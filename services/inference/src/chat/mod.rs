@@ -43,6 +43,10 @@ pub struct ChatModel {
     pending: Arc<AtomicUsize>,
     /// Most requests accepted at once (running and waiting).
     limit: usize,
+    /// Bytes of keys and values per position of one sequence, and the most the KV
+    /// buffer may take (`inference.kv_cache_mb`).
+    position_bytes: usize,
+    kv_limit: usize,
 }
 
 impl std::fmt::Debug for ChatModel {
@@ -99,6 +103,10 @@ impl ChatModel {
     ) -> Result<ChatModel, String> {
         let max_context = manifest.context_length.min(config.max_context);
         let (text, engine, provider) = open(dir, manifest, runtime, max_context)?;
+        let position_bytes = engine.layout_bytes(engine::Layout {
+            rows: 1,
+            capacity: 1,
+        });
         let text = Arc::new(text);
         let (jobs, inbox) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -134,6 +142,8 @@ impl ChatModel {
             jobs,
             pending,
             limit: config.max_batch + config.max_queue,
+            position_bytes,
+            kv_limit: config.kv_cache_bytes(),
         })
     }
 
@@ -144,6 +154,23 @@ impl ChatModel {
             pending: u32::try_from(self.pending.load(Ordering::Acquire)).unwrap_or(u32::MAX),
             capacity: u32::try_from(self.max_batch).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The longest sequence `n` choices can reach: the context, or less where the
+    /// KV-cache limit cannot hold `n` rows that long (the buffer's rows are a power of
+    /// two, its positions a power of two from 256).
+    fn kv_room(&self, n: usize) -> usize {
+        let context = self.info.context_length as usize;
+        let rows = n.max(1).next_power_of_two();
+        let fits = |positions: usize| rows * positions * self.position_bytes <= self.kv_limit;
+        if fits(context) {
+            return context;
+        }
+        let mut capacity = context.next_power_of_two() / 2;
+        while capacity >= 256 && !fits(capacity) {
+            capacity /= 2;
+        }
+        if capacity >= 256 { capacity } else { 0 }
     }
 
     /// Checks, renders and tokenizes `request`, then queues it, or refuses it at once:
@@ -164,14 +191,19 @@ impl ChatModel {
         if tokens.is_empty() {
             return Err(ErrorBody::invalid("input", "the prompt is empty"));
         }
-        let context = self.info.context_length as usize;
+        let context = self.kv_room(request.n as usize);
         let room = context.saturating_sub(tokens.len());
+        let limited = if context < self.info.context_length as usize {
+            " (as far as the KV-cache limit, inference.kv_cache_mb, allows)"
+        } else {
+            ""
+        };
         let max_tokens = match request.max_tokens {
             Some(asked) if asked as usize > room => {
                 return Err(ErrorBody::new(
                     ErrorCode::ContextLengthExceeded,
                     format!(
-                        "the prompt is {} tokens and max_tokens asks for {asked} more, but the context of {} is {context} tokens",
+                        "the prompt is {} tokens and max_tokens asks for {asked} more, but the context of {} is {context} tokens{limited}",
                         tokens.len(),
                         self.info.id
                     ),
@@ -182,7 +214,7 @@ impl ChatModel {
                 return Err(ErrorBody::new(
                     ErrorCode::ContextLengthExceeded,
                     format!(
-                        "the prompt is {} tokens, which fills the context of {} ({context} tokens)",
+                        "the prompt is {} tokens, which fills the context of {} ({context} tokens{limited})",
                         tokens.len(),
                         self.info.id
                     ),

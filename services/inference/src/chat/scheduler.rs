@@ -108,6 +108,8 @@ pub struct Scheduler {
     layout: Option<Layout>,
     /// Recent prompts' leading blocks, so that a shared beginning is prefilled once.
     prefixes: PrefixCache,
+    /// The most bytes the KV buffer may take.
+    kv_limit: usize,
     /// The front waiting request's prompt, prefilled so far (its id, its cache, how
     /// many positions), while a long prompt is prefilled a chunk per turn.
     partial: Option<(u64, PrefillCache, usize)>,
@@ -137,6 +139,7 @@ impl Scheduler {
             running: Vec::new(),
             layout: None,
             prefixes,
+            kv_limit: config.kv_cache_bytes(),
             partial: None,
         }
     }
@@ -212,10 +215,39 @@ impl Scheduler {
             self.max_batch,
             self.prefill_budget,
         );
-        if turn.count == 0 {
+        // Within the KV-cache limit, counting each sequence at its longest.
+        let mut count = turn.count;
+        while count > 0 && !self.kv_fits(self.waiting.iter().take(count).map(|(_, job)| job)) {
+            count -= 1;
+        }
+        if count == 0 {
+            if turn.count > 0 && self.running.is_empty() {
+                // Alone in an empty buffer and still too big: it never fits.
+                if let Some((_, job)) = self.waiting.pop_front() {
+                    self.refuse_with(
+                        &job,
+                        ErrorBody::new(
+                            ErrorCode::ContextLengthExceeded,
+                            format!(
+                                "{} choices of up to {} tokens need more KV cache than \
+                                 inference.kv_cache_mb allows ({} MiB)",
+                                job.n,
+                                job.prompt.len() + job.max_tokens,
+                                self.kv_limit / (1024 * 1024)
+                            ),
+                        ),
+                    );
+                }
+            }
             return;
         }
-        let picked: Vec<(u64, Job)> = self.waiting.drain(..turn.count).collect();
+        let picked: Vec<(u64, Job)> = self.waiting.drain(..count).collect();
+        let sequences = self.running.len() + picked.iter().map(|(_, job)| job.n).sum::<usize>();
+        let longest_prompt = picked
+            .iter()
+            .map(|(_, job)| job.prompt.len())
+            .max()
+            .unwrap_or(0);
         for (_, job) in &picked {
             let queued = job.enqueued.elapsed();
             self.metrics.queue_seconds.observe(queued.as_secs_f64());
@@ -224,15 +256,8 @@ impl Scheduler {
         }
         let needed = self
             .engine
-            .layout_for(turn.sequences, self.longest().max(turn.longest_prompt + 1));
-        let target = match self.layout {
-            Some(current) => Layout {
-                rows: current.rows.max(needed.rows),
-                capacity: current.capacity.max(needed.capacity),
-            },
-            None => needed,
-        };
-        if let Err(err) = self.move_to(target) {
+            .layout_for(sequences, self.longest().max(longest_prompt + 1));
+        if let Err(err) = self.move_to(self.grown(needed)) {
             let message = format!("cannot grow the batch: {err}");
             self.fail_all(&message);
             for (_, job) in picked {
@@ -240,7 +265,8 @@ impl Scheduler {
             }
             return;
         }
-        let groups: Vec<Vec<(u64, Job)>> = if turn.together {
+        // Fewer than the policy picked (the KV limit): one by one.
+        let groups: Vec<Vec<(u64, Job)>> = if turn.together && count == turn.count {
             vec![picked]
         } else {
             picked.into_iter().map(|one| vec![one]).collect()
@@ -275,7 +301,8 @@ impl Scheduler {
         }
         let prompt_len = job.prompt.len();
         if self.partial.is_none() {
-            let room = self.running.len() + job.n <= self.max_batch;
+            let room =
+                self.running.len() + job.n <= self.max_batch && self.kv_fits(std::iter::once(job));
             if self.running.is_empty() || prompt_len <= chunk || !room {
                 return false;
             }
@@ -437,10 +464,47 @@ impl Scheduler {
 
     /// Fails a request that never started.
     fn refuse(&self, job: &Job, message: &str) {
-        let _ = job
-            .events
-            .send(Event::Failed(ErrorBody::new(ErrorCode::Internal, message)));
+        self.refuse_with(job, ErrorBody::new(ErrorCode::Internal, message));
+    }
+
+    fn refuse_with(&self, job: &Job, error: ErrorBody) {
+        let _ = job.events.send(Event::Failed(error));
         self.release_job();
+    }
+
+    /// Whether the running sequences and `jobs`' fit the KV-cache limit, each counted
+    /// at its longest (prompt plus max_tokens), so that growing later never exceeds it.
+    fn kv_fits<'a>(&self, jobs: impl Iterator<Item = &'a Job>) -> bool {
+        let mut sequences = self.running.len();
+        let mut longest = self
+            .running
+            .iter()
+            .map(|seq| seq.len - seq.generated + seq.max_tokens)
+            .max()
+            .unwrap_or(0);
+        for job in jobs {
+            sequences += job.n;
+            longest = longest.max(job.prompt.len() + job.max_tokens);
+        }
+        let layout = self.engine.layout_for(sequences, longest);
+        self.engine.layout_bytes(layout) <= self.kv_limit
+    }
+
+    /// The buffer to move to for `needed`: the current one grown to cover it, or, when
+    /// that would pass the KV-cache limit, `needed` itself (rows renumbered).
+    fn grown(&self, needed: Layout) -> Layout {
+        let merged = match self.layout {
+            Some(current) => Layout {
+                rows: current.rows.max(needed.rows),
+                capacity: current.capacity.max(needed.capacity),
+            },
+            None => needed,
+        };
+        if self.engine.layout_bytes(merged) <= self.kv_limit {
+            merged
+        } else {
+            needed
+        }
     }
 
     /// Starts a prefilled request: its cache into free rows, then each choice's first
@@ -512,11 +576,8 @@ impl Scheduler {
         if let Some(current) = self.layout
             && self.longest() > current.capacity
         {
-            let target = Layout {
-                rows: current.rows,
-                capacity: self.engine.layout_for(1, self.longest()).capacity,
-            };
-            if let Err(err) = self.move_to(target) {
+            let needed = self.engine.layout_for(self.running.len(), self.longest());
+            if let Err(err) = self.move_to(self.grown(needed)) {
                 self.fail_all(&format!("cannot grow the batch: {err}"));
                 return;
             }
@@ -722,5 +783,10 @@ impl Scheduler {
         self.metrics
             .kv_cache_usage
             .set(used as f64 / (self.max_batch * s.max_context) as f64);
+        let allocated = self
+            .layout
+            .map_or(0, |layout| self.engine.layout_bytes(layout));
+        self.metrics.kv_cache_bytes.set(allocated as i64);
+        self.metrics.kv_cache_limit_bytes.set(self.kv_limit as i64);
     }
 }
