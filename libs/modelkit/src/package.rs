@@ -76,6 +76,24 @@ pub struct Manifest {
     /// The options the graph was built with.
     #[serde(default)]
     pub build: BuildOptions,
+    /// Its measured quality, once `slough eval perplexity --record` has measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
+}
+
+/// A chat package's perplexity on a text, as `slough eval perplexity` measures it
+/// (llama-perplexity's method), so that build options can be compared by quality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quality {
+    /// The text's file name.
+    pub text: String,
+    /// Tokens per window, and how many windows were scored.
+    pub context: usize,
+    pub windows: usize,
+    pub perplexity: f64,
+    pub perplexity_error: f64,
+    /// When (RFC 3339).
+    pub measured_at: String,
 }
 
 fn first_graph_version() -> u32 {
@@ -406,6 +424,7 @@ pub fn write_classifier(
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
         graph_version: GRAPH_VERSION,
         build: BuildOptions::default(),
+        quality: None,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
         path: MANIFEST.to_owned(),
@@ -445,6 +464,21 @@ pub fn remove(models_dir: &Path, id: &str) -> Result<Manifest, PackageError> {
     let doomed = models_dir.join(format!(".remove-{id}-{}", std::process::id()));
     fs::rename(&target, &doomed).map_err(io(format!("cannot remove {}", target.display())))?;
     fs::remove_dir_all(&doomed).map_err(io(format!("cannot delete {}", doomed.display())))?;
+    Ok(manifest)
+}
+
+/// Records `quality` in the manifest of the package in `dir` (written whole to a
+/// temporary file, then renamed over the old one).
+pub fn record_quality(dir: &Path, quality: Quality) -> Result<Manifest, PackageError> {
+    let mut manifest = read_manifest(dir)?;
+    manifest.quality = Some(quality);
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
+        path: MANIFEST.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let staged = dir.join(format!(".{MANIFEST}.{}", std::process::id()));
+    fs::write(&staged, json).map_err(io("cannot write the manifest"))?;
+    fs::rename(&staged, dir.join(MANIFEST)).map_err(io("cannot replace the manifest"))?;
     Ok(manifest)
 }
 
@@ -684,6 +718,7 @@ fn chat_manifest(
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
         graph_version: GRAPH_VERSION,
         build: BuildOptions::default(),
+        quality: None,
     }
 }
 
@@ -772,6 +807,7 @@ fn build_bert(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         modelkit_version: env!("CARGO_PKG_VERSION").to_owned(),
         graph_version: GRAPH_VERSION,
         build: BuildOptions::default(),
+        quality: None,
     })
 }
 

@@ -45,6 +45,20 @@ pub struct BenchReport {
     pub inter_token_latency_ms: f64,
     pub prefill: Vec<PrefillFigure>,
     pub aggregate: Vec<AggregateFigure>,
+    pub shared_prefix: SharedPrefixFigure,
+}
+
+/// Prompts that begin with the same 300 tokens (a persona's system prompt, RAG
+/// instructions): the first one's time to first token, a later one's (its beginning
+/// in the prefix cache), and 16 arriving together once it is cached.
+#[derive(Debug, Serialize)]
+pub struct SharedPrefixFigure {
+    pub prefix_tokens: usize,
+    pub suffix_tokens: usize,
+    pub cold_time_to_first_token_ms: f64,
+    pub warm_time_to_first_token_ms: f64,
+    pub streams: usize,
+    pub median_time_to_first_token_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,12 +196,17 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
     }
     let decode = median(decode);
 
+    // Prompts of this run only, so that a server's prefix cache, warm from an earlier
+    // run, does not shorten the prefill figures.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos() as usize);
     let mut prefill = Vec::new();
     for prompt_tokens in [32, 128] {
         let mut ttft = Vec::new();
         for repeat in 0..options.repeats {
             let timing = target
-                .run(request(model, prompt(prompt_tokens, repeat + 1), 1))
+                .run(request(model, prompt(prompt_tokens, run + repeat + 1), 1))
                 .await?;
             ttft.push(timing.first_token.as_secs_f64());
         }
@@ -235,6 +254,7 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
                 .fold(0.0, f64::max),
         });
     }
+    let shared_prefix = measure_shared_prefix(target, model, run, options.repeats).await?;
     Ok(BenchReport {
         model: model.clone(),
         path: match target {
@@ -245,6 +265,52 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
         inter_token_latency_ms: 1e3 / decode,
         prefill,
         aggregate,
+        shared_prefix,
+    })
+}
+
+/// The shared-prefix figures: 300 tokens in common, 16 of each prompt's own.
+async fn measure_shared_prefix(
+    target: &Target,
+    model: &str,
+    run: usize,
+    repeats: usize,
+) -> anyhow::Result<SharedPrefixFigure> {
+    const PREFIX: usize = 300;
+    const SUFFIX: usize = 16;
+    const STREAMS: usize = 16;
+    let shared = prompt(PREFIX, run + 5_000);
+    let with_suffix = |seed: usize| {
+        let mut tokens = shared.clone();
+        tokens.extend(prompt(SUFFIX, run + 6_000 + seed));
+        tokens
+    };
+    let cold = target.run(request(model, with_suffix(0), 1)).await?;
+    let mut warm = Vec::new();
+    for repeat in 0..repeats {
+        let timing = target
+            .run(request(model, with_suffix(repeat + 1), 1))
+            .await?;
+        warm.push(timing.first_token.as_secs_f64());
+    }
+    let together = futures::future::join_all(
+        (0..STREAMS).map(|i| target.run(request(model, with_suffix(100 + i), 16))),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok(SharedPrefixFigure {
+        prefix_tokens: PREFIX,
+        suffix_tokens: SUFFIX,
+        cold_time_to_first_token_ms: cold.first_token.as_secs_f64() * 1e3,
+        warm_time_to_first_token_ms: median(warm) * 1e3,
+        streams: STREAMS,
+        median_time_to_first_token_ms: median(
+            together
+                .iter()
+                .map(|t| t.first_token.as_secs_f64() * 1e3)
+                .collect(),
+        ),
     })
 }
 
@@ -336,6 +402,20 @@ fn print(report: &BenchReport) {
             ),
         ]);
     }
+    let shared = &report.shared_prefix;
+    table.add_row([
+        format!(
+            "{} + {} tokens, the first {} shared",
+            shared.prefix_tokens, shared.suffix_tokens, shared.prefix_tokens
+        ),
+        format!(
+            "first token {:.0} ms cold, {:.0} ms with the prefix cached; {} arriving together: {:.0} ms median",
+            shared.cold_time_to_first_token_ms,
+            shared.warm_time_to_first_token_ms,
+            shared.streams,
+            shared.median_time_to_first_token_ms
+        ),
+    ]);
     println!("inference benchmark: {} via {}", report.model, report.path);
     println!("{table}");
 }

@@ -34,6 +34,8 @@ pub struct PerplexityOptions {
     /// Score only the first N windows (llama-perplexity's `--chunks`).
     pub chunks: Option<usize>,
     pub json: Option<PathBuf>,
+    /// Record the figure in the package's `slough-model.json` (`quality`).
+    pub record: bool,
 }
 
 /// The figures.
@@ -388,6 +390,21 @@ pub fn run(settings: &Settings, options: &PerplexityOptions) -> anyhow::Result<(
             reference.kl_error,
             100.0 * reference.top1_agreement
         );
+    }
+    if options.record {
+        let quality = package::Quality {
+            text: options
+                .text
+                .file_name()
+                .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+            context: report.context,
+            windows: report.chunks,
+            perplexity: report.perplexity,
+            perplexity_error: report.perplexity_error,
+            measured_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        package::record_quality(&models_dir.join(&options.model), quality)?;
+        println!("recorded in {}'s {}", options.model, package::MANIFEST);
     }
     if let Some(path) = &options.json {
         crate::write_figures(path, &report)?;

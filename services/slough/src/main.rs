@@ -189,6 +189,9 @@ enum EvalCommand {
         /// Score only the first N windows (llama-perplexity's --chunks).
         #[arg(long)]
         chunks: Option<usize>,
+        /// Record the figure in the package's slough-model.json (`quality`).
+        #[arg(long)]
+        record: bool,
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -618,6 +621,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     reference,
                     context,
                     chunks,
+                    record,
                     json,
                 },
         } => eval_perplexity::run(
@@ -629,6 +633,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 context,
                 chunks,
                 json,
+                record,
             },
         ),
         Command::Eval {

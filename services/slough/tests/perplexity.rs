@@ -98,8 +98,16 @@ fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
     assert_eq!(compared.top1_agreement, 1.0);
     assert!((compared.perplexity - ppl).abs() < 1e-6 * ppl);
 
-    // The command prints the same figure.
+    // The command prints the same figure, and records it in a package's manifest.
     let data = tempfile::tempdir().unwrap();
+    // A copy of the package, so that recording leaves the shared one alone.
+    let own_models = data.path().join("models");
+    let copy = own_models.join(CHAT_MODEL);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(models.join(CHAT_MODEL)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_slough"))
         .args(["eval", "perplexity", "--model", CHAT_MODEL])
         .args([

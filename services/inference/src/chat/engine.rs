@@ -218,7 +218,9 @@ impl Engine {
     /// Prefills `suffix` after a prompt prefix whose keys and values are known
     /// (`prefix`, `prefix_len` positions, as a cached [`PrefillCache`]): only the suffix
     /// is computed. Returns the last position's logits and the whole prompt's cache, as
-    /// [`Engine::prefill`] would for the prefix and suffix together.
+    /// [`Engine::prefill`] would for the prefix and suffix together. One prompt per call:
+    /// ONNX Runtime's GroupQueryAttention takes several new positions after a past only
+    /// for a batch of one.
     pub fn prefill_after(
         &mut self,
         prefix: &PrefillCache,

@@ -71,10 +71,14 @@ impl PrefixCache {
         self.bytes
     }
 
-    /// The cached leading blocks of `prompt` (leaving at least its last token to
-    /// prefill, which gives the logits to sample from), assembled into one cache, and
-    /// how many positions it holds; `None` when not even the first block is cached.
-    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(PrefillCache, usize)> {
+    /// How many of `prompt`'s leading positions a lookup would find (without counting
+    /// as a use).
+    pub fn cached_len(&self, prompt: &[u32]) -> usize {
+        self.chain(prompt).len() * BLOCK
+    }
+
+    /// The keys of `prompt`'s cached leading blocks, leaving at least its last token.
+    fn chain(&self, prompt: &[u32]) -> Vec<u64> {
         let mut keys = Vec::new();
         let mut parent = 0;
         for tokens in prompt[..prompt.len().saturating_sub(1)].chunks_exact(BLOCK) {
@@ -86,6 +90,14 @@ impl PrefixCache {
             keys.push(key);
             parent = key;
         }
+        keys
+    }
+
+    /// The cached leading blocks of `prompt` (leaving at least its last token to
+    /// prefill, which gives the logits to sample from), assembled into one cache, and
+    /// how many positions it holds; `None` when not even the first block is cached.
+    pub fn lookup(&mut self, prompt: &[u32]) -> Option<(PrefillCache, usize)> {
+        let keys = self.chain(prompt);
         if keys.is_empty() {
             return None;
         }

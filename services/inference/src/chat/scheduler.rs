@@ -205,8 +205,9 @@ impl Scheduler {
         if self.prefill_chunk() {
             return;
         }
+        // What each prompt leaves to prefill once its cached beginning is taken.
         let waiting = self.waiting.iter().map(|(_, job)| Waiting {
-            prompt_tokens: job.prompt.len(),
+            prompt_tokens: job.prompt.len() - self.prefixes.cached_len(&job.prompt),
             choices: job.n,
         });
         let turn = admission::admit(
