@@ -281,6 +281,12 @@ async fn a_first_session_in_the_console() {
         "{policy}"
     );
     assert_eq!(index.headers()["x-content-type-options"], "nosniff");
+    let head = reqwest::Client::new()
+        .head(format!("{base}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200, "HEAD / (curl -I) answers like GET");
 
     // No key: a welcome that says what to do, never a blank page.
     page.client.goto(&format!("{base}/")).await.unwrap();

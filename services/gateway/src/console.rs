@@ -23,11 +23,19 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
-/// Binds `/` and `/console/{file}`.
+/// Binds `/` and `/console/{file}` (GET, and HEAD for checks like `curl -I`).
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/", web::get().to(index))
-        .route("/console/{file:.+}", web::get().to(file));
+        .service(
+            web::resource("/")
+                .route(web::get().to(index))
+                .route(web::head().to(index)),
+        )
+        .service(
+            web::resource("/console/{file:.+}")
+                .route(web::get().to(file))
+                .route(web::head().to(file)),
+        );
 }
 
 async fn index(request: HttpRequest) -> HttpResponse {
