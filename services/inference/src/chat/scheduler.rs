@@ -89,6 +89,23 @@ struct Sequence {
     last_token_at: Instant,
 }
 
+/// The cached beginning of `prompt` and its length, counted in `metrics` (a lookup when
+/// the cache is on, a hit and the tokens it saves when found).
+fn lookup_prefix(
+    prefixes: &mut PrefixCache,
+    metrics: &ModelMetrics,
+    prompt: &[u32],
+) -> Option<(PrefillCache, usize)> {
+    if !prefixes.enabled() {
+        return None;
+    }
+    metrics.prefix_lookups.inc();
+    let found = prefixes.lookup(prompt)?;
+    metrics.prefix_hits.inc();
+    metrics.prefix_saved_tokens.inc_by(found.1 as u64);
+    Some(found)
+}
+
 /// The scheduler thread's state.
 pub struct Scheduler {
     engine: Engine,
@@ -307,21 +324,9 @@ impl Scheduler {
             if self.running.is_empty() || prompt_len <= chunk || !room {
                 return false;
             }
-            let start = match self.prefixes.lookup(&job.prompt) {
-                Some((cache, len)) => {
-                    self.metrics.prefix_lookups.inc();
-                    self.metrics.prefix_hits.inc();
-                    self.metrics.prefix_saved_tokens.inc_by(len as u64);
-                    (cache, len)
-                }
-                None => {
-                    if self.prefixes.enabled() {
-                        self.metrics.prefix_lookups.inc();
-                    }
-                    (Vec::new(), 0)
-                }
-            };
-            self.partial = Some((id, start.0, start.1));
+            let (cache, len) = lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
+                .unwrap_or_else(|| (Vec::new(), 0));
+            self.partial = Some((id, cache, len));
         }
         let Some((_, cache, done)) = self.partial.take() else {
             return false;
@@ -401,13 +406,11 @@ impl Scheduler {
         }
         let mut cold = Vec::new();
         for (id, job) in group {
-            self.metrics.prefix_lookups.inc();
-            let Some((past, len)) = self.prefixes.lookup(&job.prompt) else {
+            let Some((past, len)) = lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
+            else {
                 cold.push((id, job));
                 continue;
             };
-            self.metrics.prefix_hits.inc();
-            self.metrics.prefix_saved_tokens.inc_by(len as u64);
             let span = tracing::info_span!(
                 parent: job.span.id(),
                 "gen_ai.prefill",
