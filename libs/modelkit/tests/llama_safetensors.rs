@@ -27,7 +27,7 @@ fn options(float_weights: FloatWeights) -> BuildOptions {
     BuildOptions {
         float_weights,
         all_logits: true,
-        ..BuildOptions::default()
+        ..BuildOptions::EXACT
     }
 }
 

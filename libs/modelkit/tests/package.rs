@@ -216,15 +216,12 @@ fn importing_again_with_other_options_rebuilds_in_place() {
     let models = dir.path().join("models");
     let source = dir.path().join("tiny.gguf");
     std::fs::write(&source, tiny_llama(true)).unwrap();
-    let exact = ImportOptions::default();
-    package::import(&source, &models, &exact, &Quiet).unwrap();
-    let fast = ImportOptions {
-        build: BuildOptions {
-            accuracy_level: 4,
-            ..BuildOptions::default()
-        },
+    let exact = ImportOptions {
+        build: BuildOptions::EXACT,
         ..ImportOptions::default()
     };
+    package::import(&source, &models, &exact, &Quiet).unwrap();
+    let fast = ImportOptions::default();
     let Imported::Created(rebuilt) = package::import(&source, &models, &fast, &Quiet).unwrap()
     else {
         panic!("other options rebuild the package");

@@ -156,6 +156,24 @@ fn decoder_agrees_with_candle_over_real_text() {
         worst < support::tolerance(scale) * 10.0,
         "max |Δlogit| {worst}"
     );
+
+    // The default graph quantizes activations to int8: close to the reference, not equal
+    // (92 % measured here; its perplexity is within llama.cpp's, see the README).
+    let default = llama::build_from_gguf(
+        &file,
+        llama::BuildOptions {
+            all_logits: true,
+            ..llama::BuildOptions::default()
+        },
+    )
+    .unwrap();
+    let fast = Decoder::new(&default, 30, 3, 64, 49_152).feed(&tokens);
+    let (_, agreement) = compare(&fast, &reference);
+    eprintln!(
+        "the default graph (accuracy level 4): top-1 agreement {:.1} %",
+        agreement * 100.0
+    );
+    assert!(agreement >= 0.85, "top-1 agreement {agreement}");
 }
 
 #[test]
@@ -168,6 +186,9 @@ fn greedy_chat_is_fluent_and_stops_at_im_end() {
         "<|im_end|>",
     )
     .unwrap();
+    // The exact graph: the default one's int8 activations flip this first token, a near
+    // tie, to "L'" and the answer runs off into French, as llama.cpp's does on this file
+    // (its perplexity is measured instead, see the README).
     let model = llama::build_from_gguf(&file, support::scoring()).unwrap();
     let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
     for question in [
@@ -197,5 +218,8 @@ fn greedy_chat_is_fluent_and_stops_at_im_end() {
             text.split_whitespace().count() >= 3,
             "a real answer: {text:?}"
         );
+        if question.contains("France") {
+            assert!(text.contains("Paris"), "{text:?}");
+        }
     }
 }

@@ -9,11 +9,11 @@ use std::{path::PathBuf, sync::OnceLock};
 
 use ort::{environment::Environment, session::Session, value::Tensor};
 
-/// Build options for scoring a text: logits for every position.
+/// Build options for scoring a text: the exact graph, logits for every position.
 pub fn scoring() -> slough_modelkit::llama::BuildOptions {
     slough_modelkit::llama::BuildOptions {
         all_logits: true,
-        ..slough_modelkit::llama::BuildOptions::default()
+        ..slough_modelkit::llama::BuildOptions::EXACT
     }
 }
 
