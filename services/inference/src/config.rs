@@ -29,7 +29,7 @@ pub struct Config {
     /// arrives while streams run is prefilled in chunks of this size, one per step.
     pub prefill_budget: usize,
     /// Memory per chat model for the keys and values of recent prompts' leading
-    /// 64-token blocks, in MiB (0 turns the prefix cache off): a prompt that starts like
+    /// 16-token blocks, in MiB (0 turns the prefix cache off): a prompt that starts like
     /// a recent one (a persona's system prompt, RAG instructions) prefills only the rest.
     pub prefix_cache_mb: usize,
     /// Most memory per chat model for the running sequences' keys and values, in MiB

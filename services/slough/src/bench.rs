@@ -206,7 +206,13 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
         let mut ttft = Vec::new();
         for repeat in 0..options.repeats {
             let timing = target
-                .run(request(model, prompt(prompt_tokens, run + repeat + 1), 1))
+                .run(request(
+                    model,
+                    // Not the other length's prompt either: the shorter one is the
+                    // longer one's beginning.
+                    prompt(prompt_tokens, run + 1_000 * prompt_tokens + repeat + 1),
+                    1,
+                ))
                 .await?;
             ttft.push(timing.first_token.as_secs_f64());
         }

@@ -14,8 +14,9 @@ use std::{
 
 use super::engine::{PrefillCache, Shape};
 
-/// Tokens per block.
-pub const BLOCK: usize = 64;
+/// Tokens per block: small enough that a shared system prompt leaves few of its tokens
+/// to prefill again (at most 15), large enough that copying blocks stays cheap.
+pub const BLOCK: usize = 16;
 
 struct Block {
     parent: u64,
@@ -220,21 +221,22 @@ mod tests {
     #[test]
     fn a_shared_prefix_comes_back_block_aligned_and_bit_for_bit() {
         let mut cache = PrefixCache::new(SHAPE, usize::MAX);
-        let first: Vec<u32> = (0..200).collect();
-        cache.insert(&first, &cache_of(200));
+        let total = 3 * BLOCK + BLOCK / 2;
+        let first: Vec<u32> = (0..total as u32).collect();
+        cache.insert(&first, &cache_of(total));
         assert_eq!(cache.bytes(), 3 * cache.block_bytes());
 
-        // The same 150 leading tokens, then others: two blocks (128 positions) hit.
-        let mut second: Vec<u32> = (0..150).collect();
+        // The same leading tokens into the third block, then others: two blocks hit.
+        let mut second: Vec<u32> = (0..(2 * BLOCK + 3) as u32).collect();
         second.extend(900..960);
         let (hit, len) = cache.lookup(&second).unwrap();
-        assert_eq!(len, 128);
-        let expected = cache_of(200);
+        assert_eq!(len, 2 * BLOCK);
+        let expected = cache_of(total);
         for layer in 0..SHAPE.layers {
             for part in 0..2 {
                 for head in 0..SHAPE.kv_heads {
                     let run = len * SHAPE.head_dim;
-                    let from = head * 200 * SHAPE.head_dim;
+                    let from = head * total * SHAPE.head_dim;
                     assert_eq!(
                         hit[layer][part][head * run..(head + 1) * run],
                         expected[layer][part][from..from + run]
@@ -243,8 +245,8 @@ mod tests {
             }
         }
         // A prompt of exactly one block keeps its last token to prefill: no hit.
-        assert!(cache.lookup(&first[..64]).is_none());
-        assert_eq!(cache.lookup(&first[..65]).unwrap().1, 64);
+        assert!(cache.lookup(&first[..BLOCK]).is_none());
+        assert_eq!(cache.lookup(&first[..BLOCK + 1]).unwrap().1, BLOCK);
         // A different first block: nothing, even if later blocks match.
         let mut other = first.clone();
         other[3] = 999;
@@ -255,17 +257,18 @@ mod tests {
     fn the_budget_evicts_the_least_recently_used_blocks() {
         let probe = PrefixCache::new(SHAPE, 0);
         let mut cache = PrefixCache::new(SHAPE, 3 * probe.block_bytes());
-        let a: Vec<u32> = (0..129).collect();
-        let b: Vec<u32> = (1000..1129).collect();
-        cache.insert(&a, &cache_of(129));
-        cache.insert(&b, &cache_of(129));
+        let len = 2 * BLOCK + 1;
+        let a: Vec<u32> = (0..len as u32).collect();
+        let b: Vec<u32> = (1000..1000 + len as u32).collect();
+        cache.insert(&a, &cache_of(len));
+        cache.insert(&b, &cache_of(len));
         assert_eq!(cache.bytes(), 3 * cache.block_bytes());
         // a's blocks were the oldest, its later one goes first; b's blocks stay.
-        assert_eq!(cache.lookup(&b).unwrap().1, 128);
-        assert_eq!(cache.lookup(&a).unwrap().1, 64);
+        assert_eq!(cache.lookup(&b).unwrap().1, 2 * BLOCK);
+        assert_eq!(cache.lookup(&a).unwrap().1, BLOCK);
         // Nothing fits in a cache smaller than a block.
         let mut none = PrefixCache::new(SHAPE, 0);
-        none.insert(&a, &cache_of(129));
+        none.insert(&a, &cache_of(len));
         assert_eq!(none.bytes(), 0);
         assert!(none.lookup(&a).is_none());
     }
