@@ -1,7 +1,8 @@
 //! `slough bench inference`: generation speed through the real NATS path (or, with
 //! `--in-process`, straight into the model's scheduler, to show what the bus costs).
-//! Single-stream decode, prefill at 32 and 128 prompt tokens, time to first token, and
-//! aggregate decode at several concurrencies; prints a table and writes JSON.
+//! Single-stream decode, prefill at 32 and 128 prompt tokens, time to first token,
+//! aggregate decode at several concurrencies, a shared prompt prefix, and running
+//! streams' token gaps while a long prompt arrives; prints a table and writes JSON.
 
 use std::{
     path::{Path, PathBuf},
@@ -46,6 +47,22 @@ pub struct BenchReport {
     pub prefill: Vec<PrefillFigure>,
     pub aggregate: Vec<AggregateFigure>,
     pub shared_prefix: SharedPrefixFigure,
+    pub long_prompt: LongPromptFigure,
+}
+
+/// Streams decoding while a long prompt arrives: the gaps between their tokens from
+/// its arrival to its first token. With chunked prefill (a prompt longer than
+/// `inference.prefill_budget` is prefilled a budget at a time between decode steps)
+/// they keep going; prefilled in one piece, it stalls them for its whole prefill.
+#[derive(Debug, Serialize)]
+pub struct LongPromptFigure {
+    pub streams: usize,
+    pub prompt_tokens: usize,
+    pub time_to_first_token_ms: f64,
+    /// Tokens each running stream made meanwhile (median).
+    pub tokens_meanwhile: f64,
+    pub median_gap_ms: f64,
+    pub worst_gap_ms: f64,
 }
 
 /// Prompts that begin with the same 300 tokens (a persona's system prompt, RAG
@@ -82,11 +99,13 @@ pub struct AggregateFigure {
 }
 
 /// One generation's timing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Timing {
     first_token: Duration,
     total: Duration,
     tokens: u32,
+    /// When each chunk arrived.
+    arrivals: Vec<Instant>,
 }
 
 /// Where requests go.
@@ -98,10 +117,10 @@ enum Target {
 impl Target {
     async fn run(&self, request: GenerateRequest) -> anyhow::Result<Timing> {
         let started = Instant::now();
-        let mut first = None;
+        let mut arrivals = Vec::new();
         let tokens;
         match self {
-            Target::Bus(bus) => (first, tokens) = generate_over_bus(bus, &request, started).await?,
+            Target::Bus(bus) => (arrivals, tokens) = generate_over_bus(bus, &request).await?,
             Target::Direct(models) => {
                 let Served::Chat(model) = models.get(&request.model).await? else {
                     anyhow::bail!("{} is not a chat model", request.model);
@@ -109,9 +128,7 @@ impl Target {
                 let mut accepted = model.submit(&request)?;
                 loop {
                     match accepted.events.recv().await {
-                        Some(Event::Chunk(_)) => {
-                            first.get_or_insert_with(|| started.elapsed());
-                        }
+                        Some(Event::Chunk(_)) => arrivals.push(Instant::now()),
                         Some(Event::End(end)) => {
                             tokens = end.usage.completion_tokens;
                             break;
@@ -124,28 +141,26 @@ impl Target {
         }
         let total = started.elapsed();
         Ok(Timing {
-            first_token: first.unwrap_or(total),
+            first_token: arrivals.first().map_or(total, |first| *first - started),
             total,
             tokens,
+            arrivals,
         })
     }
 }
 
-/// Runs one generation over the bus to its end: when its first chunk came (counted from
-/// `started`) and how many tokens it generated.
+/// Runs one generation over the bus to its end: when each chunk came and how many
+/// tokens it generated.
 pub(crate) async fn generate_over_bus(
     bus: &Bus,
     request: &GenerateRequest,
-    started: Instant,
-) -> anyhow::Result<(Option<Duration>, u32)> {
+) -> anyhow::Result<(Vec<Instant>, u32)> {
     let mut stream = bus.open(&protocol::GENERATE, request).await?;
-    let mut first = None;
+    let mut arrivals = Vec::new();
     loop {
         match stream.next().await {
-            Some(Ok(StreamItem::Chunk(_))) => {
-                first.get_or_insert_with(|| started.elapsed());
-            }
-            Some(Ok(StreamItem::End(end))) => return Ok((first, end.usage.completion_tokens)),
+            Some(Ok(StreamItem::Chunk(_))) => arrivals.push(Instant::now()),
+            Some(Ok(StreamItem::End(end))) => return Ok((arrivals, end.usage.completion_tokens)),
             Some(Err(err)) => return Err(err.into()),
             None => anyhow::bail!("the stream ended without a final frame"),
         }
@@ -261,6 +276,7 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
         });
     }
     let shared_prefix = measure_shared_prefix(target, model, run, options.repeats).await?;
+    let long_prompt = measure_long_prompt(target, model, run).await?;
     Ok(BenchReport {
         model: model.clone(),
         path: match target {
@@ -272,6 +288,7 @@ async fn measure(target: &Target, options: &BenchOptions) -> anyhow::Result<Benc
         prefill,
         aggregate,
         shared_prefix,
+        long_prompt,
     })
 }
 
@@ -317,6 +334,58 @@ async fn measure_shared_prefix(
                 .map(|t| t.first_token.as_secs_f64() * 1e3)
                 .collect(),
         ),
+    })
+}
+
+/// Four streams decoding (long enough to outlast the prefill) and, once they run, a
+/// 2 000-token prompt: their token gaps from its arrival to its first token.
+async fn measure_long_prompt(
+    target: &Target,
+    model: &str,
+    run: usize,
+) -> anyhow::Result<LongPromptFigure> {
+    const STREAMS: usize = 4;
+    const PROMPT: usize = 2_000;
+    const TOKENS: u32 = 400;
+    let streams = futures::future::join_all(
+        (0..STREAMS).map(|i| target.run(request(model, prompt(16, run + 7_000 + i), TOKENS))),
+    );
+    let long = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let arrived = Instant::now();
+        let timing = target
+            .run(request(model, prompt(PROMPT, run + 8_000), 1))
+            .await?;
+        anyhow::Ok((arrived, arrived + timing.first_token))
+    };
+    let (streams, long) = futures::join!(streams, long);
+    let (arrived, answered) = long?;
+    let streams: Vec<Timing> = streams.into_iter().collect::<Result<_, _>>()?;
+    if streams
+        .iter()
+        .any(|s| s.arrivals.last().is_none_or(|last| *last < answered))
+    {
+        anyhow::bail!("a running stream ended before the long prompt's first token");
+    }
+    let mut gaps = Vec::new();
+    let mut meanwhile = Vec::new();
+    for stream in &streams {
+        let during = |at: &Instant| *at > arrived && *at <= answered;
+        meanwhile.push(stream.arrivals.iter().filter(|at| during(at)).count() as f64);
+        // Every gap that ends inside the window, and the one that spans its end.
+        for pair in stream.arrivals.windows(2) {
+            if pair[1] > arrived && pair[0] < answered {
+                gaps.push((pair[1] - pair[0]).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(LongPromptFigure {
+        streams: STREAMS,
+        prompt_tokens: PROMPT,
+        time_to_first_token_ms: (answered - arrived).as_secs_f64() * 1e3,
+        tokens_meanwhile: median(meanwhile),
+        worst_gap_ms: gaps.iter().copied().fold(0.0, f64::max),
+        median_gap_ms: median(gaps),
     })
 }
 
@@ -420,6 +489,17 @@ fn print(report: &BenchReport) {
             shared.warm_time_to_first_token_ms,
             shared.streams,
             shared.median_time_to_first_token_ms
+        ),
+    ]);
+    let long = &report.long_prompt;
+    table.add_row([
+        format!(
+            "{} streams running, a {}-token prompt arrives",
+            long.streams, long.prompt_tokens
+        ),
+        format!(
+            "its first token after {:.0} ms; meanwhile {:.0} tokens per stream, gaps {:.0} ms median, {:.0} ms worst",
+            long.time_to_first_token_ms, long.tokens_meanwhile, long.median_gap_ms, long.worst_gap_ms
         ),
     ]);
     println!("inference benchmark: {} via {}", report.model, report.path);

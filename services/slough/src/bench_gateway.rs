@@ -188,11 +188,7 @@ pub async fn measure(
         request.sampling.temperature = Some(0.0);
         drive(concurrency, options.chat_requests, move || {
             let (bus, request) = (bus.clone(), request.clone());
-            async move {
-                bench::generate_over_bus(&bus, &request, Instant::now())
-                    .await
-                    .is_ok()
-            }
+            async move { bench::generate_over_bus(&bus, &request).await.is_ok() }
         })
         .await
     };
