@@ -188,7 +188,7 @@ fn default_rope_theta() -> f32 {
 
 /// Choices that change speed, size or accuracy, not the model. The default quantizes
 /// activations to int8 in every `MatMulNBits` (accuracy level 4, as llama.cpp does): on
-/// SmolLM2's Q4_1 GGUF it is about 1.7× as fast as [`BuildOptions::EXACT`] and its
+/// SmolLM2's Q4_1 GGUF it decodes about 1.5× as fast as [`BuildOptions::EXACT`] and its
 /// perplexity is within llama.cpp's own on the same file (31.21 ± 0.93 against 30.87 ±
 /// 0.92, Cranfield abstracts, 512-token windows; the exact graph gives 30.80). Float
 /// weights are stored as int8 blocks.

@@ -99,7 +99,7 @@ pub struct AggregateFigure {
 }
 
 /// One generation's timing.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Timing {
     first_token: Duration,
     total: Duration,
@@ -367,11 +367,11 @@ async fn measure_long_prompt(
     {
         anyhow::bail!("a running stream ended before the long prompt's first token");
     }
+    let during = |at: &&Instant| **at > arrived && **at <= answered;
     let mut gaps = Vec::new();
     let mut meanwhile = Vec::new();
     for stream in &streams {
-        let during = |at: &Instant| *at > arrived && *at <= answered;
-        meanwhile.push(stream.arrivals.iter().filter(|at| during(at)).count() as f64);
+        meanwhile.push(stream.arrivals.iter().filter(during).count() as f64);
         // Every gap that ends inside the window, and the one that spans its end.
         for pair in stream.arrivals.windows(2) {
             if pair[1] > arrived && pair[0] < answered {

@@ -365,13 +365,13 @@ enum ModelsCommand {
         #[arg(long, default_value = "int8", value_parser = parse_weights)]
         weights: FloatWeights,
         /// MatMulNBits accuracy level inside the layers: 4 quantizes activations to int8
-        /// as llama.cpp does (the default: about 1.7× as fast on CPU, perplexity within
+        /// as llama.cpp does (the default: about 1.5× as fast on CPU, perplexity within
         /// llama.cpp's; the README has the figures); 0 computes in fp32 on the exact
         /// weights.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(0..=4))]
+        #[arg(long, default_value_t = BuildOptions::default().accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
         accuracy_level: i64,
         /// The same for the lm_head alone.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(0..=4))]
+        #[arg(long, default_value_t = BuildOptions::default().lm_head_accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
         lm_head_accuracy_level: i64,
         /// The exact graph: fp32 arithmetic everywhere (both accuracy levels 0), the one
         /// that matches a float reference.
@@ -711,7 +711,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
             lm_head_accuracy_level,
             exact,
         } => {
-            let options = match exact {
+            let levels = match exact {
                 true => BuildOptions::EXACT,
                 false => BuildOptions {
                     accuracy_level,
@@ -721,7 +721,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
             };
             let options = BuildOptions {
                 float_weights: weights,
-                ..options
+                ..levels
             };
             models::import(&dir, &nats_url, &source, id, options)
         }
