@@ -186,12 +186,14 @@ fn default_rope_theta() -> f32 {
     10_000.0
 }
 
+pub use crate::onnx::nbits::Int8Kernel;
+
 /// Choices that change speed, size or accuracy, not the model. The default quantizes
-/// activations to int8 in every `MatMulNBits` (accuracy level 4, as llama.cpp does): on
-/// SmolLM2's Q4_1 GGUF it decodes about 1.5× as fast as [`BuildOptions::EXACT`] and its
-/// perplexity is within llama.cpp's own on the same file (31.21 ± 0.93 against 30.87 ±
-/// 0.92, Cranfield abstracts, 512-token windows; the exact graph gives 30.80). Float
-/// weights are stored as int8 blocks.
+/// activations to int8 in every matmul (accuracy level 4, as llama.cpp does) and runs
+/// them on our own kernel over the GGUF's blocks ([`Int8Kernel::Blocks`], see
+/// [`crate::kernels`]): on SmolLM2's Q4_1 GGUF it decodes about 2.3× as fast as
+/// [`BuildOptions::EXACT`], and its perplexity is within llama.cpp's own on the same
+/// file (the README has the figures). Float weights are stored as int8 blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(default)]
 pub struct BuildOptions {
@@ -199,6 +201,9 @@ pub struct BuildOptions {
     pub accuracy_level: i64,
     /// `MatMulNBits` accuracy level of the lm_head (argmax is most sensitive here).
     pub lm_head_accuracy_level: i64,
+    /// What runs the matmuls at accuracy level 4: our kernel, or `MatMulNBits` (kept
+    /// for comparison).
+    pub int8_kernel: Int8Kernel,
     /// How float matrices (safetensors, F32/F16/BF16 GGUF tensors, and GGUF types with no
     /// exact block mapping) are stored.
     pub float_weights: FloatWeights,
@@ -214,6 +219,7 @@ impl BuildOptions {
     pub const EXACT: BuildOptions = BuildOptions {
         accuracy_level: 0,
         lm_head_accuracy_level: 0,
+        int8_kernel: Int8Kernel::Blocks,
         float_weights: FloatWeights::Int8,
         all_logits: false,
     };
@@ -598,6 +604,7 @@ impl Decoder<'_> {
     fn layer_opts(&self) -> MatMulOptions {
         MatMulOptions {
             accuracy_level: self.options.accuracy_level,
+            int8_kernel: self.options.int8_kernel,
         }
     }
 
@@ -816,6 +823,7 @@ impl Decoder<'_> {
         };
         let options = MatMulOptions {
             accuracy_level: self.options.lm_head_accuracy_level,
+            int8_kernel: self.options.int8_kernel,
         };
         let logits = matmul(&mut self.g, "lm_head", hidden, &lm_head, options);
         self.g.node_named(

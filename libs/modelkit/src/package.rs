@@ -30,7 +30,8 @@ pub const MANIFEST: &str = "slough-model.json";
 /// 2: Q8_0 matrices run as two 4-bit halves; gate and up packed.
 /// 3: logits of the last position only.
 /// 4: each row's own last position, so right-padded prompts can be prefilled together.
-pub const GRAPH_VERSION: u32 = 4;
+/// 5: int8 matmuls on our own `BlockMatMul` kernel (see [`crate::kernels`]).
+pub const GRAPH_VERSION: u32 = 5;
 
 /// `slough-model.json`: everything inference needs to know about a package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -580,11 +581,12 @@ fn build_gguf(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         .map(|t| t.ggml_type.to_string())
         .collect();
     let quantization = format!(
-        "{} from GGUF, as MatMulNBits/GatherBlockQuantized blocks of 32 (float matrices as {}; accuracy level {}, lm_head {})",
+        "{} from GGUF, as blocks of 32 (float matrices as {}; accuracy level {}, lm_head {}; int8 kernel {})",
         types.into_iter().collect::<Vec<_>>().join("+"),
         options.build.float_weights,
         options.build.accuracy_level,
-        options.build.lm_head_accuracy_level
+        options.build.lm_head_accuracy_level,
+        options.build.int8_kernel,
     );
     Ok(chat_manifest(
         id,
@@ -655,10 +657,11 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
         id,
         &config,
         format!(
-            "float safetensors as {} (MatMulNBits accuracy level {}, lm_head {})",
+            "float safetensors as {} (accuracy level {}, lm_head {}; int8 kernel {})",
             options.build.float_weights,
             options.build.accuracy_level,
-            options.build.lm_head_accuracy_level
+            options.build.lm_head_accuracy_level,
+            options.build.int8_kernel,
         ),
         Source {
             format: "safetensors".to_owned(),

@@ -14,7 +14,7 @@ mod support;
 use std::{collections::HashMap, time::Instant};
 
 use candle_core::{DType, Device, Tensor as CandleTensor};
-use ort::{session::Session, value::Tensor};
+use ort::value::Tensor;
 use slough_modelkit::{
     bert::{self, BertConfig},
     safetensors::SafetensorsFile,
@@ -22,10 +22,7 @@ use slough_modelkit::{
 
 /// Our graph's embeddings for `batch` (right-padded with 0 to the longest).
 fn ours(model: &[u8], batch: &[Vec<u32>]) -> Vec<Vec<f32>> {
-    let mut session = Session::builder(support::environment())
-        .unwrap()
-        .commit_from_memory(model)
-        .unwrap();
+    let mut session = support::builder().commit_from_memory(model).unwrap();
     let width = batch.iter().map(Vec::len).max().unwrap();
     let mut ids = Vec::new();
     let mut mask = Vec::new();

@@ -84,7 +84,7 @@ fn a_generation_graph_gives_the_last_positions_logits_only() {
 
 #[test]
 fn right_padded_prompts_prefilled_together_equal_each_alone() {
-    use ort::{session::Session, value::Tensor};
+    use ort::value::Tensor;
 
     let gguf = tiny_llama(true);
     let file = GgufFile::from_bytes(gguf).unwrap();
@@ -129,10 +129,7 @@ fn right_padded_prompts_prefilled_together_equal_each_alone() {
             ));
         }
     }
-    let mut session = Session::builder(support::environment())
-        .unwrap()
-        .commit_from_memory(&model)
-        .unwrap();
+    let mut session = support::builder().commit_from_memory(&model).unwrap();
     let outputs = session.run(inputs).unwrap();
     let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
     assert_eq!(&**shape, &[rows as i64, 1, VOCAB as i64]);

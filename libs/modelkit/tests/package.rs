@@ -14,7 +14,6 @@ mod support;
 
 use std::{io::Write as _, path::Path};
 
-use ort::session::Session;
 use slough_modelkit::{
     llama::{BuildOptions, FloatWeights},
     package::{self, ImportOptions, Imported, ModelKind, PackageError, Quiet},
@@ -59,8 +58,7 @@ fn import_list_reimport_conflict_and_remove() {
         entries(&package_dir),
         ["model.onnx", "slough-model.json", "tokenizer.json"]
     );
-    Session::builder(support::environment())
-        .unwrap()
+    support::builder()
         .commit_from_file(package_dir.join("model.onnx"))
         .unwrap();
     tokenizers::Tokenizer::from_file(package_dir.join("tokenizer.json")).unwrap();
@@ -194,8 +192,7 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
         assert_eq!(manifest.stop_tokens, ["t2"]);
         assert!(manifest.quantization.contains(&float_weights.to_string()));
         let package_dir = models.join(&manifest.id);
-        Session::builder(support::environment())
-            .unwrap()
+        support::builder()
             .commit_from_file(package_dir.join("model.onnx"))
             .unwrap();
         sizes.push(

@@ -158,7 +158,8 @@ fn decoder_agrees_with_candle_over_real_text() {
     );
 
     // The default graph quantizes activations to int8: close to the reference, not equal
-    // (92 % measured here; its perplexity is within llama.cpp's, see the README).
+    // (95.6 % measured here with our kernel, 92 % with MatMulNBits; its perplexity is
+    // within llama.cpp's, see the README).
     let default = llama::build_from_gguf(
         &file,
         llama::BuildOptions {
@@ -173,7 +174,7 @@ fn decoder_agrees_with_candle_over_real_text() {
         "the default graph (accuracy level 4): top-1 agreement {:.1} %",
         agreement * 100.0
     );
-    assert!(agreement >= 0.85, "top-1 agreement {agreement}");
+    assert!(agreement >= 0.92, "top-1 agreement {agreement}");
 }
 
 #[test]

@@ -150,6 +150,12 @@ impl Runtime {
         builder = builder
             .with_intra_op_spinning(self.config.intra_op_spinning)
             .map_err(|err| session_error(err.to_string()))?;
+        // The graphs modelkit writes may use its own operators.
+        let operators =
+            slough_modelkit::kernels::domain().map_err(|err| session_error(err.to_string()))?;
+        builder = builder
+            .with_operators(operators)
+            .map_err(|err| session_error(err.to_string()))?;
         if self.config.intra_threads > 0 {
             builder = builder
                 .with_intra_threads(self.config.intra_threads)

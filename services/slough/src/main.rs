@@ -14,7 +14,7 @@ use slough::{
     runtime, status_table, train,
     up::{self, bootstrap_admin_key, print_new_admin_key, shutdown_signal},
 };
-use slough_modelkit::llama::{BuildOptions, FloatWeights};
+use slough_modelkit::llama::{BuildOptions, FloatWeights, Int8Kernel};
 use slough_protocol::{
     ServiceKind,
     status::{STATUS, StatusReport, StatusRequest},
@@ -364,18 +364,22 @@ enum ModelsCommand {
         /// exactly are always kept as they are).
         #[arg(long, default_value = "int8", value_parser = parse_weights)]
         weights: FloatWeights,
-        /// MatMulNBits accuracy level inside the layers: 4 quantizes activations to int8
-        /// as llama.cpp does (the default: about 1.5× as fast on CPU, perplexity within
+        /// Accuracy level inside the layers: 4 quantizes activations to int8 as
+        /// llama.cpp does (the default: about 2.3× as fast on CPU, perplexity within
         /// llama.cpp's; the README has the figures); 0 computes in fp32 on the exact
-        /// weights.
+        /// weights (MatMulNBits).
         #[arg(long, default_value_t = BuildOptions::default().accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
         accuracy_level: i64,
         /// The same for the lm_head alone.
         #[arg(long, default_value_t = BuildOptions::default().lm_head_accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
         lm_head_accuracy_level: i64,
+        /// What multiplies by int8 activations (accuracy level 4): blocks (our kernel,
+        /// ggml blocks as GGUF stores them; the default) or matmulnbits (onnxruntime's).
+        #[arg(long, default_value_t = BuildOptions::default().int8_kernel, value_parser = parse_int8_kernel)]
+        int8_kernel: Int8Kernel,
         /// The exact graph: fp32 arithmetic everywhere (both accuracy levels 0), the one
         /// that matches a float reference.
-        #[arg(long, conflicts_with_all = ["accuracy_level", "lm_head_accuracy_level"])]
+        #[arg(long, conflicts_with_all = ["accuracy_level", "lm_head_accuracy_level", "int8_kernel"])]
         exact: bool,
     },
     /// List the packages.
@@ -398,6 +402,16 @@ fn parse_weights(name: &str) -> Result<FloatWeights, String> {
         "fp32" => Ok(FloatWeights::Fp32),
         _ => Err(format!(
             "unknown weight storage {name:?}; expected int8, int4 or fp32"
+        )),
+    }
+}
+
+fn parse_int8_kernel(name: &str) -> Result<Int8Kernel, String> {
+    match name {
+        "blocks" => Ok(Int8Kernel::Blocks),
+        "matmulnbits" => Ok(Int8Kernel::MatMulNBits),
+        _ => Err(format!(
+            "unknown int8 kernel {name:?}; expected blocks or matmulnbits"
         )),
     }
 }
@@ -709,6 +723,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
             weights,
             accuracy_level,
             lm_head_accuracy_level,
+            int8_kernel,
             exact,
         } => {
             let levels = match exact {
@@ -716,6 +731,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
                 false => BuildOptions {
                     accuracy_level,
                     lm_head_accuracy_level,
+                    int8_kernel,
                     ..BuildOptions::EXACT
                 },
             };

@@ -149,23 +149,36 @@ impl GraphBuilder {
         self.metadata.push((key.to_owned(), value.to_owned()));
     }
 
-    /// The model, with the standard and `com.microsoft` operator sets.
+    /// The model, with the standard and `com.microsoft` operator sets, and ours
+    /// ([`crate::kernels::DOMAIN`]) when a node uses it.
     pub fn into_model(self) -> ModelProto {
+        let mut opset_import = vec![
+            OperatorSetIdProto {
+                domain: String::new(),
+                version: ONNX_OPSET,
+            },
+            OperatorSetIdProto {
+                domain: MS_DOMAIN.to_owned(),
+                version: 1,
+            },
+        ];
+        if self
+            .graph
+            .node
+            .iter()
+            .any(|node| node.domain == crate::kernels::DOMAIN)
+        {
+            opset_import.push(OperatorSetIdProto {
+                domain: crate::kernels::DOMAIN.to_owned(),
+                version: 1,
+            });
+        }
         ModelProto {
             ir_version: IR_VERSION,
             producer_name: "slough-modelkit".to_owned(),
             producer_version: env!("CARGO_PKG_VERSION").to_owned(),
             graph: Some(self.graph),
-            opset_import: vec![
-                OperatorSetIdProto {
-                    domain: String::new(),
-                    version: ONNX_OPSET,
-                },
-                OperatorSetIdProto {
-                    domain: MS_DOMAIN.to_owned(),
-                    version: 1,
-                },
-            ],
+            opset_import,
             metadata_props: self
                 .metadata
                 .into_iter()

@@ -1,4 +1,5 @@
-//! ggml weight blocks as onnxruntime `MatMulNBits` inputs, without requantizing:
+//! ggml weight blocks as onnxruntime `MatMulNBits` inputs, or as our own `BlockMatMul`'s
+//! (see [`crate::kernels`]), without requantizing. For `MatMulNBits`:
 //! Q4_0 maps exactly (default zero point 8); Q4_1's per-block minimum is split off into
 //! a second, tiny matmul over the activations' block sums, which is exact too and keeps
 //! the fast kernel (a float zero point would not); Q8_0 runs as two 4-bit halves plus
@@ -12,7 +13,7 @@ use super::{
     graph::{Attr, GraphBuilder, MS_DOMAIN},
     proto::DataType,
 };
-use crate::gguf::GgmlType;
+use crate::{gguf::GgmlType, kernels};
 
 /// Values per ggml block, and `MatMulNBits`' block size for them.
 pub const BLOCK: usize = 32;
@@ -118,6 +119,29 @@ pub struct MatMulOptions {
     /// `MatMulNBits`' `accuracy_level`: 0 unset, 1 fp32, 4 int8 activations (faster on
     /// CPU, may flip near-tie argmaxes; measured, not assumed).
     pub accuracy_level: i64,
+    /// What multiplies by int8 activations (accuracy level 4).
+    pub int8_kernel: Int8Kernel,
+}
+
+/// The kernel for matmuls with int8-quantized activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Int8Kernel {
+    /// Our `BlockMatMul` (see [`crate::kernels`]): ggml blocks as GGUF stores them, the
+    /// Q4_1 minimums inside the kernel.
+    #[default]
+    Blocks,
+    /// onnxruntime's `MatMulNBits`, with Q4_1's minimums as a separate block term.
+    MatMulNBits,
+}
+
+impl std::fmt::Display for Int8Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Int8Kernel::Blocks => "blocks",
+            Int8Kernel::MatMulNBits => "matmulnbits",
+        })
+    }
 }
 
 /// Adds `input [.., K] · weightᵀ → [.., N]` to the graph (input of rank 3), with the
@@ -129,6 +153,9 @@ pub fn matmul(
     weight: &NBitsWeight,
     options: MatMulOptions,
 ) -> String {
+    if options.accuracy_level == 4 && options.int8_kernel == Int8Kernel::Blocks {
+        return block_matmul(graph, name, input, weight);
+    }
     if weight.bits == 8 && options.accuracy_level < 4 {
         return matmul_8bit(graph, name, input, weight, options);
     }
@@ -193,6 +220,61 @@ fn matmul_8bit(
     let product = nbits_node(graph, name, &doubled, &split, options);
     let eights: Vec<f32> = weight.scales.iter().map(|d| 8.0 * d).collect();
     add_block_term(graph, name, input, weight, &eights, &product)
+}
+
+/// One `BlockMatMul` node (see [`crate::kernels`]): the values in ggml's order, f16
+/// scales, and f16 minimums for 4 bits (Q4_0's are `−8d`). The scales and minimums came
+/// from f16, so nothing is rounded.
+fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBitsWeight) -> String {
+    let k_blocks = weight.k / BLOCK;
+    let blob = BLOCK * usize::from(weight.bits) / 8;
+    let halves = |values: &mut dyn Iterator<Item = f32>| -> Vec<u8> {
+        values
+            .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+            .collect()
+    };
+    let values: Vec<u8> = match weight.bits {
+        // Stored as q + 128 for MatMulNBits; the kernel wants q.
+        8 => weight.b.iter().map(|u| u ^ 0x80).collect(),
+        // MatMulNBits pairs values 2j and 2j+1 in byte j; ggml pairs j with j + 16.
+        _ => weight
+            .b
+            .chunks_exact(blob)
+            .flat_map(|block| {
+                let value = |v: usize| (block[v / 2] >> (4 * (v % 2))) & 0x0F;
+                (0..16).map(move |j| value(j) | (value(j + 16) << 4))
+            })
+            .collect(),
+    };
+    let shape = [weight.n as i64, k_blocks as i64];
+    let values = graph.initializer(
+        &format!("{name}.values"),
+        DataType::Uint8,
+        &[shape[0], shape[1], blob as i64],
+        values,
+    );
+    let scales = halves(&mut weight.scales.iter().copied());
+    let scales = graph.initializer(&format!("{name}.scales"), DataType::Float16, &shape, scales);
+    let mut inputs = vec![input.to_owned(), values, scales];
+    if weight.bits == 4 {
+        let mins = match &weight.mins {
+            Some(mins) => halves(&mut mins.iter().copied()),
+            None => halves(&mut weight.scales.iter().map(|d| -8.0 * d)),
+        };
+        inputs.push(graph.initializer(&format!("{name}.mins"), DataType::Float16, &shape, mins));
+    }
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    graph.op(
+        kernels::DOMAIN,
+        kernels::BLOCK_MATMUL,
+        name,
+        &inputs,
+        &[
+            ("K", Attr::Int(weight.k as i64)),
+            ("N", Attr::Int(weight.n as i64)),
+            ("bits", Attr::Int(i64::from(weight.bits))),
+        ],
+    )
 }
 
 /// One `MatMulNBits` node; Q4_1 blocks get zero point 0 (their minimum is added apart).

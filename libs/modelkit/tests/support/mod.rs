@@ -66,6 +66,15 @@ pub struct Decoder {
     pub vocab: usize,
 }
 
+/// A session builder on the shared environment, with our operators registered (as
+/// inference registers them).
+pub fn builder() -> ort::session::builder::SessionBuilder {
+    Session::builder(environment())
+        .unwrap()
+        .with_operators(slough_modelkit::kernels::domain().unwrap())
+        .unwrap()
+}
+
 impl Decoder {
     pub fn new(
         model: &[u8],
@@ -74,10 +83,7 @@ impl Decoder {
         head_dim: usize,
         vocab: usize,
     ) -> Decoder {
-        let session = Session::builder(environment())
-            .unwrap()
-            .commit_from_memory(model)
-            .unwrap();
+        let session = builder().commit_from_memory(model).unwrap();
         let past = vec![(vec![1, kv_heads, 0, head_dim], Vec::new()); layers * 2];
         Decoder {
             session,

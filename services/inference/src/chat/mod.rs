@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use slough_modelkit::package::Manifest;
+use slough_modelkit::{llama::Int8Kernel, package::Manifest};
 use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::{GenerateRequest, ModelInfo, ModelKind, ModelLoad},
@@ -82,6 +82,17 @@ pub fn open(
     let (session, provider) = runtime
         .session(&dir.join("model.onnx"))
         .map_err(|err| err.to_string())?;
+    let build = &manifest.build;
+    let on_our_kernel = (build.accuracy_level == 4 || build.lm_head_accuracy_level == 4)
+        && build.int8_kernel == Int8Kernel::Blocks;
+    if provider != crate::config::Provider::Cpu && on_our_kernel {
+        tracing::warn!(
+            model = %manifest.id,
+            provider = provider.name(),
+            "this package's int8 matmuls run on our CPU kernel, copied to and from the device \
+             around each; import it with --int8-kernel matmulnbits (or --exact) for a GPU"
+        );
+    }
     let shape = Shape {
         layers: manifest.graph.layers,
         kv_heads,
