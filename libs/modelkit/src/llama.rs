@@ -947,40 +947,14 @@ fn matmul(
     g.op("", "MatMul", name, &[input, &weight], &[])
 }
 
-/// The token embedding: int8 blocks read by `GatherBlockQuantized`, else a float table
-/// (4-bit blocks are widened to floats).
+/// The token embedding: blocks read by our `BlockGather` (sharing their initializers
+/// with a tied lm_head on our kernel), else a float table.
 fn embed(g: &mut GraphBuilder, table: &Matrix) -> String {
     let (n, k, values) = match table {
-        Matrix::Blocks(blocks) if blocks.bits == 8 => {
-            let (v, h) = (blocks.n as i64, blocks.k as i64);
-            let data = g.initializer(
-                "token_embd.qweight",
-                DataType::Uint8,
-                &[v, h],
-                blocks.b.clone(),
-            );
-            let scales = g.initializer_f32(
-                "token_embd.scales",
-                &[v, h / nbits::BLOCK as i64],
-                &blocks.scales,
-            );
-            return g.op(
-                MS_DOMAIN,
-                "GatherBlockQuantized",
-                "embed",
-                &[&data, "input_ids", &scales],
-                &[
-                    ("bits", Attr::Int(8)),
-                    ("block_size", Attr::Int(nbits::BLOCK as i64)),
-                    ("gather_axis", Attr::Int(0)),
-                    ("quantize_axis", Attr::Int(1)),
-                ],
-            );
-        }
-        Matrix::Blocks(blocks) => (blocks.n, blocks.k, blocks.dequantize()),
-        Matrix::Float { n, k, values } => (*n, *k, values.clone()),
+        Matrix::Blocks(blocks) => return nbits::gather(g, "token_embd", "input_ids", blocks),
+        Matrix::Float { n, k, values } => (*n, *k, values),
     };
-    let table = g.initializer_f32("token_embd.weight", &[n as i64, k as i64], &values);
+    let table = g.initializer_f32("token_embd.weight", &[n as i64, k as i64], values);
     g.op(
         "",
         "Gather",

@@ -154,3 +154,51 @@ fn block_matmul_is_exact_on_int8_activations() {
         }
     }
 }
+
+/// `BlockGather` gives an embedding table's dequantized rows, and names an id outside
+/// the table instead of reading past it.
+#[test]
+fn block_gather_reads_dequantized_rows() {
+    let (k, n) = (64usize, 10usize);
+    for ggml_type in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let bytes = quant::quantize(ggml_type, &values(n * k, 5)).unwrap();
+        let dequantized = quant::dequantize(ggml_type, &bytes).unwrap();
+        let table = nbits::from_ggml(ggml_type, &bytes, n, k).unwrap();
+        let mut graph = GraphBuilder::new("gather");
+        graph.input("ids", DataType::Int64, &[Dim::Named("m".into())]);
+        let out = nbits::gather(&mut graph, "table", "ids", &table);
+        graph.node_named("", "Identity", "rows", &[&out], &["rows".to_owned()], &[]);
+        graph.output(
+            "rows",
+            DataType::Float,
+            &[Dim::Named("m".into()), Dim::Fixed(k as i64)],
+        );
+        let mut session = support::builder()
+            .commit_from_memory(&graph.into_bytes())
+            .unwrap();
+        let ids = vec![3i64, 0, 9, 3];
+        let outputs = session
+            .run(ort::inputs!["ids" => Tensor::from_array(([4usize], ids.clone())).unwrap()])
+            .unwrap();
+        let (_, rows) = outputs["rows"].try_extract_tensor::<f32>().unwrap();
+        for (row, &id) in rows.chunks(k).zip(&ids) {
+            let id = id as usize;
+            assert_eq!(
+                row,
+                &dequantized[id * k..(id + 1) * k],
+                "{ggml_type}, id {id}"
+            );
+        }
+        drop(outputs);
+        let error = session
+            .run(ort::inputs!["ids" => Tensor::from_array(([1usize], vec![10i64])).unwrap()])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("id 10 is outside the table's 10 rows"),
+            "{error}"
+        );
+    }
+}

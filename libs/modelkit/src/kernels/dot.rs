@@ -63,6 +63,16 @@ impl<'a> Matrix<'a> {
         }
     }
 
+    /// Row `row`'s values, `d·u + m` (`m` = 0 for 8 bits), into `out` (K values).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(self.blocks) {
+            let (d, m, values) = self.block(row, b);
+            for (out, &v) in out.iter_mut().zip(&values) {
+                *out = d * f32::from(v) + m;
+            }
+        }
+    }
+
     /// `d`, `m` and the integer values of block `b` of row `row`.
     fn block(&self, row: usize, b: usize) -> (f32, f32, [i16; BLOCK]) {
         let at = row * self.blocks + b;

@@ -1,40 +1,129 @@
 //! SloughGPT's own ONNX Runtime operators, domain [`DOMAIN`]: the graphs modelkit writes
 //! may use them, so every session that runs a package registers [`domain`].
 //!
-//! `BlockMatMul` (`A [.., K] · Wᵀ → [.., N]`, attributes `K`, `N` and `bits`) reads W
-//! as blocks of 32 (values `[N, K/32, 16 or 32]` u8, scales `[N, K/32]` f16, and for
-//! 4 bits minimums `[N, K/32]` f16: ggml's Q4_0, Q4_1 and Q8_0 without conversion, see
-//! [`dot`]) and quantizes A to int8 blocks of 32 as llama.cpp does. It replaces
-//! `MatMulNBits` at accuracy level 4, which needs Q4_1's block minimums as a separate
-//! matmul over the activations' block sums (a fifth of the time per token, in 240
-//! small nodes); here they cost a multiply-add per block.
+//! Both read a matrix as blocks of 32 (values `[rows, K/32, 16 or 32]` u8, scales
+//! `[rows, K/32]` f16, and for 4 bits minimums `[rows, K/32]` f16: ggml's Q4_0, Q4_1
+//! and Q8_0 without conversion, see [`dot`]); attributes `K` and `bits`.
+//!
+//! - `BlockMatMul` (`A [.., K] · Wᵀ → [.., N]`, attribute `N` too) quantizes A to int8
+//!   blocks of 32 as llama.cpp does. It replaces `MatMulNBits` at accuracy level 4,
+//!   which needs Q4_1's block minimums as a separate matmul over the activations' block
+//!   sums (a fifth of the time per token, in 240 small nodes); here they cost a
+//!   multiply-add per block.
+//! - `BlockGather` (`ids [..] → rows [.., K]`, int64 ids) reads an embedding table's
+//!   rows, so a tied lm_head and the embedding share one copy of the weights.
 
 pub mod dot;
 
+use half::f16;
 use ort::{
     operator::{
         ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
         OperatorOutput,
     },
-    value::TensorElementType,
+    value::{TensorElementType, ValueRef},
 };
-
-use half::f16;
 
 use self::dot::{BLOCK, Isa, Layout, Matrix, Quantized, TILE};
 
 /// The operator domain of our operators.
 pub const DOMAIN: &str = "ai.sloughgpt";
 
-/// The matmul over ggml blocks.
+/// The matmul over blocks.
 pub const BLOCK_MATMUL: &str = "BlockMatMul";
+
+/// The embedding lookup over blocks.
+pub const BLOCK_GATHER: &str = "BlockGather";
 
 /// Weight rows per task handed to the session's threads.
 const ROWS_PER_TASK: usize = 16;
 
 /// The domain with every operator, for `SessionBuilder::with_operators`.
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(BlockMatMul)
+    OperatorDomain::new(DOMAIN)?
+        .add(BlockMatMul)?
+        .add(BlockGather)
+}
+
+/// The first input (the activations or the ids), then the matrix's three.
+fn inputs(first: TensorElementType) -> [OperatorInput; 4] {
+    [
+        OperatorInput::required(first),
+        OperatorInput::required(TensorElementType::Uint8),
+        OperatorInput::required(TensorElementType::Float16),
+        OperatorInput::optional(TensorElementType::Float16),
+    ]
+}
+
+/// What both operators' attributes say about the matrix.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    k: usize,
+    bits: u8,
+}
+
+/// A non-negative integer attribute.
+fn attribute(op: &str, info: &KernelContext<'_>, name: &str) -> ort::Result<usize> {
+    info.get::<i64>(name)
+        .and_then(|value| usize::try_from(value).ok())
+        .ok_or_else(|| ort::Error::new(format!("{op}: attribute {name} is missing or negative")))
+}
+
+impl Shape {
+    fn read(op: &str, info: &KernelContext<'_>) -> ort::Result<Shape> {
+        let (k, bits) = (attribute(op, info, "K")?, attribute(op, info, "bits")?);
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(ort::Error::new(format!(
+                "{op}: K = {k} is not a multiple of {BLOCK}"
+            )));
+        }
+        match bits {
+            4 | 8 => Ok(Shape {
+                k,
+                bits: bits as u8,
+            }),
+            _ => Err(ort::Error::new(format!(
+                "{op}: bits = {bits}, expected 4 or 8"
+            ))),
+        }
+    }
+
+    /// The matrix in inputs 1 to 3, checked to be whole rows of this shape.
+    fn matrix<'v>(
+        self,
+        op: &str,
+        values: &'v ValueRef<'_>,
+        scales: &'v ValueRef<'_>,
+        mins: Option<&'v ValueRef<'_>>,
+    ) -> ort::Result<Matrix<'v>> {
+        let blocks = self.k / BLOCK;
+        let matrix = Matrix {
+            bits: self.bits,
+            blocks,
+            values: values.try_extract_tensor::<u8>()?.1,
+            scales: scales.try_extract_tensor::<f16>()?.1,
+            mins: match mins {
+                Some(mins) => mins.try_extract_tensor::<f16>()?.1,
+                None => &[],
+            },
+        };
+        let rows = matrix.rows();
+        let mins = if self.bits == 4 { rows * blocks } else { 0 };
+        if !matrix.scales.len().is_multiple_of(blocks)
+            || matrix.values.len() != rows * blocks * Matrix::block_bytes(self.bits)
+            || matrix.mins.len() != mins
+        {
+            return Err(ort::Error::new(format!(
+                "{op}: {} value bytes, {} scales and {} minimums do not make rows of {blocks} \
+                 {}-bit blocks",
+                matrix.values.len(),
+                matrix.scales.len(),
+                matrix.mins.len(),
+                self.bits
+            )));
+        }
+        Ok(matrix)
+    }
 }
 
 struct BlockMatMul;
@@ -47,12 +136,7 @@ impl Operator for BlockMatMul {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [
-            OperatorInput::required(TensorElementType::Float32),
-            OperatorInput::required(TensorElementType::Uint8),
-            OperatorInput::required(TensorElementType::Float16),
-            OperatorInput::optional(TensorElementType::Float16),
-        ]
+        inputs(TensorElementType::Float32)
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -63,43 +147,17 @@ impl Operator for BlockMatMul {
         &self,
         info: &KernelContext<'attr>,
     ) -> ort::Result<Self::Kernel<'attr>> {
-        let attribute = |name: &str| {
-            info.get::<i64>(name)
-                .and_then(|value| usize::try_from(value).ok())
-                .ok_or_else(|| {
-                    ort::Error::new(format!(
-                        "{BLOCK_MATMUL}: attribute {name} is missing or negative"
-                    ))
-                })
-        };
-        let (k, n, bits) = (attribute("K")?, attribute("N")?, attribute("bits")?);
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(ort::Error::new(format!(
-                "{BLOCK_MATMUL}: K = {k} is not a multiple of {BLOCK}"
-            )));
-        }
-        let bits = match bits {
-            4 => 4,
-            8 => 8,
-            _ => {
-                return Err(ort::Error::new(format!(
-                    "{BLOCK_MATMUL}: bits = {bits}, expected 4 or 8"
-                )));
-            }
-        };
         Ok(BlockMatMulKernel {
-            k,
-            n,
-            bits,
+            shape: Shape::read(BLOCK_MATMUL, info)?,
+            n: attribute(BLOCK_MATMUL, info, "N")?,
             isa: Isa::detect(),
         })
     }
 }
 
 struct BlockMatMulKernel {
-    k: usize,
+    shape: Shape,
     n: usize,
-    bits: u8,
     isa: Isa,
 }
 
@@ -127,56 +185,49 @@ unsafe impl Send for Output {}
 // SAFETY: as above.
 unsafe impl Sync for Output {}
 
+/// An input the graph must give.
+fn required<'c>(ctx: &'c ComputeContext, op: &str, at: usize) -> ort::Result<ValueRef<'c>> {
+    ctx.input(at)?
+        .ok_or_else(|| ort::Error::new(format!("{op}: input {at} is missing")))
+}
+
 impl Kernel for BlockMatMulKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let error = |what: String| ort::Error::new(format!("{BLOCK_MATMUL}: {what}"));
-        let missing = |what: &str| error(format!("no {what}"));
-        let input = ctx.input(0)?.ok_or_else(|| missing("input"))?;
+        let input = required(ctx, BLOCK_MATMUL, 0)?;
         let (shape, a) = input.try_extract_tensor::<f32>()?;
-        let values = ctx.input(1)?.ok_or_else(|| missing("values"))?;
-        let scales = ctx.input(2)?.ok_or_else(|| missing("scales"))?;
+        let (values, scales) = (
+            required(ctx, BLOCK_MATMUL, 1)?,
+            required(ctx, BLOCK_MATMUL, 2)?,
+        );
         let mins = ctx.input(3)?;
-        let (k, n, bits) = (self.k, self.n, self.bits);
-        let blocks = k / BLOCK;
-        let weights = Matrix {
-            bits,
-            blocks,
-            values: values.try_extract_tensor::<u8>()?.1,
-            scales: scales.try_extract_tensor::<f16>()?.1,
-            mins: match &mins {
-                Some(mins) => mins.try_extract_tensor::<f16>()?.1,
-                None => &[],
-            },
-        };
-        let expected_mins = if bits == 4 { n * blocks } else { 0 };
-        if weights.values.len() != n * blocks * Matrix::block_bytes(bits)
-            || weights.scales.len() != n * blocks
-            || weights.mins.len() != expected_mins
-        {
-            return Err(error(format!(
-                "weights of {} value bytes, {} scales and {} minimums \
-                 do not make {n} rows of {blocks} {bits}-bit blocks",
-                weights.values.len(),
-                weights.scales.len(),
-                weights.mins.len()
+        let weights = self
+            .shape
+            .matrix(BLOCK_MATMUL, &values, &scales, mins.as_ref())?;
+        let (k, n) = (self.shape.k, self.n);
+        if weights.rows() != n {
+            return Err(ort::Error::new(format!(
+                "{BLOCK_MATMUL}: the weights have {} rows, N = {n}",
+                weights.rows()
             )));
         }
         if shape.last().copied() != Some(k as i64) {
-            return Err(error(format!(
-                "input shape {shape:?} does not end in K = {k}"
+            return Err(ort::Error::new(format!(
+                "{BLOCK_MATMUL}: input shape {shape:?} does not end in K = {k}"
             )));
         }
         let mut out_shape = shape.to_vec();
         if let Some(last) = out_shape.last_mut() {
             *last = n as i64;
         }
-        let mut output = ctx.output(0, out_shape)?.ok_or_else(|| missing("output"))?;
+        let mut output = ctx
+            .output(0, out_shape)?
+            .ok_or_else(|| ort::Error::new(format!("{BLOCK_MATMUL}: no output")))?;
         let (_, out) = output.try_extract_tensor_mut::<f32>()?;
         if a.is_empty() {
             return Ok(());
         }
 
-        let layout = if bits == 8 {
+        let layout = if self.shape.bits == 8 {
             Layout::Natural
         } else {
             Layout::Paired
@@ -208,6 +259,72 @@ impl Kernel for BlockMatMulKernel {
                 }
             })
         })?;
+        Ok(())
+    }
+}
+
+struct BlockGather;
+
+impl Operator for BlockGather {
+    type Kernel<'attr> = BlockGatherKernel;
+
+    fn name(&self) -> &str {
+        BLOCK_GATHER
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        inputs(TensorElementType::Int64)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(
+        &self,
+        info: &KernelContext<'attr>,
+    ) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(BlockGatherKernel {
+            shape: Shape::read(BLOCK_GATHER, info)?,
+        })
+    }
+}
+
+struct BlockGatherKernel {
+    shape: Shape,
+}
+
+impl Kernel for BlockGatherKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let ids = required(ctx, BLOCK_GATHER, 0)?;
+        let (shape, ids) = ids.try_extract_tensor::<i64>()?;
+        let (values, scales) = (
+            required(ctx, BLOCK_GATHER, 1)?,
+            required(ctx, BLOCK_GATHER, 2)?,
+        );
+        let mins = ctx.input(3)?;
+        let table = self
+            .shape
+            .matrix(BLOCK_GATHER, &values, &scales, mins.as_ref())?;
+        let k = self.shape.k;
+        let mut out_shape = shape.to_vec();
+        out_shape.push(k as i64);
+        let mut output = ctx
+            .output(0, out_shape)?
+            .ok_or_else(|| ort::Error::new(format!("{BLOCK_GATHER}: no output")))?;
+        let (_, out) = output.try_extract_tensor_mut::<f32>()?;
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(k)) {
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|&id| id < table.rows())
+                .ok_or_else(|| {
+                    ort::Error::new(format!(
+                        "{BLOCK_GATHER}: id {id} is outside the table's {} rows",
+                        table.rows()
+                    ))
+                })?;
+            table.dequantize_row(id, row);
+        }
         Ok(())
     }
 }

@@ -1,6 +1,11 @@
 //! Assembling a graph: typed inputs and outputs, weights as initializers, and nodes
 //! whose output names are made unique by the builder.
 
+use std::{
+    collections::HashMap,
+    hash::{Hash as _, Hasher as _},
+};
+
 use prost::Message as _;
 
 use super::proto::{
@@ -35,11 +40,14 @@ pub enum Attr {
     String(String),
 }
 
-/// Builds one graph. Node outputs get unique names derived from the node's name.
+/// Builds one graph. Node outputs get unique names derived from the node's name; a
+/// weight equal to an earlier one (type, shape and bytes) is stored once.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
     graph: GraphProto,
     metadata: Vec<(String, String)>,
+    /// Initializers by (type, shape, hash of the bytes), to find equal ones.
+    by_content: HashMap<(i32, Vec<i64>, u64), Vec<usize>>,
 }
 
 impl GraphBuilder {
@@ -60,7 +68,8 @@ impl GraphBuilder {
         self.graph.output.push(value_info(name, elem_type, dims));
     }
 
-    /// Adds a weight whose little-endian bytes are `raw`; returns its name.
+    /// Adds a weight whose little-endian bytes are `raw`; returns its name, or the name
+    /// of an equal weight added before (a tied embedding and lm_head, say).
     pub fn initializer(
         &mut self,
         name: &str,
@@ -68,6 +77,17 @@ impl GraphBuilder {
         dims: &[i64],
         raw: Vec<u8>,
     ) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        raw.hash(&mut hasher);
+        let key = (data_type as i32, dims.to_vec(), hasher.finish());
+        let same = self.by_content.entry(key).or_default();
+        if let Some(&at) = same
+            .iter()
+            .find(|&&at| self.graph.initializer[at].raw_data == raw)
+        {
+            return self.graph.initializer[at].name.clone();
+        }
+        same.push(self.graph.initializer.len());
         self.graph.initializer.push(TensorProto {
             dims: dims.to_vec(),
             data_type: data_type as i32,

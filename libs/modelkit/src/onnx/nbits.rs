@@ -222,10 +222,10 @@ fn matmul_8bit(
     add_block_term(graph, name, input, weight, &eights, &product)
 }
 
-/// One `BlockMatMul` node (see [`crate::kernels`]): the values in ggml's order, f16
-/// scales, and f16 minimums for 4 bits (Q4_0's are `−8d`). The scales and minimums came
-/// from f16, so nothing is rounded.
-fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBitsWeight) -> String {
+/// The matrix as our kernels read it (see [`crate::kernels`]), as initializers named
+/// after `name`: the values in ggml's order, f16 scales, and f16 minimums for 4 bits
+/// (Q4_0's are `−8d`). The scales and minimums came from f16, so nothing is rounded.
+fn block_initializers(graph: &mut GraphBuilder, name: &str, weight: &NBitsWeight) -> Vec<String> {
     let k_blocks = weight.k / BLOCK;
     let blob = BLOCK * usize::from(weight.bits) / 8;
     let halves = |values: &mut dyn Iterator<Item = f32>| -> Vec<u8> {
@@ -255,7 +255,7 @@ fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBit
     );
     let scales = halves(&mut weight.scales.iter().copied());
     let scales = graph.initializer(&format!("{name}.scales"), DataType::Float16, &shape, scales);
-    let mut inputs = vec![input.to_owned(), values, scales];
+    let mut inputs = vec![values, scales];
     if weight.bits == 4 {
         let mins = match &weight.mins {
             Some(mins) => halves(&mut mins.iter().copied()),
@@ -263,6 +263,13 @@ fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBit
         };
         inputs.push(graph.initializer(&format!("{name}.mins"), DataType::Float16, &shape, mins));
     }
+    inputs
+}
+
+/// One `BlockMatMul` node.
+fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBitsWeight) -> String {
+    let mut inputs = vec![input.to_owned()];
+    inputs.extend(block_initializers(graph, name, weight));
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     graph.op(
         kernels::DOMAIN,
@@ -272,6 +279,25 @@ fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBit
         &[
             ("K", Attr::Int(weight.k as i64)),
             ("N", Attr::Int(weight.n as i64)),
+            ("bits", Attr::Int(i64::from(weight.bits))),
+        ],
+    )
+}
+
+/// Adds `ids [..] → rows [.., K]` of the matrix (an embedding table) to the graph, as a
+/// `BlockGather` node over the same initializers [`matmul`] gives the matrix on our
+/// kernel (so a tied lm_head shares them); returns the output's name.
+pub fn gather(graph: &mut GraphBuilder, name: &str, ids: &str, weight: &NBitsWeight) -> String {
+    let mut inputs = vec![ids.to_owned()];
+    inputs.extend(block_initializers(graph, name, weight));
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    graph.op(
+        kernels::DOMAIN,
+        kernels::BLOCK_GATHER,
+        name,
+        &inputs,
+        &[
+            ("K", Attr::Int(weight.k as i64)),
             ("bits", Attr::Int(i64::from(weight.bits))),
         ],
     )
