@@ -129,7 +129,7 @@ fn right_padded_prompts_prefilled_together_equal_each_alone() {
             ));
         }
     }
-    let mut session = support::builder().commit_from_memory(&model).unwrap();
+    let mut session = support::session_from_memory(&model);
     let outputs = session.run(inputs).unwrap();
     let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
     assert_eq!(&**shape, &[rows as i64, 1, VOCAB as i64]);

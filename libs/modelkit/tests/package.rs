@@ -58,9 +58,7 @@ fn import_list_reimport_conflict_and_remove() {
         entries(&package_dir),
         ["model.onnx", "slough-model.json", "tokenizer.json"]
     );
-    support::builder()
-        .commit_from_file(package_dir.join("model.onnx"))
-        .unwrap();
+    support::session_from_file(package_dir.join("model.onnx"));
     tokenizers::Tokenizer::from_file(package_dir.join("tokenizer.json")).unwrap();
     assert_eq!(package::list(&models).unwrap(), vec![manifest.clone()]);
 
@@ -192,9 +190,7 @@ fn imports_a_hugging_face_llama_directory_with_the_chosen_weight_storage() {
         assert_eq!(manifest.stop_tokens, ["t2"]);
         assert!(manifest.quantization.contains(&float_weights.to_string()));
         let package_dir = models.join(&manifest.id);
-        support::builder()
-            .commit_from_file(package_dir.join("model.onnx"))
-            .unwrap();
+        support::session_from_file(package_dir.join("model.onnx"));
         sizes.push(
             std::fs::metadata(package_dir.join("model.onnx"))
                 .unwrap()

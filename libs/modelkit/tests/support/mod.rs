@@ -68,11 +68,33 @@ pub struct Decoder {
 
 /// A session builder on the shared environment, with our operators registered (as
 /// inference registers them).
-pub fn builder() -> ort::session::builder::SessionBuilder {
+fn builder() -> ort::session::builder::SessionBuilder {
     Session::builder(environment())
         .unwrap()
         .with_operators(slough_modelkit::kernels::domain().unwrap())
         .unwrap()
+}
+
+/// Held while a session is created: onnxruntime adds a custom operator domain to a
+/// process-wide table the first time a session uses it, without a lock, so two tests
+/// creating sessions at once can both add ours and one fails ("the domain is already
+/// exist").
+static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A session of the graph `model`.
+pub fn session_from_memory(model: &[u8]) -> Session {
+    let _creating = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    builder().commit_from_memory(model).unwrap()
+}
+
+/// A session of the graph in `path`.
+pub fn session_from_file(path: impl AsRef<std::path::Path>) -> Session {
+    let _creating = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    builder().commit_from_file(path).unwrap()
 }
 
 impl Decoder {
@@ -83,7 +105,7 @@ impl Decoder {
         head_dim: usize,
         vocab: usize,
     ) -> Decoder {
-        let session = builder().commit_from_memory(model).unwrap();
+        let session = session_from_memory(model);
         let past = vec![(vec![1, kv_heads, 0, head_dim], Vec::new()); layers * 2];
         Decoder {
             session,
