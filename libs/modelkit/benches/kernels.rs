@@ -64,11 +64,7 @@ impl Weights {
 fn product(isa: Isa, weights: &Weights, input: &[f32], q: &mut Quantized) {
     let matrix = weights.matrix();
     let k = matrix.blocks * BLOCK;
-    let layout = if matrix.bits == 8 {
-        Layout::Natural
-    } else {
-        Layout::Paired
-    };
+    let layout = Layout::for_bits(matrix.bits);
     q.quantize(input, k, layout, isa);
     let rows: Vec<_> = (0..q.rows()).map(|m| q.row(m)).collect();
     let n = matrix.rows();

@@ -193,8 +193,7 @@ impl Runtime {
                     .map_err(|err| unavailable(err.to_string()))?;
             }
         }
-        builder
-            .commit_from_file(model_file)
+        slough_modelkit::kernels::create_session(|| builder.commit_from_file(model_file))
             .map_err(|err| session_error(err.to_string()))
     }
 }

@@ -111,6 +111,15 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The layout weights of `bits` bits are read against.
+    pub fn for_bits(bits: u8) -> Layout {
+        if bits == 8 {
+            Layout::Natural
+        } else {
+            Layout::Paired
+        }
+    }
+
     /// The offset of value `j` of block `b` in a row of `blocks` blocks.
     fn offset(self, blocks: usize, b: usize, j: usize) -> usize {
         if self == Layout::Natural || (b == blocks - 1 && blocks % 2 == 1) {

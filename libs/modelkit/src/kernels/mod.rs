@@ -45,6 +45,18 @@ pub fn domain() -> ort::Result<OperatorDomain> {
         .add(BlockGather)
 }
 
+/// Creates a session that uses [`domain`], one at a time in this process: onnxruntime
+/// adds a custom domain to a process-wide table the first time a session uses it,
+/// without a lock, so two sessions created at once can both add ours and one fails
+/// ("the domain is already exist").
+pub fn create_session<T>(create: impl FnOnce() -> T) -> T {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    create()
+}
+
 /// The first input (the activations or the ids), then the matrix's three.
 fn inputs(first: TensorElementType) -> [OperatorInput; 4] {
     [
@@ -227,11 +239,7 @@ impl Kernel for BlockMatMulKernel {
             return Ok(());
         }
 
-        let layout = if self.shape.bits == 8 {
-            Layout::Natural
-        } else {
-            Layout::Paired
-        };
+        let layout = Layout::for_bits(self.shape.bits);
         let isa = self.isa;
         ACTIVATIONS.with_borrow_mut(|activations| {
             activations.quantize(a, k, layout, isa);

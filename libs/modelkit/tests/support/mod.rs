@@ -7,6 +7,8 @@ pub mod tiny;
 
 use std::{path::PathBuf, sync::OnceLock};
 
+use slough_modelkit::kernels::create_session;
+
 use ort::{environment::Environment, session::Session, value::Tensor};
 
 /// Build options for scoring a text: the exact graph, logits for every position.
@@ -75,26 +77,14 @@ fn builder() -> ort::session::builder::SessionBuilder {
         .unwrap()
 }
 
-/// Held while a session is created: onnxruntime adds a custom operator domain to a
-/// process-wide table the first time a session uses it, without a lock, so two tests
-/// creating sessions at once can both add ours and one fails ("the domain is already
-/// exist").
-static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// A session of the graph `model`.
 pub fn session_from_memory(model: &[u8]) -> Session {
-    let _creating = CREATING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    builder().commit_from_memory(model).unwrap()
+    create_session(|| builder().commit_from_memory(model).unwrap())
 }
 
 /// A session of the graph in `path`.
 pub fn session_from_file(path: impl AsRef<std::path::Path>) -> Session {
-    let _creating = CREATING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    builder().commit_from_file(path).unwrap()
+    create_session(|| builder().commit_from_file(path).unwrap())
 }
 
 impl Decoder {
