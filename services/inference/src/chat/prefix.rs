@@ -1,11 +1,13 @@
 //! The prefix cache of one chat model: the keys and values of recent prompts, in blocks
 //! of [`BLOCK`] tokens from the start, so that a prompt beginning like a recent one (a
 //! persona's system prompt, RAG instructions, the chat template's preamble) prefills
-//! only what follows. A block is keyed by a hash of every token up to its end (its
-//! parent block's key and its own tokens, both checked on a hit, so a hash collision
-//! cannot hand a prompt another prompt's cache). Memory is bounded: the least recently
-//! used blocks go first, a prompt's later blocks before its earlier ones (which more
-//! prompts share).
+//! only what follows. Each prompt also leaves its tail (the tokens after its last full
+//! block but its last token) as a shorter block, so the same prompt again (a retry, a
+//! regenerated answer, a benchmark's repeated prompts) finds all but its last token
+//! cached. A block is keyed by a hash of every token up to its end (its parent block's
+//! key and its own tokens, both checked on a hit, so a hash collision cannot hand a
+//! prompt another prompt's cache). Memory is bounded: the least recently used blocks go
+//! first, a prompt's later blocks before its earlier ones (which more prompts share).
 
 use std::{
     collections::HashMap,
@@ -14,16 +16,17 @@ use std::{
 
 use super::engine::{PrefillCache, Shape};
 
-/// Tokens per block: small enough that a shared system prompt leaves few of its tokens
-/// to prefill again (at most 15), large enough that copying blocks stays cheap.
+/// Tokens per full block: small enough that a shared system prompt leaves few of its
+/// tokens to prefill again (at most 15), large enough that copying blocks stays cheap.
 pub const BLOCK: usize = 16;
 
 struct Block {
     parent: u64,
     /// Its place from the start (0 for a prompt's first block).
     depth: usize,
+    /// [`BLOCK`] tokens, or fewer for a prompt's tail.
     tokens: Vec<u32>,
-    /// Per layer: key, value, each [kv_heads, BLOCK, head_dim].
+    /// Per layer: key, value, each [kv_heads, tokens.len(), head_dim].
     kv: Vec<[Vec<f32>; 2]>,
     used: u64,
 }
@@ -57,13 +60,18 @@ impl PrefixCache {
         }
     }
 
-    /// Bytes one block holds.
-    pub fn block_bytes(&self) -> usize {
+    /// Bytes one position of a block holds.
+    fn position_bytes(&self) -> usize {
         let s = self.shape;
-        s.layers * 2 * s.kv_heads * BLOCK * s.head_dim * std::mem::size_of::<f32>()
+        s.layers * 2 * s.kv_heads * s.head_dim * std::mem::size_of::<f32>()
     }
 
-    /// Whether a block fits in the budget at all.
+    /// Bytes one full block holds.
+    pub fn block_bytes(&self) -> usize {
+        BLOCK * self.position_bytes()
+    }
+
+    /// Whether a full block fits in the budget at all.
     pub fn enabled(&self) -> bool {
         self.block_bytes() <= self.capacity
     }
@@ -75,28 +83,29 @@ impl PrefixCache {
     /// How many of `prompt`'s leading positions a lookup would find (without counting
     /// as a use).
     pub fn cached_len(&self, prompt: &[u32]) -> usize {
-        self.chain(prompt).len() * BLOCK
+        self.chain(prompt).iter().map(|&(_, len)| len).sum()
     }
 
-    /// The keys of `prompt`'s cached leading blocks, leaving at least its last token.
-    fn chain(&self, prompt: &[u32]) -> Vec<u64> {
+    /// The keys and lengths of `prompt`'s cached leading blocks, leaving at least its
+    /// last token: full blocks, then its tail when every full block before it is there.
+    fn chain(&self, prompt: &[u32]) -> Vec<(u64, usize)> {
         let mut keys = Vec::new();
         let mut parent = 0;
-        for tokens in prompt[..prompt.len().saturating_sub(1)].chunks_exact(BLOCK) {
+        for tokens in prompt[..prompt.len().saturating_sub(1)].chunks(BLOCK) {
             let key = key(parent, tokens);
             match self.blocks.get(&key) {
                 Some(block) if block.parent == parent && block.tokens == tokens => {}
                 _ => break,
             }
-            keys.push(key);
+            keys.push((key, tokens.len()));
             parent = key;
         }
         keys
     }
 
-    /// The cached leading blocks of `prompt` (leaving at least its last token to
-    /// prefill, which gives the logits to sample from), assembled into one cache, and
-    /// how many positions it holds; `None` when not even the first block is cached.
+    /// The cached leading blocks of `prompt` (leaving at least its last token to run,
+    /// which gives the logits to sample from), assembled into one cache, and how many
+    /// positions it holds; `None` when not even the first block is cached.
     pub fn lookup(&mut self, prompt: &[u32]) -> Option<(PrefillCache, usize)> {
         let keys = self.chain(prompt);
         if keys.is_empty() {
@@ -104,7 +113,7 @@ impl PrefixCache {
         }
         self.clock += 1;
         let s = self.shape;
-        let len = keys.len() * BLOCK;
+        let len = keys.iter().map(|&(_, n)| n).sum();
         let mut cache: PrefillCache = (0..s.layers)
             .map(|_| {
                 [
@@ -113,10 +122,10 @@ impl PrefixCache {
                 ]
             })
             .collect();
-        let run = BLOCK * s.head_dim;
-        for (index, key) in keys.iter().enumerate() {
+        for (index, (key, n)) in keys.iter().enumerate() {
             let block = self.blocks.get_mut(key)?;
             block.used = self.clock;
+            let run = n * s.head_dim;
             for (layer, parts) in block.kv.iter().enumerate() {
                 for (part, data) in parts.iter().enumerate() {
                     for head in 0..s.kv_heads {
@@ -130,50 +139,63 @@ impl PrefixCache {
         Some((cache, len))
     }
 
-    /// Keeps the full blocks of `prompt` from its `cache` (as prefill leaves it,
-    /// [kv_heads, prompt.len(), head_dim] per layer), evicting the least recently used
-    /// blocks beyond the budget.
+    /// Keeps the full blocks of `prompt` and its tail from its `cache` (as prefill
+    /// leaves it, [kv_heads, prompt.len(), head_dim] per layer), evicting the least
+    /// recently used blocks beyond the budget.
     pub fn insert(&mut self, prompt: &[u32], cache: &PrefillCache) {
         if !self.enabled() {
             return;
         }
-        let block_bytes = self.block_bytes();
         let s = self.shape;
         let len = prompt.len();
-        let run = BLOCK * s.head_dim;
         self.clock += 1;
-        let mut parent = 0;
-        for (index, tokens) in prompt.chunks_exact(BLOCK).enumerate() {
+        // The full blocks, then the tail: what a lookup of the same prompt walks, plus
+        // a full last block when the prompt ends on one (a longer prompt's lookup finds
+        // it).
+        let full = len / BLOCK * BLOCK;
+        let tail = len.saturating_sub(1) / BLOCK * BLOCK..len.saturating_sub(1);
+        let spans = (0..full)
+            .step_by(BLOCK)
+            .map(|start| start..start + BLOCK)
+            .chain((!tail.is_empty()).then_some(tail));
+        let mut parents = vec![0];
+        for span in spans {
+            let depth = span.start / BLOCK;
+            let parent = parents[depth];
+            let tokens = &prompt[span.clone()];
             let key = key(parent, tokens);
+            if parents.len() == depth + 1 {
+                parents.push(key);
+            }
             if let Some(block) = self.blocks.get_mut(&key) {
                 block.used = self.clock;
-            } else {
-                let kv = cache
-                    .iter()
-                    .map(|parts| {
-                        parts.each_ref().map(|data| {
-                            (0..s.kv_heads)
-                                .flat_map(|head| {
-                                    let from = (head * len + index * BLOCK) * s.head_dim;
-                                    data[from..from + run].iter().copied()
-                                })
-                                .collect()
-                        })
-                    })
-                    .collect();
-                self.blocks.insert(
-                    key,
-                    Block {
-                        parent,
-                        depth: index,
-                        tokens: tokens.to_vec(),
-                        kv,
-                        used: self.clock,
-                    },
-                );
-                self.bytes += block_bytes;
+                continue;
             }
-            parent = key;
+            let run = span.len() * s.head_dim;
+            let kv = cache
+                .iter()
+                .map(|parts| {
+                    parts.each_ref().map(|data| {
+                        (0..s.kv_heads)
+                            .flat_map(|head| {
+                                let from = (head * len + span.start) * s.head_dim;
+                                data[from..from + run].iter().copied()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            self.blocks.insert(
+                key,
+                Block {
+                    parent,
+                    depth,
+                    tokens: tokens.to_vec(),
+                    kv,
+                    used: self.clock,
+                },
+            );
+            self.bytes += tokens.len() * self.position_bytes();
         }
         while self.bytes > self.capacity {
             let oldest = self
@@ -183,8 +205,9 @@ impl PrefixCache {
             let Some((&oldest, _)) = oldest else {
                 break;
             };
-            self.blocks.remove(&oldest);
-            self.bytes -= block_bytes;
+            if let Some(block) = self.blocks.remove(&oldest) {
+                self.bytes -= block.tokens.len() * self.position_bytes();
+            }
         }
     }
 }
@@ -218,19 +241,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_shared_prefix_comes_back_block_aligned_and_bit_for_bit() {
-        let mut cache = PrefixCache::new(SHAPE, usize::MAX);
-        let total = 3 * BLOCK + BLOCK / 2;
-        let first: Vec<u32> = (0..total as u32).collect();
-        cache.insert(&first, &cache_of(total));
-        assert_eq!(cache.bytes(), 3 * cache.block_bytes());
-
-        // The same leading tokens into the third block, then others: two blocks hit.
-        let mut second: Vec<u32> = (0..(2 * BLOCK + 3) as u32).collect();
-        second.extend(900..960);
-        let (hit, len) = cache.lookup(&second).unwrap();
-        assert_eq!(len, 2 * BLOCK);
+    /// Asserts that `hit` holds the first `len` positions of `cache_of(total)`.
+    fn assert_leading(hit: &PrefillCache, len: usize, total: usize) {
         let expected = cache_of(total);
         for layer in 0..SHAPE.layers {
             for part in 0..2 {
@@ -244,6 +256,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_shared_prefix_comes_back_block_aligned_and_bit_for_bit() {
+        let mut cache = PrefixCache::new(SHAPE, usize::MAX);
+        let total = 3 * BLOCK + BLOCK / 2;
+        let first: Vec<u32> = (0..total as u32).collect();
+        cache.insert(&first, &cache_of(total));
+        // Three full blocks and the tail (all but the last of the 8 tokens after them).
+        assert_eq!(
+            cache.bytes(),
+            3 * cache.block_bytes() + 7 * cache.block_bytes() / BLOCK
+        );
+
+        // The same leading tokens into the third block, then others: two blocks hit.
+        let mut second: Vec<u32> = (0..(2 * BLOCK + 3) as u32).collect();
+        second.extend(900..960);
+        let (hit, len) = cache.lookup(&second).unwrap();
+        assert_eq!(len, 2 * BLOCK);
+        assert_leading(&hit, len, total);
         // A prompt of exactly one block keeps its last token to prefill: no hit.
         assert!(cache.lookup(&first[..BLOCK]).is_none());
         assert_eq!(cache.lookup(&first[..BLOCK + 1]).unwrap().1, BLOCK);
@@ -251,6 +283,27 @@ mod tests {
         let mut other = first.clone();
         other[3] = 999;
         assert!(cache.lookup(&other).is_none());
+    }
+
+    #[test]
+    fn the_same_prompt_again_finds_all_but_its_last_token() {
+        let mut cache = PrefixCache::new(SHAPE, usize::MAX);
+        // Lengths with a tail, with none (one past a block) and ending on a block.
+        for total in [2 * BLOCK + 5, 2 * BLOCK + 1, 2 * BLOCK, 3] {
+            let prompt: Vec<u32> = (0..total as u32).map(|t| t + 100 * total as u32).collect();
+            cache.insert(&prompt, &cache_of(total));
+            let (hit, len) = cache.lookup(&prompt).unwrap();
+            assert_eq!(len, total - 1, "a prompt of {total}");
+            assert_leading(&hit, len, total);
+            // A longer prompt over the same tokens finds the full blocks only (the tail
+            // is a different block from the one it would need).
+            let mut longer = prompt.clone();
+            longer.extend([7, 7, 7]);
+            assert_eq!(
+                cache.lookup(&longer).map_or(0, |(_, len)| len),
+                total / BLOCK * BLOCK
+            );
+        }
     }
 
     #[test]

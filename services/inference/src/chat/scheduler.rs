@@ -1,8 +1,9 @@
 //! The scheduler of one chat model: a thread that owns the [`Engine`] and runs
 //! continuous batching. Each turn it drops cancelled work, admits waiting requests
 //! (one, or more within a prompt-token budget, prefilled together; then each one's
-//! first token), then runs one decode step for every running sequence.
-//! Requests join and leave the batch between steps.
+//! first token), then runs one decode step for every running sequence. A prompt the
+//! prefix cache holds all but the last token of skips prefill: that token runs in the
+//! decode step, with everyone else's. Requests join and leave the batch between steps.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -76,7 +77,8 @@ struct Sequence {
     row: usize,
     /// Positions in the cache.
     len: usize,
-    /// The last sampled token, fed at the next step.
+    /// The token fed at the next step: the last one sampled, or the prompt's last one
+    /// when the prefix cache held all the rest.
     next: u32,
     generated: usize,
     max_tokens: usize,
@@ -87,6 +89,15 @@ struct Sequence {
     top_logprobs: usize,
     ignore_eos: bool,
     last_token_at: Instant,
+}
+
+/// How a request's prompt enters the batch.
+#[derive(Clone, Copy)]
+enum Prompt<'a> {
+    /// Run whole: its cache and its last position's logits.
+    Prefilled(&'a PrefillCache, &'a [f32]),
+    /// Cached but for its last token, which the next decode step feeds.
+    AllButLast(&'a PrefillCache),
 }
 
 /// The cached beginning of `prompt` and its length, counted in `metrics` (a lookup when
@@ -297,8 +308,8 @@ impl Scheduler {
         }
     }
 
-    /// Chunked prefill: while streams run, a prompt at the front of the queue longer
-    /// than the prefill budget is prefilled one budget-sized chunk per turn (each after
+    /// Chunked prefill: while streams run, a prompt at the front of the queue whose
+    /// uncached part is longer than the prefill budget is prefilled one budget-sized chunk per turn (each after
     /// the chunks before it, as a prefix-cache hit is), so that the running streams'
     /// next token waits for one chunk rather than the whole prompt. Answers whether it
     /// did this turn's prefill work.
@@ -321,7 +332,8 @@ impl Scheduler {
         if self.partial.is_none() {
             let room =
                 self.running.len() + job.n <= self.max_batch && self.kv_fits(std::iter::once(job));
-            if self.running.is_empty() || prompt_len <= chunk || !room {
+            let uncached = prompt_len - self.prefixes.cached_len(&job.prompt);
+            if self.running.is_empty() || uncached <= chunk || !room {
                 return false;
             }
             let (cache, len) = lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
@@ -394,7 +406,7 @@ impl Scheduler {
             self.refuse(&job, &message);
             return true;
         }
-        self.start(id, job, &logits, &cache);
+        self.start(id, job, Prompt::Prefilled(&cache, &logits));
         true
     }
 
@@ -411,6 +423,12 @@ impl Scheduler {
                 cold.push((id, job));
                 continue;
             };
+            if len + 1 == job.prompt.len() {
+                // Only its last token is left: it runs in the next decode step, batched
+                // with every other stream, instead of a prefill of its own.
+                self.start(id, job, Prompt::AllButLast(&past));
+                continue;
+            }
             let span = tracing::info_span!(
                 parent: job.span.id(),
                 "gen_ai.prefill",
@@ -423,7 +441,7 @@ impl Scheduler {
             match prefilled {
                 Ok((logits, cache)) => {
                     self.prefixes.insert(&job.prompt, &cache);
-                    self.start(id, job, &logits, &cache);
+                    self.start(id, job, Prompt::Prefilled(&cache, &logits));
                 }
                 Err(err) => self.refuse(&job, &format!("prefill failed: {err}")),
             }
@@ -452,7 +470,7 @@ impl Scheduler {
             Ok(prefilled) => {
                 for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
                     self.prefixes.insert(&job.prompt, &cache);
-                    self.start(id, job, &logits, &cache);
+                    self.start(id, job, Prompt::Prefilled(&cache, &logits));
                 }
                 self.metrics
                     .prefix_cache_bytes
@@ -511,20 +529,24 @@ impl Scheduler {
         }
     }
 
-    /// Starts a prefilled request: its cache into free rows, then each choice's first
-    /// token.
-    fn start(&mut self, id: u64, job: Job, logits: &[f32], cache: &PrefillCache) {
+    /// Starts a request: its prompt's cache into free rows, then each choice's first
+    /// token (now, or from the next decode step when its last token is still to run).
+    fn start(&mut self, id: u64, job: Job, prompt: Prompt<'_>) {
         let Some(layout) = self.layout else {
             self.refuse(&job, "no KV buffer");
             return;
         };
         self.metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
+        let (cache, cached) = match prompt {
+            Prompt::Prefilled(cache, _) => (cache, job.prompt.len()),
+            Prompt::AllButLast(cache) => (cache, job.prompt.len() - 1),
+        };
         let rows: Vec<usize> = (0..layout.rows)
             .filter(|row| self.running.iter().all(|s| s.row != *row))
             .take(job.n)
             .collect();
         for &row in &rows {
-            if let Err(err) = self.engine.place(row, cache, job.prompt.len()) {
+            if let Err(err) = self.engine.place(row, cache, cached) {
                 self.refuse(&job, &format!("cannot place the prompt's cache: {err}"));
                 return;
             }
@@ -546,8 +568,8 @@ impl Scheduler {
                 job: id,
                 choice: choice as u32,
                 row,
-                len: job.prompt.len(),
-                next: 0,
+                len: cached,
+                next: job.prompt.last().copied().unwrap_or(0),
                 generated: 0,
                 max_tokens: job.max_tokens,
                 sampler: Sampler::new(
@@ -562,11 +584,13 @@ impl Scheduler {
                 ignore_eos: job.ignore_eos,
                 last_token_at: Instant::now(),
             };
-            let mut row_logits = logits.to_vec();
-            if let Some(reason) = self.advance(&mut seq, &mut row_logits) {
-                self.finish(seq, reason);
-            } else {
-                self.running.push(seq);
+            let reason = match prompt {
+                Prompt::Prefilled(_, logits) => self.advance(&mut seq, &mut logits.to_vec()),
+                Prompt::AllButLast(_) => None,
+            };
+            match reason {
+                Some(reason) => self.finish(seq, reason),
+                None => self.running.push(seq),
             }
         }
     }
