@@ -309,10 +309,10 @@ impl Scheduler {
     }
 
     /// Chunked prefill: while streams run, a prompt at the front of the queue whose
-    /// uncached part is longer than the prefill budget is prefilled one budget-sized chunk per turn (each after
-    /// the chunks before it, as a prefix-cache hit is), so that the running streams'
-    /// next token waits for one chunk rather than the whole prompt. Answers whether it
-    /// did this turn's prefill work.
+    /// uncached part is longer than the prefill budget is prefilled one budget-sized
+    /// chunk per turn (each after the chunks before it, as a prefix-cache hit is), so
+    /// that the running streams' next token waits for one chunk rather than the whole
+    /// prompt. Answers whether it did this turn's prefill work.
     fn prefill_chunk(&mut self) -> bool {
         let chunk = self.prefill_budget.max(1);
         let Some((id, job)) = self.waiting.front() else {
@@ -332,8 +332,12 @@ impl Scheduler {
         if self.partial.is_none() {
             let room =
                 self.running.len() + job.n <= self.max_batch && self.kv_fits(std::iter::once(job));
-            let uncached = prompt_len - self.prefixes.cached_len(&job.prompt);
-            if self.running.is_empty() || uncached <= chunk || !room {
+            // Checked last: the prefix cache is walked only for a prompt long enough.
+            if self.running.is_empty()
+                || prompt_len <= chunk
+                || !room
+                || prompt_len - self.prefixes.cached_len(&job.prompt) <= chunk
+            {
                 return false;
             }
             let (cache, len) = lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
@@ -410,8 +414,9 @@ impl Scheduler {
         true
     }
 
-    /// Prefills the requests of `group` whose prompts begin with cached blocks, each on
-    /// its own after those blocks, and starts them; answers the others.
+    /// Starts the requests of `group` whose prompts begin with cached blocks: prefilled
+    /// each on its own after those blocks, or, when only the last token is left, with
+    /// that token for the next decode step. Answers the others.
     fn prefill_cached(&mut self, group: Vec<(u64, Job)>) -> Vec<(u64, Job)> {
         if !self.prefixes.enabled() {
             return group;
