@@ -12,6 +12,7 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash as _, Hasher as _},
+    ops::Range,
 };
 
 use super::engine::{PrefillCache, Shape};
@@ -146,56 +147,25 @@ impl PrefixCache {
         if !self.enabled() {
             return;
         }
-        let s = self.shape;
         let len = prompt.len();
         self.clock += 1;
-        // The full blocks, then the tail: what a lookup of the same prompt walks, plus
-        // a full last block when the prompt ends on one (a longer prompt's lookup finds
-        // it).
-        let full = len / BLOCK * BLOCK;
+        // The full blocks, each after the one before it (a prompt ending on a block
+        // keeps that block too: a longer prompt's lookup finds it).
+        let mut full = Vec::new();
+        let mut parent = 0;
+        for start in (0..len / BLOCK * BLOCK).step_by(BLOCK) {
+            parent = self.keep(parent, prompt, start..start + BLOCK, cache);
+            full.push(parent);
+        }
+        // Then the tail, what a lookup of the same prompt walks last: the tokens after
+        // the last full block before the prompt's last token.
         let tail = len.saturating_sub(1) / BLOCK * BLOCK..len.saturating_sub(1);
-        let spans = (0..full)
-            .step_by(BLOCK)
-            .map(|start| start..start + BLOCK)
-            .chain((!tail.is_empty()).then_some(tail));
-        let mut parents = vec![0];
-        for span in spans {
-            let depth = span.start / BLOCK;
-            let parent = parents[depth];
-            let tokens = &prompt[span.clone()];
-            let key = key(parent, tokens);
-            if parents.len() == depth + 1 {
-                parents.push(key);
-            }
-            if let Some(block) = self.blocks.get_mut(&key) {
-                block.used = self.clock;
-                continue;
-            }
-            let run = span.len() * s.head_dim;
-            let kv = cache
-                .iter()
-                .map(|parts| {
-                    parts.each_ref().map(|data| {
-                        (0..s.kv_heads)
-                            .flat_map(|head| {
-                                let from = (head * len + span.start) * s.head_dim;
-                                data[from..from + run].iter().copied()
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            self.blocks.insert(
-                key,
-                Block {
-                    parent,
-                    depth,
-                    tokens: tokens.to_vec(),
-                    kv,
-                    used: self.clock,
-                },
-            );
-            self.bytes += tokens.len() * self.position_bytes();
+        if !tail.is_empty() {
+            let parent = match tail.start / BLOCK {
+                0 => 0,
+                depth => full[depth - 1],
+            };
+            self.keep(parent, prompt, tail, cache);
         }
         while self.bytes > self.capacity {
             let oldest = self
@@ -209,6 +179,50 @@ impl PrefixCache {
                 self.bytes -= block.tokens.len() * self.position_bytes();
             }
         }
+    }
+
+    /// Keeps the block of `prompt`'s tokens in `span` after `parent` (copied from the
+    /// prompt's `cache`, or marked used when already there); answers its key.
+    fn keep(
+        &mut self,
+        parent: u64,
+        prompt: &[u32],
+        span: Range<usize>,
+        cache: &PrefillCache,
+    ) -> u64 {
+        let tokens = &prompt[span.clone()];
+        let key = key(parent, tokens);
+        if let Some(block) = self.blocks.get_mut(&key) {
+            block.used = self.clock;
+            return key;
+        }
+        let s = self.shape;
+        let run = span.len() * s.head_dim;
+        let kv = cache
+            .iter()
+            .map(|parts| {
+                parts.each_ref().map(|data| {
+                    (0..s.kv_heads)
+                        .flat_map(|head| {
+                            let from = (head * prompt.len() + span.start) * s.head_dim;
+                            data[from..from + run].iter().copied()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        self.blocks.insert(
+            key,
+            Block {
+                parent,
+                depth: span.start / BLOCK,
+                tokens: tokens.to_vec(),
+                kv,
+                used: self.clock,
+            },
+        );
+        self.bytes += span.len() * self.position_bytes();
+        key
     }
 }
 
