@@ -581,11 +581,12 @@ fn build_gguf(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         .map(|t| t.ggml_type.to_string())
         .collect();
     let quantization = format!(
-        "{} from GGUF, as blocks of 32 (float matrices as {}; accuracy level {}, lm_head {}; int8 kernel {})",
+        "{} from GGUF, as blocks of 32 (float matrices as {}; accuracy level {}, lm_head {}{}; int8 kernel {})",
         types.into_iter().collect::<Vec<_>>().join("+"),
         options.build.float_weights,
         options.build.accuracy_level,
         options.build.lm_head_accuracy_level,
+        shortlist(&options.build),
         options.build.int8_kernel,
     );
     Ok(chat_manifest(
@@ -657,10 +658,11 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
         id,
         &config,
         format!(
-            "float safetensors as {} (accuracy level {}, lm_head {}; int8 kernel {})",
+            "float safetensors as {} (accuracy level {}, lm_head {}{}; int8 kernel {})",
             options.build.float_weights,
             options.build.accuracy_level,
             options.build.lm_head_accuracy_level,
+            shortlist(&options.build),
             options.build.int8_kernel,
         ),
         Source {
@@ -673,6 +675,14 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
         special_tokens,
         chat_template,
     ))
+}
+
+/// The lm_head shortlist for the manifest's quantization line ("" without one).
+fn shortlist(build: &BuildOptions) -> String {
+    match build.lm_head_shortlist {
+        0 => String::new(),
+        n => format!(" with a 4-bit draft, best {n} rescored"),
+    }
 }
 
 /// The manifest of a chat model, whatever its source.

@@ -138,3 +138,33 @@ fn right_padded_prompts_prefilled_together_equal_each_alone() {
     assert!(worst < 1e-4, "max |Δlogit| {worst}");
     assert_eq!(agreement, 1.0);
 }
+
+#[test]
+fn a_shortlisted_lm_head_rescores_its_best_drafts_exactly() {
+    const SHORTLIST: usize = 8;
+    let gguf = tiny_llama(true);
+    let file = GgufFile::from_bytes(gguf.clone()).unwrap();
+    let options = BuildOptions {
+        lm_head_shortlist: SHORTLIST,
+        ..support::scoring()
+    };
+    let model = llama::build_from_gguf(&file, options).unwrap();
+    let shortlisted = Decoder::new(&model, LAYERS, KV_HEADS, HEAD_DIM, VOCAB).feed(&TOKENS);
+    let exact = ours(&gguf).feed(&TOKENS);
+    let (worst, agreement) = compare(&shortlisted, &exact);
+    assert_eq!(agreement, 1.0, "top-1 agreement");
+    let scale = exact.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(worst < 0.1 * scale, "a draft is off by {worst} of {scale}");
+    for (row, (ours, exact)) in shortlisted.iter().zip(&exact).enumerate() {
+        let rescored: Vec<usize> = (0..VOCAB)
+            .filter(|&t| (ours[t] - exact[t]).abs() < 1e-4)
+            .collect();
+        // The shortlist is rescored exactly; every other logit is the 4-bit draft's.
+        assert!(
+            rescored.len() >= SHORTLIST && rescored.len() < VOCAB,
+            "position {row}: {} of {VOCAB} logits are exact",
+            rescored.len()
+        );
+        assert!(rescored.contains(&support::argmax(exact)), "position {row}");
+    }
+}
