@@ -581,13 +581,10 @@ fn build_gguf(job: BuildJob<'_>) -> Result<Manifest, PackageError> {
         .map(|t| t.ggml_type.to_string())
         .collect();
     let quantization = format!(
-        "{} from GGUF, as blocks of 32 (float matrices as {}; accuracy level {}, lm_head {}{}; int8 kernel {})",
+        "{} from GGUF, as blocks of 32 (float matrices as {}; {})",
         types.into_iter().collect::<Vec<_>>().join("+"),
         options.build.float_weights,
-        options.build.accuracy_level,
-        options.build.lm_head_accuracy_level,
-        shortlist(&options.build),
-        options.build.int8_kernel,
+        arithmetic(&options.build),
     );
     Ok(chat_manifest(
         id,
@@ -658,12 +655,9 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
         id,
         &config,
         format!(
-            "float safetensors as {} (accuracy level {}, lm_head {}{}; int8 kernel {})",
+            "float safetensors as {} ({})",
             options.build.float_weights,
-            options.build.accuracy_level,
-            options.build.lm_head_accuracy_level,
-            shortlist(&options.build),
-            options.build.int8_kernel,
+            arithmetic(&options.build),
         ),
         Source {
             format: "safetensors".to_owned(),
@@ -677,12 +671,17 @@ fn build_llama_safetensors(job: BuildJob<'_>) -> Result<Manifest, PackageError> 
     ))
 }
 
-/// The lm_head shortlist for the manifest's quantization line ("" without one).
-fn shortlist(build: &BuildOptions) -> String {
-    match build.lm_head_shortlist {
+/// How the graph computes, for the manifest's quantization line: accuracy levels, the
+/// lm_head shortlist, the int8 kernel.
+fn arithmetic(build: &BuildOptions) -> String {
+    let shortlist = match build.lm_head_shortlist {
         0 => String::new(),
         n => format!(" with a 4-bit draft, best {n} rescored"),
-    }
+    };
+    format!(
+        "accuracy level {}, lm_head {}{shortlist}; int8 kernel {}",
+        build.accuracy_level, build.lm_head_accuracy_level, build.int8_kernel
+    )
 }
 
 /// The manifest of a chat model, whatever its source.
