@@ -49,8 +49,17 @@ impl TextModel {
             })
             .transpose()
             .map_err(|err| err.to_string())?;
-        let stop_ids = manifest
-            .stop_tokens
+        Ok(TextModel::new(tokenizer, template, &manifest.stop_tokens))
+    }
+
+    /// A model's text side from its tokenizer, its compiled chat template, and the
+    /// spellings of the tokens that end a generation.
+    pub fn new(
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        stop_tokens: &[String],
+    ) -> TextModel {
+        let stop_ids = stop_tokens
             .iter()
             .filter_map(|token| tokenizer.token_to_id(token))
             .collect();
@@ -60,13 +69,13 @@ impl TextModel {
             .then(byte_level_alphabet);
         let mut plain_tokenizer = tokenizer.clone();
         plain_tokenizer.set_encode_special_tokens(true);
-        Ok(TextModel {
+        TextModel {
             tokenizer,
             plain_tokenizer,
             template,
             stop_ids,
             byte_level,
-        })
+        }
     }
 
     /// The text the model reads and its token ids: messages through the chat template

@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use slough_inference::{chat::engine::Engine, runtime::Runtime, text::TextModel};
+use slough_inference::{
+    chat::{engine::Engine, model::Model as _},
+    runtime::Runtime,
+    text::TextModel,
+};
 use slough_modelkit::package::{self, ModelKind};
 
 use crate::Settings;

@@ -16,27 +16,7 @@ use ort::{
     value::Tensor,
 };
 
-/// The shape facts the engine needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Shape {
-    pub layers: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-    /// Positions per row.
-    pub max_context: usize,
-}
-
-/// The size of a batch buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    pub rows: usize,
-    /// Positions per row.
-    pub capacity: usize,
-}
-
-/// The smallest capacity of a buffer.
-const MIN_CAPACITY: usize = 256;
+use super::model::{Layout, Model, ModelError, PrefillCache, Shape, Step};
 
 /// A batch buffer bound to the session.
 struct Batch {
@@ -53,23 +33,6 @@ pub struct Engine {
     batch: Option<Batch>,
 }
 
-/// A prompt's keys and values per layer ([kv_heads, len, head_dim] each), as prefill
-/// leaves them.
-pub type PrefillCache = Vec<[Vec<f32>; 2]>;
-
-/// What an ONNX Runtime call failed with.
-pub type EngineError = ort::Error;
-
-/// Where one row's sequence is in a batch decode step.
-#[derive(Debug, Clone, Copy)]
-pub struct Step {
-    pub row: usize,
-    /// The token to feed.
-    pub token: u32,
-    /// Its position (how many tokens the row holds before it).
-    pub position: usize,
-}
-
 impl Engine {
     pub fn new(session: Session, shape: Shape) -> Engine {
         Engine {
@@ -79,32 +42,11 @@ impl Engine {
         }
     }
 
-    pub fn shape(&self) -> Shape {
-        self.shape
-    }
-
-    /// The bytes a buffer of `layout` takes (keys and values of every layer).
-    pub fn layout_bytes(&self, layout: Layout) -> usize {
-        let s = self.shape;
-        layout.rows * layout.capacity * s.layers * 2 * s.kv_heads * s.head_dim * 4
-    }
-
-    /// The smallest layout holding `sequences` rows of up to `positions` positions.
-    pub fn layout_for(&self, sequences: usize, positions: usize) -> Layout {
-        Layout {
-            rows: sequences.max(1).next_power_of_two(),
-            capacity: positions
-                .max(MIN_CAPACITY)
-                .next_power_of_two()
-                .min(self.shape.max_context),
-        }
-    }
-
     /// The inputs that run `prompts` on an empty cache, right-padded to the longest.
     fn prompt_inputs(
         &self,
         prompts: &[&[u32]],
-    ) -> Result<Vec<(String, ort::session::SessionInputValue<'static>)>, EngineError> {
+    ) -> Result<Vec<(String, ort::session::SessionInputValue<'static>)>, ModelError> {
         let s = self.shape;
         let rows = prompts.len();
         let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -146,15 +88,15 @@ impl Engine {
         &mut self,
         tokens: &[u32],
         first: usize,
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         if first + 1 >= tokens.len() {
             return Ok(Vec::new());
         }
         let (last, cache) = self
             .prefill(&[&tokens[..=first]])?
             .pop()
-            .ok_or_else(|| ort::Error::new("prefill returned nothing"))?;
-        self.relayout(self.layout_for(1, tokens.len()), &[])?;
+            .ok_or_else(|| ModelError("prefill returned nothing".to_owned()))?;
+        self.relayout(self.shape.layout_for(1, tokens.len()), &[])?;
         self.place(0, &cache, first + 1)?;
         let mut logits = vec![last];
         let fed = &tokens[first + 1..tokens.len() - 1];
@@ -169,13 +111,48 @@ impl Engine {
         Ok(logits)
     }
 
+    /// A new buffer of `layout`, bound to the session.
+    fn make(&mut self, layout: Layout) -> Result<Batch, ModelError> {
+        let s = self.shape;
+        let allocator = Allocator::default();
+        let dims = [layout.rows, s.kv_heads, layout.capacity, s.head_dim];
+        let mut binding = self.session.create_binding()?;
+        let mut cache = Vec::with_capacity(s.layers);
+        for layer in 0..s.layers {
+            let mut key = Tensor::<f32>::new(&allocator, dims)?;
+            let mut value = Tensor::<f32>::new(&allocator, dims)?;
+            binding.bind_input(format!("past_key_values.{layer}.key"), &key)?;
+            binding.bind_input(format!("past_key_values.{layer}.value"), &value)?;
+            binding.bind_output(format!("present.{layer}.key"), &mut key)?;
+            binding.bind_output(format!("present.{layer}.value"), &mut value)?;
+            cache.push([key, value]);
+        }
+        binding.bind_output_to_device(
+            "logits",
+            &MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?,
+        )?;
+        Ok(Batch {
+            layout,
+            cache,
+            binding,
+        })
+    }
+}
+
+impl Model for Engine {
+    fn shape(&self) -> Shape {
+        self.shape
+    }
+
     /// Runs prompts on an empty cache, together (right-padded) when there are several;
     /// returns per prompt its last position's logits and its keys/values per layer
     /// ([kv_heads, len, head_dim] each) for [`Engine::place`].
-    pub fn prefill(
-        &mut self,
-        prompts: &[&[u32]],
-    ) -> Result<Vec<(Vec<f32>, PrefillCache)>, EngineError> {
+    fn prefill(&mut self, prompts: &[&[u32]]) -> Result<Vec<(Vec<f32>, PrefillCache)>, ModelError> {
         let s = self.shape;
         let rows = prompts.len();
         let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -186,7 +163,7 @@ impl Engine {
         let per_row = logits.len() / rows.max(1);
         let mut presents = Vec::with_capacity(s.layers);
         for layer in 0..s.layers {
-            let part = |name: &str| -> Result<&[f32], EngineError> {
+            let part = |name: &str| -> Result<&[f32], ModelError> {
                 let (_, data) = outputs[format!("present.{layer}.{name}").as_str()]
                     .try_extract_tensor::<f32>()?;
                 Ok(data)
@@ -221,12 +198,12 @@ impl Engine {
     /// [`Engine::prefill`] would for the prefix and suffix together. One prompt per call:
     /// ONNX Runtime's GroupQueryAttention takes several new positions after a past only
     /// for a batch of one.
-    pub fn prefill_after(
+    fn prefill_after(
         &mut self,
         prefix: &PrefillCache,
         prefix_len: usize,
         suffix: &[u32],
-    ) -> Result<(Vec<f32>, PrefillCache), EngineError> {
+    ) -> Result<(Vec<f32>, PrefillCache), ModelError> {
         let s = self.shape;
         let ids: Vec<i64> = suffix.iter().map(|&t| i64::from(t)).collect();
         let total = prefix_len + suffix.len();
@@ -254,7 +231,7 @@ impl Engine {
         let last = logits[logits.len() - s.vocab..].to_vec();
         let mut cache = Vec::with_capacity(s.layers);
         for layer in 0..s.layers {
-            let part = |name: &str| -> Result<Vec<f32>, EngineError> {
+            let part = |name: &str| -> Result<Vec<f32>, ModelError> {
                 let (_, data) = outputs[format!("present.{layer}.{name}").as_str()]
                     .try_extract_tensor::<f32>()?;
                 Ok(data.to_vec())
@@ -265,12 +242,7 @@ impl Engine {
     }
 
     /// Copies a prefilled cache of `len` positions into `row` of the current buffer.
-    pub fn place(
-        &mut self,
-        row: usize,
-        cache: &PrefillCache,
-        len: usize,
-    ) -> Result<(), EngineError> {
+    fn place(&mut self, row: usize, cache: &PrefillCache, len: usize) -> Result<(), ModelError> {
         let s = self.shape;
         let batch = self.batch.as_mut().ok_or_else(no_buffer)?;
         let capacity = batch.layout.capacity;
@@ -290,11 +262,11 @@ impl Engine {
 
     /// Makes a buffer of `layout` the current one, moving sequences into it:
     /// `(from_row, to_row, len)` from the current buffer. The old buffer is dropped.
-    pub fn relayout(
+    fn relayout(
         &mut self,
         layout: Layout,
         moves: &[(usize, usize, usize)],
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), ModelError> {
         let s = self.shape;
         if self.batch.as_ref().is_some_and(|b| b.layout == layout) {
             return Ok(());
@@ -328,7 +300,7 @@ impl Engine {
 
     /// One decode step over the current buffer: each step's token at its position (rows
     /// without a step idle). Returns each step's logits, in the order given.
-    pub fn decode(&mut self, steps: &[Step]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn decode(&mut self, steps: &[Step]) -> Result<Vec<Vec<f32>>, ModelError> {
         let s = self.shape;
         let batch = self.batch.as_mut().ok_or_else(no_buffer)?;
         let rows = batch.layout.rows;
@@ -356,42 +328,10 @@ impl Engine {
             .map(|step| logits[step.row * s.vocab..(step.row + 1) * s.vocab].to_vec())
             .collect())
     }
-
-    /// A new buffer of `layout`, bound to the session.
-    fn make(&mut self, layout: Layout) -> Result<Batch, EngineError> {
-        let s = self.shape;
-        let allocator = Allocator::default();
-        let dims = [layout.rows, s.kv_heads, layout.capacity, s.head_dim];
-        let mut binding = self.session.create_binding()?;
-        let mut cache = Vec::with_capacity(s.layers);
-        for layer in 0..s.layers {
-            let mut key = Tensor::<f32>::new(&allocator, dims)?;
-            let mut value = Tensor::<f32>::new(&allocator, dims)?;
-            binding.bind_input(format!("past_key_values.{layer}.key"), &key)?;
-            binding.bind_input(format!("past_key_values.{layer}.value"), &value)?;
-            binding.bind_output(format!("present.{layer}.key"), &mut key)?;
-            binding.bind_output(format!("present.{layer}.value"), &mut value)?;
-            cache.push([key, value]);
-        }
-        binding.bind_output_to_device(
-            "logits",
-            &MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )?,
-        )?;
-        Ok(Batch {
-            layout,
-            cache,
-            binding,
-        })
-    }
 }
 
-fn no_buffer() -> EngineError {
-    ort::Error::new("no KV buffer laid out")
+fn no_buffer() -> ModelError {
+    ModelError("no KV buffer laid out".to_owned())
 }
 
 /// Where `(row, head)` starts in a [rows, kv_heads, capacity, head_dim] buffer.

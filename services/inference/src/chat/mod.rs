@@ -1,8 +1,10 @@
 //! Chat models: a handle that validates and tokenizes requests, and the scheduler
-//! thread it feeds (continuous batching over the [`engine::Engine`]).
+//! thread it feeds (continuous batching over a [`model::Model`], the ONNX Runtime
+//! [`engine::Engine`] when served).
 
-pub mod admission;
 pub mod engine;
+pub mod model;
+pub mod plan;
 pub mod prefix;
 pub mod sampler;
 pub mod scheduler;
@@ -25,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    engine::{Engine, Shape},
+    engine::Engine,
+    model::{Layout, Model as _, Shape},
     sampler::Settings,
     scheduler::{Event, Job, Scheduler},
 };
@@ -114,7 +117,7 @@ impl ChatModel {
     ) -> Result<ChatModel, String> {
         let max_context = manifest.context_length.min(config.max_context);
         let (text, engine, provider) = open(dir, manifest, runtime, max_context)?;
-        let position_bytes = engine.layout_bytes(engine::Layout {
+        let position_bytes = engine.shape().layout_bytes(Layout {
             rows: 1,
             capacity: 1,
         });

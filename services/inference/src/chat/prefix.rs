@@ -15,7 +15,7 @@ use std::{
     ops::Range,
 };
 
-use super::engine::{PrefillCache, Shape};
+use super::model::{PrefillCache, Shape};
 
 /// Tokens per full block: small enough that a shared system prompt leaves few of its
 /// tokens to prefill again (at most 15), large enough that copying blocks stays cheap.

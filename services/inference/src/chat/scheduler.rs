@@ -1,9 +1,10 @@
-//! The scheduler of one chat model: a thread that owns the [`Engine`] and runs
-//! continuous batching. Each turn it drops cancelled work, admits waiting requests
-//! (one, or more within a prompt-token budget, prefilled together; then each one's
-//! first token), then runs one decode step for every running sequence. A prompt the
-//! prefix cache holds all but the last token of skips prefill: that token runs in the
-//! decode step, with everyone else's. Requests join and leave the batch between steps.
+//! The scheduler of one chat model: a thread that owns the [`Model`] and runs
+//! continuous batching. Each turn it takes new requests in, drops cancelled work, asks
+//! [`plan::plan`] what to do (admit and prefill waiting requests, prefill the next chunk
+//! of a long prompt, or refuse one that can never fit; which buffer to lay out), does it,
+//! then runs one decode step for every running sequence. A prompt the prefix cache holds
+//! all but the last token of skips prefill: that token runs in the decode step, with
+//! everyone else's. Requests join and leave the batch between steps.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    admission::{self, Waiting},
-    engine::{Engine, Layout, PrefillCache, Step},
+    model::{Layout, Model, ModelError, PrefillCache, Step},
+    plan::{self, Limits, Plan, Prefill, Running, Waiting},
     prefix::PrefixCache,
     sampler::{self, Sampler, Settings},
 };
@@ -118,13 +119,11 @@ fn lookup_prefix(
 }
 
 /// The scheduler thread's state.
-pub struct Scheduler {
-    engine: Engine,
+pub struct Scheduler<M> {
+    model: M,
     text: Arc<TextModel>,
     metrics: ModelMetrics,
-    max_batch: usize,
-    /// Prompt tokens prefilled per turn beyond the first request.
-    prefill_budget: usize,
+    limits: Limits,
     inbox: mpsc::UnboundedReceiver<Job>,
     /// Requests admitted but not finished, shared with the handle for overload checks.
     pending: Arc<AtomicUsize>,
@@ -136,29 +135,30 @@ pub struct Scheduler {
     layout: Option<Layout>,
     /// Recent prompts' leading blocks, so that a shared beginning is prefilled once.
     prefixes: PrefixCache,
-    /// The most bytes the KV buffer may take.
-    kv_limit: usize,
     /// The front waiting request's prompt, prefilled so far (its id, its cache, how
     /// many positions), while a long prompt is prefilled a chunk per turn.
     partial: Option<(u64, PrefillCache, usize)>,
 }
 
-impl Scheduler {
+impl<M: Model> Scheduler<M> {
     pub fn new(
-        engine: Engine,
+        model: M,
         text: Arc<TextModel>,
         metrics: ModelMetrics,
         config: &crate::config::Config,
         inbox: mpsc::UnboundedReceiver<Job>,
         pending: Arc<AtomicUsize>,
-    ) -> Scheduler {
-        let prefixes = PrefixCache::new(engine.shape(), config.prefix_cache_mb * 1024 * 1024);
+    ) -> Scheduler<M> {
+        let prefixes = PrefixCache::new(model.shape(), config.prefix_cache_mb * 1024 * 1024);
         Scheduler {
-            engine,
+            model,
             text,
             metrics,
-            max_batch: config.max_batch,
-            prefill_budget: config.prefill_budget,
+            limits: Limits {
+                max_batch: config.max_batch,
+                prefill_budget: config.prefill_budget,
+                kv_limit: config.kv_cache_bytes(),
+            },
             inbox,
             pending,
             waiting: VecDeque::new(),
@@ -167,7 +167,6 @@ impl Scheduler {
             running: Vec::new(),
             layout: None,
             prefixes,
-            kv_limit: config.kv_cache_bytes(),
             partial: None,
         }
     }
@@ -182,15 +181,90 @@ impl Scheduler {
                     None => return,
                 }
             }
-            while let Ok(job) = self.inbox.try_recv() {
-                self.enqueue(job);
-            }
-            self.drop_cancelled();
-            self.admit();
-            self.step();
-            self.shrink();
-            self.observe();
+            self.turn();
         }
+    }
+
+    /// One turn: new requests in, cancelled work out, the plan's prefill work, then one
+    /// decode step for every running sequence.
+    pub fn turn(&mut self) {
+        while let Ok(job) = self.inbox.try_recv() {
+            self.enqueue(job);
+        }
+        self.drop_cancelled();
+        let front = self.waiting.front().map(|(id, _)| *id);
+        if self
+            .partial
+            .as_ref()
+            .is_some_and(|(owner, _, _)| Some(*owner) != front)
+        {
+            // Its request was cancelled; the next one starts afresh.
+            self.partial = None;
+        }
+        let plan = self.plan();
+        if let Some(layout) = plan.layout
+            && let Err(err) = self.move_to(layout)
+        {
+            let message = format!("cannot lay out the KV buffer: {err}");
+            self.fail_all(&message);
+            let starting = match plan.prefill {
+                Prefill::Admit { count, .. } => count,
+                Prefill::Chunk { to, .. } => usize::from(
+                    self.waiting
+                        .front()
+                        .is_some_and(|(_, job)| job.prompt.len() == to),
+                ),
+                Prefill::Nothing | Prefill::Refuse => 0,
+            };
+            for (_, job) in self.waiting.drain(..starting).collect::<Vec<_>>() {
+                self.refuse(&job, &message);
+            }
+            self.partial = None;
+            return;
+        }
+        match plan.prefill {
+            Prefill::Nothing => {}
+            Prefill::Admit { count, together } => self.admit(count, together),
+            Prefill::Chunk { from, to } => self.prefill_chunk(from, to),
+            Prefill::Refuse => self.refuse_too_big(),
+        }
+        self.step();
+        self.observe();
+    }
+
+    /// What [`plan::plan`] decides for this turn, given the running sequences and the
+    /// front of the queue (as many requests as could join, their cached beginnings
+    /// looked up).
+    fn plan(&self) -> Plan {
+        let running: Vec<Running> = self
+            .running
+            .iter()
+            .map(|seq| Running {
+                len: seq.len,
+                longest: seq.len - seq.generated + seq.max_tokens,
+            })
+            .collect();
+        let could_join = self.limits.max_batch.saturating_sub(self.running.len()) + 1;
+        let waiting: Vec<Waiting> = self
+            .waiting
+            .iter()
+            .take(could_join)
+            .map(|(_, job)| Waiting {
+                prompt_tokens: job.prompt.len(),
+                cached_tokens: self.prefixes.cached_len(&job.prompt),
+                choices: job.n,
+                max_tokens: job.max_tokens,
+            })
+            .collect();
+        plan::plan(&plan::State {
+            shape: self.model.shape(),
+            limits: self.limits,
+            running: &running,
+            waiting: &waiting,
+            queued: self.waiting.len(),
+            partial: self.partial.as_ref().map(|(_, _, done)| *done),
+            layout: self.layout,
+        })
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -227,75 +301,15 @@ impl Scheduler {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Admits waiting requests as [`admission::admit`] decides, and prefills them; a
-    /// long prompt arriving while streams run is prefilled in chunks instead.
-    fn admit(&mut self) {
-        if self.prefill_chunk() {
-            return;
-        }
-        // What each prompt leaves to prefill once its cached beginning is taken.
-        let waiting = self.waiting.iter().map(|(_, job)| Waiting {
-            prompt_tokens: job.prompt.len() - self.prefixes.cached_len(&job.prompt),
-            choices: job.n,
-        });
-        let turn = admission::admit(
-            waiting,
-            self.running.len(),
-            self.max_batch,
-            self.prefill_budget,
-        );
-        // Within the KV-cache limit, counting each sequence at its longest.
-        let mut count = turn.count;
-        while count > 0 && !self.kv_fits(self.waiting.iter().take(count).map(|(_, job)| job)) {
-            count -= 1;
-        }
-        if count == 0 {
-            if turn.count > 0 && self.running.is_empty() {
-                // Alone in an empty buffer and still too big: it never fits.
-                if let Some((_, job)) = self.waiting.pop_front() {
-                    self.refuse_with(
-                        &job,
-                        ErrorBody::new(
-                            ErrorCode::ContextLengthExceeded,
-                            format!(
-                                "{} choices of up to {} tokens need more KV cache than \
-                                 inference.kv_cache_mb allows ({} MiB)",
-                                job.n,
-                                job.prompt.len() + job.max_tokens,
-                                self.kv_limit / (1024 * 1024)
-                            ),
-                        ),
-                    );
-                }
-            }
-            return;
-        }
+    /// Starts the `count` requests at the front of the queue, their prompts prefilled
+    /// together when `together` and one by one otherwise (prefix-cache hits each on its
+    /// own in any case).
+    fn admit(&mut self, count: usize, together: bool) {
         let picked: Vec<(u64, Job)> = self.waiting.drain(..count).collect();
-        let sequences = self.running.len() + picked.iter().map(|(_, job)| job.n).sum::<usize>();
-        let longest_prompt = picked
-            .iter()
-            .map(|(_, job)| job.prompt.len())
-            .max()
-            .unwrap_or(0);
         for (_, job) in &picked {
-            let queued = job.enqueued.elapsed();
-            self.metrics.queue_seconds.observe(queued.as_secs_f64());
-            job.span
-                .record("slough.queue_ms", queued.as_secs_f64() * 1e3);
+            self.observe_queued(job);
         }
-        let needed = self
-            .engine
-            .layout_for(sequences, self.longest().max(longest_prompt + 1));
-        if let Err(err) = self.move_to(self.grown(needed)) {
-            let message = format!("cannot grow the batch: {err}");
-            self.fail_all(&message);
-            for (_, job) in picked {
-                self.refuse(&job, &message);
-            }
-            return;
-        }
-        // Fewer than the policy picked (the KV limit): one by one.
-        let groups: Vec<Vec<(u64, Job)>> = if turn.together && count == turn.count {
+        let groups: Vec<Vec<(u64, Job)>> = if together {
             vec![picked]
         } else {
             picked.into_iter().map(|one| vec![one]).collect()
@@ -308,46 +322,30 @@ impl Scheduler {
         }
     }
 
-    /// Chunked prefill: while streams run, a prompt at the front of the queue whose
-    /// uncached part is longer than the prefill budget is prefilled one budget-sized
-    /// chunk per turn (each after the chunks before it, as a prefix-cache hit is), so
-    /// that the running streams' next token waits for one chunk rather than the whole
-    /// prompt. Answers whether it did this turn's prefill work.
-    fn prefill_chunk(&mut self) -> bool {
-        let chunk = self.prefill_budget.max(1);
+    /// Counts how long a starting request waited, in its metrics and its trace.
+    fn observe_queued(&self, job: &Job) {
+        let queued = job.enqueued.elapsed();
+        self.metrics.queue_seconds.observe(queued.as_secs_f64());
+        job.span
+            .record("slough.queue_ms", queued.as_secs_f64() * 1e3);
+    }
+
+    /// Chunked prefill: positions `from..to` of the front request's prompt, after the
+    /// chunks before it (or its cached beginning); the request starts with its last
+    /// chunk.
+    fn prefill_chunk(&mut self, from: usize, to: usize) {
         let Some((id, job)) = self.waiting.front() else {
-            self.partial = None;
-            return false;
+            return;
         };
         let id = *id;
-        if self
-            .partial
-            .as_ref()
-            .is_some_and(|(owner, _, _)| *owner != id)
-        {
-            // Its request was cancelled; the next one starts afresh.
-            self.partial = None;
-        }
-        let prompt_len = job.prompt.len();
-        if self.partial.is_none() {
-            let room =
-                self.running.len() + job.n <= self.max_batch && self.kv_fits(std::iter::once(job));
-            // Checked last: the prefix cache is walked only for a prompt long enough.
-            if self.running.is_empty()
-                || prompt_len <= chunk
-                || !room
-                || prompt_len - self.prefixes.cached_len(&job.prompt) <= chunk
-            {
-                return false;
-            }
-            let (cache, len) = lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
-                .unwrap_or_else(|| (Vec::new(), 0));
-            self.partial = Some((id, cache, len));
-        }
-        let Some((_, cache, done)) = self.partial.take() else {
-            return false;
+        let (cache, done) = match self.partial.take() {
+            Some((_, cache, done)) => (cache, done),
+            None if from == 0 => (Vec::new(), 0),
+            None => lookup_prefix(&mut self.prefixes, &self.metrics, &job.prompt)
+                .unwrap_or_else(|| (Vec::new(), 0)),
         };
-        let end = (done + chunk).min(prompt_len);
+        let prompt_len = job.prompt.len();
+        let end = to.max(done + 1).min(prompt_len);
         let tokens = &job.prompt[done..end];
         let span = tracing::info_span!(
             parent: job.span.id(),
@@ -358,11 +356,11 @@ impl Scheduler {
         );
         let prefilled = span.in_scope(|| {
             if done == 0 {
-                self.engine
+                self.model
                     .prefill(&[tokens])
                     .map(|mut all| all.pop().unwrap_or_default())
             } else {
-                self.engine.prefill_after(&cache, done, tokens)
+                self.model.prefill_after(&cache, done, tokens)
             }
         });
         if end < prompt_len {
@@ -374,44 +372,45 @@ impl Scheduler {
                     }
                 }
             }
-            return true;
+            return;
         }
         // The last chunk: the request leaves the queue and starts.
         let Some((_, job)) = self.waiting.pop_front() else {
-            return true;
+            return;
         };
         let (logits, cache) = match prefilled {
             Ok(prefilled) => prefilled,
             Err(err) => {
                 self.refuse(&job, &format!("prefill failed: {err}"));
-                return true;
+                return;
             }
         };
-        let queued = job.enqueued.elapsed();
-        self.metrics.queue_seconds.observe(queued.as_secs_f64());
+        self.observe_queued(&job);
         self.prefixes.insert(&job.prompt, &cache);
         self.metrics
             .prefix_cache_bytes
             .set(self.prefixes.bytes() as i64);
-        let needed = self.engine.layout_for(
-            self.running.len() + job.n,
-            self.longest().max(prompt_len + 1),
-        );
-        let target = match self.layout {
-            Some(current) => Layout {
-                rows: current.rows.max(needed.rows),
-                capacity: current.capacity.max(needed.capacity),
-            },
-            None => needed,
-        };
-        if let Err(err) = self.move_to(target) {
-            let message = format!("cannot grow the batch: {err}");
-            self.fail_all(&message);
-            self.refuse(&job, &message);
-            return true;
-        }
         self.start(id, job, Prompt::Prefilled(&cache, &logits));
-        true
+    }
+
+    /// Refuses the front request: it cannot fit the KV-cache limit even alone.
+    fn refuse_too_big(&mut self) {
+        let Some((_, job)) = self.waiting.pop_front() else {
+            return;
+        };
+        self.refuse_with(
+            &job,
+            ErrorBody::new(
+                ErrorCode::ContextLengthExceeded,
+                format!(
+                    "{} choices of up to {} tokens need more KV cache than \
+                     inference.kv_cache_mb allows ({} MiB)",
+                    job.n,
+                    job.prompt.len() + job.max_tokens,
+                    self.limits.kv_limit / (1024 * 1024)
+                ),
+            ),
+        );
     }
 
     /// Starts the requests of `group` whose prompts begin with cached blocks: prefilled
@@ -442,7 +441,7 @@ impl Scheduler {
                 cached_tokens = len,
             );
             let prefilled =
-                span.in_scope(|| self.engine.prefill_after(&past, len, &job.prompt[len..]));
+                span.in_scope(|| self.model.prefill_after(&past, len, &job.prompt[len..]));
             match prefilled {
                 Ok((logits, cache)) => {
                     self.prefixes.insert(&job.prompt, &cache);
@@ -470,7 +469,7 @@ impl Scheduler {
         for (_, job) in group.iter().skip(1) {
             span.follows_from(job.span.id());
         }
-        let prefilled = span.in_scope(|| self.engine.prefill(&prompts));
+        let prefilled = span.in_scope(|| self.model.prefill(&prompts));
         match prefilled {
             Ok(prefilled) => {
                 for ((id, job), (logits, cache)) in group.into_iter().zip(prefilled) {
@@ -499,41 +498,6 @@ impl Scheduler {
         self.release_job();
     }
 
-    /// Whether the running sequences and `jobs`' fit the KV-cache limit, each counted
-    /// at its longest (prompt plus max_tokens), so that growing later never exceeds it.
-    fn kv_fits<'a>(&self, jobs: impl Iterator<Item = &'a Job>) -> bool {
-        let mut sequences = self.running.len();
-        let mut longest = self
-            .running
-            .iter()
-            .map(|seq| seq.len - seq.generated + seq.max_tokens)
-            .max()
-            .unwrap_or(0);
-        for job in jobs {
-            sequences += job.n;
-            longest = longest.max(job.prompt.len() + job.max_tokens);
-        }
-        let layout = self.engine.layout_for(sequences, longest);
-        self.engine.layout_bytes(layout) <= self.kv_limit
-    }
-
-    /// The buffer to move to for `needed`: the current one grown to cover it, or, when
-    /// that would pass the KV-cache limit, `needed` itself (rows renumbered).
-    fn grown(&self, needed: Layout) -> Layout {
-        let merged = match self.layout {
-            Some(current) => Layout {
-                rows: current.rows.max(needed.rows),
-                capacity: current.capacity.max(needed.capacity),
-            },
-            None => needed,
-        };
-        if self.engine.layout_bytes(merged) <= self.kv_limit {
-            merged
-        } else {
-            needed
-        }
-    }
-
     /// Starts a request: its prompt's cache into free rows, then each choice's first
     /// token (now, or from the next decode step when its last token is still to run).
     fn start(&mut self, id: u64, job: Job, prompt: Prompt<'_>) {
@@ -551,7 +515,7 @@ impl Scheduler {
             .take(job.n)
             .collect();
         for &row in &rows {
-            if let Err(err) = self.engine.place(row, cache, cached) {
+            if let Err(err) = self.model.place(row, cache, cached) {
                 self.refuse(&job, &format!("cannot place the prompt's cache: {err}"));
                 return;
             }
@@ -605,15 +569,13 @@ impl Scheduler {
         if self.running.is_empty() {
             return;
         }
-        // Room for the position each sequence writes now.
-        if let Some(current) = self.layout
-            && self.longest() > current.capacity
+        if self
+            .layout
+            .is_none_or(|layout| self.longest() > layout.capacity)
         {
-            let needed = self.engine.layout_for(self.running.len(), self.longest());
-            if let Err(err) = self.move_to(self.grown(needed)) {
-                self.fail_all(&format!("cannot grow the batch: {err}"));
-                return;
-            }
+            // The plan makes room before every step: this is a bug, not a load.
+            self.fail_all("the KV buffer has no room for the next position");
+            return;
         }
         let steps: Vec<Step> = self
             .running
@@ -626,7 +588,7 @@ impl Scheduler {
             .collect();
         self.metrics.batch_size.observe(steps.len() as f64);
         let started = Instant::now();
-        let decoded = self.engine.decode(&steps);
+        let decoded = self.model.decode(&steps);
         tracing::trace!(
             sequences = steps.len(),
             rows = self.layout.map_or(0, |l| l.rows),
@@ -712,7 +674,7 @@ impl Scheduler {
             return Some(FinishReason::Stop);
         }
         seq.next = token;
-        let context_full = seq.len + 1 >= self.engine.shape().max_context;
+        let context_full = seq.len + 1 >= self.model.shape().max_context;
         (seq.generated >= seq.max_tokens || context_full).then_some(FinishReason::Length)
     }
 
@@ -761,7 +723,7 @@ impl Scheduler {
     }
 
     /// Moves the running sequences into a buffer of `layout` (rows 0, 1, ...).
-    fn move_to(&mut self, layout: Layout) -> Result<(), ort::Error> {
+    fn move_to(&mut self, layout: Layout) -> Result<(), ModelError> {
         if self.layout == Some(layout) {
             return Ok(());
         }
@@ -771,29 +733,12 @@ impl Scheduler {
             .enumerate()
             .map(|(to, seq)| (seq.row, to, seq.len))
             .collect();
-        self.engine.relayout(layout, &moves)?;
+        self.model.relayout(layout, &moves)?;
         for (to, seq) in self.running.iter_mut().enumerate() {
             seq.row = to;
         }
         self.layout = Some(layout);
         Ok(())
-    }
-
-    /// Moves to a smaller buffer once the batch has thinned out or shortened (to a
-    /// quarter or less of the rows or positions).
-    fn shrink(&mut self) {
-        let Some(current) = self.layout else {
-            return;
-        };
-        if !self.waiting.is_empty() || self.running.is_empty() {
-            return;
-        }
-        let needed = self.engine.layout_for(self.running.len(), self.longest());
-        if (needed.rows * 4 <= current.rows || needed.capacity * 4 <= current.capacity)
-            && let Err(err) = self.move_to(needed)
-        {
-            self.fail_all(&format!("cannot shrink the batch: {err}"));
-        }
     }
 
     /// Fails every running request (the engine is in trouble).
@@ -809,17 +754,20 @@ impl Scheduler {
     }
 
     fn observe(&self) {
-        let s = self.engine.shape();
+        let s = self.model.shape();
         self.metrics.queue_depth.set(self.waiting.len() as i64);
         self.metrics.running.set(self.running.len() as i64);
         let used: usize = self.running.iter().map(|seq| seq.len).sum();
         self.metrics
             .kv_cache_usage
-            .set(used as f64 / (self.max_batch * s.max_context) as f64);
-        let allocated = self
-            .layout
-            .map_or(0, |layout| self.engine.layout_bytes(layout));
+            .set(used as f64 / (self.limits.max_batch * s.max_context) as f64);
+        let allocated = self.layout.map_or(0, |layout| s.layout_bytes(layout));
         self.metrics.kv_cache_bytes.set(allocated as i64);
-        self.metrics.kv_cache_limit_bytes.set(self.kv_limit as i64);
+        self.metrics
+            .kv_cache_limit_bytes
+            .set(self.limits.kv_limit as i64);
     }
 }
+
+#[cfg(test)]
+mod tests;
