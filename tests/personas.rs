@@ -42,7 +42,7 @@ fn print(summary: &PersonaSummary) {
 async fn jester_and_analyst_answers_measure_apart_in_the_direction_of_their_traits() {
     let nats = TestNats::start();
     let mut settings = settings(&nats);
-    settings.inference.models_dir = Some(slough_testkit::test_models_dir());
+    settings.common.models_dir = Some(slough_testkit::test_models_dir());
     let key = bootstrap_admin_key(&settings)
         .await
         .unwrap()

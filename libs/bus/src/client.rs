@@ -477,3 +477,76 @@ fn error_of(reply: &Message) -> Option<ErrorBody> {
         param,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(headers: &[(&str, &str)], payload: &[u8]) -> Message {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        Message {
+            subject: "_INBOX.test".into(),
+            reply: None,
+            payload: payload.to_vec().into(),
+            headers: (!headers.is_empty()).then_some(map),
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn an_error_reply_keeps_its_code_retry_hint_and_field() {
+        let message = reply(
+            &[
+                (async_nats::service::NATS_SERVICE_ERROR, "n is too large"),
+                (async_nats::service::NATS_SERVICE_ERROR_CODE, "400"),
+                (ERROR_CODE_HEADER, "context_length_exceeded"),
+                (RETRY_AFTER_HEADER, "250"),
+                (PARAM_HEADER, "n"),
+            ],
+            b"",
+        );
+        let err = decode_reply::<u32>("slough.v1.inference.generate", &message).unwrap_err();
+        let BusError::Service(body) = err else {
+            panic!("expected a service error, got {err:?}")
+        };
+        assert_eq!(body.code, ErrorCode::ContextLengthExceeded);
+        assert_eq!(body.message, "n is too large");
+        assert_eq!(body.retry_after_ms, Some(250));
+        assert_eq!(body.param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn a_foreign_error_reply_is_read_by_its_number() {
+        for (number, code) in [
+            ("404", ErrorCode::NotFound),
+            ("429", ErrorCode::Overloaded),
+            ("503", ErrorCode::Unavailable),
+            ("418", ErrorCode::Internal),
+        ] {
+            let message = reply(
+                &[
+                    (async_nats::service::NATS_SERVICE_ERROR, "no"),
+                    (async_nats::service::NATS_SERVICE_ERROR_CODE, number),
+                ],
+                b"",
+            );
+            assert_eq!(error_of(&message).map(|body| body.code), Some(code));
+        }
+    }
+
+    #[test]
+    fn a_reply_that_does_not_decode_names_its_subject() {
+        let message = reply(&[], b"{\"not\": \"a number\"}");
+        let err = decode_reply::<u32>("slough.v1.rag.search", &message).unwrap_err();
+        assert!(
+            matches!(&err, BusError::Codec { subject, .. } if subject == "slough.v1.rag.search"),
+            "{err:?}"
+        );
+        assert_eq!(decode_reply::<u32>("s", &reply(&[], b"7")).unwrap(), 7);
+    }
+}

@@ -1,5 +1,6 @@
 //! Hosting a service on the bus: registration with the NATS micro-service API, typed
-//! endpoints whose handlers run concurrently, metrics, and a drain on shutdown.
+//! endpoints whose handlers run concurrently (up to a limit per endpoint, beyond which a
+//! request is answered `overloaded`), metrics, and a drain on shutdown.
 
 use std::{
     collections::HashMap,
@@ -8,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use async_nats::{HeaderMap, service::ServiceExt as _};
+use async_nats::service::ServiceExt as _;
 use futures::StreamExt as _;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use serde::{Serialize, de::DeserializeOwned};
@@ -18,9 +19,12 @@ use slough_protocol::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
+use tokio::sync::Semaphore;
+
 use crate::{
-    Bus, BusError, DEADLINE_HEADER, ERROR_CODE_HEADER, PARAM_HEADER, RETRY_AFTER_HEADER,
+    Bus, BusError, DEADLINE_HEADER,
     client::{decode, encode},
+    reply::respond,
     stream::{StreamShared, StreamStart},
     trace,
 };
@@ -36,6 +40,38 @@ pub struct Registration {
     pub description: String,
     /// Extra `$SRV.INFO` metadata, e.g. the admin URL.
     pub metadata: HashMap<String, String>,
+    /// How many requests each endpoint handles at once.
+    pub concurrency: Concurrency,
+}
+
+/// How many requests an instance handles at once per endpoint (a stream counts until
+/// its final frame); one more is answered `overloaded` with a retry hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    /// The limit of an endpoint not named in `by_endpoint`.
+    pub default: usize,
+    /// Limits by endpoint name (`generate`, `ingest`, ...).
+    pub by_endpoint: HashMap<String, usize>,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            default: 256,
+            by_endpoint: HashMap::new(),
+        }
+    }
+}
+
+impl Concurrency {
+    /// The limit of endpoint `name`.
+    pub fn limit(&self, name: &str) -> usize {
+        self.by_endpoint
+            .get(name)
+            .copied()
+            .unwrap_or(self.default)
+            .max(1)
+    }
 }
 
 /// A service instance registered on the bus. Add endpoints with [`ServiceHost::serve`]
@@ -48,6 +84,7 @@ pub struct ServiceHost {
     tasks: TaskTracker,
     stop: CancellationToken,
     metrics: HostMetrics,
+    concurrency: Concurrency,
     /// Open streams by request id, so a cancellation can find its stream.
     streams: Arc<Mutex<HashMap<String, CancellationToken>>>,
     listening_for_cancels: bool,
@@ -84,6 +121,7 @@ impl ServiceHost {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             metrics,
+            concurrency: registration.concurrency,
             streams: Arc::default(),
             listening_for_cancels: false,
         })
@@ -269,7 +307,8 @@ impl ServiceHost {
 
     /// Every replica answers on the endpoint's shared subject (the queue group picks one)
     /// and on its own instance subject, for callers that choose the replica (the least
-    /// loaded, or another one when the first is gone).
+    /// loaded, or another one when the first is gone). Both count against the endpoint's
+    /// one concurrency limit.
     async fn serve_on_both<H, Fut>(
         &mut self,
         subject: String,
@@ -282,9 +321,17 @@ impl ServiceHost {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let direct = format!("{name}-direct");
-        self.serve_endpoint(instance_subject, &direct, name, handle.clone())
-            .await?;
-        self.serve_endpoint(subject, name, name, handle).await
+        let limit = Arc::new(Semaphore::new(self.concurrency.limit(name)));
+        self.serve_endpoint(
+            instance_subject,
+            &direct,
+            name,
+            limit.clone(),
+            handle.clone(),
+        )
+        .await?;
+        self.serve_endpoint(subject, name, name, limit, handle)
+            .await
     }
 
     /// Answers requests until `shutdown`, then stops taking requests, waits (up to 10 s)
@@ -305,12 +352,14 @@ impl ServiceHost {
     }
 
     /// Subscribes `handle` to `subject` as the service API endpoint `name`; metrics and
-    /// spans call it `label`.
+    /// spans call it `label`. A request that finds no permit in `limit` is answered
+    /// `overloaded` at once.
     async fn serve_endpoint<H, Fut>(
         &mut self,
         subject: String,
         name: &str,
         label: &str,
+        limit: Arc<Semaphore>,
         handle: H,
     ) -> Result<(), BusError>
     where
@@ -331,6 +380,8 @@ impl ServiceHost {
         let stop = self.stop.clone();
         let endpoint_name = label.to_owned();
         let metrics = self.metrics.clone();
+        let most = self.concurrency.limit(label);
+        let kind = self.kind;
         self.metrics.announce(label);
         self.tasks.spawn(async move {
             loop {
@@ -364,7 +415,26 @@ impl ServiceHost {
                     tasks.spawn(async move { respond(&request, Err(error)).await });
                     continue;
                 }
-                tasks.spawn(handle(request).instrument(span));
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    let error = ErrorBody::overloaded(
+                        format!(
+                            "this {kind} instance is handling {most} {endpoint_name} requests \
+                             already (nats.max_in_flight); try again shortly"
+                        ),
+                        1000,
+                    );
+                    metrics.observe(&endpoint_name, Some(&error), Instant::now());
+                    tasks.spawn(async move { respond(&request, Err(error)).await });
+                    continue;
+                };
+                let in_flight = metrics.in_flight.with_label_values(&[&endpoint_name]);
+                in_flight.inc();
+                let work = handle(request).instrument(span);
+                tasks.spawn(async move {
+                    work.await;
+                    in_flight.dec();
+                    drop(permit);
+                });
             }
             let _ = endpoint.stop().await;
         });
@@ -446,42 +516,13 @@ fn record_trace_id(span: &tracing::Span) {
     }
 }
 
-/// Answers a request with a payload or an error; a failed publish is only logged
-/// because the caller is gone.
-pub(crate) async fn respond(
-    request: &async_nats::service::Request,
-    result: Result<Vec<u8>, ErrorBody>,
-) {
-    let outcome = match result {
-        Ok(payload) => request.respond(Ok(payload.into())).await,
-        Err(error) => {
-            let mut headers = HeaderMap::new();
-            headers.insert(ERROR_CODE_HEADER, error.code.as_str());
-            if let Some(ms) = error.retry_after_ms {
-                headers.insert(RETRY_AFTER_HEADER, ms.to_string().as_str());
-            }
-            if let Some(param) = &error.param {
-                headers.insert(PARAM_HEADER, param.as_str());
-            }
-            let status = error.message.replace(['\r', '\n'], " ");
-            let nats_error = async_nats::service::error::Error {
-                status,
-                code: usize::from(error.code.numeric()),
-            };
-            request.respond_with_headers(Err(nats_error), headers).await
-        }
-    };
-    if let Err(err) = outcome {
-        tracing::warn!(error = %err, "could not send a reply");
-    }
-}
-
 /// Per-service bus metrics.
 #[derive(Clone)]
 struct HostMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     streams_active: IntGaugeVec,
+    in_flight: IntGaugeVec,
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -517,6 +558,18 @@ impl HostMetrics {
             &["endpoint"],
         )
         .map_err(metric_error)?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                format!("slough_{kind}_bus_requests_in_flight"),
+                "Requests being handled, by endpoint (at most its nats.max_in_flight; beyond it \
+                 requests are answered overloaded).",
+            ),
+            &["endpoint"],
+        )
+        .map_err(metric_error)?;
+        registry
+            .register(Box::new(in_flight.clone()))
+            .map_err(metric_error)?;
         registry
             .register(Box::new(requests.clone()))
             .map_err(metric_error)?;
@@ -530,6 +583,7 @@ impl HostMetrics {
             requests,
             duration,
             streams_active,
+            in_flight,
         })
     }
 
@@ -538,6 +592,7 @@ impl HostMetrics {
     fn announce(&self, endpoint: &str) {
         self.requests.with_label_values(&[endpoint, "ok"]);
         self.duration.with_label_values(&[endpoint]);
+        self.in_flight.with_label_values(&[endpoint]);
     }
 
     fn observe(&self, endpoint: &str, error: Option<&ErrorBody>, started: Instant) {
@@ -546,5 +601,35 @@ impl HostMetrics {
         self.duration
             .with_label_values(&[endpoint])
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_named_in_the_limits_takes_its_own_and_never_zero() {
+        let concurrency = Concurrency {
+            default: 16,
+            by_endpoint: HashMap::from([("ingest".to_owned(), 2), ("embed".to_owned(), 0)]),
+        };
+        assert_eq!(concurrency.limit("ingest"), 2);
+        assert_eq!(concurrency.limit("search"), 16);
+        assert_eq!(concurrency.limit("embed"), 1, "0 would refuse everything");
+    }
+
+    #[test]
+    fn an_undecodable_request_names_the_endpoint_and_the_reason() {
+        let err = BusError::Codec {
+            subject: "slough.v1.rag.search".to_owned(),
+            reason: "missing field `query`".to_owned(),
+        };
+        let body = invalid_request("search", &err);
+        assert_eq!(body.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            body.message,
+            "invalid search request: missing field `query`"
+        );
     }
 }

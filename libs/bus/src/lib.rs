@@ -10,6 +10,7 @@ mod error;
 mod event;
 pub mod files;
 mod host;
+mod reply;
 mod stream;
 mod trace;
 
@@ -19,7 +20,7 @@ pub use client::{Bus, connect};
 pub use error::BusError;
 pub use event::EventStream;
 pub use files::FileStore;
-pub use host::{Registration, ServiceHost};
+pub use host::{Concurrency, Registration, ServiceHost};
 pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
 
 /// Header carrying the stable [`ErrorCode`](slough_protocol::ErrorCode) of an error reply,

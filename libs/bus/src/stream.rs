@@ -17,7 +17,7 @@ use slough_protocol::{
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::{Bus, BusError, client::encode, host::respond, silence_limit};
+use crate::{Bus, BusError, client::encode, reply::respond, silence_limit};
 
 /// State of one stream on the producer's side, shared by the handler's sender, the
 /// heartbeat task and the host.

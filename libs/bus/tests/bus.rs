@@ -14,7 +14,7 @@ use std::{collections::HashMap, time::Duration};
 use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use slough_bus::{
-    Bus, BusError, BusOptions, Registration, ServiceHost, StreamItem, StreamReceiver,
+    Bus, BusError, BusOptions, Concurrency, Registration, ServiceHost, StreamItem, StreamReceiver,
 };
 use slough_protocol::{Endpoint, ErrorBody, ErrorCode, Event, ServiceKind, StreamEndpoint};
 use slough_testkit::TestNats;
@@ -58,13 +58,18 @@ async fn bus(nats: &TestNats) -> Bus {
 }
 
 async fn host(bus: &Bus) -> ServiceHost {
+    host_with(bus, Concurrency::default(), &Registry::new()).await
+}
+
+async fn host_with(bus: &Bus, concurrency: Concurrency, registry: &Registry) -> ServiceHost {
     let registration = Registration {
         kind: ServiceKind::Personality,
         version: "0.0.1".to_owned(),
         description: "test".to_owned(),
         metadata: HashMap::new(),
+        concurrency,
     };
-    ServiceHost::register(bus, registration, &Registry::new())
+    ServiceHost::register(bus, registration, registry)
         .await
         .unwrap()
 }
@@ -471,4 +476,95 @@ async fn events_reach_every_subscriber_typed() {
             .unwrap();
         assert_eq!(got, event);
     }
+}
+
+/// The value of the series `name` in `registry` whose labels include `labels`
+/// (`endpoint="busy"`, ...), as `/metrics` would show it; 0 when absent.
+fn series(registry: &Registry, name: &str, labels: &[&str]) -> f64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_endpoint_past_its_concurrency_limit_answers_overloaded() {
+    let nats = TestNats::start();
+    let bus = bus(&nats).await;
+    let registry = Registry::new();
+    let concurrency = Concurrency {
+        default: 8,
+        by_endpoint: HashMap::from([("busy".to_owned(), 2)]),
+    };
+    let mut host = host_with(&bus, concurrency, &registry).await;
+    // Each request holds its place until the test lets one through.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    host.serve(&BUSY, gate.clone(), |gate, request| async move {
+        if let Ok(permit) = gate.acquire().await {
+            permit.forget();
+        }
+        Ok(request)
+    })
+    .await
+    .unwrap();
+    host.serve(&ECHO, (), |(), request| async move { Ok(request) })
+        .await
+        .unwrap();
+    let _stop = serve(host);
+    let echo = |text: &str| Echo {
+        text: text.to_owned(),
+    };
+
+    let held: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|text| {
+            let bus = bus.clone();
+            let request = echo(text);
+            tokio::spawn(async move { bus.call(&BUSY, &request).await })
+        })
+        .collect();
+    let in_flight = "slough_personality_bus_requests_in_flight";
+    const BUSY_LABEL: &str = "endpoint=\"busy\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while series(&registry, in_flight, &[BUSY_LABEL]) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two requests never in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let err = bus.call(&BUSY, &echo("c")).await.unwrap_err();
+    let BusError::Service(body) = err else {
+        panic!("expected a service error, got {err:?}")
+    };
+    assert_eq!(body.code, ErrorCode::Overloaded);
+    assert_eq!(body.retry_after_ms, Some(1000));
+    assert!(
+        body.message.contains("nats.max_in_flight"),
+        "{}",
+        body.message
+    );
+    // Another endpoint has its own limit.
+    assert_eq!(bus.call(&ECHO, &echo("d")).await.unwrap(), echo("d"));
+
+    gate.add_permits(3);
+    for (request, text) in held.into_iter().zip(["a", "b"]) {
+        assert_eq!(request.await.unwrap().unwrap(), echo(text));
+    }
+    assert_eq!(bus.call(&BUSY, &echo("e")).await.unwrap(), echo("e"));
+    let requests = "slough_personality_bus_requests_total";
+    assert_eq!(
+        series(&registry, requests, &[BUSY_LABEL, "code=\"overloaded\""]),
+        1.0
+    );
+    assert_eq!(
+        series(&registry, requests, &[BUSY_LABEL, "code=\"ok\""]),
+        3.0
+    );
+    assert_eq!(series(&registry, in_flight, &[BUSY_LABEL]), 0.0);
 }

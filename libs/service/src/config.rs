@@ -22,6 +22,11 @@ pub struct CommonConfig {
     /// Where models, the SQLite file, vector shards and nats-server's store live
     /// (`SLOUGH_DATA_DIR`, default `~/.slough`).
     pub data_dir: PathBuf,
+    /// The model packages (`SLOUGH_MODELS_DIR`, default `<data_dir>/models`): inference
+    /// serves them, training reads base models and writes fine-tuned ones there, RAG
+    /// reads embedding models' tokenizers and personality classifier heads. In a
+    /// distributed layout every service must see the same directory.
+    pub models_dir: Option<PathBuf>,
     /// The NATS server to use (`NATS_URL`). Unset: `slough up` starts its own.
     pub nats_url: Option<String>,
     /// PostgreSQL for the distributed layout (`SLOUGH_DATABASE_URL`); SQLite when unset.
@@ -37,6 +42,13 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// Where the model packages are: `models_dir`, else `<data_dir>/models`.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("models"))
+    }
+
     /// Creates the data directory, readable by its owner only, when it is missing.
     pub fn create_data_dir(&self) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -51,45 +63,12 @@ impl Default for CommonConfig {
     fn default() -> Self {
         CommonConfig {
             data_dir: default_data_dir(),
+            models_dir: None,
             nats_url: None,
             database_url: None,
             advertise_host: None,
             log: LogConfig::default(),
             nats: NatsConfig::default(),
-        }
-    }
-}
-
-/// The section of a service that sets nothing but its admin server's address (port
-/// `PORT` on loopback by default): where a new service's configuration starts.
-#[derive(Debug, Clone)]
-pub struct AdminOnlyConfig<const PORT: u16> {
-    /// The admin server (`/metrics`, `/livez`, `/readyz`).
-    pub admin_listen: std::net::SocketAddr,
-}
-
-/// By hand: serde's derive does not take const generics.
-impl<'de, const PORT: u16> Deserialize<'de> for AdminOnlyConfig<PORT> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Section {
-            #[serde(default)]
-            admin_listen: Option<std::net::SocketAddr>,
-        }
-        let section = Section::deserialize(deserializer)?;
-        Ok(AdminOnlyConfig {
-            admin_listen: section
-                .admin_listen
-                .unwrap_or_else(|| AdminOnlyConfig::<PORT>::default().admin_listen),
-        })
-    }
-}
-
-impl<const PORT: u16> Default for AdminOnlyConfig<PORT> {
-    fn default() -> Self {
-        AdminOnlyConfig {
-            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], PORT)),
         }
     }
 }
@@ -104,6 +83,11 @@ pub struct NatsConfig {
     pub request_timeout_ms: u64,
     /// How often a stream producer proves it is alive, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Requests an instance handles at once per endpoint (a stream counts until it
+    /// ends); beyond it a request is answered `overloaded` with a retry hint.
+    pub max_in_flight: usize,
+    /// `max_in_flight` for named endpoints (`generate = 64`, `ingest = 4`, ...).
+    pub max_in_flight_by_endpoint: std::collections::HashMap<String, usize>,
     /// The `nats-server` that `slough up` starts when `NATS_URL` is unset.
     pub server: EmbeddedNatsConfig,
 }
@@ -114,6 +98,8 @@ impl Default for NatsConfig {
             connect_timeout_secs: 30,
             request_timeout_ms: 10_000,
             heartbeat_ms: 1_000,
+            max_in_flight: 256,
+            max_in_flight_by_endpoint: std::collections::HashMap::new(),
             server: EmbeddedNatsConfig::default(),
         }
     }
@@ -126,6 +112,14 @@ impl NatsConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+        }
+    }
+
+    /// The per-endpoint concurrency limits these settings describe.
+    pub fn concurrency(&self) -> slough_bus::Concurrency {
+        slough_bus::Concurrency {
+            default: self.max_in_flight,
+            by_endpoint: self.max_in_flight_by_endpoint.clone(),
         }
     }
 }
@@ -219,23 +213,6 @@ pub fn load_config<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, Config
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_admin_only_section_takes_its_port_or_refuses_unknown_keys() {
-        use figment::{
-            Figment,
-            providers::{Format as _, Toml},
-        };
-        let read =
-            |toml: &str| Figment::from(Toml::string(toml)).extract::<AdminOnlyConfig<9403>>();
-        assert_eq!(read("").unwrap().admin_listen.port(), 9403);
-        let moved = read("admin_listen = \"127.0.0.1:0\"").unwrap();
-        assert_eq!(moved.admin_listen.port(), 0);
-        let misspelled = read("admin_lisen = \"x\"").unwrap_err();
-        assert!(
-            misspelled.to_string().contains("admin_lisen"),
-            "{misspelled}"
-        );
-    }
     use figment::Jail;
     use secrecy::ExposeSecret;
 
@@ -277,6 +254,28 @@ mod tests {
                 !format!("{settings:?}").contains("secret@"),
                 "secrets never print"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn one_models_directory_and_endpoint_limits_come_from_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("slough.toml", "data_dir = \"/data\"\n")?;
+            let settings: Settings = load_config(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.common.models_dir(), PathBuf::from("/data/models"));
+            assert_eq!(settings.common.nats.concurrency().limit("ingest"), 256);
+            jail.set_env("SLOUGH_MODELS_DIR", "/shared/models");
+            jail.set_env("SLOUGH_NATS__MAX_IN_FLIGHT", "32");
+            jail.set_env("SLOUGH_NATS__MAX_IN_FLIGHT_BY_ENDPOINT__INGEST", "4");
+            let settings: Settings = load_config(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.common.models_dir(),
+                PathBuf::from("/shared/models")
+            );
+            let concurrency = settings.common.nats.concurrency();
+            assert_eq!(concurrency.limit("ingest"), 4);
+            assert_eq!(concurrency.limit("search"), 32);
             Ok(())
         });
     }

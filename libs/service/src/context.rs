@@ -202,6 +202,7 @@ impl ServiceContext {
                 subjects::META_ADMIN_URL.to_owned(),
                 self.admin_url.clone(),
             )]),
+            concurrency: self.common.nats.concurrency(),
         };
         let mut host =
             ServiceHost::register(&self.health.bus, registration, &self.registry).await?;

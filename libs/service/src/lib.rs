@@ -9,7 +9,7 @@ pub mod context;
 pub mod nats_probe;
 pub mod nats_server;
 
-pub use config::{AdminOnlyConfig, CommonConfig, ConfigError, load_config};
+pub use config::{CommonConfig, ConfigError, load_config};
 pub use context::{CheckFuture, Listening, ServiceContext};
 pub use nats_server::{NatsServer, NatsServerOptions};
 

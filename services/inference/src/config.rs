@@ -10,8 +10,6 @@ use serde::Deserialize;
 pub struct Config {
     /// The admin server (`/metrics`, `/livez`, `/readyz`).
     pub admin_listen: SocketAddr,
-    /// Where the model packages are (default `<data_dir>/models`).
-    pub models_dir: Option<PathBuf>,
     /// ONNX Runtime: library, execution providers, threads.
     pub runtime: RuntimeConfig,
     /// Most sequences decoded together per chat model.
@@ -43,7 +41,6 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9402)),
-            models_dir: None,
             runtime: RuntimeConfig::default(),
             max_batch: 16,
             max_queue: 64,

@@ -39,10 +39,7 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     config.validate().map_err(ServiceError::Config)?;
     let data_dir = ctx.common().data_dir.clone();
-    let models_dir = config
-        .models_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("models"));
+    let models_dir = ctx.common().models_dir();
     let metrics = metrics::Metrics::register(ctx.registry())
         .map_err(slough_telemetry::TelemetryError::from)?;
     let runtime = runtime::Runtime::load(&config.runtime, &data_dir).map_err(|err| err.to_string());

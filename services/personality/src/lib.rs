@@ -31,7 +31,8 @@ pub use config::Config;
 /// Serves until `shutdown` is cancelled, then leaves the bus.
 pub async fn run(
     ctx: ServiceContext,
-    config: Config,
+    // Its one setting, the admin server's address, is already the context's.
+    _config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let metrics = metrics::Metrics::register(ctx.registry())
@@ -41,12 +42,7 @@ pub async fn run(
     let state = handlers::Personality {
         personas: personas::Personas::new(store.clone()),
         metrics,
-        classifiers: classifiers::Classifiers::new(
-            config
-                .models_dir
-                .unwrap_or_else(|| ctx.common().data_dir.join("models")),
-            ctx.bus().clone(),
-        ),
+        classifiers: classifiers::Classifiers::new(ctx.common().models_dir(), ctx.bus().clone()),
     };
     handlers::add(&mut host, state).await?;
     let served = ctx.serve(host, shutdown).await;

@@ -452,7 +452,7 @@ impl Collections {
                 let reason = format!("cannot chunk for {model}: {err}");
                 ErrorBody::new(
                     ErrorCode::Unavailable,
-                    format!("{reason} (the RAG service reads tokenizers from its models_dir)"),
+                    format!("{reason} (the RAG service reads tokenizers from models_dir)"),
                 )
             })
         });

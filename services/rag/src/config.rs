@@ -13,9 +13,6 @@ pub struct Config {
     /// Where the Qdrant Edge shards live, one directory per collection (default
     /// `<data_dir>/collections`).
     pub collections_dir: Option<PathBuf>,
-    /// The model packages, for the embedding models' tokenizers, which chunking counts
-    /// with (default `<data_dir>/models`, as inference).
-    pub models_dir: Option<PathBuf>,
     /// Texts per embed request sent to inference.
     pub embed_batch: usize,
     /// A Qdrant server to keep the collections on instead of the embedded shards.
@@ -56,7 +53,6 @@ impl Default for Config {
         Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9403)),
             collections_dir: None,
-            models_dir: None,
             embed_batch: 32,
             qdrant: QdrantConfig::default(),
         }

@@ -63,10 +63,7 @@ pub async fn run(
         store: store.clone(),
         bus: ctx.bus().clone(),
         backend,
-        models_dir: config
-            .models_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("models")),
+        models_dir: ctx.common().models_dir(),
         embed_batch: config.embed_batch,
         metrics,
     };

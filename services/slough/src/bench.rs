@@ -403,10 +403,7 @@ pub async fn inference(
             .map_err(|err| err.to_string());
         let registry = prometheus::Registry::new();
         let metrics = slough_inference::metrics::Metrics::register(&registry)?;
-        let dir = config
-            .models_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("models"));
+        let dir = settings.common.models_dir();
         let models = Models::start(dir, runtime, config, metrics).await;
         measure(&Target::Direct(models), &options).await?
     } else {

@@ -259,8 +259,9 @@ pub fn run(mut settings: Settings, options: GatewayBenchOptions) -> anyhow::Resu
     settings.gateway.admin_listen = any_port;
     settings.inference.admin_listen = any_port;
     let data_dir = settings.common.data_dir.clone();
+    // The packages stay where they are when the data directory becomes a scratch one.
     settings
-        .inference
+        .common
         .models_dir
         .get_or_insert_with(|| data_dir.join("models"));
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {

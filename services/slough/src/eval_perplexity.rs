@@ -330,11 +330,7 @@ pub fn run(settings: &Settings, options: &PerplexityOptions) -> anyhow::Result<(
     let data_dir = &settings.common.data_dir;
     let runtime = Runtime::load(&settings.inference.runtime, data_dir)
         .map_err(|err| anyhow::anyhow!("ONNX Runtime: {err}"))?;
-    let models_dir = settings
-        .inference
-        .models_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("models"));
+    let models_dir = settings.common.models_dir();
     let mut model = Scorer::open(&models_dir, &options.model, &runtime, options.context)?;
     let mut reference = options
         .reference

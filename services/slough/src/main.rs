@@ -540,11 +540,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 rank,
                 json,
             } => bench_training::run(
-                &settings
-                    .training
-                    .models_dir
-                    .clone()
-                    .unwrap_or_else(|| settings.common.data_dir.join("models")),
+                &settings.common.models_dir(),
                 &settings
                     .training
                     .sources_dir
@@ -716,11 +712,7 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
 
 /// `slough models import|list|rm`.
 fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result<()> {
-    let dir = settings
-        .inference
-        .models_dir
-        .clone()
-        .unwrap_or_else(|| settings.common.data_dir.join("models"));
+    let dir = settings.common.models_dir();
     let nats_url = settings.nats_url();
     match command {
         ModelsCommand::Import {

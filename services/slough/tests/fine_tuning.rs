@@ -55,8 +55,7 @@ fn settings(nats: &TestNats, models: &Path) -> Settings {
     settings.common.data_dir = nats.dir().join("data");
     settings.common.nats_url = Some(nats.url());
     settings.inference.runtime.library = Some(onnxruntime_library());
-    settings.inference.models_dir = Some(models.to_path_buf());
-    settings.personality.models_dir = Some(models.to_path_buf());
+    settings.common.models_dir = Some(models.to_path_buf());
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     settings.gateway.listen = any;
     settings.gateway.admin_listen = any;
@@ -82,7 +81,7 @@ fn training_worker(nats: &TestNats, settings: &Settings, models: &Path) -> Kille
         .env_remove("SLOUGH_CONFIG")
         .env("NATS_URL", nats.url())
         .env("SLOUGH_DATA_DIR", &settings.common.data_dir)
-        .env("SLOUGH_TRAINING__MODELS_DIR", models)
+        .env("SLOUGH_MODELS_DIR", models)
         .env("SLOUGH_TRAINING__ADMIN_LISTEN", "127.0.0.1:0")
         .env("SLOUGH_TRAINING__LEASE_SECONDS", "5")
         .env("SLOUGH_TRAINING__CHECKPOINT_EVERY", "5")

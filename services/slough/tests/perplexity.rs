@@ -118,7 +118,7 @@ fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
         ])
         .arg(corpus())
         .env("SLOUGH_DATA_DIR", data.path())
-        .env("SLOUGH_INFERENCE__MODELS_DIR", &models)
+        .env("SLOUGH_MODELS_DIR", &models)
         .env("SLOUGH_INFERENCE__RUNTIME__LIBRARY", onnxruntime_library())
         .output()
         .unwrap();

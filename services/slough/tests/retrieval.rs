@@ -33,8 +33,7 @@ fn settings(nats: &TestNats, models: &Path) -> Settings {
     settings.common.data_dir = nats.dir().join("data");
     settings.common.nats_url = Some(nats.url());
     settings.inference.runtime.library = Some(onnxruntime_library());
-    settings.inference.models_dir = Some(models.to_path_buf());
-    settings.rag.models_dir = Some(models.to_path_buf());
+    settings.common.models_dir = Some(models.to_path_buf());
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     settings.gateway.listen = any;
     settings.gateway.admin_listen = any;

@@ -10,10 +10,6 @@ use serde::Deserialize;
 pub struct Config {
     /// Where `/metrics`, `/livez` and `/readyz` listen.
     pub admin_listen: SocketAddr,
-    /// The model packages: base models are read from here and fine-tuned ones written
-    /// here (default `<data_dir>/models`, as inference; in a distributed layout it must
-    /// be the directory inference serves from).
-    pub models_dir: Option<PathBuf>,
     /// Where the base models' sources are looked for when a package does not record
     /// one (default `<data_dir>/cache/sources`, where `scripts/fetch-assets` puts them).
     pub sources_dir: Option<PathBuf>,
@@ -39,7 +35,6 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9405)),
-            models_dir: None,
             sources_dir: None,
             jobs_dir: None,
             concurrency: 1,

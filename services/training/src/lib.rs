@@ -61,10 +61,7 @@ pub async fn run(
         bus: bus.clone(),
         queue,
         paths: worker::Paths {
-            models: config
-                .models_dir
-                .clone()
-                .unwrap_or_else(|| data_dir.join("models")),
+            models: ctx.common().models_dir(),
             sources: config
                 .sources_dir
                 .clone()

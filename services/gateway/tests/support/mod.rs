@@ -68,7 +68,6 @@ pub fn gateway_config() -> slough_gateway::Config {
 /// The inference settings tests start from: the test models, a short context.
 pub fn inference_config() -> slough_inference::Config {
     let mut config = slough_inference::Config {
-        models_dir: Some(slough_testkit::test_models_dir()),
         max_context: 512,
         ..slough_inference::Config::default()
     };
@@ -95,6 +94,7 @@ impl Platform {
         let data = tempfile::tempdir().expect("data dir");
         let common = CommonConfig {
             data_dir: data.path().to_owned(),
+            models_dir: Some(slough_testkit::test_models_dir()),
             database_url: database_url.map(secrecy::SecretString::from),
             ..CommonConfig::default()
         };
@@ -121,10 +121,7 @@ impl Platform {
             },
         )
         .await;
-        let rag_config = slough_rag::Config {
-            models_dir: Some(slough_testkit::test_models_dir()),
-            ..slough_rag::Config::default()
-        };
+        let rag_config = slough_rag::Config::default();
         let rag = start_service(ServiceKind::Rag, &common, &nats, move |ctx, stop| {
             Box::pin(async move {
                 slough_rag::run(ctx, rag_config, stop)

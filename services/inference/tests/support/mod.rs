@@ -41,12 +41,12 @@ pub struct Inference {
 }
 
 impl Inference {
-    /// Starts with `config` (its models directory set to the test models).
-    pub async fn start(mut config: Config) -> Inference {
-        config.models_dir = Some(models_dir());
+    /// Starts with `config`, serving the test models.
+    pub async fn start(config: Config) -> Inference {
         let nats = TestNats::start();
         let common = CommonConfig {
             data_dir: data_dir(),
+            models_dir: Some(models_dir()),
             ..CommonConfig::default()
         };
         let ctx = ServiceContext::start(
