@@ -191,7 +191,7 @@ pub use crate::onnx::nbits::Int8Kernel;
 /// Choices that change speed, size or accuracy, not the model. The default quantizes
 /// activations to int8 in every matmul (accuracy level 4, as llama.cpp does) and runs
 /// them on our own kernel over the GGUF's blocks ([`Int8Kernel::Blocks`], see
-/// [`crate::kernels`]): on SmolLM2's Q4_1 GGUF it decodes about 2.3× as fast as
+/// [`slough_operators`]): on SmolLM2's Q4_1 GGUF it decodes about 2.3× as fast as
 /// [`BuildOptions::EXACT`], and its perplexity is within llama.cpp's own on the same
 /// file (the README has the figures). Float weights are stored as int8 blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]

@@ -30,7 +30,7 @@ pub const MANIFEST: &str = "slough-model.json";
 /// 2: Q8_0 matrices run as two 4-bit halves; gate and up packed.
 /// 3: logits of the last position only.
 /// 4: each row's own last position, so right-padded prompts can be prefilled together.
-/// 5: int8 matmuls on our own `BlockMatMul` kernel (see [`crate::kernels`]).
+/// 5: int8 matmuls on our own `BlockMatMul` kernel (see [`slough_operators`]).
 pub const GRAPH_VERSION: u32 = 5;
 
 /// `slough-model.json`: everything inference needs to know about a package.

@@ -1,8 +1,9 @@
 //! ggml blocks through our ONNX writer into onnxruntime: `MatMulNBits` over repacked
 //! Q4_0, Q8_0 and (with the min split) Q4_1 weights gives what the dequantized matrix
 //! gives, and our `BlockMatMul` what the dequantized matrix gives with the activations
-//! quantized to int8 blocks, both computed independently in f64 here. Needs
-//! libonnxruntime from `scripts/setup` (or `ORT_DYLIB_PATH`).
+//! quantized to int8 blocks, both computed independently in f64 here, on every
+//! instruction set this CPU runs (the portable path included). Needs libonnxruntime from
+//! `scripts/setup` (or `ORT_DYLIB_PATH`).
 
 #![allow(
     clippy::unwrap_used,
@@ -21,6 +22,7 @@ use slough_modelkit::{
         proto::DataType,
     },
 };
+use slough_operators::Isa;
 
 /// A deterministic, irregular matrix.
 fn values(count: usize, seed: u32) -> Vec<f32> {
@@ -49,13 +51,14 @@ fn int8_blocks(a: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `a [1, m, k]` through one matmul node and returns the worst difference from
-/// `reference(a) · dequantizedᵀ` computed in f64.
+/// Runs `a [1, m, k]` through one matmul node (ours on `isa`) and returns the worst
+/// difference from `reference(a) · dequantizedᵀ` computed in f64.
 fn worst_error(
     ggml_type: GgmlType,
     options: MatMulOptions,
     m: usize,
     reference: fn(&[f32]) -> Vec<f32>,
+    isa: Isa,
 ) -> f64 {
     let (k, n) = (128usize, 48usize);
     let weights = values(n * k, 7);
@@ -78,7 +81,7 @@ fn worst_error(
     );
     let model = graph.into_bytes();
 
-    let mut session = support::session_from_memory(&model);
+    let mut session = support::session_on(&model, isa);
     let mut a = values(m * k, 3);
     // A block of zeros and a tiny one: no division by zero, no overflow.
     if m > 1 {
@@ -101,7 +104,7 @@ fn worst_error(
             worst = worst.max((expected - f64::from(y[row * n + col])).abs());
         }
     }
-    eprintln!("{ggml_type} {options:?}, {m} rows: max |Δ| {worst:.2e}");
+    eprintln!("{ggml_type} {options:?} on {isa:?}, {m} rows: max |Δ| {worst:.2e}");
     worst
 }
 
@@ -118,7 +121,7 @@ const BLOCK_MATMUL: MatMulOptions = MatMulOptions {
 };
 
 fn exact(ggml_type: GgmlType) -> f64 {
-    worst_error(ggml_type, matmulnbits(0), 5, <[f32]>::to_vec)
+    worst_error(ggml_type, matmulnbits(0), 5, <[f32]>::to_vec, Isa::detect())
 }
 
 #[test]
@@ -138,19 +141,29 @@ fn q4_1_maps_exactly_through_the_min_split() {
 
 #[test]
 fn int8_activations_stay_close() {
-    let close = |t| worst_error(t, matmulnbits(4), 5, <[f32]>::to_vec);
+    let close = |t| worst_error(t, matmulnbits(4), 5, <[f32]>::to_vec, Isa::detect());
     assert!(close(GgmlType::Q4_1) < 0.15);
     assert!(close(GgmlType::Q8_0) < 0.15);
 }
 
 /// `BlockMatMul` is the dequantized weights times exactly the int8 activations, for
-/// every block type, one row and several (a group of four and one more).
+/// every block type, one row and several (a group of four and one more), on every
+/// instruction set this CPU runs: the portable path is forced through
+/// `slough_operators::domain_on`, as it runs on a CPU without AVX2.
 #[test]
-fn block_matmul_is_exact_on_int8_activations() {
-    for ggml_type in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for m in [1, 5] {
-            let worst = worst_error(ggml_type, BLOCK_MATMUL, m, int8_blocks);
-            assert!(worst < 1e-4, "{ggml_type}, {m} rows: max |Δ| {worst}");
+fn block_matmul_is_exact_on_int8_activations_on_every_instruction_set() {
+    let isas = Isa::available();
+    eprintln!("instruction sets here: {isas:?}");
+    assert_eq!(isas[0], Isa::Portable);
+    for isa in isas {
+        for ggml_type in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            for m in [1, 5] {
+                let worst = worst_error(ggml_type, BLOCK_MATMUL, m, int8_blocks, isa);
+                assert!(
+                    worst < 1e-4,
+                    "{ggml_type} on {isa:?}, {m} rows: max |Δ| {worst}"
+                );
+            }
         }
     }
 }

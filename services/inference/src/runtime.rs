@@ -151,8 +151,7 @@ impl Runtime {
             .with_intra_op_spinning(self.config.intra_op_spinning)
             .map_err(|err| session_error(err.to_string()))?;
         // The graphs modelkit writes may use its own operators.
-        let operators =
-            slough_modelkit::kernels::domain().map_err(|err| session_error(err.to_string()))?;
+        let operators = slough_operators::domain().map_err(|err| session_error(err.to_string()))?;
         builder = builder
             .with_operators(operators)
             .map_err(|err| session_error(err.to_string()))?;
@@ -193,7 +192,7 @@ impl Runtime {
                     .map_err(|err| unavailable(err.to_string()))?;
             }
         }
-        slough_modelkit::kernels::create_session(|| builder.commit_from_file(model_file))
+        slough_operators::create_session(|| builder.commit_from_file(model_file))
             .map_err(|err| session_error(err.to_string()))
     }
 }

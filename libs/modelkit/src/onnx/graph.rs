@@ -170,7 +170,7 @@ impl GraphBuilder {
     }
 
     /// The model, with the standard and `com.microsoft` operator sets, and ours
-    /// ([`crate::kernels::DOMAIN`]) when a node uses it.
+    /// ([`slough_operators::DOMAIN`]) when a node uses it.
     pub fn into_model(self) -> ModelProto {
         let mut opset_import = vec![
             OperatorSetIdProto {
@@ -186,10 +186,10 @@ impl GraphBuilder {
             .graph
             .node
             .iter()
-            .any(|node| node.domain == crate::kernels::DOMAIN)
+            .any(|node| node.domain == slough_operators::DOMAIN)
         {
             opset_import.push(OperatorSetIdProto {
-                domain: crate::kernels::DOMAIN.to_owned(),
+                domain: slough_operators::DOMAIN.to_owned(),
                 version: 1,
             });
         }

@@ -1,5 +1,5 @@
 //! ggml weight blocks as onnxruntime `MatMulNBits` inputs, or as our own `BlockMatMul`'s
-//! (see [`crate::kernels`]), without requantizing. For `MatMulNBits`:
+//! (see [`slough_operators`]), without requantizing. For `MatMulNBits`:
 //! Q4_0 maps exactly (default zero point 8); Q4_1's per-block minimum is split off into
 //! a second, tiny matmul over the activations' block sums, which is exact too and keeps
 //! the fast kernel (a float zero point would not); Q8_0 runs as two 4-bit halves plus
@@ -13,7 +13,7 @@ use super::{
     graph::{Attr, GraphBuilder, MS_DOMAIN},
     proto::DataType,
 };
-use crate::{gguf::GgmlType, kernels};
+use crate::gguf::GgmlType;
 
 /// Values per ggml block, and `MatMulNBits`' block size for them.
 pub const BLOCK: usize = 32;
@@ -127,7 +127,7 @@ pub struct MatMulOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Int8Kernel {
-    /// Our `BlockMatMul` (see [`crate::kernels`]): ggml blocks as GGUF stores them, the
+    /// Our `BlockMatMul` (see [`slough_operators`]): ggml blocks as GGUF stores them, the
     /// Q4_1 minimums inside the kernel.
     #[default]
     Blocks,
@@ -222,7 +222,7 @@ fn matmul_8bit(
     add_block_term(graph, name, input, weight, &eights, &product)
 }
 
-/// The matrix as our kernels read it (see [`crate::kernels`]), as initializers named
+/// The matrix as our kernels read it (see [`slough_operators`]), as initializers named
 /// after `name`: the values in ggml's order, f16 scales, and f16 minimums for 4 bits
 /// (Q4_0's are `−8d`). The scales and minimums came from f16, so nothing is rounded.
 fn block_initializers(graph: &mut GraphBuilder, name: &str, weight: &NBitsWeight) -> Vec<String> {
@@ -272,8 +272,8 @@ fn block_matmul(graph: &mut GraphBuilder, name: &str, input: &str, weight: &NBit
     inputs.extend(block_initializers(graph, name, weight));
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     graph.op(
-        kernels::DOMAIN,
-        kernels::BLOCK_MATMUL,
+        slough_operators::DOMAIN,
+        slough_operators::BLOCK_MATMUL,
         name,
         &inputs,
         &[
@@ -292,8 +292,8 @@ pub fn gather(graph: &mut GraphBuilder, name: &str, ids: &str, weight: &NBitsWei
     inputs.extend(block_initializers(graph, name, weight));
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     graph.op(
-        kernels::DOMAIN,
-        kernels::BLOCK_GATHER,
+        slough_operators::DOMAIN,
+        slough_operators::BLOCK_GATHER,
         name,
         &inputs,
         &[

@@ -7,7 +7,7 @@ pub mod tiny;
 
 use std::{path::PathBuf, sync::OnceLock};
 
-use slough_modelkit::kernels::create_session;
+use slough_operators::create_session;
 
 use ort::{environment::Environment, session::Session, value::Tensor};
 
@@ -71,15 +71,26 @@ pub struct Decoder {
 /// A session builder on the shared environment, with our operators registered (as
 /// inference registers them).
 fn builder() -> ort::session::builder::SessionBuilder {
+    builder_on(slough_operators::Isa::detect())
+}
+
+/// The same with `BlockMatMul` on instruction set `isa`.
+fn builder_on(isa: slough_operators::Isa) -> ort::session::builder::SessionBuilder {
     Session::builder(environment())
         .unwrap()
-        .with_operators(slough_modelkit::kernels::domain().unwrap())
+        .with_operators(slough_operators::domain_on(isa).unwrap())
         .unwrap()
 }
 
 /// A session of the graph `model`.
 pub fn session_from_memory(model: &[u8]) -> Session {
     create_session(|| builder().commit_from_memory(model).unwrap())
+}
+
+/// A session of the graph `model` whose `BlockMatMul` runs on `isa` (the portable path
+/// on a CPU that has faster ones, say).
+pub fn session_on(model: &[u8], isa: slough_operators::Isa) -> Session {
+    create_session(|| builder_on(isa).commit_from_memory(model).unwrap())
 }
 
 /// A session of the graph in `path`.

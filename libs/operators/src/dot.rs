@@ -26,7 +26,7 @@ pub const TILE: usize = 4;
 /// How many rows past the one it reads the kernel asks for weights to be fetched: two
 /// tiles ahead, mostly inside the same task of 16 rows (so on the same core). Left to
 /// the hardware's prefetchers alone, a decoding step takes nearly twice as long here
-/// (`cargo bench -p slough-modelkit --bench kernels`).
+/// (`cargo bench -p slough-operators --bench kernels`).
 const PREFETCH_ROWS: usize = 2 * TILE;
 
 /// Rows of weight blocks as the kernel reads them.
@@ -355,7 +355,7 @@ mod x86 {
             pub mod $name {
                 use std::arch::x86_64::*;
 
-                use crate::kernels::dot::{BLOCK, Matrix, PREFETCH_ROWS, Row};
+                use crate::dot::{BLOCK, Matrix, PREFETCH_ROWS, Row};
 
                 $($dot)*
 
@@ -427,7 +427,7 @@ mod x86 {
 
                 /// # Safety
                 /// The CPU has the features; the lengths are as
-                /// [`crate::kernels::dot::Isa::dot`] checks.
+                /// [`crate::dot::Isa::dot`] checks.
                 #[target_feature(enable = $features)]
                 pub unsafe fn dot(weights: Matrix<'_>, rows: &[Row<'_>], out: &mut [f32]) {
                     let (columns, width) = (weights.rows(), rows.len());

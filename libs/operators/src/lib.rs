@@ -1,5 +1,7 @@
 //! SloughGPT's own ONNX Runtime operators, domain [`DOMAIN`]: the graphs modelkit writes
-//! may use them, so every session that runs a package registers [`domain`].
+//! may use them, so every session that runs a package registers [`domain`] (see the
+//! README beside this crate for what they compute, how they are registered and how each
+//! instruction-set path is tested). Depends on onnxruntime (`ort`) and `half` only.
 //!
 //! Both read a matrix as blocks of 32 (values `[rows, K/32, 16 or 32]` u8, scales
 //! `[rows, K/32]` f16, and for 4 bits minimums `[rows, K/32]` f16: ggml's Q4_0, Q4_1
@@ -13,6 +15,11 @@
 //! - `BlockGather` (`ids [..] → rows [.., K]`, int64 ids) reads an embedding table's
 //!   rows, so a tied lm_head and the embedding share one copy of the weights.
 
+#![allow(
+    unsafe_code,
+    reason = "SIMD intrinsics, and one output written by several threads"
+)]
+
 pub mod dot;
 
 use half::f16;
@@ -24,7 +31,8 @@ use ort::{
     value::{TensorElementType, ValueRef},
 };
 
-use self::dot::{BLOCK, Isa, Layout, Matrix, Quantized, TILE};
+pub use self::dot::Isa;
+use self::dot::{BLOCK, Layout, Matrix, Quantized, TILE};
 
 /// The operator domain of our operators.
 pub const DOMAIN: &str = "ai.sloughgpt";
@@ -38,10 +46,21 @@ pub const BLOCK_GATHER: &str = "BlockGather";
 /// Weight rows per task handed to the session's threads.
 const ROWS_PER_TASK: usize = 16;
 
-/// The domain with every operator, for `SessionBuilder::with_operators`.
+/// The domain with every operator, for `SessionBuilder::with_operators`; `BlockMatMul`
+/// runs on the fastest instruction set this CPU has ([`Isa::detect`]).
 pub fn domain() -> ort::Result<OperatorDomain> {
+    domain_on(Isa::detect())
+}
+
+/// The domain with `BlockMatMul` on instruction set `isa`: what tests use to run the
+/// portable path on a CPU that has faster ones. `isa` must be one the CPU runs
+/// ([`Isa::available`]).
+pub fn domain_on(isa: Isa) -> ort::Result<OperatorDomain> {
+    if !Isa::available().contains(&isa) {
+        return Err(ort::Error::new(format!("this CPU cannot run {isa:?}")));
+    }
     OperatorDomain::new(DOMAIN)?
-        .add(BlockMatMul)?
+        .add(BlockMatMul { isa })?
         .add(BlockGather)
 }
 
@@ -138,7 +157,9 @@ impl Shape {
     }
 }
 
-struct BlockMatMul;
+struct BlockMatMul {
+    isa: Isa,
+}
 
 impl Operator for BlockMatMul {
     type Kernel<'attr> = BlockMatMulKernel;
@@ -162,7 +183,7 @@ impl Operator for BlockMatMul {
         Ok(BlockMatMulKernel {
             shape: Shape::read(BLOCK_MATMUL, info)?,
             n: attribute(BLOCK_MATMUL, info, "N")?,
-            isa: Isa::detect(),
+            isa: self.isa,
         })
     }
 }

@@ -1,13 +1,13 @@
 //! How fast `BlockMatMul`'s arithmetic is on this CPU, per instruction set, on one
 //! thread: the matrices of one decoding step of SmolLM2-135M (30 layers of 4-bit
 //! blocks, the 8-bit lm_head), for 1 and 4 activation rows. Prints milliseconds per
-//! step and the weight bytes read per second. `cargo bench -p slough-modelkit --bench
+//! step and the weight bytes read per second. `cargo bench -p slough-operators --bench
 //! kernels`.
 
 use std::time::{Duration, Instant};
 
 use half::f16;
-use slough_modelkit::kernels::dot::{BLOCK, Isa, Layout, Matrix, Quantized, TILE};
+use slough_operators::dot::{BLOCK, Isa, Layout, Matrix, Quantized, TILE};
 
 /// A matrix's storage.
 struct Weights {
