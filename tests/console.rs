@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use slough::{Platform, gateway_client::GatewayClient, up::bootstrap_admin_key};
 use slough_protocol::ServiceKind;
-use slough_testkit::{CHAT_MODEL, EMBED_MODEL, TestNats, free_port, scrape_metric};
+use slough_testkit::{CHAT_MODEL, EMBED_MODEL, TestNats, scrape_metric};
 use support::settings;
 
 mod support;
@@ -58,14 +58,31 @@ async fn browser() -> (Driver, Client) {
         "SLOUGH_CHROMIUM",
         &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
     );
-    let port = free_port();
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
+    // Port 0: chromedriver picks one and says which on its first lines.
+    let mut child = Command::new(&driver)
+        .arg("--port=0")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot start {driver}: {err}"));
+    let stdout = child.stdout.take().expect("chromedriver's stdout");
     let driver = Driver(child);
+    // Read on a thread of its own to the end, so that chromedriver never blocks on a
+    // full pipe (or meets a closed one).
+    let (said, port) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let started = line
+                .strip_prefix("ChromeDriver was started successfully on port ")
+                .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok());
+            if let Some(port) = started {
+                let _ = said.send(port);
+            }
+        }
+    });
+    let port = port
+        .recv_timeout(Duration::from_secs(30))
+        .expect("chromedriver says which port it listens on");
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".to_owned(),
@@ -228,9 +245,7 @@ async fn a_first_session_in_the_console() {
         std::os::unix::fs::symlink(slough_testkit::test_models_dir().join(id), models.join(id))
             .unwrap();
     }
-    settings.inference.models_dir = Some(models.clone());
-    settings.rag.models_dir = Some(models.clone());
-    settings.training.models_dir = Some(models);
+    settings.common.models_dir = Some(models);
     let key = bootstrap_admin_key(&settings)
         .await
         .unwrap()

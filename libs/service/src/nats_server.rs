@@ -1,9 +1,12 @@
 //! A `nats-server` child process with JetStream, listening on loopback only: what
-//! `slough up` runs when `NATS_URL` is unset, and what tests run on a free port.
+//! `slough up` runs when `NATS_URL` is unset, and what tests run. Port 0 lets the server
+//! pick its own port (`--port -1`); either way the server is ready when it has written
+//! its ports file (`--ports_file_dir`, named after its pid), so the port read back is
+//! the one this child listens on, never another process's.
 
 use std::{
     io::Read,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +19,7 @@ use crate::ServiceError;
 pub struct NatsServerOptions {
     /// The binary; `nats-server` on `PATH` when `None`.
     pub binary: Option<PathBuf>,
-    /// Port on 127.0.0.1; 0 picks a free one.
+    /// Port on 127.0.0.1; 0 lets the server pick a free one.
     pub port: u16,
     /// JetStream's store directory (created if missing). The log file and the
     /// configuration file go beside it.
@@ -57,19 +60,14 @@ impl NatsServer {
             context: format!("cannot create {}", options.store_dir.display()),
             source,
         })?;
-        let port = match options.port {
-            0 => free_port()?,
-            port => {
-                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    return Err(ServiceError::NatsServer(format!(
-                        "port {port} on 127.0.0.1 is already in use; stop what listens there, \
-                         set SLOUGH_NATS__SERVER__PORT to another port (0 picks a free one), \
-                         or set NATS_URL to use a server that is already running"
-                    )));
-                }
-                port
-            }
-        };
+        let port = options.port;
+        if port != 0 && TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Err(ServiceError::NatsServer(format!(
+                "port {port} on 127.0.0.1 is already in use; stop what listens there, \
+                 set SLOUGH_NATS__SERVER__PORT to another port (0 picks a free one), \
+                 or set NATS_URL to use a server that is already running"
+            )));
+        }
         let log_file = options.store_dir.with_extension("log");
         let mut server = NatsServer {
             child: spawn(&binary, options, port, &log_file)?,
@@ -78,7 +76,7 @@ impl NatsServer {
             port,
             log_file,
         };
-        server.wait_ready(Duration::from_secs(15))?;
+        server.port = server.wait_ready(Duration::from_secs(15))?;
         Ok(server)
     }
 
@@ -87,12 +85,12 @@ impl NatsServer {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Starts the server again on the same port with the same store, after it exited.
+    /// Starts the server again on the port it had with the same store, after it exited.
     /// Spawn from the thread that started it first (see [`NatsServer::start`]).
     pub fn restart(&mut self) -> Result<(), ServiceError> {
         self.stop();
         self.child = spawn(&self.binary, &self.options, self.port, &self.log_file)?;
-        self.wait_ready(Duration::from_secs(15))
+        self.wait_ready(Duration::from_secs(15)).map(drop)
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -132,9 +130,12 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
-    fn wait_ready(&mut self, limit: Duration) -> Result<(), ServiceError> {
+    /// Waits until this child has written its ports file and accepts connections on
+    /// the port written there; returns that port.
+    fn wait_ready(&mut self, limit: Duration) -> Result<u16, ServiceError> {
         let deadline = Instant::now() + limit;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let ports_file =
+            ports_dir(&self.options).join(format!("{}_{}.ports", self.binary_name(), self.pid()));
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let mut stderr = String::new();
@@ -147,19 +148,49 @@ impl NatsServer {
                     self.log_file.display()
                 )));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
+            if let Some(port) = client_port(&ports_file) {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Ok(port);
+                }
             }
             if Instant::now() > deadline {
                 self.stop();
                 return Err(ServiceError::NatsServer(format!(
-                    "nats-server did not accept connections on {addr} within {limit:?} (log: {})",
+                    "nats-server did not report a port it accepts connections on within \
+                     {limit:?} (looked for {}; log: {})",
+                    ports_file.display(),
                     self.log_file.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+
+    /// The name the server gives its ports file: its executable's file name.
+    fn binary_name(&self) -> String {
+        self.binary
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "nats-server".to_owned())
+    }
+}
+
+/// Where the server writes its ports file: beside its store.
+fn ports_dir(options: &NatsServerOptions) -> PathBuf {
+    options.store_dir.with_extension("ports")
+}
+
+/// The client port in a ports file (`{"nats": ["nats://127.0.0.1:4222"], ...}`), once
+/// the file is there and whole.
+fn client_port(ports_file: &Path) -> Option<u16> {
+    #[derive(serde::Deserialize)]
+    struct Ports {
+        nats: Vec<String>,
+    }
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: Ports = serde_json::from_str(&text).ok()?;
+    ports.nats.first()?.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {
@@ -168,23 +199,29 @@ impl Drop for NatsServer {
     }
 }
 
-/// Starts `nats-server` on 127.0.0.1:`port` with JetStream, logging to `log_file`; a
-/// `max_payload` goes in a configuration file beside the store (the server has no flag).
+/// Starts `nats-server` on 127.0.0.1:`port` (0: one it picks) with JetStream, logging to
+/// `log_file` and writing its ports file to [`ports_dir`]; a `max_payload` goes in a
+/// configuration file beside the store (the server has no flag).
 fn spawn(
     binary: &Path,
     options: &NatsServerOptions,
     port: u16,
     log_file: &Path,
 ) -> Result<Child, ServiceError> {
+    let ports_dir = ports_dir(options);
+    std::fs::create_dir_all(&ports_dir).map_err(|source| ServiceError::Io {
+        context: format!("cannot create {}", ports_dir.display()),
+        source,
+    })?;
+    let port = match port {
+        0 => "-1".to_owned(),
+        port => port.to_string(),
+    };
     let mut command = Command::new(binary);
     command
-        .args([
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--jetstream",
-        ])
+        .args(["--addr", "127.0.0.1", "--port", &port, "--jetstream"])
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
         .arg("--store_dir")
         .arg(&options.store_dir)
         .arg("--log")
@@ -207,21 +244,6 @@ fn spawn(
         context: format!("cannot start {}", binary.display()),
         source,
     })
-}
-
-fn free_port() -> Result<u16, ServiceError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| ServiceError::Io {
-            context: "cannot find a free port".to_owned(),
-            source,
-        })?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|source| ServiceError::Io {
-            context: "cannot find a free port".to_owned(),
-            source,
-        })
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -255,5 +277,52 @@ fn terminate(child: &Child) {
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path, port: u16) -> NatsServerOptions {
+        NatsServerOptions {
+            binary: None,
+            port,
+            store_dir: dir.join("jetstream"),
+            max_payload: None,
+        }
+    }
+
+    #[test]
+    fn port_zero_is_the_servers_own_pick_and_survives_a_restart() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut first = NatsServer::start(&options(a.path(), 0)).unwrap();
+        let second = NatsServer::start(&options(b.path(), 0)).unwrap();
+        assert_ne!(first.port(), 0);
+        assert_ne!(first.port(), second.port());
+        assert_eq!(first.url(), format!("nats://127.0.0.1:{}", first.port()));
+        let port = first.port();
+        first.stop();
+        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+        first.restart().unwrap();
+        assert_eq!(first.port(), port, "a restart keeps the port");
+        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok());
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_by_name() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let running = NatsServer::start(&options(a.path(), 0)).unwrap();
+        let Err(err) = NatsServer::start(&options(b.path(), running.port())) else {
+            panic!("a second server on a taken port started");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!(
+                "port {} on 127.0.0.1 is already in use",
+                running.port()
+            )),
+            "{message}"
+        );
     }
 }

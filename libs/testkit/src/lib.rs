@@ -1,5 +1,7 @@
-//! Test support: a real `nats-server` on a free port with a throw-away JetStream
-//! directory, and a fresh PostgreSQL database per test. Tests use the real things.
+//! Test support: a real `nats-server` on a port it picks itself, with a throw-away
+//! JetStream directory, and a fresh PostgreSQL database per test. Tests use the real
+//! things, and no test guesses a free port: every server binds port 0 and says which
+//! port it got.
 
 use std::path::Path;
 
@@ -12,7 +14,7 @@ pub struct TestNats {
 }
 
 impl TestNats {
-    /// Starts a server on a free port; panics with the reason when it cannot.
+    /// Starts a server on a port it picks; panics with the reason when it cannot.
     pub fn start() -> TestNats {
         let dir = tempfile::tempdir().expect("temporary directory");
         let server = NatsServer::start(&NatsServerOptions {
@@ -111,13 +113,6 @@ impl TestPostgres {
             let _ = admin.close().await;
         }
     }
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago, for servers that must be told
-/// their port up front.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// The data directory `scripts/setup` filled: `SLOUGH_DATA_DIR`, else `~/.slough`.

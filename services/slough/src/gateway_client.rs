@@ -163,9 +163,39 @@ impl GatewayClient {
     }
 }
 
-/// The gateway's URL: given, or `http://` and the configured listen address.
+/// The gateway's URL: given; else where a running `slough up` (or `slough run gateway`)
+/// with this data directory serves it, as its run file says; else `http://` and the
+/// configured listen address.
 pub fn gateway_url(settings: &Settings, given: Option<String>) -> String {
-    given.unwrap_or_else(|| format!("http://{}", settings.gateway.listen))
+    if let Some(url) = given {
+        return url;
+    }
+    let running = crate::run_file::RunFile::running(&settings.common.data_dir)
+        .into_iter()
+        .find_map(|file| file.server("gateway", "api"));
+    format!("http://{}", running.unwrap_or(settings.gateway.listen))
+}
+
+/// Which gateway and key a command uses (`--url`, `--key`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// The gateway's URL (default: where a running `slough up` serves it, else http://
+    /// and the configured gateway.listen).
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
+    #[arg(long, global = true)]
+    pub key: Option<String>,
+}
+
+impl GatewayArgs {
+    /// A client of that gateway with that key.
+    pub fn client(self, settings: &Settings) -> anyhow::Result<GatewayClient> {
+        GatewayClient::new(
+            &gateway_url(settings, self.url),
+            &api_key(settings, self.key)?,
+        )
+    }
 }
 
 /// The key: given, `SLOUGH_API_KEY`, or the admin key `slough up` generated.

@@ -14,6 +14,7 @@ use crate::{Settings, services};
 /// One service running in this process.
 pub struct ServiceHandle {
     kind: ServiceKind,
+    servers: &'static [&'static str],
     admin_url: String,
     listening: Listening,
     shutdown: CancellationToken,
@@ -30,7 +31,7 @@ impl ServiceHandle {
         nats_url: &str,
         failed: CancellationToken,
     ) -> Result<ServiceHandle, ServiceError> {
-        let spec = services::spec(kind);
+        let spec = services::spec(kind)?;
         let ctx = ServiceContext::start(
             kind,
             spec.version,
@@ -53,6 +54,7 @@ impl ServiceHandle {
         });
         Ok(ServiceHandle {
             kind,
+            servers: spec.servers,
             admin_url,
             listening,
             shutdown,
@@ -63,6 +65,11 @@ impl ServiceHandle {
     /// Which service this is.
     pub fn kind(&self) -> ServiceKind {
         self.kind
+    }
+
+    /// The names of the servers it binds besides the admin one.
+    pub fn servers(&self) -> &'static [&'static str] {
+        self.servers
     }
 
     /// Its admin server's base URL.

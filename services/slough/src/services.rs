@@ -21,6 +21,9 @@ pub struct ServiceSpec {
     pub version: &'static str,
     /// Where its admin server listens.
     pub admin_listen: fn(&Settings) -> SocketAddr,
+    /// The names of the servers it binds besides the admin one (announced through
+    /// [`slough_service::Listening`]).
+    pub servers: &'static [&'static str],
     /// Runs it until the token is cancelled.
     pub run: fn(ServiceContext, &Settings, CancellationToken) -> Running,
 }
@@ -32,6 +35,7 @@ pub const SERVICES: [ServiceSpec; 6] = [
         kind: ServiceKind::Monitoring,
         version: slough_monitoring::VERSION,
         admin_listen: |settings| settings.monitoring.admin_listen,
+        servers: &["status"],
         run: |ctx, settings, stop| {
             Box::pin(slough_monitoring::run(
                 ctx,
@@ -44,6 +48,7 @@ pub const SERVICES: [ServiceSpec; 6] = [
         kind: ServiceKind::Inference,
         version: slough_inference::VERSION,
         admin_listen: |settings| settings.inference.admin_listen,
+        servers: &[],
         run: |ctx, settings, stop| {
             Box::pin(slough_inference::run(ctx, settings.inference.clone(), stop))
         },
@@ -52,12 +57,14 @@ pub const SERVICES: [ServiceSpec; 6] = [
         kind: ServiceKind::Rag,
         version: slough_rag::VERSION,
         admin_listen: |settings| settings.rag.admin_listen,
+        servers: &[],
         run: |ctx, settings, stop| Box::pin(slough_rag::run(ctx, settings.rag.clone(), stop)),
     },
     ServiceSpec {
         kind: ServiceKind::Personality,
         version: slough_personality::VERSION,
         admin_listen: |settings| settings.personality.admin_listen,
+        servers: &[],
         run: |ctx, settings, stop| {
             Box::pin(slough_personality::run(
                 ctx,
@@ -70,6 +77,7 @@ pub const SERVICES: [ServiceSpec; 6] = [
         kind: ServiceKind::Training,
         version: slough_training::VERSION,
         admin_listen: |settings| settings.training.admin_listen,
+        servers: &[],
         run: |ctx, settings, stop| {
             Box::pin(slough_training::run(ctx, settings.training.clone(), stop))
         },
@@ -78,18 +86,20 @@ pub const SERVICES: [ServiceSpec; 6] = [
         kind: ServiceKind::Gateway,
         version: slough_gateway::VERSION,
         admin_listen: |settings| settings.gateway.admin_listen,
+        servers: &["api"],
         run: |ctx, settings, stop| {
             Box::pin(slough_gateway::run(ctx, settings.gateway.clone(), stop))
         },
     },
 ];
 
-/// The entry of `kind`.
-pub fn spec(kind: ServiceKind) -> &'static ServiceSpec {
+/// The entry of `kind`; an error naming it when the table lacks it (a service added to
+/// `ServiceKind` but not here).
+pub fn spec(kind: ServiceKind) -> Result<&'static ServiceSpec, ServiceError> {
     SERVICES
         .iter()
         .find(|spec| spec.kind == kind)
-        .unwrap_or(&SERVICES[0])
+        .ok_or_else(|| ServiceError::Config(format!("the slough binary has no service {kind}")))
 }
 
 #[cfg(test)]
@@ -101,7 +111,7 @@ mod tests {
         let kinds: Vec<ServiceKind> = SERVICES.iter().map(|spec| spec.kind).collect();
         assert_eq!(kinds, ServiceKind::ALL);
         for kind in ServiceKind::ALL {
-            assert_eq!(spec(kind).kind, kind);
+            assert_eq!(spec(kind).unwrap().kind, kind);
         }
     }
 }

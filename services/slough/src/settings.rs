@@ -24,10 +24,15 @@ impl Settings {
         slough_service::load_config(None)
     }
 
-    /// The NATS server to talk to: `NATS_URL`, else the one `slough up` starts.
+    /// The NATS server to talk to: `NATS_URL`; else the one a running `slough up` (or
+    /// `slough run`) with this data directory uses, as its run file says; else where
+    /// `slough up` would start one.
     pub fn nats_url(&self) -> String {
-        match &self.common.nats_url {
-            Some(url) => url.clone(),
+        if let Some(url) = &self.common.nats_url {
+            return url.clone();
+        }
+        match crate::run_file::RunFile::running(&self.common.data_dir).first() {
+            Some(running) => running.nats_url.clone(),
             None => format!("nats://127.0.0.1:{}", self.common.nats.server.port),
         }
     }

@@ -1,12 +1,12 @@
 //! `slough up`: the nats-server child (restarted when it exits), every service in this
 //! process, the first admin key and the banner, until Ctrl-C or SIGTERM.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use slough_protocol::ServiceKind;
 use slough_service::NatsServer;
 
-use crate::{Platform, Settings, platform::ServiceHandle, runtime};
+use crate::{Platform, Settings, platform::ServiceHandle, run_file::RunFile, runtime};
 
 /// `slough up`. nats-server is started from the main thread, before the runtime, so the
 /// kernel's parent-death signal (tied to the thread that forked it) fires only when this
@@ -38,13 +38,13 @@ async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> 
     let nats_url = settings.nats_url();
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
-    // The addresses the servers bound (a configured port 0 becomes a real one).
-    let api = bound(&platform, ServiceKind::Gateway, "api").await;
-    let status = bound(&platform, ServiceKind::Monitoring, "status").await;
+    // The addresses the servers bound (a configured port 0 becomes a real one), for the
+    // banner and for the commands that look for a running platform.
+    let run_file = RunFile::of(&nats_url, platform.services()).await;
+    let _written = run_file.write(&settings.common.data_dir)?;
     print_banner(
         settings,
-        (api, status),
-        &nats_url,
+        &run_file,
         platform.services(),
         new_admin_key.as_deref(),
     );
@@ -146,32 +146,24 @@ pub fn print_new_admin_key(settings: &Settings, key: &str) {
     println!("  {key}");
 }
 
-/// The address `kind`'s server `name` bound, once it listens (a service that fails
-/// first ends `slough up` anyway); what is configured until then.
-async fn bound(platform: &Platform, kind: ServiceKind, name: &str) -> Option<SocketAddr> {
-    let service = platform.services().iter().find(|s| s.kind() == kind)?;
-    tokio::time::timeout(Duration::from_secs(60), service.address(name))
-        .await
-        .ok()
-        .flatten()
-}
-
 fn print_banner(
     settings: &Settings,
-    (api, status): (Option<SocketAddr>, Option<SocketAddr>),
-    nats_url: &str,
+    run_file: &RunFile,
     services: &[ServiceHandle],
     new_admin_key: Option<&str>,
 ) {
     println!("SloughGPT {} is up.", env!("CARGO_PKG_VERSION"));
-    let api = api.unwrap_or(settings.gateway.listen);
+    let api = run_file
+        .server(ServiceKind::Gateway.name(), "api")
+        .unwrap_or(settings.gateway.listen);
+    let status = run_file.server(ServiceKind::Monitoring.name(), "status");
     println!("  console (browser)     http://{api}/");
     println!("  gateway (OpenAI API)  http://{api}/v1");
     println!(
         "  status                http://{}/v1/status",
         status.unwrap_or(settings.monitoring.listen)
     );
-    println!("  NATS                  {nats_url}");
+    println!("  NATS                  {}", run_file.nats_url);
     println!(
         "  data                  {}",
         settings.common.data_dir.display()

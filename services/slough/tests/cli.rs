@@ -13,32 +13,28 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use slough::run_file::RunFile;
 use slough_protocol::{ServiceKind, status::StatusReport};
-use slough_testkit::{free_port, onnxruntime_library};
+use slough_testkit::onnxruntime_library;
 
-/// Environment for a platform under `dir` on its own ports.
+/// Environment for a platform under `dir` on ports the system picks (each process
+/// says which in its run file).
 struct Env {
+    data: PathBuf,
     vars: Vec<(String, String)>,
-    nats_port: u16,
 }
 
 impl Env {
     fn new(dir: &Path) -> Env {
-        let nats_port = free_port();
+        let data = dir.join("data");
         let mut vars = vec![
-            (
-                "SLOUGH_DATA_DIR".to_owned(),
-                dir.join("data").display().to_string(),
-            ),
-            (
-                "SLOUGH_NATS__SERVER__PORT".to_owned(),
-                nats_port.to_string(),
-            ),
+            ("SLOUGH_DATA_DIR".to_owned(), data.display().to_string()),
+            ("SLOUGH_NATS__SERVER__PORT".to_owned(), "0".to_owned()),
             (
                 "SLOUGH_GATEWAY__LISTEN".to_owned(),
                 "127.0.0.1:0".to_owned(),
@@ -49,7 +45,7 @@ impl Env {
             ),
             (
                 "SLOUGH_MONITORING__LISTEN".to_owned(),
-                format!("127.0.0.1:{}", free_port()),
+                "127.0.0.1:0".to_owned(),
             ),
         ];
         for kind in ServiceKind::ALL {
@@ -58,7 +54,22 @@ impl Env {
                 "127.0.0.1:0".to_owned(),
             ));
         }
-        Env { vars, nats_port }
+        Env { data, vars }
+    }
+
+    /// Where the `slough` process `child` listens, once all its servers do.
+    fn run_file(&self, child: &mut Child, limit: Duration) -> RunFile {
+        let started = Instant::now();
+        loop {
+            if let Some(file) = RunFile::read(&self.data, child.id()) {
+                return file;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("slough exited with {status} before it listened");
+            }
+            assert!(started.elapsed() < limit, "no run file within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -181,6 +192,19 @@ async fn up_status_run_and_shutdown() {
         }
     }
 
+    // Where it runs, as the other commands find it (every port was picked at start).
+    let running = env.run_file(&mut up, Duration::from_secs(10));
+    let nats_port: u16 = running
+        .nats_url
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    assert!(
+        banner.contains(&running.nats_url),
+        "the banner names NATS at {}: {banner}",
+        running.nats_url
+    );
     let (report, _) = env.wait_for(Duration::from_secs(30), |report| {
         ServiceKind::ALL
             .iter()
@@ -203,7 +227,7 @@ async fn up_status_run_and_shutdown() {
     // A second personality replica joins, then dies without saying goodbye.
     let mut replica = env
         .command(&["run", "personality"])
-        .env("NATS_URL", format!("nats://127.0.0.1:{}", env.nats_port))
+        .env("NATS_URL", &running.nats_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -224,7 +248,7 @@ async fn up_status_run_and_shutdown() {
         .args([
             "-KILL",
             "-f",
-            &format!("nats-server.*--port {}", env.nats_port),
+            &format!("nats-server.*{}", env.data.join("nats").display()),
         ])
         .status()
         .unwrap();
@@ -263,8 +287,12 @@ async fn up_status_run_and_shutdown() {
     let status = wait_exit(&mut up, Duration::from_secs(30));
     assert!(status.success(), "slough up exited with {status}");
     assert!(
-        TcpStream::connect(("127.0.0.1", env.nats_port)).is_err(),
+        TcpStream::connect(("127.0.0.1", nats_port)).is_err(),
         "nats-server outlived slough up"
+    );
+    assert!(
+        RunFile::running(&env.data).is_empty(),
+        "slough up left its run file"
     );
 }
 
@@ -321,13 +349,10 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
     let env = Env::new(dir.path());
     let models = slough_testkit::test_models_dir();
     let admin_key = format!("sk-{}", "k".repeat(40));
-    let gateway_port = free_port();
-    let gateway_admin = free_port();
-    let replica_admins = [free_port(), free_port()];
     let spawn = |service: &str, extra: &[(&str, String)]| {
         env.command(&["run", service])
             .env("NATS_URL", nats.url())
-            .env("SLOUGH_INFERENCE__MODELS_DIR", models.display().to_string())
+            .env("SLOUGH_MODELS_DIR", models.display().to_string())
             .env("SLOUGH_INFERENCE__MAX_CONTEXT", "512")
             .envs(extra.iter().map(|(k, v)| (*k, v.clone())))
             .stdout(Stdio::null())
@@ -335,43 +360,31 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
             .spawn()
             .unwrap()
     };
-    let mut replicas: Vec<Child> = replica_admins
-        .iter()
-        .map(|port| {
-            spawn(
-                "inference",
-                &[(
-                    "SLOUGH_INFERENCE__ADMIN_LISTEN",
-                    format!("127.0.0.1:{port}"),
-                )],
-            )
+    let mut replicas: Vec<Child> = (0..2).map(|_| spawn("inference", &[])).collect();
+    let mut gateway = spawn("gateway", &[("SLOUGH_ADMIN_KEY", admin_key.clone())]);
+    // Every port was picked at start; each process says which in its run file.
+    let limit = Duration::from_secs(60);
+    let replica_admins: Vec<String> = replicas
+        .iter_mut()
+        .map(|replica| {
+            env.run_file(replica, limit).services["inference"]
+                .admin
+                .clone()
         })
         .collect();
-    let mut gateway = spawn(
-        "gateway",
-        &[
-            (
-                "SLOUGH_GATEWAY__LISTEN",
-                format!("127.0.0.1:{gateway_port}"),
-            ),
-            ("SLOUGH_ADMIN_KEY", admin_key.clone()),
-            (
-                "SLOUGH_GATEWAY__ADMIN_LISTEN",
-                format!("127.0.0.1:{gateway_admin}"),
-            ),
-        ],
-    );
+    let gateway_run = env.run_file(&mut gateway, limit);
+    let gateway_admin = gateway_run.services["gateway"].admin.clone();
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{gateway_port}/v1");
+    let base = format!(
+        "http://{}/v1",
+        gateway_run.server("gateway", "api").unwrap()
+    );
     let running = "slough_inference_running_sequences{model=\"smollm2\"}";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut ready = 0;
-        for port in replica_admins {
-            let metrics = http
-                .get(format!("http://127.0.0.1:{port}/metrics"))
-                .send()
-                .await;
+        for admin in &replica_admins {
+            let metrics = http.get(format!("{admin}/metrics")).send().await;
             if let Ok(metrics) = metrics
                 && metrics.text().await.unwrap_or_default().contains(running)
             {
@@ -390,8 +403,7 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Both replicas' load reports reach the gateway.
-    let gateway_metrics = format!("http://127.0.0.1:{gateway_admin}");
-    while slough_testkit::scrape_metric(&gateway_metrics, "slough_gateway_inference_replicas").await
+    while slough_testkit::scrape_metric(&gateway_admin, "slough_gateway_inference_replicas").await
         != Some(2.0)
     {
         assert!(
@@ -418,8 +430,8 @@ async fn a_killed_inference_replica_fails_only_what_it_held() {
         response.chunk().await.unwrap().unwrap();
         streams.push(response);
     }
-    let victim_admin = format!("http://127.0.0.1:{}", replica_admins[0]);
-    let survivor_admin = format!("http://127.0.0.1:{}", replica_admins[1]);
+    let victim_admin = replica_admins[0].clone();
+    let survivor_admin = replica_admins[1].clone();
     // What each replica holds: running or still queued.
     let queued = "slough_inference_queue_depth{model=\"smollm2\"}";
     let holds = |admin: String| async move {
@@ -569,10 +581,7 @@ fn chaos_store_outage_keeps_its_promises() {
             "--postgres",
             &postgres,
         ])
-        .env(
-            "SLOUGH_INFERENCE__MODELS_DIR",
-            slough_testkit::test_models_dir(),
-        )
+        .env("SLOUGH_MODELS_DIR", slough_testkit::test_models_dir())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
