@@ -10,7 +10,10 @@ use slough_bus::BusError;
 use slough_protocol::ErrorCode;
 use utoipa::ToSchema;
 
-use crate::keys::KeyError;
+use crate::{
+    keys::KeyError,
+    pipeline::{PipelineError, Step},
+};
 
 /// An error answer. Build it with the constructors, which pick the status and type.
 #[derive(Debug, Clone)]
@@ -259,6 +262,26 @@ impl From<KeyError> for ApiError {
             KeyError::AdminKey(_) | KeyError::AdminKeyFile { .. } => {
                 ApiError::internal("cannot use the API keys", message)
             }
+        }
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> ApiError {
+        match error {
+            PipelineError::Invalid { param, message } => ApiError::invalid(param, message),
+            // Retrieval's fields are the request's `rag.*`.
+            PipelineError::Step {
+                step: Step::Retrieve,
+                source,
+            } => {
+                let api = ApiError::from_bus(&source);
+                match source.to_body().param {
+                    Some(param) => api.with_param(format!("rag.{param}")),
+                    None => api.with_param("rag.collection"),
+                }
+            }
+            PipelineError::Step { source, .. } => ApiError::from_bus(&source),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use actix_web::{
-    FromRequest, HttpRequest, HttpResponse,
+    FromRequest, HttpRequest,
     body::MessageBody,
     dev::{Payload, ServiceRequest, ServiceResponse},
     http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::{AppState, error::ApiError, keys::ApiKey};
+use crate::{error::ApiError, keys::ApiKey, state::AppState};
 
 /// The API key a request authenticated with (401 before the handler runs otherwise).
 pub struct Caller(pub Arc<ApiKey>);
@@ -249,23 +249,6 @@ impl Extractor for HttpHeaders<'_> {
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|name| name.as_str()).collect()
     }
-}
-
-/// Any path no route matches.
-pub async fn no_route(request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found(
-        "unknown_route",
-        format!("no route for {} {}", request.method(), request.path()),
-    ))
-}
-
-/// A known path with a method it does not take.
-pub async fn wrong_method(request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::method_not_allowed(format!(
-        "{} does not take {}",
-        request.path(),
-        request.method()
-    )))
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! streams answers back as server-sent events, and accounts for usage.
 //!
 //! A request's path: `http` (span, metrics, auth and body extractors) → `routes::*`
-//! (scope, body, model) → `admission` (bus up, a free slot, the key's limits; a
-//! `usage::Metered` guard records the request however it ends) → for a chat, the
-//! `pipeline` (persona, retrieval, generation on the bus), for other routes a bus call
-//! → `generation` streams or collects the answer → the route shapes OpenAI's JSON.
+//! (scope, body, model; OpenAI's shared shapes in `openai`) → `admission` (bus up, a
+//! free slot, the key's limits; a `usage::Metered` guard records the request however it
+//! ends) → for a chat, the `pipeline` (persona, retrieval, generation on the bus, and
+//! the steps after the answer), for other routes a bus call → `generation` streams or
+//! collects the answer → the route shapes OpenAI's JSON. `state` is what every handler
+//! shares.
 //! `console` serves the web console (static files, a client of this same API) at `/`.
 
 pub mod admission;
@@ -19,10 +21,12 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
 pub mod pipeline;
 pub mod replicas;
 pub mod routes;
+pub mod state;
 pub mod stored;
 pub mod upload;
 pub mod usage;
@@ -36,14 +40,13 @@ use actix_web::{
     web,
 };
 use serde::Deserialize;
-use slough_bus::Bus;
 use slough_service::{ServiceContext, ServiceError};
-use slough_store::Store;
 use slough_telemetry::{RunningServer, TelemetryError, http::bind_error};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admission::Admission, keys::Keys, limits::Limits, metrics::Metrics, usage::UsageRecorder,
+    admission::Admission, keys::Keys, limits::Limits, metrics::Metrics, state::AppState,
+    usage::UsageRecorder,
 };
 
 /// The crate version, which is the version the instance registers with.
@@ -89,22 +92,6 @@ impl Default for Config {
             usage_queue: 10_000,
         }
     }
-}
-
-/// What every request handler shares.
-pub struct AppState {
-    pub bus: Bus,
-    pub store: Store,
-    pub keys: Keys,
-    pub metrics: Arc<Metrics>,
-    /// Whether a model request may start (bus up, a free slot, the key's limits).
-    pub admission: Admission,
-    /// The inference replicas' load, to send each generation where there is room.
-    pub replicas: Arc<replicas::Replicas>,
-    /// The largest body a request may have.
-    pub max_body_bytes: usize,
-    /// Uploaded files' content, opened on the first file request.
-    pub files: tokio::sync::OnceCell<slough_bus::FileStore>,
 }
 
 /// Serves the API until `shutdown` is cancelled, then stops taking connections, lets
@@ -195,12 +182,14 @@ fn validate(config: &Config) -> Result<(), ServiceError> {
 /// Binds the API listener and serves it on the runtime.
 fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServer, ServiceError> {
     let document = web::Data::new(openapi::Document::new());
+    let known = web::Data::new(routes::Known::new());
     let body_limit = config.max_body_bytes;
     let origins = config.cors_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(document.clone())
+            .app_data(known.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             // A query string that does not fit a route's parameters is the caller's
             // error, answered in the API's JSON error shape.
@@ -210,8 +199,9 @@ fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServe
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(http::observe))
             .configure(routes::configure)
+            .route("/openapi.json", web::get().to(openapi::serve))
             .configure(console::configure)
-            .default_service(web::to(http::no_route))
+            .default_service(web::to(routes::no_route))
     })
     .on_connect(http::remember_socket)
     .workers(config.workers.max(1))

@@ -25,49 +25,7 @@ use crate::{error::ErrorResponse, routes};
             whose models are served; the platform's status for operators. Every error answers with \
             OpenAI's error object.",
     ),
-    paths(
-        routes::chat::create,
-        routes::feedback::create,
-        routes::completions::create,
-        routes::embeddings::create,
-        routes::models::list,
-        routes::models::get,
-        routes::models::delete,
-        routes::files::upload,
-        routes::files::list,
-        routes::files::get,
-        routes::files::content,
-        routes::files::delete,
-        routes::fine_tuning::create,
-        routes::fine_tuning::list,
-        routes::fine_tuning::get,
-        routes::fine_tuning::cancel,
-        routes::fine_tuning::events,
-        routes::fine_tuning::checkpoints,
-        routes::keys::create,
-        routes::keys::list,
-        routes::keys::get,
-        routes::keys::update,
-        routes::keys::revoke,
-        routes::usage::report,
-        routes::personality::list,
-        routes::personality::get,
-        routes::personality::create,
-        routes::personality::update,
-        routes::personality::delete,
-        routes::personality::preview,
-        routes::personality::analyze,
-        routes::collections::create,
-        routes::collections::list,
-        routes::collections::get,
-        routes::collections::delete,
-        routes::collections::ingest,
-        routes::collections::delete_document,
-        routes::collections::search,
-        routes::status::report,
-    ),
-    components(schemas(ErrorResponse, routes::usage::Interval)),
-    modifiers(&Security, &ErrorResponses, &FieldBounds, &EventStreams),
+    components(schemas(ErrorResponse, routes::usage::Interval))
 )]
 struct ApiDoc;
 
@@ -90,11 +48,24 @@ impl Default for Document {
     }
 }
 
-/// The document as pretty JSON.
+/// The document as pretty JSON: the routes' paths (from the one list of them in
+/// `routes`), then what applies to all of them.
 pub fn render() -> String {
     let mut doc = ApiDoc::openapi();
+    doc.merge(routes::Api::openapi());
     doc.info.version = crate::VERSION.to_owned();
+    let modifiers: [&dyn Modify; 4] = [&Security, &ErrorResponses, &FieldBounds, &EventStreams];
+    for modifier in modifiers {
+        modifier.modify(&mut doc);
+    }
     doc.to_pretty_json().unwrap_or_default()
+}
+
+/// `GET /openapi.json`: the document.
+pub async fn serve(document: actix_web::web::Data<Document>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.json.clone())
 }
 
 /// `Authorization: Bearer sk-...` on every route.

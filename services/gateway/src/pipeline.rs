@@ -12,25 +12,77 @@
 //!    fit the model's context with room for the answer (the lowest-ranked go first);
 //! 3. generate: open the generation on the inference replica with the most room.
 //!
-//! After the answer, [`adherence`] scores each choice against the turn's persona.
+//! After the answer, streamed or collected alike, [`ChatPipeline::after_answer`] keeps
+//! the completion when the turn asked for it and scores each choice against the turn's
+//! persona.
 //!
-//! A new step is a field of [`ChatTurn`] saying what it needs, and one call in
-//! [`ChatPipeline::run`] before generation.
+//! A step fails with a [`PipelineError`] naming the step; the route turns it into the
+//! HTTP answer (`error.rs`, the one place). A new step is a field of [`ChatTurn`] saying
+//! what it needs, and one call in [`ChatPipeline::run`] before generation.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use slough_bus::Bus;
+use slough_bus::{Bus, BusError};
 use slough_protocol::{
     inference::{self, ChatMessage, GenerateRequest, PromptInput, Role, TokenizeRequest},
     personality::{self, Adherence, AdherenceRequest, ComposeRequest},
     rag::{self, SearchHit, SearchMode, SearchRequest},
 };
+use slough_store::Store;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
-    error::ApiError,
     generation::{self, Generation},
+    replicas::Replicas,
 };
+
+/// Why a chat turn could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The turn asks for something its input does not allow; `param` names the field.
+    #[error("{message}")]
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    /// A step's call on the bus failed.
+    #[error("{step}: {source}")]
+    Step { step: Step, source: BusError },
+}
+
+/// The steps of a turn, as errors name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Compose,
+    Retrieve,
+    CountTokens,
+    Generate,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Compose => "composing the persona",
+            Step::Retrieve => "retrieving from the collection",
+            Step::CountTokens => "counting the prompt's tokens",
+            Step::Generate => "opening the generation",
+        })
+    }
+}
+
+impl PipelineError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> PipelineError {
+        PipelineError::Invalid {
+            param,
+            message: message.into(),
+        }
+    }
+
+    fn at(step: Step) -> impl FnOnce(BusError) -> PipelineError {
+        move |source| PipelineError::Step { step, source }
+    }
+}
 
 /// One chat turn as the route hands it over: the conversation and its generation
 /// settings, already validated, and the persona to apply, if any.
@@ -103,19 +155,36 @@ fn sources_prompt(hits: &[SearchHit]) -> String {
     prompt
 }
 
-/// Runs chat turns on the platform's services.
-pub struct ChatPipeline<'a> {
-    state: &'a AppState,
+/// A completion to keep for its key (`store: true`): the conversation it answered.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    pub store: Store,
+    /// The key's id.
+    pub owner: String,
+    /// The completion's id and the model as the request named it.
+    pub id: String,
+    pub model: String,
+    /// Role and text of each message.
+    pub messages: Vec<(String, String)>,
 }
 
-impl<'a> ChatPipeline<'a> {
-    pub fn new(state: &'a AppState) -> ChatPipeline<'a> {
-        ChatPipeline { state }
+/// Runs chat turns on the platform's services: over the bus, each generation on the
+/// inference replica with the most room. Cheap to clone (a streamed answer keeps one
+/// for the steps after it).
+#[derive(Clone)]
+pub struct ChatPipeline {
+    bus: Bus,
+    replicas: Arc<Replicas>,
+}
+
+impl ChatPipeline {
+    pub fn new(bus: Bus, replicas: Arc<Replicas>) -> ChatPipeline {
+        ChatPipeline { bus, replicas }
     }
 
     /// Runs `turn` through every step; the generation's events are what the route
     /// streams or collects, with what retrieval used.
-    pub async fn run(&self, mut turn: ChatTurn) -> Result<(Generation, Retrieved), ApiError> {
+    pub async fn run(&self, mut turn: ChatTurn) -> Result<(Generation, Retrieved), PipelineError> {
         if let Some(persona) = &turn.persona {
             self.compose(persona, &mut turn.generation).await?;
         }
@@ -123,9 +192,45 @@ impl<'a> ChatPipeline<'a> {
             Some(retrieval) => self.retrieve(retrieval, &mut turn.generation).await?,
             None => Retrieved::default(),
         };
-        let generation =
-            generation::open_all(self.state, std::slice::from_ref(&turn.generation)).await?;
+        let generation = generation::open_all(
+            &self.bus,
+            &self.replicas,
+            std::slice::from_ref(&turn.generation),
+        )
+        .await
+        .map_err(PipelineError::at(Step::Generate))?;
         Ok((generation, retrieved))
+    }
+
+    /// The steps after the answer, the same whether it was streamed or collected (`texts`:
+    /// each choice's text): the completion kept with its first choice when the turn
+    /// asked for it, and each choice scored against `persona`. The answer is already
+    /// given, so a failure only leaves a step out (and is logged).
+    pub async fn after_answer(
+        &self,
+        keep: Option<&Keep>,
+        persona: Option<&str>,
+        texts: &[String],
+    ) -> Vec<Option<Adherence>> {
+        if let Some(keep) = keep {
+            let answer = texts.first().map_or("", String::as_str);
+            let saved = crate::stored::save(
+                &keep.store,
+                &keep.id,
+                &keep.owner,
+                &keep.model,
+                &keep.messages,
+                answer,
+            )
+            .await;
+            if let Err(err) = saved {
+                tracing::warn!(completion = keep.id, "cannot store the completion: {err}");
+            }
+        }
+        match persona {
+            Some(persona) => self.adherence(persona, texts).await,
+            None => Vec::new(),
+        }
     }
 
     /// Step 1: the persona's messages and sampling replace the turn's.
@@ -133,9 +238,9 @@ impl<'a> ChatPipeline<'a> {
         &self,
         persona: &str,
         generation: &mut GenerateRequest,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), PipelineError> {
         let PromptInput::Messages(messages) = &generation.input else {
-            return Err(ApiError::invalid(
+            return Err(PipelineError::invalid(
                 "persona",
                 "a persona applies to chat messages only",
             ));
@@ -146,11 +251,10 @@ impl<'a> ChatPipeline<'a> {
             sampling: generation.sampling.clone(),
         };
         let composed = self
-            .state
             .bus
             .call(&personality::COMPOSE, &request)
             .await
-            .map_err(|err| ApiError::from_bus(&err))?;
+            .map_err(PipelineError::at(Step::Compose))?;
         generation.input = PromptInput::Messages(composed.messages);
         generation.sampling = composed.sampling;
         Ok(())
@@ -161,9 +265,9 @@ impl<'a> ChatPipeline<'a> {
         &self,
         retrieval: &Retrieval,
         generation: &mut GenerateRequest,
-    ) -> Result<Retrieved, ApiError> {
+    ) -> Result<Retrieved, PipelineError> {
         let PromptInput::Messages(messages) = &mut generation.input else {
-            return Err(ApiError::invalid(
+            return Err(PipelineError::invalid(
                 "rag",
                 "retrieval applies to chat messages only",
             ));
@@ -172,7 +276,7 @@ impl<'a> ChatPipeline<'a> {
             .iter()
             .rposition(|message| message.role == Role::User)
         else {
-            return Err(ApiError::invalid(
+            return Err(PipelineError::invalid(
                 "rag",
                 "retrieval searches with the last user message, and there is none",
             ));
@@ -185,17 +289,10 @@ impl<'a> ChatPipeline<'a> {
             filter: None,
         };
         let found = self
-            .state
             .bus
             .call(&rag::SEARCH, &request)
             .await
-            .map_err(|err| {
-                let api = ApiError::from_bus(&err);
-                match err.to_body().param {
-                    Some(param) => api.with_param(format!("rag.{param}")),
-                    None => api.with_param("rag.collection"),
-                }
-            })?;
+            .map_err(PipelineError::at(Step::Retrieve))?;
         let mut hits = found.hits;
         let found_count = hits.len();
         let reserve = generation.max_tokens.unwrap_or(DEFAULT_ANSWER_RESERVE);
@@ -208,7 +305,6 @@ impl<'a> ChatPipeline<'a> {
                 );
             }
             let counted = self
-                .state
                 .bus
                 .call(
                     &inference::TOKENIZE,
@@ -218,7 +314,7 @@ impl<'a> ChatPipeline<'a> {
                     },
                 )
                 .await
-                .map_err(|err| ApiError::from_bus(&err))?;
+                .map_err(PipelineError::at(Step::CountTokens))?;
             let fits = counted.tokens.len() as u64 + u64::from(reserve)
                 <= u64::from(counted.context_length);
             if fits || hits.is_empty() {
@@ -254,21 +350,23 @@ impl<'a> ChatPipeline<'a> {
     }
 }
 
-/// Scores each of `texts` (a turn's choices) against `persona`. The answer is already
-/// generated, so a failure only leaves the score out (and is logged).
-pub async fn adherence(bus: &Bus, persona: &str, texts: &[String]) -> Vec<Option<Adherence>> {
-    let calls = texts.iter().map(|text| async move {
-        let request = AdherenceRequest {
-            persona: persona.to_owned(),
-            text: text.clone(),
-        };
-        match bus.call(&personality::ADHERENCE, &request).await {
-            Ok(adherence) => Some(adherence),
-            Err(err) => {
-                tracing::warn!(persona, "persona adherence not scored: {err}");
-                None
+impl ChatPipeline {
+    /// Scores each of `texts` (a turn's choices) against `persona`; a failure leaves
+    /// that score out (and is logged).
+    async fn adherence(&self, persona: &str, texts: &[String]) -> Vec<Option<Adherence>> {
+        let calls = texts.iter().map(|text| async move {
+            let request = AdherenceRequest {
+                persona: persona.to_owned(),
+                text: text.clone(),
+            };
+            match self.bus.call(&personality::ADHERENCE, &request).await {
+                Ok(adherence) => Some(adherence),
+                Err(err) => {
+                    tracing::warn!(persona, "persona adherence not scored: {err}");
+                    None
+                }
             }
-        }
-    });
-    futures::future::join_all(calls).await
+        });
+        futures::future::join_all(calls).await
+    }
 }

@@ -1,9 +1,9 @@
 //! `POST /v1/chat/completions`: OpenAI's chat completions, plain or streamed, on a chat
 //! model served by inference.
 
+use actix_web::post;
 use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
-use slough_bus::Bus;
 use slough_protocol::{
     inference::{
         self as protocol, ChatMessage, FinishReason, GenerateChunk, GenerateRequest, PromptInput,
@@ -14,17 +14,18 @@ use slough_protocol::{
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
     error::ApiError,
-    generation::{
-        self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
-        response_id, sampling_of,
-    },
+    generation::{self, Answer, ChunkFormat, event_data},
     http::{Caller, Connection, JsonBody},
     keys::Scope,
-    pipeline::{self, ChatPipeline, ChatTurn, Citation, Retrieval, Retrieved},
+    openai::{
+        self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
+    },
+    pipeline::{ChatPipeline, ChatTurn, Citation, Keep, Retrieval, Retrieved},
+    state::AppState,
 };
 
+generation_body! {
 /// A chat completion request. Fields OpenAI defines that SloughGPT does not support
 /// (tools, response formats, ...) are refused by name rather than ignored.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -41,27 +42,12 @@ pub struct ChatCompletionRequest {
     /// Most tokens to generate; default: what is left of the context.
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
-    /// 0 to 2; 0 always picks the most likely token.
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// Nucleus sampling, above 0 and at most 1.
-    #[serde(default)]
-    pub top_p: Option<f32>,
     /// Choices to generate, 1 to 16.
     #[serde(default)]
     pub n: Option<u32>,
     /// Up to 4 sequences that end a choice; they are not returned.
     #[serde(default)]
     pub stop: Option<Stop>,
-    /// The same seed and request give the same answer.
-    #[serde(default)]
-    pub seed: Option<i64>,
-    /// −2 to 2.
-    #[serde(default)]
-    pub presence_penalty: Option<f32>,
-    /// −2 to 2.
-    #[serde(default)]
-    pub frequency_penalty: Option<f32>,
     /// Return each token's log probability.
     #[serde(default)]
     pub logprobs: Option<bool>,
@@ -84,15 +70,6 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Extension: keep only the k most likely tokens (0: off).
-    #[serde(default)]
-    pub top_k: Option<u32>,
-    /// Extension: drop tokens less likely than this fraction of the most likely one.
-    #[serde(default)]
-    pub min_p: Option<f32>,
-    /// Extension: above 1 discourages repeating tokens already seen.
-    #[serde(default)]
-    pub repetition_penalty: Option<f32>,
     /// Extension: the persona to answer as (see `GET /v1/personas`); also chosen by a
     /// model alias `<model>:<persona>`. The answer then carries `persona_adherence`.
     #[serde(default)]
@@ -101,6 +78,7 @@ pub struct ChatCompletionRequest {
     /// 4, "mode": "hybrid"}`); the answer then carries `citations`.
     #[serde(default)]
     pub rag: Option<Retrieval>,
+}
 }
 
 /// One message of the conversation.
@@ -185,10 +163,10 @@ impl ChatCompletionRequest {
                 },
             })
             .collect();
-        generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
+        openai::check_stream_options(self.stream, self.stream_options.as_ref())?;
         let mut request = GenerateRequest::new(model, PromptInput::Messages(messages));
         request.max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        request.sampling = sampling_of!(self);
+        request.sampling = self.sampling();
         request.stop = Stop::into_list(self.stop.clone());
         request.n = self.n.unwrap_or(1);
         request.logprobs = self.logprobs.unwrap_or(false);
@@ -198,7 +176,7 @@ impl ChatCompletionRequest {
         } else {
             "max_tokens"
         };
-        generation::validate(&request, max_tokens_param)?;
+        openai::validate(&request, max_tokens_param)?;
         Ok(request)
     }
 }
@@ -352,43 +330,14 @@ struct ChatChunks {
     model: String,
     n: u32,
     logprobs: bool,
-    /// With a persona: what scores the choices at the end, and their text so far.
-    persona: Option<PersonaScoring>,
+    /// What runs the steps after the answer, with what they need: the completion to
+    /// keep (`store`), the persona to score against, and each choice's text so far.
+    pipeline: ChatPipeline,
+    keep: Option<Keep>,
+    persona: Option<String>,
+    texts: Vec<String>,
     /// With `rag`: the sources, sent at the end.
     retrieved: Option<Retrieved>,
-    /// With `store`: the conversation, kept with the first choice once it is complete.
-    stored: Option<Stored>,
-}
-
-/// A completion to keep (`store: true`).
-struct Stored {
-    store: slough_store::Store,
-    owner: String,
-    messages: Vec<(String, String)>,
-    answer: String,
-}
-
-impl Stored {
-    async fn save(&self, id: &str, model: &str) {
-        let saved = crate::stored::save(
-            &self.store,
-            id,
-            &self.owner,
-            model,
-            &self.messages,
-            &self.answer,
-        )
-        .await;
-        if let Err(err) = saved {
-            tracing::warn!(completion = id, "cannot store the completion: {err}");
-        }
-    }
-}
-
-struct PersonaScoring {
-    bus: Bus,
-    persona: String,
-    texts: Vec<String>,
 }
 
 impl ChatChunks {
@@ -429,13 +378,8 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn chunk(&mut self, chunk: GenerateChunk) -> Bytes {
-        if let Some(stored) = &mut self.stored
-            && chunk.index == 0
-        {
-            stored.answer.push_str(&chunk.text);
-        }
-        if let Some(scoring) = &mut self.persona
-            && let Some(text) = scoring.texts.get_mut(chunk.index as usize)
+        if (self.keep.is_some() || self.persona.is_some())
+            && let Some(text) = self.texts.get_mut(chunk.index as usize)
         {
             text.push_str(&chunk.text);
         }
@@ -473,9 +417,10 @@ impl ChunkFormat for ChatChunks {
     }
 
     async fn closing(&mut self) -> Vec<Bytes> {
-        if let Some(stored) = self.stored.take() {
-            stored.save(&self.id, &self.model).await;
-        }
+        let scores = self
+            .pipeline
+            .after_answer(self.keep.as_ref(), self.persona.as_deref(), &self.texts)
+            .await;
         let mut closing = Vec::new();
         if let Some(retrieved) = self.retrieved.take() {
             closing.push(event_data(&ChatCompletionChunk {
@@ -489,10 +434,6 @@ impl ChunkFormat for ChatChunks {
                 citations: Some(retrieved.citations),
             }));
         }
-        let Some(scoring) = &self.persona else {
-            return closing;
-        };
-        let scores = pipeline::adherence(&scoring.bus, &scoring.persona, &scoring.texts).await;
         closing.extend(
             scores
                 .into_iter()
@@ -514,8 +455,6 @@ impl ChunkFormat for ChatChunks {
 
 /// Creates a chat completion.
 #[utoipa::path(
-    post,
-    path = "/v1/chat/completions",
     tag = "OpenAI",
     request_body = ChatCompletionRequest,
     responses(
@@ -528,6 +467,7 @@ impl ChunkFormat for ChatChunks {
     ),
     security(("api_key" = [])),
 )]
+#[post("/v1/chat/completions")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,
@@ -541,24 +481,12 @@ pub async fn create(
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
-    let mut format = ChatChunks {
-        id: id.clone(),
-        created,
-        model: body.model.clone(),
-        n: request.n,
-        logprobs: request.logprobs,
-        persona: persona.as_ref().map(|persona| PersonaScoring {
-            bus: state.bus.clone(),
-            persona: persona.clone(),
-            texts: vec![String::new(); request.n as usize],
-        }),
-        retrieved: None,
-        stored: None,
-    };
-    // Kept after the answer: by the stream's closing, or below once collected.
-    let mut stored = (body.store == Some(true)).then(|| Stored {
+    let pipeline = ChatPipeline::new(state.bus.clone(), state.replicas.clone());
+    let keep = (body.store == Some(true)).then(|| Keep {
         store: state.store.clone(),
         owner: key.id.to_string(),
+        id: id.clone(),
+        model: body.model.clone(),
         messages: match &request.input {
             protocol::PromptInput::Messages(messages) => messages
                 .iter()
@@ -566,11 +494,7 @@ pub async fn create(
                 .collect(),
             _ => Vec::new(),
         },
-        answer: String::new(),
     });
-    if stream.is_some() {
-        format.stored = stored.take();
-    }
     let mut metered = state
         .admission
         .admit(&key, "chat.completions", &model)
@@ -580,29 +504,33 @@ pub async fn create(
         persona: persona.clone(),
         retrieval: body.rag.clone(),
     };
-    let (generation, retrieved) = ChatPipeline::new(&state)
+    let (generation, retrieved) = pipeline
         .run(turn)
         .await
         .map_err(|err| metered.failed(err))?;
     let retrieved = body.rag.is_some().then_some(retrieved);
-    format.retrieved.clone_from(&retrieved);
+    let format = ChatChunks {
+        id: id.clone(),
+        created,
+        model: body.model.clone(),
+        n: request.n,
+        logprobs: request.logprobs,
+        pipeline: pipeline.clone(),
+        keep: keep.clone(),
+        persona: persona.clone(),
+        texts: vec![String::new(); request.n as usize],
+        retrieved: retrieved.clone(),
+    };
     let answer = generation::answer(generation, connection, metered, stream.as_ref(), format);
     let (choices, usage) = match answer.await? {
         Answer::Streamed(response) => return Ok(response),
         Answer::Collected(choices, usage) => (choices, usage),
     };
-    if let Some(mut stored) = stored {
-        stored.answer = choices.first().map(|c| c.text.clone()).unwrap_or_default();
-        stored.save(&id, &body.model).await;
-    }
-    let mut scores = match &persona {
-        Some(persona) => {
-            let texts: Vec<String> = choices.iter().map(|choice| choice.text.clone()).collect();
-            pipeline::adherence(&state.bus, persona, &texts).await
-        }
-        None => Vec::new(),
-    }
-    .into_iter();
+    let texts: Vec<String> = choices.iter().map(|choice| choice.text.clone()).collect();
+    let mut scores = pipeline
+        .after_answer(keep.as_ref(), persona.as_deref(), &texts)
+        .await
+        .into_iter();
     let choices = choices
         .into_iter()
         .zip(0..)

@@ -2,6 +2,7 @@
 //! list, describe and search; creating, deleting and ingesting take the `rag` scope.
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
+use actix_web::{delete, get, post};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use slough_protocol::rag::{
@@ -14,10 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::call;
 use crate::generation::event_data;
 use crate::{
-    AppState,
     error::{ApiError, ErrorResponse},
     http::{Caller, JsonBody},
     keys::Scope,
+    state::AppState,
     upload::{self, DocumentsBody},
 };
 
@@ -58,13 +59,12 @@ const INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Creates a collection.
 #[utoipa::path(
-    post,
-    path = "/v1/collections",
     tag = "Collections",
     request_body = CreateCollection,
     responses((status = 201, description = "The new collection", body = Collection)),
     security(("api_key" = [])),
 )]
+#[post("/v1/collections")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -78,13 +78,15 @@ pub async fn create(
 
 /// Lists the collections with their sizes.
 #[utoipa::path(
-    get,
-    path = "/v1/collections",
     tag = "Collections",
     responses((status = 200, description = "The collections", body = CollectionList)),
     security(("api_key" = [])),
 )]
-pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpResponse, ApiError> {
+#[get("/v1/collections")]
+pub async fn list(
+    state: web::Data<AppState>,
+    Caller(_caller): Caller,
+) -> Result<HttpResponse, ApiError> {
     let list = call(&state, &rag::LIST_COLLECTIONS, &ListCollections {}).await?;
     Ok(HttpResponse::Ok().json(CollectionList {
         object: "list".to_owned(),
@@ -94,16 +96,15 @@ pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpR
 
 /// Describes one collection.
 #[utoipa::path(
-    get,
-    path = "/v1/collections/{name}",
     tag = "Collections",
     params(("name" = String, Path, description = "The collection's name")),
     responses((status = 200, description = "The collection", body = Collection)),
     security(("api_key" = [])),
 )]
+#[get("/v1/collections/{name}")]
 pub async fn get(
     state: web::Data<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let request = CollectionRequest {
@@ -114,13 +115,12 @@ pub async fn get(
 
 /// Deletes a collection with its documents.
 #[utoipa::path(
-    delete,
-    path = "/v1/collections/{name}",
     tag = "Collections",
     params(("name" = String, Path, description = "The collection's name")),
     responses((status = 200, description = "The deleted collection", body = Collection)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/collections/{name}")]
 pub async fn delete(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -139,8 +139,6 @@ pub async fn delete(
 /// multipart form of `file` parts (`.jsonl`: a document per line; `.md`: Markdown;
 /// anything else: text; each of the last two one document named by its file name).
 #[utoipa::path(
-    post,
-    path = "/v1/collections/{name}/documents",
     tag = "Collections",
     params(("name" = String, Path, description = "The collection's name"), IngestOptions),
     request_body(content(
@@ -156,6 +154,7 @@ pub async fn delete(
         ))),
     security(("api_key" = [])),
 )]
+#[post("/v1/collections/{name}/documents")]
 pub async fn ingest(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -349,8 +348,6 @@ fn batches(documents: Vec<Document>) -> Vec<Vec<Document>> {
 
 /// Deletes one document's chunks.
 #[utoipa::path(
-    delete,
-    path = "/v1/collections/{name}/documents/{id}",
     tag = "Collections",
     params(
         ("name" = String, Path, description = "The collection's name"),
@@ -359,6 +356,7 @@ fn batches(documents: Vec<Document>) -> Vec<Vec<Document>> {
     responses((status = 200, description = "The deleted document", body = DocumentDeleted)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/collections/{name}/documents/{id}")]
 pub async fn delete_document(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -373,17 +371,16 @@ pub async fn delete_document(
 /// Searches a collection: dense, sparse (BM25) or hybrid (both, fused by reciprocal
 /// rank).
 #[utoipa::path(
-    post,
-    path = "/v1/collections/{name}/search",
     tag = "Collections",
     params(("name" = String, Path, description = "The collection's name")),
     request_body = SearchBody,
     responses((status = 200, description = "The best chunks, best first", body = SearchResponse)),
     security(("api_key" = [])),
 )]
+#[post("/v1/collections/{name}/search")]
 pub async fn search(
     state: web::Data<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     name: web::Path<String>,
     JsonBody(body): JsonBody<SearchBody>,
 ) -> Result<HttpResponse, ApiError> {

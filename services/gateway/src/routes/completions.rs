@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use actix_web::post;
 use actix_web::{HttpResponse, web, web::Bytes};
 use serde::{Deserialize, Serialize};
 use slough_protocol::inference::{
@@ -11,19 +12,20 @@ use slough_protocol::inference::{
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
     error::ApiError,
-    generation::{
-        self, Answer, ChunkFormat, Finish, Stop, StreamOptions, TokenUsage, event_data, now_unix,
-        response_id, sampling_of,
-    },
+    generation::{self, Answer, ChunkFormat, event_data},
     http::{Caller, Connection, JsonBody},
     keys::Scope,
+    openai::{
+        self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
+    },
+    state::AppState,
 };
 
 /// Choices one request may ask for in all (prompts × n).
 const MAX_CHOICES: u32 = 64;
 
+generation_body! {
 /// A text completion request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -34,21 +36,11 @@ pub struct CompletionRequest {
     /// Most tokens to generate per choice (OpenAI's default: 16).
     #[serde(default)]
     pub max_tokens: Option<u32>,
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    #[serde(default)]
-    pub top_p: Option<f32>,
     /// Choices per prompt, 1 to 16.
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
     pub stop: Option<Stop>,
-    #[serde(default)]
-    pub seed: Option<i64>,
-    #[serde(default)]
-    pub presence_penalty: Option<f32>,
-    #[serde(default)]
-    pub frequency_penalty: Option<f32>,
     /// Return the log probabilities of this many (0 to 5) most likely tokens per position.
     #[schema(maximum = 5)]
     #[serde(default)]
@@ -68,15 +60,7 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub user: Option<String>,
-    /// Extension: keep only the k most likely tokens (0: off).
-    #[serde(default)]
-    pub top_k: Option<u32>,
-    /// Extension.
-    #[serde(default)]
-    pub min_p: Option<f32>,
-    /// Extension.
-    #[serde(default)]
-    pub repetition_penalty: Option<f32>,
+}
 }
 
 /// One or more prompts, as text or token ids.
@@ -127,7 +111,7 @@ impl CompletionRequest {
                 "logprobs must be between 0 and 5",
             ));
         }
-        generation::check_stream_options(self.stream, self.stream_options.as_ref())?;
+        openai::check_stream_options(self.stream, self.stream_options.as_ref())?;
         let choices = u32::try_from(inputs.len())
             .unwrap_or(u32::MAX)
             .saturating_mul(n);
@@ -139,12 +123,12 @@ impl CompletionRequest {
         }
         let mut template = GenerateRequest::new(&self.model, PromptInput::Text(String::new()));
         template.max_tokens = Some(self.max_tokens.unwrap_or(16));
-        template.sampling = sampling_of!(self);
+        template.sampling = self.sampling();
         template.stop = Stop::into_list(self.stop.clone());
         template.n = n;
         template.logprobs = self.logprobs.is_some();
         template.top_logprobs = self.logprobs.unwrap_or(0);
-        generation::validate(&template, "max_tokens")?;
+        openai::validate(&template, "max_tokens")?;
         Ok(inputs
             .into_iter()
             .map(|input| GenerateRequest {
@@ -277,8 +261,6 @@ impl ChunkFormat for CompletionChunks {
 
 /// Creates a text completion.
 #[utoipa::path(
-    post,
-    path = "/v1/completions",
     tag = "OpenAI",
     request_body = CompletionRequest,
     responses(
@@ -291,6 +273,7 @@ impl ChunkFormat for CompletionChunks {
     ),
     security(("api_key" = [])),
 )]
+#[post("/v1/completions")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,
@@ -315,9 +298,9 @@ pub async fn create(
         .admission
         .admit(&key, "completions", &body.model)
         .await?;
-    let generation = generation::open_all(&state, &requests)
+    let generation = generation::open_all(&state.bus, &state.replicas, &requests)
         .await
-        .map_err(|err| metered.failed(err))?;
+        .map_err(|err| metered.failed(ApiError::from_bus(&err)))?;
     let answer = generation::answer(generation, connection, metered, stream.as_ref(), format);
     let (choices, usage) = match answer.await? {
         Answer::Streamed(response) => return Ok(response),

@@ -3,6 +3,7 @@
 //! Many texts go to inference in bounded batches, a few at a time (so every message
 //! fits the bus and several replicas share the work), and come back in order.
 
+use actix_web::post;
 use actix_web::{HttpResponse, web};
 use base64::Engine as _;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -11,10 +12,10 @@ use slough_protocol::inference::{self, EmbedRequest, EmbedResponse, Usage};
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    state::AppState,
 };
 
 /// An embeddings request.
@@ -119,13 +120,12 @@ impl EmbeddingRequest {
 
 /// Creates embeddings.
 #[utoipa::path(
-    post,
-    path = "/v1/embeddings",
     tag = "OpenAI",
     request_body = EmbeddingRequest,
     responses((status = 200, description = "One vector per input", body = EmbeddingList)),
     security(("api_key" = [])),
 )]
+#[post("/v1/embeddings")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,

@@ -2,15 +2,16 @@
 //! better answer for a completion made with `store: true`, by the key that made it (or
 //! an admin key). `slough datasets from-feedback` turns them into a fine-tuning file.
 
+use actix_web::post;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    state::AppState,
     stored::{self, RATINGS},
 };
 
@@ -39,14 +40,13 @@ pub struct Feedback {
 
 /// Rates a stored chat completion.
 #[utoipa::path(
-    post,
-    path = "/v1/chat/completions/{completion_id}/feedback",
     tag = "Extensions",
     params(("completion_id" = String, Path, description = "The id of a completion made with `store: true`")),
     request_body = FeedbackBody,
     responses((status = 200, description = "The feedback is recorded", body = Feedback)),
     security(("api_key" = [])),
 )]
+#[post("/v1/chat/completions/{completion_id}/feedback")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(key): Caller,

@@ -6,6 +6,7 @@
 //! rest when a job starts.
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
+use actix_web::{delete, get, post};
 use chrono::Utc;
 use futures::StreamExt as _;
 use sea_orm::{
@@ -17,7 +18,7 @@ use slough_bus::FileStore;
 use slough_store::entities::file;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{AppState, error::ApiError, http::Caller, keys::Scope};
+use crate::{error::ApiError, http::Caller, keys::Scope, state::AppState};
 
 /// The largest file an upload may carry.
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
@@ -107,13 +108,12 @@ fn store_error(err: sea_orm::DbErr) -> ApiError {
 
 /// Uploads a file (`multipart/form-data` with `purpose` and `file`).
 #[utoipa::path(
-    post,
-    path = "/v1/files",
     tag = "OpenAI",
     request_body(content_type = "multipart/form-data", content = String, description = "`purpose` (`fine-tune`) and `file` (JSONL of `{\"messages\": [...]}`)"),
     responses((status = 200, description = "The file", body = FileObject)),
     security(("api_key" = [])),
 )]
+#[post("/v1/files")]
 pub async fn upload(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -271,13 +271,12 @@ async fn find(
 
 /// Lists files.
 #[utoipa::path(
-    get,
-    path = "/v1/files",
     tag = "OpenAI",
     params(ListQuery),
     responses((status = 200, description = "Files", body = FileList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/files")]
 pub async fn list(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -344,13 +343,12 @@ pub async fn list(
 
 /// One file.
 #[utoipa::path(
-    get,
-    path = "/v1/files/{file_id}",
     tag = "OpenAI",
     params(("file_id" = String, Path, description = "The file's id")),
     responses((status = 200, description = "The file", body = FileObject)),
     security(("api_key" = [])),
 )]
+#[get("/v1/files/{file_id}")]
 pub async fn get(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -363,13 +361,12 @@ pub async fn get(
 
 /// A file's content.
 #[utoipa::path(
-    get,
-    path = "/v1/files/{file_id}/content",
     tag = "OpenAI",
     params(("file_id" = String, Path, description = "The file's id")),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = String)),
     security(("api_key" = [])),
 )]
+#[get("/v1/files/{file_id}/content")]
 pub async fn content(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -389,13 +386,12 @@ pub async fn content(
 
 /// Deletes a file.
 #[utoipa::path(
-    delete,
-    path = "/v1/files/{file_id}",
     tag = "OpenAI",
     params(("file_id" = String, Path, description = "The file's id")),
     responses((status = 200, description = "The file is gone", body = FileDeleted)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/files/{file_id}")]
 pub async fn delete(
     state: web::Data<AppState>,
     Caller(caller): Caller,

@@ -2,6 +2,7 @@
 //! run by the training service. A key sees its own jobs; an admin key sees every job.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{get, post};
 use serde::Deserialize;
 use slough_protocol::training::{
     self, CheckpointList, CreateJob, CreateJobRequest, EventList, Job, JobList, JobRequest,
@@ -11,10 +12,10 @@ use utoipa::IntoParams;
 
 use super::call;
 use crate::{
-    AppState,
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    state::AppState,
 };
 
 /// Paging of lists: items after `after`, at most `limit`.
@@ -45,13 +46,12 @@ impl PageQuery {
 
 /// Creates a job.
 #[utoipa::path(
-    post,
-    path = "/v1/fine_tuning/jobs",
     tag = "OpenAI",
     request_body = CreateJob,
     responses((status = 200, description = "The job, validating its files", body = Job)),
     security(("api_key" = [])),
 )]
+#[post("/v1/fine_tuning/jobs")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -69,13 +69,12 @@ pub async fn create(
 
 /// Lists jobs, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/fine_tuning/jobs",
     tag = "OpenAI",
     params(PageQuery),
     responses((status = 200, description = "Jobs", body = JobList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/fine_tuning/jobs")]
 pub async fn list(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -115,13 +114,12 @@ fn items(
 
 /// One job.
 #[utoipa::path(
-    get,
-    path = "/v1/fine_tuning/jobs/{job_id}",
     tag = "OpenAI",
     params(("job_id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job", body = Job)),
     security(("api_key" = [])),
 )]
+#[get("/v1/fine_tuning/jobs/{job_id}")]
 pub async fn get(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -134,13 +132,12 @@ pub async fn get(
 
 /// Cancels a job that has not ended.
 #[utoipa::path(
-    post,
-    path = "/v1/fine_tuning/jobs/{job_id}/cancel",
     tag = "OpenAI",
     params(("job_id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The cancelled job", body = Job)),
     security(("api_key" = [])),
 )]
+#[post("/v1/fine_tuning/jobs/{job_id}/cancel")]
 pub async fn cancel(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -155,13 +152,12 @@ pub async fn cancel(
 
 /// A job's events, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/fine_tuning/jobs/{job_id}/events",
     tag = "OpenAI",
     params(("job_id" = String, Path, description = "The job's id"), PageQuery),
     responses((status = 200, description = "Events", body = EventList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/fine_tuning/jobs/{job_id}/events")]
 pub async fn events(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -174,13 +170,12 @@ pub async fn events(
 
 /// A job's checkpoints, newest first.
 #[utoipa::path(
-    get,
-    path = "/v1/fine_tuning/jobs/{job_id}/checkpoints",
     tag = "OpenAI",
     params(("job_id" = String, Path, description = "The job's id"), PageQuery),
     responses((status = 200, description = "Checkpoints", body = CheckpointList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/fine_tuning/jobs/{job_id}/checkpoints")]
 pub async fn checkpoints(
     state: web::Data<AppState>,
     Caller(caller): Caller,

@@ -2,15 +2,16 @@
 //! is in the creation answer and nowhere else.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{delete, get, patch, post};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    AppState,
     error::ApiError,
     http::{Caller, JsonBody},
     keys::{ApiKey, CreatedKey, KeySettings, KeyUpdate, Scope},
+    state::AppState,
 };
 
 /// The keys, newest first.
@@ -28,13 +29,12 @@ fn key_id(id: &str) -> Result<Uuid, ApiError> {
 
 /// Creates a key.
 #[utoipa::path(
-    post,
-    path = "/v1/keys",
     tag = "Keys",
     request_body = KeySettings,
     responses((status = 201, description = "The key, with its secret shown this once", body = CreatedKey)),
     security(("api_key" = [])),
 )]
+#[post("/v1/keys")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -48,12 +48,11 @@ pub async fn create(
 
 /// Lists every key, revoked ones included.
 #[utoipa::path(
-    get,
-    path = "/v1/keys",
     tag = "Keys",
     responses((status = 200, description = "The keys", body = KeyList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/keys")]
 pub async fn list(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -67,13 +66,12 @@ pub async fn list(
 
 /// Describes one key.
 #[utoipa::path(
-    get,
-    path = "/v1/keys/{id}",
     tag = "Keys",
     params(("id" = String, Path, description = "The key's id")),
     responses((status = 200, description = "The key", body = ApiKey)),
     security(("api_key" = [])),
 )]
+#[get("/v1/keys/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -85,14 +83,13 @@ pub async fn get(
 
 /// Changes a key's name, scopes or limits.
 #[utoipa::path(
-    patch,
-    path = "/v1/keys/{id}",
     tag = "Keys",
     params(("id" = String, Path, description = "The key's id")),
     request_body = KeyUpdate,
     responses((status = 200, description = "The key as changed", body = ApiKey)),
     security(("api_key" = [])),
 )]
+#[patch("/v1/keys/{id}")]
 pub async fn update(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -105,13 +102,12 @@ pub async fn update(
 
 /// Revokes a key for good.
 #[utoipa::path(
-    delete,
-    path = "/v1/keys/{id}",
     tag = "Keys",
     params(("id" = String, Path, description = "The key's id")),
     responses((status = 200, description = "The revoked key", body = ApiKey)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/keys/{id}")]
 pub async fn revoke(
     state: web::Data<AppState>,
     Caller(caller): Caller,

@@ -1,6 +1,7 @@
-//! The API's routes, one module per resource, and the table that binds them to paths.
-//! Each route checks the caller's scope, its body, the model it may use and its limits,
-//! in that order, before anything reaches another service.
+//! The API's routes, one module per resource, and the one list of them ([`api!`]) that
+//! binds them and documents them. Each route checks the caller's scope, its body, the
+//! model it may use and its limits, in that order, before anything reaches another
+//! service.
 
 pub mod chat;
 pub mod collections;
@@ -15,121 +16,140 @@ pub mod personality;
 pub mod status;
 pub mod usage;
 
-use actix_web::{HttpResponse, Resource, web};
+use actix_web::{dev::ResourceDef, http::Method, web};
+use utoipa::OpenApi as _;
 
-use crate::http::wrong_method;
+use crate::error::ApiError;
 
-/// Binds every route; other methods on these paths get a 405.
-pub fn configure(config: &mut web::ServiceConfig) {
-    config
-        .service(resource("/v1/chat/completions").route(web::post().to(chat::create)))
-        .service(
-            resource("/v1/chat/completions/{id}/feedback").route(web::post().to(feedback::create)),
-        )
-        .service(resource("/v1/completions").route(web::post().to(completions::create)))
-        .service(resource("/v1/embeddings").route(web::post().to(embeddings::create)))
-        .service(resource("/v1/models").route(web::get().to(models::list)))
-        .service(
-            resource("/v1/models/{model}")
-                .route(web::get().to(models::get))
-                .route(web::delete().to(models::delete)),
-        )
-        .service(
-            resource("/v1/files")
-                .route(web::get().to(files::list))
-                .route(web::post().to(files::upload)),
-        )
-        .service(
-            resource("/v1/files/{id}")
-                .route(web::get().to(files::get))
-                .route(web::delete().to(files::delete)),
-        )
-        .service(resource("/v1/files/{id}/content").route(web::get().to(files::content)))
-        .service(
-            resource("/v1/fine_tuning/jobs")
-                .route(web::get().to(fine_tuning::list))
-                .route(web::post().to(fine_tuning::create)),
-        )
-        .service(resource("/v1/fine_tuning/jobs/{id}").route(web::get().to(fine_tuning::get)))
-        .service(
-            resource("/v1/fine_tuning/jobs/{id}/cancel").route(web::post().to(fine_tuning::cancel)),
-        )
-        .service(
-            resource("/v1/fine_tuning/jobs/{id}/events").route(web::get().to(fine_tuning::events)),
-        )
-        .service(
-            resource("/v1/fine_tuning/jobs/{id}/checkpoints")
-                .route(web::get().to(fine_tuning::checkpoints)),
-        )
-        .service(
-            resource("/v1/keys")
-                .route(web::get().to(keys::list))
-                .route(web::post().to(keys::create)),
-        )
-        .service(
-            resource("/v1/keys/{id}")
-                .route(web::get().to(keys::get))
-                .route(web::patch().to(keys::update))
-                .route(web::delete().to(keys::revoke)),
-        )
-        .service(resource("/v1/usage").route(web::get().to(usage::report)))
-        .service(
-            resource("/v1/personas")
-                .route(web::get().to(personality::list))
-                .route(web::post().to(personality::create)),
-        )
-        .service(
-            resource("/v1/personas/{id}")
-                .route(web::get().to(personality::get))
-                .route(web::post().to(personality::update))
-                .route(web::delete().to(personality::delete)),
-        )
-        .service(resource("/v1/personas/{id}/preview").route(web::post().to(personality::preview)))
-        .service(resource("/v1/status").route(web::get().to(status::report)))
-        .service(resource("/v1/personality/analyze").route(web::post().to(personality::analyze)))
-        .service(
-            resource("/v1/collections")
-                .route(web::get().to(collections::list))
-                .route(web::post().to(collections::create)),
-        )
-        .service(
-            resource("/v1/collections/{name}")
-                .route(web::get().to(collections::get))
-                .route(web::delete().to(collections::delete)),
-        )
-        .service(
-            resource("/v1/collections/{name}/documents").route(web::post().to(collections::ingest)),
-        )
-        .service(
-            resource("/v1/collections/{name}/documents/{id}")
-                .route(web::delete().to(collections::delete_document)),
-        )
-        .service(
-            resource("/v1/collections/{name}/search").route(web::post().to(collections::search)),
-        )
-        .service(resource("/openapi.json").route(web::get().to(openapi)));
+/// Declares the API once: each handler's method and path are its actix attribute
+/// (`#[post("/v1/chat/completions")]`), its OpenAPI operation is its `#[utoipa::path]`
+/// beside it, and this list binds them ([`configure`]) and documents them ([`Api`]).
+macro_rules! api {
+    ($($handler:path),* $(,)?) => {
+        /// Binds every route of the list.
+        pub fn configure(config: &mut web::ServiceConfig) {
+            $(config.service($handler);)*
+        }
+
+        /// The OpenAPI paths of every route of the list.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($handler),*))]
+        pub struct Api;
+    };
+}
+
+api! {
+    chat::create,
+    feedback::create,
+    completions::create,
+    embeddings::create,
+    models::list,
+    models::get,
+    models::delete,
+    files::upload,
+    files::list,
+    files::get,
+    files::content,
+    files::delete,
+    fine_tuning::create,
+    fine_tuning::list,
+    fine_tuning::get,
+    fine_tuning::cancel,
+    fine_tuning::events,
+    fine_tuning::checkpoints,
+    keys::create,
+    keys::list,
+    keys::get,
+    keys::update,
+    keys::revoke,
+    usage::report,
+    personality::list,
+    personality::get,
+    personality::create,
+    personality::update,
+    personality::delete,
+    personality::preview,
+    personality::analyze,
+    collections::create,
+    collections::list,
+    collections::get,
+    collections::delete,
+    collections::ingest,
+    collections::delete_document,
+    collections::search,
+    status::report,
+}
+
+/// The routes' paths and the methods each takes, from [`Api`]: what tells a request
+/// on a known path with another method (405) from one on no path at all (404).
+pub struct Known {
+    routes: Vec<(ResourceDef, Vec<Method>)>,
+}
+
+impl Known {
+    pub fn new() -> Known {
+        let paths = Api::openapi().paths.paths;
+        let routes = paths
+            .into_iter()
+            .map(|(path, item)| {
+                let methods = [
+                    (Method::GET, item.get.is_some()),
+                    (Method::POST, item.post.is_some()),
+                    (Method::PUT, item.put.is_some()),
+                    (Method::PATCH, item.patch.is_some()),
+                    (Method::DELETE, item.delete.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(method, taken)| taken.then_some(method))
+                .collect();
+                (ResourceDef::new(path), methods)
+            })
+            .collect();
+        Known { routes }
+    }
+
+    /// The methods `path` takes, when it is a route's path.
+    pub fn methods(&self, path: &str) -> Option<&[Method]> {
+        self.routes
+            .iter()
+            .find(|(def, _)| def.is_match(path))
+            .map(|(_, methods)| methods.as_slice())
+    }
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known::new()
+    }
+}
+
+/// Any request no route takes: 405 on a route's path with another method, 404 on any
+/// other path.
+pub async fn no_route(
+    request: actix_web::HttpRequest,
+    known: web::Data<Known>,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let (method, path) = (request.method(), request.path());
+    match known.methods(path) {
+        Some(_) => Err(ApiError::method_not_allowed(format!(
+            "{path} does not take {method}"
+        ))),
+        None => Err(ApiError::not_found(
+            "unknown_route",
+            format!("no route for {method} {path}"),
+        )),
+    }
 }
 
 /// Calls a service's endpoint; its error becomes the matching HTTP answer.
 async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
-    state: &crate::AppState,
+    state: &crate::state::AppState,
     endpoint: &slough_protocol::Endpoint<Req, Resp>,
     request: &Req,
-) -> Result<Resp, crate::error::ApiError> {
+) -> Result<Resp, ApiError> {
     state
         .bus
         .call(endpoint, request)
         .await
-        .map_err(|err| crate::error::ApiError::from_bus(&err))
-}
-
-fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(wrong_method))
-}
-
-/// The OpenAPI document of this API.
-async fn openapi(document: web::Data<crate::openapi::Document>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document.json.clone())
+        .map_err(|err| ApiError::from_bus(&err))
 }

@@ -3,6 +3,7 @@
 //! and for each chat model one alias `<model>:<persona>` per persona.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{delete, get};
 use serde::Serialize;
 use slough_protocol::{
     ErrorCode,
@@ -11,7 +12,7 @@ use slough_protocol::{
 };
 use utoipa::ToSchema;
 
-use crate::{AppState, error::ApiError, http::Caller, keys::Scope};
+use crate::{error::ApiError, http::Caller, keys::Scope, state::AppState};
 
 /// The models list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -94,7 +95,7 @@ async fn persona_ids(state: &AppState) -> Vec<String> {
         .call(&personality::LIST_PERSONAS, &ListPersonas {})
         .await
     {
-        Ok(list) => list
+        Ok(found) => found
             .personas
             .into_iter()
             .map(|persona| persona.id)
@@ -108,12 +109,11 @@ async fn persona_ids(state: &AppState) -> Vec<String> {
 
 /// Lists the models this key may use.
 #[utoipa::path(
-    get,
-    path = "/v1/models",
     tag = "OpenAI",
     responses((status = 200, description = "The models", body = ModelList)),
     security(("api_key" = [])),
 )]
+#[get("/v1/models")]
 pub async fn list(
     state: web::Data<AppState>,
     Caller(key): Caller,
@@ -151,13 +151,12 @@ pub async fn list(
 
 /// Describes one model.
 #[utoipa::path(
-    get,
-    path = "/v1/models/{model}",
     tag = "OpenAI",
     params(("model" = String, Path, description = "The model's id")),
     responses((status = 200, description = "The model", body = Model)),
     security(("api_key" = [])),
 )]
+#[get("/v1/models/{model}")]
 pub async fn get(
     state: web::Data<AppState>,
     Caller(key): Caller,
@@ -198,13 +197,12 @@ pub async fn get(
 /// Deletes a fine-tuned model: an admin key any, a `fine-tune` key the ones its jobs
 /// made. Base models are refused (409).
 #[utoipa::path(
-    delete,
-    path = "/v1/models/{model}",
     tag = "OpenAI",
     params(("model" = String, Path, description = "The fine-tuned model's id")),
     responses((status = 200, description = "The model is gone", body = slough_protocol::training::ModelDeleted)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/models/{model}")]
 pub async fn delete(
     state: web::Data<AppState>,
     Caller(key): Caller,

@@ -3,6 +3,7 @@
 //! `admin` scope.
 
 use actix_web::{HttpResponse, web};
+use actix_web::{delete, get, post};
 use serde::Serialize;
 use slough_protocol::personality::{
     self, AnalyzeRequest, CreatePersona, ListPersonas, Persona, PersonaPatch, PersonaPreview,
@@ -12,10 +13,10 @@ use utoipa::ToSchema;
 
 use super::call;
 use crate::{
-    AppState,
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    state::AppState,
 };
 
 /// Every persona, built-in ones first.
@@ -28,13 +29,15 @@ pub struct PersonaList {
 
 /// Lists the personas.
 #[utoipa::path(
-    get,
-    path = "/v1/personas",
     tag = "Personas",
     responses((status = 200, description = "The personas", body = PersonaList)),
     security(("api_key" = [])),
 )]
-pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpResponse, ApiError> {
+#[get("/v1/personas")]
+pub async fn list(
+    state: web::Data<AppState>,
+    Caller(_caller): Caller,
+) -> Result<HttpResponse, ApiError> {
     let list = call(&state, &personality::LIST_PERSONAS, &ListPersonas {}).await?;
     Ok(HttpResponse::Ok().json(PersonaList {
         object: "list".to_owned(),
@@ -44,16 +47,15 @@ pub async fn list(state: web::Data<AppState>, Caller(_): Caller) -> Result<HttpR
 
 /// Describes one persona.
 #[utoipa::path(
-    get,
-    path = "/v1/personas/{id}",
     tag = "Personas",
     params(("id" = String, Path, description = "The persona's id")),
     responses((status = 200, description = "The persona", body = Persona)),
     security(("api_key" = [])),
 )]
+#[get("/v1/personas/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let request = PersonaRequest {
@@ -65,13 +67,12 @@ pub async fn get(
 
 /// Creates a persona, a copy of `from` (default `assistant`) with the given fields.
 #[utoipa::path(
-    post,
-    path = "/v1/personas",
     tag = "Personas",
     request_body = CreatePersona,
     responses((status = 201, description = "The new persona", body = Persona)),
     security(("api_key" = [])),
 )]
+#[post("/v1/personas")]
 pub async fn create(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -85,14 +86,13 @@ pub async fn create(
 
 /// Changes the given fields of a stored persona (built-in ones cannot change).
 #[utoipa::path(
-    post,
-    path = "/v1/personas/{id}",
     tag = "Personas",
     params(("id" = String, Path, description = "The persona's id")),
     request_body = PersonaPatch,
     responses((status = 200, description = "The persona as changed", body = Persona)),
     security(("api_key" = [])),
 )]
+#[post("/v1/personas/{id}")]
 pub async fn update(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -112,17 +112,16 @@ pub async fn update(
 /// Renders the system prompt persona `id` would have with the given fields changed,
 /// checked as a change is; nothing is stored, so any key may preview any persona.
 #[utoipa::path(
-    post,
-    path = "/v1/personas/{id}/preview",
     tag = "Personas",
     params(("id" = String, Path, description = "The persona's id")),
     request_body = PersonaPatch,
     responses((status = 200, description = "The system prompt it would have", body = PersonaPreview)),
     security(("api_key" = [])),
 )]
+#[post("/v1/personas/{id}/preview")]
 pub async fn preview(
     state: web::Data<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     id: web::Path<String>,
     JsonBody(patch): JsonBody<PersonaPatch>,
 ) -> Result<HttpResponse, ApiError> {
@@ -136,13 +135,12 @@ pub async fn preview(
 
 /// Deletes a stored persona (built-in ones cannot be) and answers what it was.
 #[utoipa::path(
-    delete,
-    path = "/v1/personas/{id}",
     tag = "Personas",
     params(("id" = String, Path, description = "The persona's id")),
     responses((status = 200, description = "The deleted persona", body = Persona)),
     security(("api_key" = [])),
 )]
+#[delete("/v1/personas/{id}")]
 pub async fn delete(
     state: web::Data<AppState>,
     Caller(caller): Caller,
@@ -160,16 +158,15 @@ pub async fn delete(
 /// Measures a text's style: VADER sentiment, Flesch reading ease and grade, formality,
 /// emoji density, sentence length, lexical diversity, questions and exclamations.
 #[utoipa::path(
-    post,
-    path = "/v1/personality/analyze",
     tag = "Personas",
     request_body = AnalyzeRequest,
     responses((status = 200, description = "The text's style metrics", body = StyleMetrics)),
     security(("api_key" = [])),
 )]
+#[post("/v1/personality/analyze")]
 pub async fn analyze(
     state: web::Data<AppState>,
-    Caller(_): Caller,
+    Caller(_caller): Caller,
     JsonBody(body): JsonBody<AnalyzeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let metrics = call(&state, &personality::ANALYZE, &body).await?;

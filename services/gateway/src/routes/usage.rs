@@ -1,6 +1,7 @@
 //! `GET /v1/usage`: what a key has used, in all and by model (admins may ask about any
 //! key with `key_id`).
 
+use actix_web::get;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Deserialize;
@@ -8,11 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    AppState,
     error::ApiError,
     http::Caller,
     keys::Scope,
     ledger::{self, UsageReport},
+    state::AppState,
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -81,13 +82,12 @@ fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
 
 /// Reports a key's usage.
 #[utoipa::path(
-    get,
-    path = "/v1/usage",
     tag = "Usage",
     params(UsageQuery),
     responses((status = 200, description = "The key's usage", body = UsageReport)),
     security(("api_key" = [])),
 )]
+#[get("/v1/usage")]
 pub async fn report(
     state: web::Data<AppState>,
     Caller(caller): Caller,
