@@ -50,7 +50,7 @@ async fn list(state: Personality, _: ListPersonas) -> Result<PersonaList, ErrorB
 }
 
 async fn get(state: Personality, request: PersonaRequest) -> Result<Persona, ErrorBody> {
-    state.personas.get(&request.id).await
+    Ok(state.personas.get(&request.id).await?)
 }
 
 async fn create(state: Personality, request: CreatePersona) -> Result<Persona, ErrorBody> {
@@ -72,7 +72,7 @@ async fn delete(state: Personality, request: PersonaRequest) -> Result<Persona, 
 }
 
 async fn preview(state: Personality, request: UpdatePersona) -> Result<PersonaPreview, ErrorBody> {
-    state.personas.preview(&request.id, request.patch).await
+    Ok(state.personas.preview(&request.id, request.patch).await?)
 }
 
 async fn compose(state: Personality, request: ComposeRequest) -> Result<Composed, ErrorBody> {
@@ -117,7 +117,7 @@ async fn score(state: Personality, request: AdherenceRequest) -> Result<Adherenc
 async fn persona_named(state: &Personality, id: &str) -> Result<Persona, ErrorBody> {
     state.personas.get(id).await.map_err(|err| ErrorBody {
         param: Some("persona".to_owned()),
-        ..err
+        ..err.into()
     })
 }
 

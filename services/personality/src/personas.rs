@@ -28,6 +28,64 @@ You are {{ name }}, {{ description }}
 {%- elif traits.optimism <= 0.3 %} You are sober and point out risks.{% endif %}
 {%- for rule in style_rules %} {{ rule }}{% endfor %}";
 
+/// Why a persona could not be read, stored or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum PersonaError {
+    /// A field breaks its rule; `param` names it.
+    #[error("{message}")]
+    Invalid { param: String, message: String },
+    #[error("persona `{0}` does not exist")]
+    NotFound(String),
+    /// The id is taken, or names a built-in persona, which never changes.
+    #[error("{message}")]
+    Conflict {
+        param: Option<&'static str>,
+        message: String,
+    },
+    #[error("the persona store is not available")]
+    Store(#[source] sea_orm::DbErr),
+    /// A stored persona does not read back, or does not encode.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl PersonaError {
+    fn invalid(param: impl Into<String>, message: impl Into<String>) -> PersonaError {
+        PersonaError::Invalid {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The wire answer for a persona error: the one place its codes are chosen.
+impl From<PersonaError> for ErrorBody {
+    fn from(error: PersonaError) -> ErrorBody {
+        let message = error.to_string();
+        match error {
+            PersonaError::Invalid { param, message } => ErrorBody::invalid(param, message),
+            PersonaError::NotFound(_) => ErrorBody::new(ErrorCode::NotFound, message),
+            PersonaError::Conflict { param, .. } => ErrorBody {
+                param: param.map(str::to_owned),
+                ..ErrorBody::new(ErrorCode::Conflict, message)
+            },
+            PersonaError::Store(err) => {
+                tracing::warn!("persona store: {err}");
+                ErrorBody::new(ErrorCode::Unavailable, message)
+            }
+            PersonaError::Corrupt(_) => ErrorBody::new(ErrorCode::Internal, message),
+        }
+    }
+}
+
+/// A protocol check's refusal, as a persona error naming the same field.
+fn refused(body: ErrorBody) -> PersonaError {
+    PersonaError::Invalid {
+        param: body.param.unwrap_or_default(),
+        message: body.message,
+    }
+}
+
 /// The persona a new one starts from when it names none.
 pub const DEFAULT_BASE: &str = "assistant";
 
@@ -203,22 +261,22 @@ pub fn render(persona: &Persona) -> Result<String, minijinja::Error> {
 }
 
 /// Checks every field of `persona`, naming the first that breaks its rule.
-pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
-    check_name("id", &persona.id)?;
+pub fn validate(persona: &Persona) -> Result<(), PersonaError> {
+    check_name("id", &persona.id).map_err(refused)?;
     check_text("name", &persona.name, MAX_NAME, false)?;
     check_text("description", &persona.description, MAX_DESCRIPTION, true)?;
     check_text("archetype", &persona.archetype, MAX_ARCHETYPE, false)?;
     for which in Trait::ALL {
         let value = persona.traits.get(which);
         if !(0.0..=1.0).contains(&value) {
-            return Err(ErrorBody::invalid(
+            return Err(PersonaError::invalid(
                 format!("traits.{}", which.name()),
                 format!("traits.{} must be from 0 to 1, got {value}", which.name()),
             ));
         }
     }
     if persona.style_rules.len() > MAX_RULES {
-        return Err(ErrorBody::invalid(
+        return Err(PersonaError::invalid(
             "style_rules",
             format!(
                 "style_rules holds at most {MAX_RULES} rules, got {}",
@@ -230,18 +288,18 @@ pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
         check_text(&format!("style_rules[{index}]"), rule, MAX_RULE, false)?;
     }
     if persona.system_template.len() > MAX_TEMPLATE {
-        return Err(ErrorBody::invalid(
+        return Err(PersonaError::invalid(
             "system_template",
             format!("system_template must be at most {MAX_TEMPLATE} bytes"),
         ));
     }
     match render(persona) {
-        Ok(prompt) if prompt.is_empty() => Err(ErrorBody::invalid(
+        Ok(prompt) if prompt.is_empty() => Err(PersonaError::invalid(
             "system_template",
             "system_template renders to an empty system prompt",
         )),
         Ok(_) => Ok(()),
-        Err(err) => Err(ErrorBody::invalid(
+        Err(err) => Err(PersonaError::invalid(
             "system_template",
             format!("system_template does not render: {err:#}"),
         )),
@@ -249,19 +307,24 @@ pub fn validate(persona: &Persona) -> Result<(), ErrorBody> {
     persona
         .sampling
         .validate()
-        .map_err(|invalid| ErrorBody::invalid(invalid.field.wire_name(), invalid.message))
+        .map_err(|invalid| PersonaError::invalid(invalid.field.wire_name(), invalid.message))
 }
 
-fn check_text(field: &str, value: &str, max: usize, may_be_empty: bool) -> Result<(), ErrorBody> {
+fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    may_be_empty: bool,
+) -> Result<(), PersonaError> {
     if !may_be_empty && value.trim().is_empty() {
-        return Err(ErrorBody::invalid(
+        return Err(PersonaError::invalid(
             field,
             format!("{field} must not be empty"),
         ));
     }
     let length = value.chars().count();
     if length > max {
-        return Err(ErrorBody::invalid(
+        return Err(PersonaError::invalid(
             field,
             format!("{field} must be at most {max} characters, got {length}"),
         ));
@@ -307,12 +370,12 @@ impl Personas {
     }
 
     /// Built-in personas, then stored ones by id.
-    pub async fn list(&self) -> Result<Vec<Persona>, ErrorBody> {
+    pub async fn list(&self) -> Result<Vec<Persona>, PersonaError> {
         let stored = persona::Entity::find()
             .order_by_asc(persona::Column::Id)
             .all(self.store.connection())
             .await
-            .map_err(store_error)?;
+            .map_err(PersonaError::Store)?;
         let mut personas = builtins();
         for row in stored {
             personas.push(from_row(row)?);
@@ -321,14 +384,14 @@ impl Personas {
     }
 
     /// One persona, or `not_found` naming it.
-    pub async fn get(&self, id: &str) -> Result<Persona, ErrorBody> {
+    pub async fn get(&self, id: &str) -> Result<Persona, PersonaError> {
         if let Some(persona) = builtin(id) {
             return Ok(persona);
         }
         let row = persona::Entity::find_by_id(id.to_owned())
             .one(self.store.connection())
             .await
-            .map_err(store_error)?;
+            .map_err(PersonaError::Store)?;
         match row {
             Some(row) => from_row(row),
             None => Err(not_found(id)),
@@ -336,24 +399,21 @@ impl Personas {
     }
 
     /// Stores a new persona built from `request` (see [`CreatePersona`]).
-    pub async fn create(&self, request: CreatePersona) -> Result<Persona, ErrorBody> {
-        check_name("id", &request.id)?;
+    pub async fn create(&self, request: CreatePersona) -> Result<Persona, PersonaError> {
+        check_name("id", &request.id).map_err(refused)?;
         if builtin(&request.id).is_some() {
-            return Err(ErrorBody {
-                param: Some("id".to_owned()),
-                ..ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("`{}` is a built-in persona's id", request.id),
-                )
+            return Err(PersonaError::Conflict {
+                param: Some("id"),
+                message: format!("`{}` is a built-in persona's id", request.id),
             });
         }
         let base_id = request.from.as_deref().unwrap_or(DEFAULT_BASE);
-        let base = self.get(base_id).await.map_err(|err| match err.code {
-            ErrorCode::NotFound => ErrorBody::invalid(
+        let base = self.get(base_id).await.map_err(|err| match err {
+            PersonaError::NotFound(_) => PersonaError::invalid(
                 "from",
                 format!("from names persona `{base_id}`, which does not exist"),
             ),
-            _ => err,
+            other => other,
         })?;
         let now = stamp(Utc::now());
         let persona = Persona {
@@ -372,20 +432,17 @@ impl Personas {
             Ok(_) => Ok(persona),
             Err(err) if self.exists(&persona.id).await => {
                 tracing::debug!("create persona {}: {err}", persona.id);
-                Err(ErrorBody {
-                    param: Some("id".to_owned()),
-                    ..ErrorBody::new(
-                        ErrorCode::Conflict,
-                        format!("persona `{}` already exists", persona.id),
-                    )
+                Err(PersonaError::Conflict {
+                    param: Some("id"),
+                    message: format!("persona `{}` already exists", persona.id),
                 })
             }
-            Err(err) => Err(store_error(err)),
+            Err(err) => Err(PersonaError::Store(err)),
         }
     }
 
     /// Applies `patch` to stored persona `id`.
-    pub async fn update(&self, id: &str, patch: PersonaPatch) -> Result<Persona, ErrorBody> {
+    pub async fn update(&self, id: &str, patch: PersonaPatch) -> Result<Persona, PersonaError> {
         refuse_builtin(id, "changed")?;
         let current = self.get(id).await?;
         let persona = Persona {
@@ -399,7 +456,7 @@ impl Personas {
             .await
             .map_err(|err| match err {
                 sea_orm::DbErr::RecordNotUpdated => not_found(id),
-                other => store_error(other),
+                other => PersonaError::Store(other),
             })?;
         Ok(persona)
     }
@@ -410,11 +467,11 @@ impl Personas {
         &self,
         id: &str,
         patch: PersonaPatch,
-    ) -> Result<PersonaPreview, ErrorBody> {
+    ) -> Result<PersonaPreview, PersonaError> {
         let persona = patched(self.get(id).await?, patch);
         validate(&persona)?;
         let system_prompt = render(&persona).map_err(|err| {
-            ErrorBody::invalid(
+            PersonaError::invalid(
                 "system_template",
                 format!("system_template does not render: {err:#}"),
             )
@@ -426,13 +483,13 @@ impl Personas {
     }
 
     /// Deletes stored persona `id` and answers what it was.
-    pub async fn delete(&self, id: &str) -> Result<Persona, ErrorBody> {
+    pub async fn delete(&self, id: &str) -> Result<Persona, PersonaError> {
         refuse_builtin(id, "deleted")?;
         let persona = self.get(id).await?;
         let result = persona::Entity::delete_by_id(id.to_owned())
             .exec(self.store.connection())
             .await
-            .map_err(store_error)?;
+            .map_err(PersonaError::Store)?;
         if result.rows_affected == 0 {
             return Err(not_found(id));
         }
@@ -447,15 +504,15 @@ impl Personas {
     }
 }
 
-fn refuse_builtin(id: &str, what: &str) -> Result<(), ErrorBody> {
+fn refuse_builtin(id: &str, what: &str) -> Result<(), PersonaError> {
     if builtin(id).is_some() {
-        return Err(ErrorBody::new(
-            ErrorCode::Conflict,
-            format!(
+        return Err(PersonaError::Conflict {
+            param: None,
+            message: format!(
                 "`{id}` is a built-in persona and cannot be {what}; create a copy with \
                  `from: \"{id}\"` and change that"
             ),
-        ));
+        });
     }
     Ok(())
 }
@@ -465,21 +522,13 @@ fn stamp(time: chrono::DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn not_found(id: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::NotFound,
-        format!("persona `{id}` does not exist"),
-    )
+fn not_found(id: &str) -> PersonaError {
+    PersonaError::NotFound(id.to_owned())
 }
 
-fn store_error(err: sea_orm::DbErr) -> ErrorBody {
-    tracing::warn!("persona store: {err}");
-    ErrorBody::new(ErrorCode::Unavailable, "the persona store is not available")
-}
-
-fn to_row(persona: &Persona) -> Result<persona::ActiveModel, ErrorBody> {
+fn to_row(persona: &Persona) -> Result<persona::ActiveModel, PersonaError> {
     let json = |value: serde_json::Result<String>| {
-        value.map_err(|err| ErrorBody::new(ErrorCode::Internal, err.to_string()))
+        value.map_err(|err| PersonaError::Corrupt(err.to_string()))
     };
     let time = |stamp: &Option<String>| {
         stamp
@@ -501,15 +550,12 @@ fn to_row(persona: &Persona) -> Result<persona::ActiveModel, ErrorBody> {
     })
 }
 
-fn from_row(row: persona::Model) -> Result<Persona, ErrorBody> {
+fn from_row(row: persona::Model) -> Result<Persona, PersonaError> {
     let corrupt = |field: &str, err: serde_json::Error| {
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!(
-                "stored persona `{}` has an unreadable {field}: {err}",
-                row.id
-            ),
-        )
+        PersonaError::Corrupt(format!(
+            "stored persona `{}` has an unreadable {field}: {err}",
+            row.id
+        ))
     };
     Ok(Persona {
         traits: serde_json::from_str(&row.traits).map_err(|err| corrupt("traits", err))?,
@@ -591,7 +637,7 @@ mod tests {
             let mut persona = builtins().remove(0);
             persona.id = "copy".to_owned();
             spoil(&mut persona);
-            let err = validate(&persona).unwrap_err();
+            let err = ErrorBody::from(validate(&persona).unwrap_err());
             assert_eq!(err.code, ErrorCode::InvalidRequest);
             assert_eq!(err.param.as_deref(), Some(field), "{err}");
         }
