@@ -10,14 +10,10 @@
     reason = "a test fails by panicking"
 )]
 
-use slough::{
-    Platform,
-    eval_persona::{self, PersonaSummary},
-    gateway_client::GatewayClient,
-    up::bootstrap_admin_key,
-};
+use slough::{Platform, gateway_client::GatewayClient, up::bootstrap_admin_key};
 use slough_protocol::ServiceKind;
 use slough_testkit::TestNats;
+use slough_tools::eval_persona::{self, PersonaSummary};
 use support::settings;
 
 mod support;

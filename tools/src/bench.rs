@@ -22,18 +22,28 @@ use slough_protocol::{
 use slough_service::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Settings, platform::ServiceHandle, runtime};
+use slough::{Settings, platform::ServiceHandle, runtime};
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// The chat model's package id.
+    #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
     pub model: String,
     /// Tokens generated per stream in the decode runs.
+    #[arg(long, default_value_t = 128)]
     pub tokens: u32,
+    /// Concurrent streams for the aggregate runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
-    /// Repetitions of the latency runs (the median is reported).
+    /// Repetitions of each latency run (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub repeats: usize,
+    /// Call the model's scheduler directly, without NATS.
+    #[arg(long)]
     pub in_process: bool,
+    /// Where to write the JSON figures (default bench-inference.json).
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 

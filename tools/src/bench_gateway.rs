@@ -20,19 +20,30 @@ use slough_protocol::{
 use slough_service::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Settings, bench, platform::ServiceHandle, runtime};
+use slough::{Settings, platform::ServiceHandle, runtime};
+
+use crate::bench;
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GatewayBenchOptions {
+    /// The chat model's package id.
+    #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
     pub model: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
     /// Requests per run of the models route.
+    #[arg(long, default_value_t = 20_000)]
     pub requests: usize,
     /// Requests per run of the chat route.
+    #[arg(long, default_value_t = 512)]
     pub chat_requests: usize,
     /// Tokens each chat generates.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub chat_tokens: u32,
+    /// Where to write the JSON figures (default bench-gateway.json).
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 

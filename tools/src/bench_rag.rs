@@ -13,12 +13,22 @@ use slough_protocol::rag::SearchMode;
 use slough_rag::index::{ChunkPoint, EdgeBackend, EdgeIndex, IndexQuery};
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RagBenchOptions {
+    /// Chunks to index.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub chunks: usize,
+    /// Dense vector size (all-MiniLM-L6-v2: 384).
+    #[arg(long, default_value_t = 384, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub dimensions: usize,
+    /// Searches per mode.
+    #[arg(long, default_value_t = 200, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub queries: usize,
+    /// Hits per search, 1 to 100.
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
     pub top_k: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
 

@@ -16,14 +16,28 @@ use slough_training::trainer::{
 };
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainingBenchOptions {
+    /// The chat model's package id.
+    #[arg(long, default_value = "smollm2-135m-instruct-q4_1")]
     pub model: String,
+    /// Tokens per example (at least 2).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..))]
     pub sequence: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch: usize,
+    /// Most padded tokens per forward pass (gradients accumulate over the batch).
+    #[arg(long, default_value_t = 512, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub micro_batch_tokens: usize,
+    /// Steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub steps: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub rank: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
 

@@ -1,6 +1,6 @@
 //! `slough chaos <scenario>`: how the platform behaves under faults, measured. Each
 //! scenario starts its own platform as separate processes (`nats-server`, and `slough
-//! run <service>` per instance) on free ports of 127.0.0.1 with a throw-away data
+//! run <service>` per instance) on ports of 127.0.0.1 the system picks, with a throw-away data
 //! directory and this data directory's models (linked, so that a model it fine-tunes
 //! stays in the throw-away directory), drives streaming chats and embeddings
 //! through the gateway, injects its fault, prints a table of figures, and fails when
@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use slough_service::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Settings, gateway_client::GatewayClient};
+use slough::{Settings, gateway_client::GatewayClient, run_file::RunFile};
 
 /// The scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,17 +47,23 @@ pub enum Scenario {
 }
 
 /// How hard and how long.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ChaosOptions {
+    #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Concurrent streaming chats.
+    /// Concurrent streaming chats (one more client sends embeddings).
+    #[arg(long, default_value_t = 8)]
     pub streams: usize,
-    /// How long the load runs (the soak's length; the others use it around the fault).
+    /// How long the load runs, in seconds (the soak's length; the others use it around
+    /// the fault).
+    #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// Tokens each chat asks for.
+    #[arg(long, default_value_t = 64)]
     pub max_tokens: u32,
-    /// The PostgreSQL server for `store-outage` (a URL of a database there that may
-    /// create databases); the scenario makes and drops its own database.
+    /// store-outage: a PostgreSQL database URL on a server where this user may create
+    /// databases (the scenario makes and drops its own).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres: String,
 }
 
@@ -71,7 +77,7 @@ pub fn run(settings: &Settings, options: &ChaosOptions) -> anyhow::Result<()> {
             .server
             .options(0, scratch.path().join("nats")),
     )?;
-    let rt = crate::runtime()?;
+    let rt = slough::runtime()?;
     let mut cluster = Cluster::new(settings, scratch.path(), nats.url())?;
     let outcome = match options.scenario {
         Scenario::Soak => rt.block_on(soak(&mut cluster, &nats, options)),
@@ -96,7 +102,7 @@ struct Cluster {
     dir: PathBuf,
     nats_url: String,
     admin_key: String,
-    /// The gateway's base URL, once started.
+    /// The gateway's base URL, once it listens.
     gateway: String,
     models: PathBuf,
     /// Settings every process gets: the models and runtime of this data directory.
@@ -106,18 +112,24 @@ struct Cluster {
 
 struct Process {
     name: String,
-    admin: String,
+    /// Its admin server's URL, once its run file says where it listens.
+    admin: Option<String>,
     child: Child,
+}
+
+impl Process {
+    /// Its admin server's URL (known once [`Cluster::wait_ready`] has seen it ready).
+    fn admin(&self) -> anyhow::Result<&str> {
+        self.admin
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("{} has not said where it listens", self.name))
+    }
 }
 
 impl Cluster {
     fn new(settings: &Settings, dir: &Path, nats_url: String) -> anyhow::Result<Cluster> {
         let data = &settings.common.data_dir;
-        let models = settings
-            .inference
-            .models_dir
-            .clone()
-            .unwrap_or_else(|| data.join("models"));
+        let models = settings.common.models_dir();
         // The packages, linked into the scratch directory: what the run fine-tunes lands
         // there, not among the user's models.
         let linked = dir.join("models");
@@ -130,10 +142,7 @@ impl Cluster {
         }
         let mut env = vec![
             ("SLOUGH_DATA_DIR".to_owned(), dir.join("data")),
-            ("SLOUGH_INFERENCE__MODELS_DIR".to_owned(), linked.clone()),
-            ("SLOUGH_RAG__MODELS_DIR".to_owned(), linked.clone()),
-            ("SLOUGH_PERSONALITY__MODELS_DIR".to_owned(), linked.clone()),
-            ("SLOUGH_TRAINING__MODELS_DIR".to_owned(), linked),
+            ("SLOUGH_MODELS_DIR".to_owned(), linked),
             (
                 "SLOUGH_TRAINING__SOURCES_DIR".to_owned(),
                 settings
@@ -155,7 +164,7 @@ impl Cluster {
             ));
         }
         Ok(Cluster {
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slough")),
+            exe: slough_binary()?,
             dir: dir.to_owned(),
             nats_url,
             admin_key: format!("sk-chaos{}", "0".repeat(36)),
@@ -174,7 +183,6 @@ impl Cluster {
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let admin_port = free_port()?;
         let upper = service.to_uppercase();
         let mut command = Command::new(&self.exe);
         command
@@ -182,35 +190,45 @@ impl Cluster {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("NATS_URL", &self.nats_url)
             .env("SLOUGH_LOG__FORMAT", "pretty")
-            .env(
-                format!("SLOUGH_{upper}__ADMIN_LISTEN"),
-                format!("127.0.0.1:{admin_port}"),
-            )
+            // Every port is picked at start; the run file says which.
+            .env(format!("SLOUGH_{upper}__ADMIN_LISTEN"), "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if service == "gateway" {
-            self.gateway = format!("http://127.0.0.1:{}", free_port()?);
-            command.env("SLOUGH_ADMIN_KEY", &self.admin_key).env(
-                "SLOUGH_GATEWAY__LISTEN",
-                self.gateway.trim_start_matches("http://"),
-            );
+            command
+                .env("SLOUGH_ADMIN_KEY", &self.admin_key)
+                .env("SLOUGH_GATEWAY__LISTEN", "127.0.0.1:0");
         }
         if service == "monitoring" {
-            command.env(
-                "SLOUGH_MONITORING__LISTEN",
-                format!("127.0.0.1:{}", free_port()?),
-            );
+            command.env("SLOUGH_MONITORING__LISTEN", "127.0.0.1:0");
         }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.exe.display()))?;
         self.processes.push(Process {
             name: name.to_owned(),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            admin: None,
             child,
         });
         Ok(())
+    }
+
+    /// Fills in where the processes listen from their run files, as each writes one.
+    fn find_addresses(&mut self) {
+        let data = self.dir.join("data");
+        for process in &mut self.processes {
+            if process.admin.is_some() {
+                continue;
+            }
+            let Some(run) = RunFile::read(&data, process.child.id()) else {
+                continue;
+            };
+            if let Some(api) = run.server("gateway", "api") {
+                self.gateway = format!("http://{api}");
+            }
+            process.admin = run.services.into_values().next().map(|s| s.admin);
+        }
     }
 
     fn process(&mut self, name: &str) -> anyhow::Result<&mut Process> {
@@ -225,17 +243,21 @@ impl Cluster {
         let http = reqwest::Client::new();
         let started = Instant::now();
         loop {
+            self.find_addresses();
             let mut waiting = Vec::new();
             for process in &mut self.processes {
                 if let Ok(Some(status)) = process.child.try_wait() {
                     bail!("{} exited ({status})", process.name);
                 }
-                let ready = http
-                    .get(format!("{}/readyz", process.admin))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let ready = match &process.admin {
+                    Some(admin) => http
+                        .get(format!("{admin}/readyz"))
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                    None => false,
+                };
                 if !ready {
                     waiting.push(process.name.clone());
                 }
@@ -279,10 +301,24 @@ impl Cluster {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The `slough` binary the processes run: the one beside this program (as `cargo build`
+/// and `cargo install` leave them), else `slough` on `PATH`.
+fn slough_binary() -> anyhow::Result<PathBuf> {
+    let beside = std::env::current_exe()?.with_file_name("slough");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("slough"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "chaos runs the platform with the slough binary, which is neither beside {} \
+                 nor on PATH; build it (cargo build -p slough) or install it (scripts/up)",
+                beside.display()
+            )
+        })
 }
 
 fn signal(pid: u32, name: &str) {
@@ -1027,7 +1063,7 @@ async fn store_outage_on(
         &[("inference", "inference"), ("gateway", "gateway")],
     )
     .await?;
-    let readyz = format!("{}/readyz", cluster.process("gateway")?.admin);
+    let readyz = format!("{}/readyz", cluster.process("gateway")?.admin()?);
     let usage_before = requests_used(&gateway).await?;
     let load = Load::start(&gateway, &chat, &embed, options);
     let phase = Duration::from_secs(options.seconds / 3).max(Duration::from_secs(10));

@@ -21,25 +21,32 @@ use slough_inference::{
 };
 use slough_modelkit::package::{self, ModelKind};
 
-use crate::Settings;
+use slough::Settings;
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PerplexityOptions {
-    /// The package to score.
-    pub model: String,
-    /// A package to compare it with (same tokenizer).
-    pub reference: Option<String>,
-    /// The text: a plain text file, or a `.jsonl` file whose lines' `text` fields are
-    /// joined (a BEIR corpus, such as Cranfield's abstracts).
+    /// A text file, or a .jsonl file whose lines' `text` fields are joined (e.g.
+    /// ../shared/data/retrieval/cranfield/corpus.jsonl).
     pub text: PathBuf,
-    /// Tokens per window (llama-perplexity's `-c`).
+    /// The package to score.
+    #[arg(long)]
+    pub model: String,
+    /// A package with the same tokenizer to compare with.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Tokens per window (llama-perplexity's -c).
+    #[arg(long, default_value_t = 512)]
     pub context: usize,
-    /// Score only the first N windows (llama-perplexity's `--chunks`).
+    /// Score only the first N windows (llama-perplexity's --chunks).
+    #[arg(long)]
     pub chunks: Option<usize>,
-    pub json: Option<PathBuf>,
-    /// Record the figure in the package's `slough-model.json` (`quality`).
+    /// Record the figure in the package's slough-model.json (`quality`).
+    #[arg(long)]
     pub record: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// The figures.

@@ -10,24 +10,37 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use slough_protocol::personality::{Adherence, Trait};
 
-use crate::{
+use slough::{
     Settings,
     gateway_client::{GatewayClient, api_key, gateway_url},
 };
 
 /// What to evaluate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PersonaEvalOptions {
+    /// The personas (ids), compared on the same prompts.
+    #[arg(required = true)]
     pub personas: Vec<String>,
+    /// A text file with one prompt per line (`#` lines are comments).
+    #[arg(long)]
     pub prompts: std::path::PathBuf,
     /// The chat model (default: the first chat model the gateway lists).
+    #[arg(long)]
     pub model: Option<String>,
-    /// The gateway (default: `http://` and the configured listen address).
+    /// The gateway's URL (default: http:// and the configured gateway.listen).
+    #[arg(long)]
     pub url: Option<String>,
-    /// The API key (default: `SLOUGH_API_KEY`, then the generated admin key's file).
+    /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
+    #[arg(long)]
     pub key: Option<String>,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_tokens: u32,
+    /// Prompts in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
 
@@ -202,7 +215,7 @@ pub fn run(settings: Settings, options: PersonaEvalOptions) -> anyhow::Result<()
     let prompts = read_prompts(&options.prompts)?;
     let key = api_key(&settings, options.key.clone())?;
     let base = gateway_url(&settings, options.url.clone());
-    crate::runtime()?.block_on(async {
+    slough::runtime()?.block_on(async {
         let gateway = GatewayClient::new(&base, &key)?;
         let model = match options.model.clone() {
             Some(model) => model,

@@ -17,23 +17,38 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{
+use slough::{
     Settings,
     gateway_client::{GatewayClient, api_key, gateway_url},
 };
 
 /// What to evaluate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RetrievalEvalOptions {
+    /// The dataset's directory (corpus.jsonl[.gz], queries.jsonl, qrels/<split>.tsv).
     pub dataset: PathBuf,
-    /// The qrels split (`test`).
+    /// The judgements to score against.
+    #[arg(long, default_value = "test")]
     pub split: String,
+    /// The embedding model (default: the first one the gateway lists).
+    #[arg(long)]
     pub embedding_model: Option<String>,
+    /// Tokens per chunk (default: the collection default).
+    #[arg(long)]
     pub chunk_size: Option<u32>,
-    /// Only this many queries (see [`Dataset::sample`]).
+    /// A quick look: only the first N judged queries, their judged documents and every
+    /// tenth other document (see [`Dataset::sample`]).
+    #[arg(long, value_name = "N")]
     pub sample: Option<usize>,
+    /// The gateway's URL (default: http:// and the configured gateway.listen).
+    #[arg(long)]
     pub url: Option<String>,
+    /// The API key, with the rag scope (default: SLOUGH_API_KEY, then the admin key
+    /// `slough up` made).
+    #[arg(long)]
     pub key: Option<String>,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
@@ -388,7 +403,7 @@ pub fn run(settings: Settings, options: RetrievalEvalOptions) -> anyhow::Result<
     }
     let key = api_key(&settings, options.key.clone())?;
     let base = gateway_url(&settings, options.url.clone());
-    crate::runtime()?.block_on(async {
+    slough::runtime()?.block_on(async {
         let gateway = GatewayClient::new(&base, &key)?;
         let model = match options.embedding_model.clone() {
             Some(model) => model,
@@ -469,7 +484,7 @@ mod tests {
     #[test]
     fn reads_the_cranfield_dataset() {
         let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/retrieval/cranfield");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/retrieval/cranfield");
         let dataset = Dataset::read(&dir, "test").unwrap();
         assert_eq!(dataset.corpus.len(), 1398, "two documents have no text");
         assert_eq!(dataset.queries.len(), 225);

@@ -12,16 +12,15 @@
 
 use std::{path::Path, process::Command};
 
-use slough::eval_perplexity::{Scorer, evaluate, read_text};
 use slough_inference::{config::RuntimeConfig, runtime::Runtime};
 use slough_testkit::{CHAT_MODEL, onnxruntime_library, setup_data_dir, test_models_dir};
+use slough_tools::eval_perplexity::{Scorer, evaluate, read_text};
 
 const CONTEXT: usize = 64;
 const WINDOWS: usize = 3;
 
 fn corpus() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/retrieval/cranfield/corpus.jsonl")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/retrieval/cranfield/corpus.jsonl")
 }
 
 #[test]
@@ -108,7 +107,7 @@ fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_slough"))
+    let out = Command::new(env!("CARGO_BIN_EXE_slough-tools"))
         .args(["eval", "perplexity", "--model", CHAT_MODEL])
         .args([
             "--context",

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use slough_modelkit::{
-    llama::BuildOptions,
+    llama::{BuildOptions, FloatWeights, Int8Kernel},
     package::{self, ImportOptions, Imported, Manifest, Progress},
 };
 use slough_protocol::{
@@ -68,6 +68,83 @@ impl Progress for Bar {
             self.0.set_length(total);
         }
         self.0.set_position(done);
+    }
+}
+
+/// What `slough models import` builds, from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// The source file or directory.
+    pub source: std::path::PathBuf,
+    /// The package id (default: from the source's name).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// How float weight matrices are stored: int8, int4 or fp32 (GGUF blocks that map
+    /// exactly are always kept as they are).
+    #[arg(long, default_value = "int8", value_parser = parse_weights)]
+    pub weights: FloatWeights,
+    /// Accuracy level inside the layers: 4 quantizes activations to int8 as llama.cpp
+    /// does (the default: about 2.3× as fast on CPU, perplexity within llama.cpp's; the
+    /// README has the figures); 0 computes in fp32 on the exact weights (MatMulNBits).
+    #[arg(long, default_value_t = BuildOptions::default().accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
+    pub accuracy_level: i64,
+    /// The same for the lm_head alone.
+    #[arg(long, default_value_t = BuildOptions::default().lm_head_accuracy_level, value_parser = clap::value_parser!(i64).range(0..=4))]
+    pub lm_head_accuracy_level: i64,
+    /// What multiplies by int8 activations (accuracy level 4): blocks (our kernel, ggml
+    /// blocks as GGUF stores them; the default) or matmulnbits (onnxruntime's).
+    #[arg(long, default_value_t = BuildOptions::default().int8_kernel, value_parser = parse_int8_kernel)]
+    pub int8_kernel: Int8Kernel,
+    /// An int8 lm_head (SmolLM2's tied Q8_0 embedding) scores every token with a 4-bit
+    /// copy, then recomputes this many of the best from the int8 rows (the default:
+    /// about 15 % faster decoding on SmolLM2, perplexity 0.4 higher; the README has the
+    /// figures); 0 runs it once on the int8 rows.
+    #[arg(long, default_value_t = BuildOptions::default().lm_head_shortlist)]
+    pub lm_head_shortlist: usize,
+    /// The exact graph: fp32 arithmetic everywhere (both accuracy levels 0, no
+    /// shortlist), the one that matches a float reference.
+    #[arg(long, conflicts_with_all = ["accuracy_level", "lm_head_accuracy_level", "int8_kernel", "lm_head_shortlist"])]
+    pub exact: bool,
+}
+
+impl ImportArgs {
+    /// The graph these options ask for.
+    pub fn build_options(&self) -> BuildOptions {
+        let levels = match self.exact {
+            true => BuildOptions::EXACT,
+            false => BuildOptions {
+                accuracy_level: self.accuracy_level,
+                lm_head_accuracy_level: self.lm_head_accuracy_level,
+                int8_kernel: self.int8_kernel,
+                lm_head_shortlist: self.lm_head_shortlist,
+                ..BuildOptions::EXACT
+            },
+        };
+        BuildOptions {
+            float_weights: self.weights,
+            ..levels
+        }
+    }
+}
+
+fn parse_weights(name: &str) -> Result<FloatWeights, String> {
+    match name {
+        "int8" => Ok(FloatWeights::Int8),
+        "int4" => Ok(FloatWeights::Int4),
+        "fp32" => Ok(FloatWeights::Fp32),
+        _ => Err(format!(
+            "unknown weight storage {name:?}; expected int8, int4 or fp32"
+        )),
+    }
+}
+
+fn parse_int8_kernel(name: &str) -> Result<Int8Kernel, String> {
+    match name {
+        "blocks" => Ok(Int8Kernel::Blocks),
+        "matmulnbits" => Ok(Int8Kernel::MatMulNBits),
+        _ => Err(format!(
+            "unknown int8 kernel {name:?}; expected blocks or matmulnbits"
+        )),
     }
 }
 

@@ -12,16 +12,32 @@ use serde_json::{Value, json};
 use crate::gateway_client::GatewayClient;
 
 /// What `slough train` starts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainOptions {
+    /// The training file: one `{"messages": [...]}` per line (OpenAI's chat format).
     pub file: std::path::PathBuf,
+    /// A validation file in the same format (its loss is reported each epoch).
+    #[arg(long)]
     pub validation: Option<std::path::PathBuf>,
+    /// The base chat model.
+    #[arg(long)]
     pub model: String,
+    /// Passes over the file (default: auto).
+    #[arg(long)]
     pub epochs: Option<u32>,
+    /// Examples per step (default: auto).
+    #[arg(long)]
     pub batch_size: Option<u32>,
+    /// Scales the base learning rate (default: auto).
+    #[arg(long)]
     pub learning_rate_multiplier: Option<f64>,
+    /// Part of the fine-tuned model's name.
+    #[arg(long)]
     pub suffix: Option<String>,
+    #[arg(long)]
     pub seed: Option<u64>,
+    /// LoRA rank (alpha is twice the rank).
+    #[arg(long)]
     pub rank: Option<u32>,
 }
 
