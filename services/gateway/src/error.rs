@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::{
     keys::KeyError,
+    limits::LimitError,
     pipeline::{PipelineError, Step},
 };
 
@@ -262,6 +263,22 @@ impl From<KeyError> for ApiError {
             KeyError::AdminKey(_) | KeyError::AdminKeyFile { .. } => {
                 ApiError::internal("cannot use the API keys", message)
             }
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(error: LimitError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            LimitError::Budget { .. } => ApiError::quota_exceeded(message),
+            LimitError::TokensPerMinute { retry_after, .. } => {
+                ApiError::rate_limited("tokens_per_minute", message, retry_after)
+            }
+            LimitError::RequestsPerMinute { retry_after, .. } => {
+                ApiError::rate_limited("requests_per_minute", message, retry_after)
+            }
+            LimitError::Store(err) => ApiError::store("cannot read the key's usage", &err),
         }
     }
 }

@@ -17,9 +17,27 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use slough_store::Store;
 use uuid::Uuid;
 
-use crate::{error::ApiError, keys::ApiKey, ledger, metrics::Metrics};
+use crate::{keys::ApiKey, ledger, metrics::Metrics};
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// Why a key may not start a request now.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("this API key has used its token budget ({spent} of {budget} tokens)")]
+    Budget { spent: u64, budget: u64 },
+    #[error("this API key used {used} tokens in the last minute; its limit is {limit}")]
+    TokensPerMinute {
+        used: u64,
+        limit: u32,
+        retry_after: Duration,
+    },
+    #[error("this API key is limited to {limit} requests per minute")]
+    RequestsPerMinute { limit: u32, retry_after: Duration },
+    /// The key's spending could not be read.
+    #[error("cannot read the key's usage: {0}")]
+    Store(#[source] sea_orm::DbErr),
+}
 
 /// The limits of every key this gateway has seen.
 pub struct Limits {
@@ -51,15 +69,13 @@ impl Limits {
         }
     }
 
-    /// Admits one request of `key`, or answers 429 naming the limit reached.
-    pub async fn admit(&self, key: &ApiKey) -> Result<(), ApiError> {
+    /// Admits one request of `key`, or says which limit it reached.
+    pub async fn admit(&self, key: &ApiKey) -> Result<(), LimitError> {
         if let Some(budget) = key.token_budget {
             let spent = self.spent(key.id).await?;
             if spent >= budget {
                 self.metrics.reject("token_budget");
-                return Err(ApiError::quota_exceeded(format!(
-                    "this API key has used its token budget ({spent} of {budget} tokens)"
-                )));
+                return Err(LimitError::Budget { spent, budget });
             }
         }
         let mut keys = self.lock();
@@ -71,13 +87,11 @@ impl Limits {
             if used >= u64::from(tpm) {
                 let retry_after = limits.time_until_below(u64::from(tpm), now);
                 self.metrics.reject("tokens_per_minute");
-                return Err(ApiError::rate_limited(
-                    "tokens_per_minute",
-                    format!(
-                        "this API key used {used} tokens in the last minute; its limit is {tpm}"
-                    ),
+                return Err(LimitError::TokensPerMinute {
+                    used,
+                    limit: tpm,
                     retry_after,
-                ));
+                });
             }
         }
         if let Some(rpm) = key.requests_per_minute {
@@ -89,11 +103,10 @@ impl Limits {
                 let retry_after =
                     not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 self.metrics.reject("requests_per_minute");
-                return Err(ApiError::rate_limited(
-                    "requests_per_minute",
-                    format!("this API key is limited to {rpm} requests per minute"),
+                return Err(LimitError::RequestsPerMinute {
+                    limit: rpm,
                     retry_after,
-                ));
+                });
             }
         }
         Ok(())
@@ -113,7 +126,7 @@ impl Limits {
     }
 
     /// Tokens `key_id` spent in all, re-read from the store when the last read is stale.
-    async fn spent(&self, key_id: Uuid) -> Result<u64, ApiError> {
+    async fn spent(&self, key_id: Uuid) -> Result<u64, LimitError> {
         {
             let keys = self.lock();
             if let Some(limits) = keys.get(&key_id)
@@ -126,7 +139,7 @@ impl Limits {
         }
         let spent = ledger::spent(&self.store, key_id)
             .await
-            .map_err(|err| ApiError::store("cannot read the key's usage", &err))?;
+            .map_err(LimitError::Store)?;
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
         limits.spent = spent;
