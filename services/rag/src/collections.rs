@@ -18,7 +18,7 @@ use sea_orm::{
     TransactionTrait as _,
 };
 use sha2::Digest as _;
-use slough_bus::Bus;
+use slough_bus::{Bus, BusError};
 use slough_protocol::{
     ErrorBody, ErrorCode,
     inference::{self, EmbedRequest, ModelKind, ModelsRequest},
@@ -127,24 +127,24 @@ impl Collections {
         self.open.write().await.insert(name, Open::new(row, index));
     }
 
-    async fn get_open(&self, name: &str) -> Result<Arc<Open>, ErrorBody> {
-        self.open.read().await.get(name).cloned().ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::NotFound,
-                format!("collection `{name}` does not exist"),
-            )
-        })
+    async fn get_open(&self, name: &str) -> Result<Arc<Open>, CollectionError> {
+        self.open
+            .read()
+            .await
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CollectionError::NotFound(name.to_owned()))
     }
 
     /// Creates a collection.
-    pub async fn create(&self, request: CreateCollection) -> Result<Collection, ErrorBody> {
-        check_name("name", &request.name)?;
+    pub async fn create(&self, request: CreateCollection) -> Result<Collection, CollectionError> {
+        check_name("name", &request.name).map_err(refused)?;
         let chunk_size = request.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
         let chunk_overlap = request.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP);
         let model = self.embedding_model(&request.embedding_model).await?;
         let longest = model.context_length.saturating_sub(SPECIAL_TOKENS);
         if chunk_size == 0 || chunk_size > longest {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 "chunk_size",
                 format!(
                     "chunk_size must be 1 to {longest} tokens for {}, got {chunk_size}",
@@ -153,7 +153,7 @@ impl Collections {
             ));
         }
         if chunk_overlap >= chunk_size {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 "chunk_overlap",
                 format!(
                     "chunk_overlap must be less than chunk_size ({chunk_size}), got \
@@ -164,19 +164,13 @@ impl Collections {
         let dimensions = model.dimensions.unwrap_or(0);
         let mut open = self.open.write().await;
         if open.contains_key(&request.name) {
-            return Err(ErrorBody {
-                param: Some("name".to_owned()),
-                ..ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("collection `{}` already exists", request.name),
-                )
-            });
+            return Err(CollectionError::Exists(request.name));
         }
         let index = self
             .backend
             .create(&request.name, dimensions as usize)
             .await
-            .map_err(index_error)?;
+            .map_err(CollectionError::Index)?;
         let row = collection::Model {
             name: request.name.clone(),
             embedding_model: model.id.clone(),
@@ -192,7 +186,7 @@ impl Collections {
         {
             drop(index);
             let _ = self.backend.delete(&request.name).await;
-            return Err(store_error(err));
+            return Err(CollectionError::Store(err));
         }
         let described = describe(&row, 0, 0);
         open.insert(row.name.clone(), Open::new(row, index));
@@ -203,29 +197,24 @@ impl Collections {
     }
 
     /// The served embedding model `id`, or why it cannot embed a collection.
-    async fn embedding_model(&self, id: &str) -> Result<inference::ModelInfo, ErrorBody> {
+    async fn embedding_model(&self, id: &str) -> Result<inference::ModelInfo, CollectionError> {
         let served = self
             .bus
             .call(&inference::MODELS, &ModelsRequest {})
             .await
-            .map_err(|err| {
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!("cannot ask inference for its models: {err}"),
-                )
-            })?;
+            .map_err(CollectionError::Models)?;
         let model = served
             .models
             .into_iter()
             .find(|model| model.id == id)
             .ok_or_else(|| {
-                ErrorBody::invalid(
+                CollectionError::invalid(
                     "embedding_model",
                     format!("embedding_model `{id}` is not served"),
                 )
             })?;
         if model.kind != ModelKind::Embedding || model.dimensions.is_none() {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 "embedding_model",
                 format!("`{id}` is a chat model; a collection needs an embedding model"),
             ));
@@ -234,7 +223,7 @@ impl Collections {
     }
 
     /// Every collection with its size, by name.
-    pub async fn list(&self) -> Result<Vec<Collection>, ErrorBody> {
+    pub async fn list(&self) -> Result<Vec<Collection>, CollectionError> {
         let open: Vec<Arc<Open>> = self.open.read().await.values().cloned().collect();
         let mut described = Vec::with_capacity(open.len());
         for one in open {
@@ -245,38 +234,43 @@ impl Collections {
     }
 
     /// One collection with its size.
-    pub async fn get(&self, name: &str) -> Result<Collection, ErrorBody> {
+    pub async fn get(&self, name: &str) -> Result<Collection, CollectionError> {
         let open = self.get_open(name).await?;
         self.describe(&open).await
     }
 
-    async fn describe(&self, open: &Open) -> Result<Collection, ErrorBody> {
+    async fn describe(&self, open: &Open) -> Result<Collection, CollectionError> {
         let documents = collection_document::Entity::find()
             .filter(collection_document::Column::Collection.eq(open.row.name.as_str()))
             .all(self.store.connection())
             .await
-            .map_err(store_error)?;
+            .map_err(CollectionError::Store)?;
         let chunks = documents.iter().map(|doc| doc.chunks.max(0) as u64).sum();
         Ok(describe(&open.row, documents.len() as u64, chunks))
     }
 
     /// Deletes a collection, its documents and its chunks.
-    pub async fn delete(&self, name: &str) -> Result<Collection, ErrorBody> {
+    pub async fn delete(&self, name: &str) -> Result<Collection, CollectionError> {
         let open = self.get_open(name).await?;
         let _writer = open.writer.lock().await;
         let _optimizing = open.optimizing.lock().await;
         let described = self.describe(&open).await?;
-        let transaction = self.store.connection().begin().await.map_err(store_error)?;
+        let transaction = self
+            .store
+            .connection()
+            .begin()
+            .await
+            .map_err(CollectionError::Store)?;
         collection_document::Entity::delete_many()
             .filter(collection_document::Column::Collection.eq(name))
             .exec(&transaction)
             .await
-            .map_err(store_error)?;
+            .map_err(CollectionError::Store)?;
         collection::Entity::delete_by_id(name.to_owned())
             .exec(&transaction)
             .await
-            .map_err(store_error)?;
-        transaction.commit().await.map_err(store_error)?;
+            .map_err(CollectionError::Store)?;
+        transaction.commit().await.map_err(CollectionError::Store)?;
         self.open.write().await.remove(name);
         drop((_writer, _optimizing));
         drop(open);
@@ -292,7 +286,7 @@ impl Collections {
     }
 
     /// Adds or replaces `request`'s documents, one after the other.
-    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResponse, ErrorBody> {
+    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResponse, CollectionError> {
         check_documents(&request.documents)?;
         let open = self.get_open(&request.collection).await?;
         let chunker = self.chunker(&open).await?;
@@ -306,12 +300,9 @@ impl Collections {
             let ingested = self
                 .ingest_one(&open, &chunker, document)
                 .await
-                .map_err(|err| ErrorBody {
-                    message: format!("{} (documents before this one were ingested)", err.message),
-                    param: err
-                        .param
-                        .map(|param| format!("documents[{position}].{param}")),
-                    ..err
+                .map_err(|err| CollectionError::Partial {
+                    position,
+                    source: Box::new(err),
                 })?;
             self.metrics.ingested(&ingested, started.elapsed());
             outcome.chunks += if ingested.status == IngestStatus::Unchanged {
@@ -334,14 +325,14 @@ impl Collections {
         open: &Open,
         chunker: &Arc<Chunker>,
         document: Document,
-    ) -> Result<IngestedDocument, ErrorBody> {
+    ) -> Result<IngestedDocument, CollectionError> {
         let collection = open.row.name.as_str();
         let hash = content_hash(&document);
         let stored =
             collection_document::Entity::find_by_id((collection.to_owned(), document.id.clone()))
                 .one(self.store.connection())
                 .await
-                .map_err(store_error)?;
+                .map_err(CollectionError::Store)?;
         if let Some(stored) = &stored
             && stored.content_hash == hash
         {
@@ -358,7 +349,7 @@ impl Collections {
             move || Ok::<_, IndexError>(chunker.split(&text, format))
         })
         .await
-        .map_err(index_error)?;
+        .map_err(CollectionError::Index)?;
         let texts: Vec<String> = chunks.iter().map(|chunk| chunk.text.clone()).collect();
         let vectors = self.embed(&open.row.embedding_model, texts).await?;
         let points: Vec<ChunkPoint> = chunks
@@ -377,11 +368,14 @@ impl Collections {
             })
             .collect();
         let count = points.len() as u64;
-        open.index.upsert(points).await.map_err(index_error)?;
+        open.index
+            .upsert(points)
+            .await
+            .map_err(CollectionError::Index)?;
         open.index
             .delete_document(&document.id, Some(&hash))
             .await
-            .map_err(index_error)?;
+            .map_err(CollectionError::Index)?;
         let row = collection_document::ActiveModel {
             collection: Set(collection.to_owned()),
             document_id: Set(document.id.clone()),
@@ -398,7 +392,7 @@ impl Collections {
                 .await
                 .map(|_| ())
         };
-        written.map_err(store_error)?;
+        written.map_err(CollectionError::Store)?;
         Ok(IngestedDocument {
             id: document.id,
             status: if stored.is_some() {
@@ -411,7 +405,11 @@ impl Collections {
     }
 
     /// `texts`' embeddings, in batches of `embed_batch`.
-    async fn embed(&self, model: &str, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ErrorBody> {
+    async fn embed(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, CollectionError> {
         let mut vectors = Vec::with_capacity(texts.len());
         for batch in texts.chunks(self.embed_batch) {
             self.metrics.embed_batch(batch.len());
@@ -424,16 +422,9 @@ impl Collections {
                 .bus
                 .call(&inference::EMBED, &request)
                 .await
-                .map_err(|err| {
-                    let body = err.to_body();
-                    ErrorBody::new(
-                        if body.code == ErrorCode::InvalidRequest {
-                            ErrorCode::Internal
-                        } else {
-                            body.code
-                        },
-                        format!("embedding with {model} failed: {}", body.message),
-                    )
+                .map_err(|source| CollectionError::Embed {
+                    model: model.to_owned(),
+                    source,
                 })?;
             vectors.extend(embedded.embeddings);
         }
@@ -441,20 +432,20 @@ impl Collections {
     }
 
     /// The collection's chunker, built from its model's tokenizer on first use.
-    async fn chunker(&self, open: &Open) -> Result<Arc<Chunker>, ErrorBody> {
+    async fn chunker(&self, open: &Open) -> Result<Arc<Chunker>, CollectionError> {
         let model = &open.row.embedding_model;
         let file = self.models_dir.join(model).join("tokenizer.json");
         let size = open.row.chunk_size.max(1) as usize;
         let overlap = open.row.chunk_overlap.max(0) as usize;
         let build = blocking(move || Chunker::new(&file, size, overlap).map_err(IndexError::Store));
         let chunker = open.chunker.get_or_try_init(|| async {
-            build.await.map(Arc::new).map_err(|err| {
-                let reason = format!("cannot chunk for {model}: {err}");
-                ErrorBody::new(
-                    ErrorCode::Unavailable,
-                    format!("{reason} (the RAG service reads tokenizers from models_dir)"),
-                )
-            })
+            build
+                .await
+                .map(Arc::new)
+                .map_err(|source| CollectionError::Chunker {
+                    model: model.clone(),
+                    source,
+                })
         });
         Ok(Arc::clone(chunker.await?))
     }
@@ -464,28 +455,26 @@ impl Collections {
         &self,
         collection: &str,
         id: &str,
-    ) -> Result<DocumentDeleted, ErrorBody> {
+    ) -> Result<DocumentDeleted, CollectionError> {
         let open = self.get_open(collection).await?;
         let _writer = open.writer.lock().await;
         let stored =
             collection_document::Entity::find_by_id((collection.to_owned(), id.to_owned()))
                 .one(self.store.connection())
                 .await
-                .map_err(store_error)?
-                .ok_or_else(|| {
-                    ErrorBody::new(
-                        ErrorCode::NotFound,
-                        format!("document `{id}` is not in collection `{collection}`"),
-                    )
+                .map_err(CollectionError::Store)?
+                .ok_or_else(|| CollectionError::DocumentNotFound {
+                    collection: collection.to_owned(),
+                    id: id.to_owned(),
                 })?;
         open.index
             .delete_document(id, None)
             .await
-            .map_err(index_error)?;
+            .map_err(CollectionError::Index)?;
         collection_document::Entity::delete_by_id((collection.to_owned(), id.to_owned()))
             .exec(self.store.connection())
             .await
-            .map_err(store_error)?;
+            .map_err(CollectionError::Store)?;
         drop(_writer);
         self.report_size(&open).await;
         Ok(DocumentDeleted {
@@ -495,15 +484,15 @@ impl Collections {
     }
 
     /// The best chunks for the request's query.
-    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, ErrorBody> {
+    pub async fn search(&self, request: SearchRequest) -> Result<SearchResponse, CollectionError> {
         if request.top_k == 0 || request.top_k > MAX_TOP_K {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 "top_k",
                 format!("top_k must be 1 to {MAX_TOP_K}, got {}", request.top_k),
             ));
         }
         if request.query.trim().is_empty() {
-            return Err(ErrorBody::invalid("query", "query must not be empty"));
+            return Err(CollectionError::invalid("query", "query must not be empty"));
         }
         let open = self.get_open(&request.collection).await?;
         let started = Instant::now();
@@ -523,9 +512,9 @@ impl Collections {
         };
         let hits = open.index.search(query).await.map_err(|err| match err {
             IndexError::FilterField(_) | IndexError::FilterValue(_) => {
-                ErrorBody::invalid("filter", err.to_string())
+                CollectionError::invalid("filter", err.to_string())
             }
-            other => index_error(other),
+            other => CollectionError::Index(other),
         })?;
         self.metrics.searched(request.mode, started.elapsed());
         Ok(SearchResponse {
@@ -608,15 +597,15 @@ fn content_hash(document: &Document) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn check_documents(documents: &[Document]) -> Result<(), ErrorBody> {
+fn check_documents(documents: &[Document]) -> Result<(), CollectionError> {
     if documents.is_empty() {
-        return Err(ErrorBody::invalid(
+        return Err(CollectionError::invalid(
             "documents",
             "documents must hold at least one document",
         ));
     }
     if documents.len() > MAX_INGEST_DOCUMENTS {
-        return Err(ErrorBody::invalid(
+        return Err(CollectionError::invalid(
             "documents",
             format!(
                 "at most {MAX_INGEST_DOCUMENTS} documents per request, got {}",
@@ -628,49 +617,153 @@ fn check_documents(documents: &[Document]) -> Result<(), ErrorBody> {
     for (position, document) in documents.iter().enumerate() {
         let field = |name: &str| format!("documents[{position}].{name}");
         if document.id.is_empty() || document.id.chars().count() > MAX_DOCUMENT_ID {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 field("id"),
                 format!("a document id must be 1 to {MAX_DOCUMENT_ID} characters"),
             ));
         }
         if !seen.insert(document.id.as_str()) {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 field("id"),
                 format!("document `{}` appears twice in one request", document.id),
             ));
         }
         if document.text.trim().is_empty() {
-            return Err(ErrorBody::invalid(
+            return Err(CollectionError::invalid(
                 field("text"),
                 format!("document `{}` has no text", document.id),
             ));
         }
         if document.text.len() > MAX_DOCUMENT_BYTES {
-            return Err(ErrorBody {
-                param: Some(field("text")),
-                ..ErrorBody::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "document `{}` is {} bytes; the most is {MAX_DOCUMENT_BYTES}",
-                        document.id,
-                        document.text.len()
-                    ),
-                )
+            return Err(CollectionError::TooLarge {
+                param: field("text"),
+                message: format!(
+                    "document `{}` is {} bytes; the most is {MAX_DOCUMENT_BYTES}",
+                    document.id,
+                    document.text.len()
+                ),
             });
         }
     }
     Ok(())
 }
 
-fn index_error(err: IndexError) -> ErrorBody {
-    tracing::warn!("{err}");
-    ErrorBody::new(ErrorCode::Internal, err.to_string())
+/// Why a collection operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectionError {
+    /// A field breaks its rule; `param` names it.
+    #[error("{message}")]
+    Invalid { param: String, message: String },
+    #[error("collection `{0}` does not exist")]
+    NotFound(String),
+    #[error("document `{id}` is not in collection `{collection}`")]
+    DocumentNotFound { collection: String, id: String },
+    #[error("collection `{0}` already exists")]
+    Exists(String),
+    /// A document is over the size limit; `param` names it.
+    #[error("{message}")]
+    TooLarge { param: String, message: String },
+    #[error("cannot ask inference for its models: {0}")]
+    Models(#[source] BusError),
+    #[error("embedding with {model} failed: {source}")]
+    Embed {
+        model: String,
+        #[source]
+        source: BusError,
+    },
+    #[error(
+        "cannot chunk for {model}: {source} (the RAG service reads tokenizers from models_dir)"
+    )]
+    Chunker {
+        model: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("{0}")]
+    Index(#[source] IndexError),
+    #[error("the collection store is not available")]
+    Store(#[source] sea_orm::DbErr),
+    /// An ingest stopped at document `position`; the ones before it were ingested.
+    #[error("{source} (documents before this one were ingested)")]
+    Partial {
+        position: usize,
+        source: Box<CollectionError>,
+    },
 }
 
-fn store_error(err: sea_orm::DbErr) -> ErrorBody {
-    tracing::warn!("collection store: {err}");
-    ErrorBody::new(
-        ErrorCode::Unavailable,
-        "the collection store is not available",
-    )
+impl CollectionError {
+    fn invalid(param: impl Into<String>, message: impl Into<String>) -> CollectionError {
+        CollectionError::Invalid {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The wire answer for a collection error: the one place its codes are chosen.
+impl From<CollectionError> for ErrorBody {
+    fn from(error: CollectionError) -> ErrorBody {
+        let message = error.to_string();
+        let with_param = |param: String, body: ErrorBody| ErrorBody {
+            param: Some(param),
+            ..body
+        };
+        match error {
+            CollectionError::Invalid { param, message } => ErrorBody::invalid(param, message),
+            CollectionError::NotFound(_) | CollectionError::DocumentNotFound { .. } => {
+                ErrorBody::new(ErrorCode::NotFound, message)
+            }
+            CollectionError::Exists(_) => with_param(
+                "name".to_owned(),
+                ErrorBody::new(ErrorCode::Conflict, message),
+            ),
+            CollectionError::TooLarge { param, .. } => {
+                with_param(param, ErrorBody::new(ErrorCode::PayloadTooLarge, message))
+            }
+            CollectionError::Models(_) | CollectionError::Chunker { .. } => {
+                ErrorBody::new(ErrorCode::Unavailable, message)
+            }
+            CollectionError::Embed { model, source } => {
+                let body = source.to_body();
+                // Our request, not the caller's, was at fault.
+                let code = match body.code {
+                    ErrorCode::InvalidRequest => ErrorCode::Internal,
+                    code => code,
+                };
+                ErrorBody::new(
+                    code,
+                    format!("embedding with {model} failed: {}", body.message),
+                )
+            }
+            CollectionError::Index(err) => {
+                tracing::warn!("{err}");
+                ErrorBody::new(ErrorCode::Internal, message)
+            }
+            CollectionError::Store(err) => {
+                tracing::warn!("collection store: {err}");
+                ErrorBody::new(ErrorCode::Unavailable, message)
+            }
+            CollectionError::Partial { position, source } => {
+                let inner = ErrorBody::from(*source);
+                ErrorBody {
+                    message: format!(
+                        "{} (documents before this one were ingested)",
+                        inner.message
+                    ),
+                    param: inner
+                        .param
+                        .map(|param| format!("documents[{position}].{param}")),
+                    ..inner
+                }
+            }
+        }
+    }
+}
+
+/// A protocol check's refusal, as a collection error naming the same field.
+fn refused(body: ErrorBody) -> CollectionError {
+    CollectionError::Invalid {
+        param: body.param.unwrap_or_default(),
+        message: body.message,
+    }
 }

@@ -36,7 +36,7 @@ async fn create(
     collections: Arc<Collections>,
     request: CreateCollection,
 ) -> Result<Collection, ErrorBody> {
-    collections.create(request).await
+    Ok(collections.create(request).await?)
 }
 
 async fn list(
@@ -52,35 +52,35 @@ async fn get(
     collections: Arc<Collections>,
     request: CollectionRequest,
 ) -> Result<Collection, ErrorBody> {
-    collections.get(&request.name).await
+    Ok(collections.get(&request.name).await?)
 }
 
 async fn delete(
     collections: Arc<Collections>,
     request: CollectionRequest,
 ) -> Result<Collection, ErrorBody> {
-    collections.delete(&request.name).await
+    Ok(collections.delete(&request.name).await?)
 }
 
 async fn ingest(
     collections: Arc<Collections>,
     request: IngestRequest,
 ) -> Result<IngestResponse, ErrorBody> {
-    collections.ingest(request).await
+    Ok(collections.ingest(request).await?)
 }
 
 async fn delete_document(
     collections: Arc<Collections>,
     request: DocumentRequest,
 ) -> Result<DocumentDeleted, ErrorBody> {
-    collections
+    Ok(collections
         .delete_document(&request.collection, &request.id)
-        .await
+        .await?)
 }
 
 async fn search(
     collections: Arc<Collections>,
     request: SearchRequest,
 ) -> Result<SearchResponse, ErrorBody> {
-    collections.search(request).await
+    Ok(collections.search(request).await?)
 }
