@@ -53,14 +53,14 @@ async fn create(state: Arc<Endpoints>, request: CreateJobRequest) -> Result<Job,
 }
 
 async fn list(state: Arc<Endpoints>, request: ListJobs) -> Result<JobList, ErrorBody> {
-    state
+    Ok(state
         .jobs
         .list(
             request.owner.as_deref(),
             request.after.as_deref(),
             request.limit,
         )
-        .await
+        .await?)
 }
 
 async fn get(state: Arc<Endpoints>, request: JobRequest) -> Result<Job, ErrorBody> {
@@ -72,14 +72,14 @@ async fn get(state: Arc<Endpoints>, request: JobRequest) -> Result<Job, ErrorBod
 }
 
 async fn cancel(state: Arc<Endpoints>, request: JobRequest) -> Result<Job, ErrorBody> {
-    state
+    Ok(state
         .jobs
         .cancel(&request.id, request.owner.as_deref())
-        .await
+        .await?)
 }
 
 async fn events(state: Arc<Endpoints>, request: ListJobItems) -> Result<EventList, ErrorBody> {
-    state
+    Ok(state
         .jobs
         .events(
             &request.job.id,
@@ -87,14 +87,14 @@ async fn events(state: Arc<Endpoints>, request: ListJobItems) -> Result<EventLis
             request.after.as_deref(),
             request.limit,
         )
-        .await
+        .await?)
 }
 
 async fn checkpoints(
     state: Arc<Endpoints>,
     request: ListJobItems,
 ) -> Result<CheckpointList, ErrorBody> {
-    state
+    Ok(state
         .jobs
         .checkpoints(
             &request.job.id,
@@ -102,7 +102,7 @@ async fn checkpoints(
             request.after.as_deref(),
             request.limit,
         )
-        .await
+        .await?)
 }
 
 /// Removes a fine-tuned package (one with a parent) that `owner` made, and tells

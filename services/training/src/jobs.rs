@@ -53,19 +53,52 @@ pub struct Jobs {
     store: Store,
 }
 
-pub fn store_error(err: sea_orm::DbErr) -> ErrorBody {
-    tracing::warn!("training store: {err}");
-    ErrorBody::new(
-        ErrorCode::Unavailable,
-        "the training store is not available",
-    )
+/// Why a job could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("fine-tuning job `{0}` does not exist")]
+    NotFound(String),
+    #[error(
+        "fine-tuning job `{id}` has already ended ({status}); only a job that is validating, queued or running can be cancelled"
+    )]
+    Ended { id: String, status: String },
+    /// A field breaks its rule; `param` names it.
+    #[error("{message}")]
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    #[error("the training store is not available")]
+    Store(#[source] sea_orm::DbErr),
 }
 
-fn not_found(id: &str) -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::NotFound,
-        format!("fine-tuning job `{id}` does not exist"),
-    )
+impl JobsError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> JobsError {
+        JobsError::Invalid {
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+/// The wire answer for a job error: the one place its codes are chosen.
+impl From<JobsError> for ErrorBody {
+    fn from(error: JobsError) -> ErrorBody {
+        let message = error.to_string();
+        match error {
+            JobsError::NotFound(_) => ErrorBody::new(ErrorCode::NotFound, message),
+            JobsError::Ended { .. } => ErrorBody::new(ErrorCode::Conflict, message),
+            JobsError::Invalid { param, message } => ErrorBody::invalid(param, message),
+            JobsError::Store(err) => {
+                tracing::warn!("training store: {err}");
+                ErrorBody::new(ErrorCode::Unavailable, message)
+            }
+        }
+    }
+}
+
+fn not_found(id: &str) -> JobsError {
+    JobsError::NotFound(id.to_owned())
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -92,16 +125,16 @@ impl Jobs {
         &self,
         id: &str,
         owner: Option<&str>,
-    ) -> Result<Option<file::Model>, ErrorBody> {
+    ) -> Result<Option<file::Model>, JobsError> {
         let row = file::Entity::find_by_id(id.to_owned())
             .one(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(row.filter(|f| owner.is_none_or(|o| f.owner == o)))
     }
 
     /// Stores a job in `validating_files`.
-    pub async fn insert(&self, job: NewJob) -> Result<fine_tuning_job::Model, ErrorBody> {
+    pub async fn insert(&self, job: NewJob) -> Result<fine_tuning_job::Model, JobsError> {
         let row = fine_tuning_job::ActiveModel {
             id: Set(new_id("ftjob")),
             owner: Set(job.owner),
@@ -125,7 +158,7 @@ impl Jobs {
             lease_owner: Set(None),
             lease_expires_at: Set(None),
         };
-        row.insert(self.db()).await.map_err(store_error)
+        row.insert(self.db()).await.map_err(JobsError::Store)
     }
 
     /// One job, if `owner` (any owner when `None`) may see it.
@@ -133,11 +166,11 @@ impl Jobs {
         &self,
         id: &str,
         owner: Option<&str>,
-    ) -> Result<fine_tuning_job::Model, ErrorBody> {
+    ) -> Result<fine_tuning_job::Model, JobsError> {
         fine_tuning_job::Entity::find_by_id(id.to_owned())
             .one(self.db())
             .await
-            .map_err(store_error)?
+            .map_err(JobsError::Store)?
             .filter(|job| owner.is_none_or(|o| job.owner == o))
             .ok_or_else(|| not_found(id))
     }
@@ -148,7 +181,7 @@ impl Jobs {
         owner: Option<&str>,
         after: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<JobList, ErrorBody> {
+    ) -> Result<JobList, JobsError> {
         let limit = page_limit(limit, 20)?;
         let mut query = fine_tuning_job::Entity::find();
         if let Some(owner) = owner {
@@ -172,7 +205,7 @@ impl Jobs {
             .limit(limit + 1)
             .all(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         let has_more = trim_page(&mut rows, limit);
         Ok(JobList {
             object: "list".to_owned(),
@@ -187,7 +220,7 @@ impl Jobs {
         id: &str,
         from: &[JobStatus],
         to: JobStatus,
-    ) -> Result<bool, ErrorBody> {
+    ) -> Result<bool, JobsError> {
         let mut update = fine_tuning_job::Entity::update_many()
             .col_expr(fine_tuning_job::Column::Status, Expr::value(to.as_str()))
             .filter(fine_tuning_job::Column::Id.eq(id))
@@ -200,12 +233,12 @@ impl Jobs {
                     Expr::value(Option::<DateTime<Utc>>::None),
                 );
         }
-        let result = update.exec(self.db()).await.map_err(store_error)?;
+        let result = update.exec(self.db()).await.map_err(JobsError::Store)?;
         Ok(result.rows_affected == 1)
     }
 
     /// Cancels a job that has not ended.
-    pub async fn cancel(&self, id: &str, owner: Option<&str>) -> Result<Job, ErrorBody> {
+    pub async fn cancel(&self, id: &str, owner: Option<&str>) -> Result<Job, JobsError> {
         self.get(id, owner).await?;
         let open = [
             JobStatus::ValidatingFiles,
@@ -214,13 +247,10 @@ impl Jobs {
         ];
         if !self.transition(id, &open, JobStatus::Cancelled).await? {
             let now = self.get(id, owner).await?;
-            return Err(ErrorBody::new(
-                ErrorCode::Conflict,
-                format!(
-                    "fine-tuning job `{id}` has already ended ({}); only a job that is validating, queued or running can be cancelled",
-                    now.status
-                ),
-            ));
+            return Err(JobsError::Ended {
+                id: id.to_owned(),
+                status: now.status,
+            });
         }
         self.event(id, EventLevel::Info, "Job cancelled by the user", None)
             .await?;
@@ -228,7 +258,7 @@ impl Jobs {
     }
 
     /// Fails a job that has not ended, with `error`; answers whether it did.
-    pub async fn fail(&self, id: &str, error: &JobError) -> Result<bool, ErrorBody> {
+    pub async fn fail(&self, id: &str, error: &JobError) -> Result<bool, JobsError> {
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::Status,
@@ -248,7 +278,7 @@ impl Jobs {
             ]))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         if result.rows_affected == 1 {
             self.event(id, EventLevel::Error, &error.message, None)
                 .await?;
@@ -258,7 +288,7 @@ impl Jobs {
 
     /// Claims `id` for `worker` for `lease` when it is queued or running and nobody else
     /// holds a live lease; a claimed job is `running`.
-    pub async fn claim(&self, id: &str, worker: &str, lease: Duration) -> Result<Claim, ErrorBody> {
+    pub async fn claim(&self, id: &str, worker: &str, lease: Duration) -> Result<Claim, JobsError> {
         let now = Utc::now();
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(fine_tuning_job::Column::LeaseOwner, Expr::value(worker))
@@ -283,14 +313,14 @@ impl Jobs {
             )
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         if result.rows_affected == 1 {
             return Ok(Claim::Claimed(Box::new(self.get(id, None).await?)));
         }
         match fine_tuning_job::Entity::find_by_id(id.to_owned())
             .one(self.db())
             .await
-            .map_err(store_error)?
+            .map_err(JobsError::Store)?
         {
             Some(job) if !status(&job).is_final() => Ok(Claim::Busy),
             _ => Ok(Claim::Done),
@@ -307,7 +337,7 @@ impl Jobs {
         lease: Duration,
         trained_tokens: u64,
         estimated_finish: Option<DateTime<Utc>>,
-    ) -> Result<bool, ErrorBody> {
+    ) -> Result<bool, JobsError> {
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::LeaseExpiresAt,
@@ -326,7 +356,7 @@ impl Jobs {
             .filter(fine_tuning_job::Column::Status.eq(JobStatus::Running.as_str()))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(result.rows_affected == 1)
     }
 
@@ -336,7 +366,7 @@ impl Jobs {
         id: &str,
         worker: &str,
         lease: Duration,
-    ) -> Result<bool, ErrorBody> {
+    ) -> Result<bool, JobsError> {
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::LeaseExpiresAt,
@@ -346,12 +376,12 @@ impl Jobs {
             .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(result.rows_affected == 1)
     }
 
     /// Gives up `worker`'s lease, so that another worker may take the job at once.
-    pub async fn release(&self, id: &str, worker: &str) -> Result<(), ErrorBody> {
+    pub async fn release(&self, id: &str, worker: &str) -> Result<(), JobsError> {
         fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::LeaseOwner,
@@ -365,7 +395,7 @@ impl Jobs {
             .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(())
     }
 
@@ -374,7 +404,7 @@ impl Jobs {
         &self,
         id: &str,
         hyperparameters: &Hyperparameters,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), JobsError> {
         fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::Hyperparameters,
@@ -383,7 +413,7 @@ impl Jobs {
             .filter(fine_tuning_job::Column::Id.eq(id))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(())
     }
 
@@ -396,7 +426,7 @@ impl Jobs {
         fine_tuned_model: &str,
         trained_tokens: u64,
         figures: Option<&ClassifierResult>,
-    ) -> Result<bool, ErrorBody> {
+    ) -> Result<bool, JobsError> {
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::Result,
@@ -424,30 +454,30 @@ impl Jobs {
             .filter(fine_tuning_job::Column::Status.eq(JobStatus::Running.as_str()))
             .exec(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         Ok(result.rows_affected == 1)
     }
 
     /// The job that made the model `model`, if a job did.
-    pub async fn made(&self, model: &str) -> Result<Option<fine_tuning_job::Model>, ErrorBody> {
+    pub async fn made(&self, model: &str) -> Result<Option<fine_tuning_job::Model>, JobsError> {
         fine_tuning_job::Entity::find()
             .filter(fine_tuning_job::Column::FineTunedModel.eq(model))
             .one(self.db())
             .await
-            .map_err(store_error)
+            .map_err(JobsError::Store)
     }
 
     /// Jobs still in `validating_files` (to validate again after a restart).
-    pub async fn validating(&self) -> Result<Vec<fine_tuning_job::Model>, ErrorBody> {
+    pub async fn validating(&self) -> Result<Vec<fine_tuning_job::Model>, JobsError> {
         fine_tuning_job::Entity::find()
             .filter(fine_tuning_job::Column::Status.eq(JobStatus::ValidatingFiles.as_str()))
             .all(self.db())
             .await
-            .map_err(store_error)
+            .map_err(JobsError::Store)
     }
 
     /// Counts of jobs by status.
-    pub async fn counts(&self) -> Result<Vec<(String, i64)>, ErrorBody> {
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, JobsError> {
         fine_tuning_job::Entity::find()
             .select_only()
             .column(fine_tuning_job::Column::Status)
@@ -456,7 +486,7 @@ impl Jobs {
             .into_tuple()
             .all(self.db())
             .await
-            .map_err(store_error)
+            .map_err(JobsError::Store)
     }
 
     /// Appends an event to a job.
@@ -466,7 +496,7 @@ impl Jobs {
         level: EventLevel,
         message: &str,
         metrics: Option<serde_json::Value>,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), JobsError> {
         let row = fine_tuning_event::ActiveModel {
             job_id: Set(id.to_owned()),
             level: Set(match level {
@@ -486,7 +516,7 @@ impl Jobs {
             created_at: Set(Utc::now()),
             ..Default::default()
         };
-        row.insert(self.db()).await.map_err(store_error)?;
+        row.insert(self.db()).await.map_err(JobsError::Store)?;
         Ok(())
     }
 
@@ -497,7 +527,7 @@ impl Jobs {
         owner: Option<&str>,
         after: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<EventList, ErrorBody> {
+    ) -> Result<EventList, JobsError> {
         self.get(id, owner).await?;
         let limit = page_limit(limit, 20)?;
         let mut query =
@@ -507,7 +537,7 @@ impl Jobs {
                 .strip_prefix("ftevent-")
                 .and_then(|s| s.parse::<i64>().ok())
                 .ok_or_else(|| {
-                    ErrorBody::invalid("after", format!("`{after}` is not an event id"))
+                    JobsError::invalid("after", format!("`{after}` is not an event id"))
                 })?;
             query = query.filter(fine_tuning_event::Column::Seq.lt(seq));
         }
@@ -516,7 +546,7 @@ impl Jobs {
             .limit(limit + 1)
             .all(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         let has_more = trim_page(&mut rows, limit);
         Ok(EventList {
             object: "list".to_owned(),
@@ -532,7 +562,7 @@ impl Jobs {
         step: u64,
         train_loss: f64,
         valid_loss: Option<f64>,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), JobsError> {
         let row = fine_tuning_checkpoint::ActiveModel {
             id: Set(new_id("ftckpt")),
             job_id: Set(id.to_owned()),
@@ -541,7 +571,7 @@ impl Jobs {
             valid_loss: Set(valid_loss),
             created_at: Set(Utc::now()),
         };
-        row.insert(self.db()).await.map_err(store_error)?;
+        row.insert(self.db()).await.map_err(JobsError::Store)?;
         Ok(())
     }
 
@@ -552,7 +582,7 @@ impl Jobs {
         owner: Option<&str>,
         after: Option<&str>,
         limit: Option<u32>,
-    ) -> Result<CheckpointList, ErrorBody> {
+    ) -> Result<CheckpointList, JobsError> {
         let job = self.get(id, owner).await?;
         let limit = page_limit(limit, 10)?;
         let mut query = fine_tuning_checkpoint::Entity::find()
@@ -561,10 +591,10 @@ impl Jobs {
             let cursor = fine_tuning_checkpoint::Entity::find_by_id(after.to_owned())
                 .one(self.db())
                 .await
-                .map_err(store_error)?
+                .map_err(JobsError::Store)?
                 .filter(|c| c.job_id == id)
                 .ok_or_else(|| {
-                    ErrorBody::invalid("after", format!("`{after}` is not a checkpoint of `{id}`"))
+                    JobsError::invalid("after", format!("`{after}` is not a checkpoint of `{id}`"))
                 })?;
             query = query.filter(fine_tuning_checkpoint::Column::Step.lt(cursor.step));
         }
@@ -573,7 +603,7 @@ impl Jobs {
             .limit(limit + 1)
             .all(self.db())
             .await
-            .map_err(store_error)?;
+            .map_err(JobsError::Store)?;
         let has_more = trim_page(&mut rows, limit);
         let model = fine_tuned_name(&job);
         let data: Vec<JobCheckpoint> = rows
@@ -610,10 +640,10 @@ fn trim_page<T>(rows: &mut Vec<T>, limit: u64) -> bool {
     more
 }
 
-fn page_limit(limit: Option<u32>, default: u32) -> Result<u64, ErrorBody> {
+fn page_limit(limit: Option<u32>, default: u32) -> Result<u64, JobsError> {
     match limit.unwrap_or(default) {
         n @ 1..=MAX_LIMIT => Ok(u64::from(n)),
-        n => Err(ErrorBody::invalid(
+        n => Err(JobsError::invalid(
             "limit",
             format!("limit is {n}; it must be 1 to {MAX_LIMIT}"),
         )),
