@@ -1,0 +1,218 @@
+//! What happens to a job after it is created: [`Worker::validate`] checks its files
+//! (status `validating_files`) and queues it; [`Worker::serve`] pulls queued jobs,
+//! claims each with a lease, trains it on a blocking thread ([`crate::trainer`]),
+//! checkpoints, and on success merges and exports the model as a package, announced
+//! with `models.added` so inference loads it.
+//!
+//! A job message is acked only when the job reached a final state. A worker that stops
+//! (shutdown) saves a checkpoint and hands the job back at once; one that dies is
+//! noticed when its lease and JetStream's ack deadline run out, and whichever worker gets
+//! the job next resumes from the newest checkpoint.
+//!
+//! The pieces: this module reads a job's inputs; [`validate`] checks its files;
+//! [`lease`] pulls jobs off the queue and holds each with a lease while it runs;
+//! [`lora`] fine-tunes a chat model (LoRA, checkpoints, the exported package);
+//! [`head`] trains a classifier head over an embedding model.
+
+mod head;
+mod lease;
+mod lora;
+mod validate;
+
+pub use self::head::CLASSIFIER_LEARNING_RATE;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use candle_core::DType;
+use chrono::Utc;
+use slough_bus::{Bus, FileStore};
+use slough_modelkit::{
+    chat::ChatTemplate,
+    checkpoint::{self, ChatFacts, LlamaCheckpoint, StoredFloat},
+    llama::{BuildOptions, FloatWeights},
+    package::{self, ImportOptions, Manifest, ModelKind, Quiet},
+};
+use slough_protocol::{
+    ErrorBody, inference,
+    training::{
+        ClassifierResult, EventLevel, Hyperparameters, JobError, JobStatus, Lora, MethodKind,
+        Setting,
+    },
+};
+use slough_store::entities::fine_tuning_job;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    classifier::{self, Labelled},
+    jobs::{self, Claim, Jobs},
+    metrics::Metrics,
+    queue::{Delivery, Queue},
+    trainer::{
+        self, Trainer,
+        data::{self, Example, Renderer},
+        model::{LoraConfig, Target},
+    },
+};
+
+/// The base learning rate `learning_rate_multiplier` scales.
+pub const BASE_LEARNING_RATE: f64 = 2e-4;
+/// Checkpoints kept on disk per job (older ones are removed; their rows stay).
+const KEEP_CHECKPOINTS: usize = 3;
+
+/// Where a worker reads and writes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub models: PathBuf,
+    pub sources: PathBuf,
+    pub jobs: PathBuf,
+}
+
+/// How a worker trains.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub checkpoint_every: u64,
+    pub micro_batch_tokens: usize,
+    pub lease: Duration,
+    pub export_weights: FloatWeights,
+}
+
+/// A training worker (one per instance; it runs `concurrency` jobs at once).
+pub struct Worker {
+    pub jobs: Jobs,
+    pub files: FileStore,
+    pub bus: Bus,
+    pub queue: Queue,
+    pub paths: Paths,
+    pub settings: Settings,
+    /// Who holds a lease: the instance id.
+    pub id: String,
+    pub metrics: Metrics,
+}
+
+/// How a run ended.
+enum Outcome {
+    Succeeded {
+        model: String,
+        tokens: u64,
+        /// A classifier's figures.
+        figures: Option<ClassifierResult>,
+    },
+    Failed(JobError),
+    /// Cancelled, or the lease went to another worker: nothing more to do here.
+    Stopped,
+    /// This worker is shutting down: the job goes back to the queue.
+    Interrupted,
+}
+
+fn job_error(code: &str, message: impl Into<String>, param: Option<&str>) -> JobError {
+    JobError {
+        code: code.to_owned(),
+        message: message.into(),
+        param: param.map(str::to_owned),
+    }
+}
+
+/// Everything a run needs from the base package.
+struct Base {
+    manifest: Manifest,
+    dir: PathBuf,
+    template: ChatTemplate,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl Worker {
+    /// The base model `id` as a chat package with its tokenizer and template, or why not.
+    fn base(&self, id: &str) -> Result<Base, JobError> {
+        let dir = self.paths.models.join(id);
+        let missing = || {
+            job_error(
+                "model_not_found",
+                format!("the base model `{id}` is not in the models directory"),
+                Some("model"),
+            )
+        };
+        let manifest = package::read_manifest(&dir).map_err(|_| missing())?;
+        if manifest.kind != ModelKind::Chat || manifest.architecture != "llama" {
+            return Err(job_error(
+                "invalid_model",
+                format!(
+                    "`{id}` is an {:?} model; only llama chat models can be fine-tuned",
+                    manifest.kind
+                ),
+                Some("model"),
+            ));
+        }
+        let template = ChatTemplate::new(
+            manifest.chat_template.as_deref().unwrap_or_default(),
+            manifest.special_tokens.bos.as_deref().unwrap_or_default(),
+            manifest.special_tokens.eos.as_deref().unwrap_or_default(),
+        )
+        .map_err(|err| job_error("invalid_model", format!("`{id}`: {err}"), Some("model")))?;
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|err| {
+                job_error(
+                    "invalid_model",
+                    format!("`{id}`: tokenizer: {err}"),
+                    Some("model"),
+                )
+            })?;
+        Ok(Base {
+            manifest,
+            dir,
+            template,
+            tokenizer,
+        })
+    }
+
+    /// Reads and parses one of the job's files.
+    async fn examples(
+        &self,
+        base: &Base,
+        file_id: &str,
+        param: &str,
+    ) -> Result<Vec<Example>, JobError> {
+        let code = format!("invalid_{param}");
+        let text = self.file_text(file_id, param).await?;
+        let renderer = Renderer {
+            template: &base.template,
+            tokenizer: &base.tokenizer,
+            context_length: base.manifest.context_length,
+        };
+        data::parse_file(&text, &renderer)
+            .map_err(|err| job_error(&code, format!("file {file_id}: {err}"), Some(param)))
+    }
+
+    /// A file's content as text.
+    async fn file_text(&self, file_id: &str, param: &str) -> Result<String, JobError> {
+        let code = format!("invalid_{param}");
+        let bytes = self
+            .files
+            .get(file_id)
+            .await
+            .map_err(|err| job_error(&code, err.to_string(), Some(param)))?;
+        String::from_utf8(bytes).map_err(|_| {
+            job_error(
+                &code,
+                format!("file {file_id} is not UTF-8 text"),
+                Some(param),
+            )
+        })
+    }
+
+    /// A classifier job's labelled training file.
+    async fn labelled(&self, job: &fine_tuning_job::Model) -> Result<Labelled, JobError> {
+        let text = self.file_text(&job.training_file, "training_file").await?;
+        classifier::parse_file(&text).map_err(|err| {
+            job_error(
+                "invalid_training_file",
+                format!("file {}: {err}", job.training_file),
+                Some("training_file"),
+            )
+        })
+    }
+}
