@@ -233,6 +233,18 @@ impl Page {
     }
 }
 
+/// What every step of the session shares: the browser's page on the console, the
+/// gateway's base URL, the admin key and a client holding it, inference's admin URL, and
+/// the test's nats-server (whose directory holds the test's files).
+struct Session {
+    page: Page,
+    base: String,
+    key: String,
+    client: GatewayClient,
+    inference_admin: String,
+    nats: TestNats,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_session_in_the_console() {
     let nats = TestNats::start();
@@ -283,8 +295,45 @@ async fn a_first_session_in_the_console() {
         size: std::cell::Cell::new((1280, 960)),
     };
     page.resize(1280, 960).await;
+    let session = Session {
+        page,
+        base,
+        key,
+        client,
+        inference_admin,
+        nats,
+    };
 
-    // The page and its headers: strict policy, nothing to sniff, no framing.
+    the_page_sends_a_strict_policy(&session).await;
+    without_a_key_a_welcome_says_what_to_do(&session).await;
+    a_wrong_key_is_refused_in_words(&session).await;
+    the_right_key_opens_the_chat(&session).await;
+    a_streamed_answer_is_seen_growing(&session).await;
+    the_conversation_as_code_runs(&session).await;
+    stop_cancels_the_generation_on_the_server(&session).await;
+    a_persona_answer_shows_its_adherence(&session).await;
+    knowledge_uploads_with_progress_and_searches_three_ways(&session).await;
+    a_cited_answer_from_the_collection(&session).await;
+    a_copied_persona_previews_its_template(&session).await;
+    a_bad_training_file_names_its_line(&session).await;
+    a_real_fine_tuning_job_trains_and_its_model_chats(&session).await;
+    operations_show_health_keys_and_usage(&session).await;
+    a_phone_sized_window_is_one_column(&session).await;
+
+    let Session {
+        page, nats: _nats, ..
+    } = session;
+    let violations = page
+        .js("return window.violations.concat(window.failures)")
+        .await;
+    assert_eq!(violations, json!([]), "policy violations or script errors");
+    page.client.close().await.unwrap();
+    let errors = platform.stop().await;
+    assert!(errors.is_empty(), "{errors:?}");
+}
+/// The page and its headers: strict policy, nothing to sniff, no framing.
+async fn the_page_sends_a_strict_policy(s: &Session) {
+    let Session { base, .. } = s;
     let index = reqwest::get(format!("{base}/")).await.unwrap();
     assert_eq!(index.status(), 200);
     let policy = index.headers()["content-security-policy"]
@@ -302,8 +351,11 @@ async fn a_first_session_in_the_console() {
         .await
         .unwrap();
     assert_eq!(head.status(), 200, "HEAD / (curl -I) answers like GET");
+}
 
-    // No key: a welcome that says what to do, never a blank page.
+/// No key: a welcome that says what to do, never a blank page.
+async fn without_a_key_a_welcome_says_what_to_do(s: &Session) {
+    let Session { page, base, .. } = s;
     page.client.goto(&format!("{base}/")).await.unwrap();
     page.js(
         "window.violations = []; document.addEventListener('securitypolicyviolation', \
@@ -324,8 +376,11 @@ async fn a_first_session_in_the_console() {
         "{welcome}"
     );
     page.shot("01-welcome").await;
+}
 
-    // A wrong key: refused, in words.
+/// A wrong key: refused, in words.
+async fn a_wrong_key_is_refused_in_words(s: &Session) {
+    let Session { page, .. } = s;
     page.fill("#key-input", "sk-not-a-real-key").await;
     page.click("#key-use").await;
     let refused = page
@@ -340,16 +395,22 @@ async fn a_first_session_in_the_console() {
         "{refused}"
     );
     page.shot("02-wrong-key").await;
+}
 
-    // The right key: the chat page with the model to pick.
-    page.fill("#key-input", &key).await;
+/// The right key: the chat page with the model to pick.
+async fn the_right_key_opens_the_chat(s: &Session) {
+    let Session { page, key, .. } = s;
+    page.fill("#key-input", key).await;
     page.click("#key-use").await;
     page.until("the model list", &format!(
         "return [...document.querySelectorAll('select[name=model] option')].some((o) => o.value === '{CHAT_MODEL}')"
     ), Duration::from_secs(10)).await;
     page.select("select[name=model]", CHAT_MODEL).await;
+}
 
-    // Streaming: the answer is seen growing before it ends.
+/// Streaming: the answer is seen growing before it ends.
+async fn a_streamed_answer_is_seen_growing(s: &Session) {
+    let Session { page, .. } = s;
     page.js("document.querySelector('details.sampling').open = true")
         .await;
     page.fill("input[name=max_tokens]", "64").await;
@@ -389,9 +450,12 @@ async fn a_first_session_in_the_console() {
         "first answer: seen at {} lengths while streaming; {stats}",
         lengths.len()
     );
+}
 
-    // The conversation as code: the curl command runs as printed and streams an answer;
-    // the Python is valid Python.
+/// The conversation as code: the curl command runs as printed and streams an answer;
+/// the Python is valid Python.
+async fn the_conversation_as_code_runs(s: &Session) {
+    let Session { page, key, .. } = s;
     page.click("button[data-copy=curl]").await;
     let command = page
         .until(
@@ -403,7 +467,7 @@ async fn a_first_session_in_the_console() {
     let ran = Command::new("bash")
         .arg("-c")
         .arg(command.as_str().unwrap())
-        .env("SLOUGH_API_KEY", &key)
+        .env("SLOUGH_API_KEY", key)
         .output()
         .unwrap();
     let streamed = String::from_utf8_lossy(&ran.stdout);
@@ -440,10 +504,17 @@ async fn a_first_session_in_the_console() {
         "{code}"
     );
     page.click("dialog.code button.quiet").await;
+}
 
-    // Stop: a long answer stopped mid-way is cancelled on the server.
+/// Stop: a long answer stopped mid-way is cancelled on the server.
+async fn stop_cancels_the_generation_on_the_server(s: &Session) {
+    let Session {
+        page,
+        inference_admin,
+        ..
+    } = s;
     let cancelled = &format!("slough_inference_cancelled_requests_total{{model=\"{CHAT_MODEL}\"}}");
-    let before = scrape_metric(&inference_admin, cancelled)
+    let before = scrape_metric(inference_admin, cancelled)
         .await
         .unwrap_or(0.0);
     page.fill("input[name=max_tokens]", "1000").await;
@@ -458,7 +529,7 @@ async fn a_first_session_in_the_console() {
     page.until("the answer stops", "const all = document.querySelectorAll('li.assistant'); return all[all.length - 1].dataset.state === 'stopped'", Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let now = scrape_metric(&inference_admin, cancelled)
+        let now = scrape_metric(inference_admin, cancelled)
             .await
             .unwrap_or(0.0);
         if now > before {
@@ -472,8 +543,11 @@ async fn a_first_session_in_the_console() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     page.shot("03-chat").await;
+}
 
-    // A persona: the answer shows its adherence, trait by trait.
+/// A persona: the answer shows its adherence, trait by trait.
+async fn a_persona_answer_shows_its_adherence(s: &Session) {
+    let Session { page, .. } = s;
     page.fill("input[name=max_tokens]", "48").await;
     page.select("select[name=persona]", "jester").await;
     let (id, state) = page.chat("How do I make a cup of tea?").await;
@@ -493,8 +567,11 @@ async fn a_first_session_in_the_console() {
         .await;
     page.shot("04-chat-persona").await;
     page.select("select[name=persona]", "").await;
+}
 
-    // Knowledge: a collection, an upload with progress, a search three ways.
+/// Knowledge: a collection, an upload with progress, a search three ways.
+async fn knowledge_uploads_with_progress_and_searches_three_ways(s: &Session) {
+    let Session { page, nats, .. } = s;
     page.go("knowledge").await;
     page.fill("input[name=name]", "handbook").await;
     page.select("select[name=embedding_model]", EMBED_MODEL)
@@ -535,8 +612,11 @@ async fn a_first_session_in_the_console() {
     let modes = page.js("return [...document.querySelectorAll('.search-columns .hits h3')].map((h) => h.firstChild.textContent)").await;
     assert_eq!(modes, json!(["dense", "sparse", "hybrid"]));
     page.shot("05-knowledge").await;
+}
 
-    // A cited answer from that collection.
+/// A cited answer from that collection.
+async fn a_cited_answer_from_the_collection(s: &Session) {
+    let Session { page, .. } = s;
     page.go("chat?collection=handbook").await;
     page.until(
         "the collection chosen",
@@ -565,8 +645,11 @@ async fn a_first_session_in_the_console() {
     );
     page.js(&format!("document.querySelector('#{id} .citations details').open = true; document.getElementById('{id}').scrollIntoView()")).await;
     page.shot("06-chat-citations").await;
+}
 
-    // Personas: a built-in one copied, its copy's template previewed as it is edited.
+/// Personas: a built-in one copied, its copy's template previewed as it is edited.
+async fn a_copied_persona_previews_its_template(s: &Session) {
+    let Session { page, .. } = s;
     page.go("personas?id=jester").await;
     page.until(
         "the preview",
@@ -598,8 +681,11 @@ async fn a_first_session_in_the_console() {
     )
     .await;
     page.shot("07-personas").await;
+}
 
-    // Fine-tuning: a bad training file is refused with its line named.
+/// Fine-tuning: a bad training file is refused with its line named.
+async fn a_bad_training_file_names_its_line(s: &Session) {
+    let Session { page, nats, .. } = s;
     page.go("fine-tuning").await;
     let bad = nats.dir().join("train.jsonl");
     std::fs::write(
@@ -623,9 +709,14 @@ async fn a_first_session_in_the_console() {
         .await;
     assert!(problem.as_str().unwrap().contains("line 2"), "{problem}");
     page.shot("08-fine-tuning-refused").await;
+}
 
-    // A real job on a few examples: started from the page, its loss drawn as it trains,
-    // its model opened in the playground.
+/// A real job on a few examples: started from the page, its loss drawn as it trains,
+/// its model opened in the playground.
+async fn a_real_fine_tuning_job_trains_and_its_model_chats(s: &Session) {
+    let Session {
+        page, client, nats, ..
+    } = s;
     let examples: String = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fine-tune/pirate-train.jsonl"),
     )
@@ -690,8 +781,11 @@ async fn a_first_session_in_the_console() {
     page.click("#job a.button").await;
     let tuned = page.until("the tuned model in the playground", "return document.querySelector('select[name=model]')?.value.startsWith('ft:') && document.querySelector('select[name=model]').value", Duration::from_secs(30)).await;
     eprintln!("opened {tuned} in the playground");
+}
 
-    // Operations: every service healthy, a key created and revoked, usage drawn.
+/// Operations: every service healthy, a key created and revoked, usage drawn.
+async fn operations_show_health_keys_and_usage(s: &Session) {
+    let Session { page, base, .. } = s;
     page.go("operations").await;
     page.until(
         "six healthy services",
@@ -740,18 +834,13 @@ async fn a_first_session_in_the_console() {
     )
     .await;
     assert_eq!(as_new(secret).await, 401, "a revoked key is refused");
+}
 
-    // A phone-sized window: one column.
+/// A phone-sized window: one column.
+async fn a_phone_sized_window_is_one_column(s: &Session) {
+    let Session { page, .. } = s;
     page.resize(390, 844).await;
     page.go("chat").await;
     page.find("select[name=model]").await;
     page.shot("11-chat-phone").await;
-
-    let violations = page
-        .js("return window.violations.concat(window.failures)")
-        .await;
-    assert_eq!(violations, json!([]), "policy violations or script errors");
-    page.client.close().await.unwrap();
-    let errors = platform.stop().await;
-    assert!(errors.is_empty(), "{errors:?}");
 }
