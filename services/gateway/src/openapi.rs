@@ -53,7 +53,7 @@ impl Default for Document {
 pub fn render() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(routes::Api::openapi());
-    doc.info.version = crate::VERSION.to_owned();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let modifiers: [&dyn Modify; 4] = [&Security, &ErrorResponses, &FieldBounds, &EventStreams];
     for modifier in modifiers {
         modifier.modify(&mut doc);

@@ -33,7 +33,7 @@ use slough_store::Store;
 use utoipa::ToSchema;
 
 use crate::{
-    generation::{self, Generation},
+    generation::open::{Generation, open_all},
     replicas::Replicas,
 };
 
@@ -192,7 +192,7 @@ impl ChatPipeline {
             Some(retrieval) => self.retrieve(retrieval, &mut turn.generation).await?,
             None => Retrieved::default(),
         };
-        let generation = generation::open_all(
+        let generation = open_all(
             &self.bus,
             &self.replicas,
             std::slice::from_ref(&turn.generation),
