@@ -77,13 +77,21 @@ async fn preview(state: Personality, request: UpdatePersona) -> Result<PersonaPr
 
 async fn compose(state: Personality, request: ComposeRequest) -> Result<Composed, ErrorBody> {
     let persona = persona_named(&state, &request.persona).await?;
-    // Stored templates were checked when saved; a failure here is a bug.
-    let system_prompt = personas::render(&persona).map_err(|err| {
-        ErrorBody::new(
-            slough_protocol::ErrorCode::Internal,
-            format!("persona `{}` does not render: {err:#}", persona.id),
-        )
-    })?;
+    // Stored templates were checked when saved; a failure here is a bug. Rendering is
+    // CPU work: off the async runtime.
+    let rendered = {
+        let persona = persona.clone();
+        tokio::task::spawn_blocking(move || personas::render(&persona)).await
+    };
+    let system_prompt = rendered
+        .map_err(|err| err.to_string())
+        .and_then(|rendered| rendered.map_err(|err| format!("{err:#}")))
+        .map_err(|err| {
+            ErrorBody::new(
+                slough_protocol::ErrorCode::Internal,
+                format!("persona `{}` does not render: {err}", persona.id),
+            )
+        })?;
     Ok(compose::compose(
         &persona.id,
         &system_prompt,

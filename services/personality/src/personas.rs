@@ -241,10 +241,17 @@ fn builtin(id: &str) -> Option<Persona> {
         .map(Builtin::persona)
 }
 
-/// Renders `persona`'s system prompt.
+/// The most template instructions one render may run: the built-in template takes a
+/// few hundred, and a template that loops over large ranges (nested, say) is stopped
+/// here rather than holding a thread for seconds.
+pub const RENDER_FUEL: u64 = 100_000;
+
+/// Renders `persona`'s system prompt, within [`RENDER_FUEL`]. It is CPU work: call it
+/// from a blocking thread ([`checked`]), not from the async runtime.
 pub fn render(persona: &Persona) -> Result<String, minijinja::Error> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(RENDER_FUEL));
     let context = minijinja::context! {
         name => persona.name.as_str(),
         description => persona.description.as_str(),
@@ -260,8 +267,9 @@ pub fn render(persona: &Persona) -> Result<String, minijinja::Error> {
         .to_owned())
 }
 
-/// Checks every field of `persona`, naming the first that breaks its rule.
-pub fn validate(persona: &Persona) -> Result<(), PersonaError> {
+/// Checks every field of `persona`, naming the first that breaks its rule; answers the
+/// system prompt it renders to.
+pub fn validate(persona: &Persona) -> Result<String, PersonaError> {
     check_name("id", &persona.id).map_err(refused)?;
     check_text("name", &persona.name, MAX_NAME, false)?;
     check_text("description", &persona.description, MAX_DESCRIPTION, true)?;
@@ -293,12 +301,19 @@ pub fn validate(persona: &Persona) -> Result<(), PersonaError> {
             format!("system_template must be at most {MAX_TEMPLATE} bytes"),
         ));
     }
-    match render(persona) {
+    let prompt = match render(persona) {
         Ok(prompt) if prompt.is_empty() => Err(PersonaError::invalid(
             "system_template",
             "system_template renders to an empty system prompt",
         )),
-        Ok(_) => Ok(()),
+        Ok(prompt) => Ok(prompt),
+        Err(err) if err.kind() == minijinja::ErrorKind::OutOfFuel => Err(PersonaError::invalid(
+            "system_template",
+            format!(
+                "system_template takes more than {RENDER_FUEL} steps to render; loops over \
+                 large ranges are not allowed"
+            ),
+        )),
         Err(err) => Err(PersonaError::invalid(
             "system_template",
             format!("system_template does not render: {err:#}"),
@@ -307,7 +322,16 @@ pub fn validate(persona: &Persona) -> Result<(), PersonaError> {
     persona
         .sampling
         .validate()
-        .map_err(|invalid| PersonaError::invalid(invalid.field.wire_name(), invalid.message))
+        .map_err(|invalid| PersonaError::invalid(invalid.field.wire_name(), invalid.message))?;
+    Ok(prompt)
+}
+
+/// [`validate`] on a blocking thread (rendering is CPU work, however bounded): the
+/// persona back with its system prompt.
+pub async fn checked(persona: Persona) -> Result<(Persona, String), PersonaError> {
+    tokio::task::spawn_blocking(move || validate(&persona).map(|prompt| (persona, prompt)))
+        .await
+        .map_err(|err| PersonaError::Corrupt(format!("rendering stopped: {err}")))?
 }
 
 fn check_text(
@@ -423,7 +447,7 @@ impl Personas {
             updated_at: Some(now),
             ..patched(base, request.patch())
         };
-        validate(&persona)?;
+        let (persona, _) = checked(persona).await?;
         let row = to_row(&persona)?;
         match persona::Entity::insert(row)
             .exec(self.store.connection())
@@ -449,7 +473,7 @@ impl Personas {
             updated_at: Some(stamp(Utc::now())),
             ..patched(current, patch)
         };
-        validate(&persona)?;
+        let (persona, _) = checked(persona).await?;
         let mut row: persona::ActiveModel = to_row(&persona)?;
         row.created_at = sea_orm::ActiveValue::NotSet;
         row.update(self.store.connection())
@@ -468,14 +492,7 @@ impl Personas {
         id: &str,
         patch: PersonaPatch,
     ) -> Result<PersonaPreview, PersonaError> {
-        let persona = patched(self.get(id).await?, patch);
-        validate(&persona)?;
-        let system_prompt = render(&persona).map_err(|err| {
-            PersonaError::invalid(
-                "system_template",
-                format!("system_template does not render: {err:#}"),
-            )
-        })?;
+        let (persona, system_prompt) = checked(patched(self.get(id).await?, patch)).await?;
         Ok(PersonaPreview {
             persona: persona.id,
             system_prompt,
@@ -608,6 +625,23 @@ mod tests {
         let analyst = render(&personas[4]).unwrap();
         assert!(analyst.contains("You write formally"), "{analyst}");
         assert!(analyst.contains("You stay serious."), "{analyst}");
+    }
+
+    #[test]
+    fn a_template_that_loops_too_long_is_refused_within_its_budget() {
+        let mut persona = builtins().remove(0);
+        persona.id = "copy".to_owned();
+        persona.system_template =
+            "{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"
+                .to_owned();
+        let started = std::time::Instant::now();
+        let err = ErrorBody::from(validate(&persona).unwrap_err());
+        let took = started.elapsed();
+        assert_eq!(err.param.as_deref(), Some("system_template"));
+        assert!(err.message.contains("steps to render"), "{}", err.message);
+        assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        // The built-in template is far inside the budget.
+        assert!(validate(&builtins().remove(0)).is_ok());
     }
 
     #[test]

@@ -442,3 +442,69 @@ async fn personas_on_postgres() {
     .await;
     database.drop_database().await;
 }
+
+/// A template that would loop a hundred million times, previewed twice at once (as an
+/// inference-only key could): both are refused within the render budget, naming
+/// `system_template`, and the service answers other requests meanwhile. On a
+/// single-threaded runtime, as here, a render on the runtime would stall them all.
+#[tokio::test]
+async fn a_hostile_template_is_refused_while_other_requests_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Personality::start(CommonConfig {
+        data_dir: dir.path().to_owned(),
+        ..CommonConfig::default()
+    })
+    .await;
+    let hostile = UpdatePersona {
+        id: "assistant".to_owned(),
+        patch: PersonaPatch {
+            system_template: Some(
+                "{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}x"
+                    .to_owned(),
+            ),
+            ..PersonaPatch::default()
+        },
+    };
+    let started = std::time::Instant::now();
+    let listed = async {
+        let asked = std::time::Instant::now();
+        let ids = service.ids().await;
+        (ids, asked.elapsed())
+    };
+    let (first, second, (ids, list_took)) = tokio::join!(
+        service.call(&personality::PREVIEW_PERSONA, &hostile),
+        service.call(&personality::PREVIEW_PERSONA, &hostile),
+        listed
+    );
+    for refused in [first, second] {
+        let err = refused.unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidRequest);
+        assert_eq!(
+            err.param.as_deref(),
+            Some("system_template"),
+            "{}",
+            err.message
+        );
+    }
+    assert!(ids.contains(&"assistant".to_owned()));
+    assert!(
+        list_took < std::time::Duration::from_secs(1),
+        "the list waited {list_took:?} behind the renders"
+    );
+    eprintln!(
+        "two hostile previews refused in {:?}; a list meanwhile took {list_took:?}",
+        started.elapsed()
+    );
+    let created = service
+        .call(
+            &personality::CREATE_PERSONA,
+            &CreatePersona {
+                system_template: hostile.patch.system_template.clone(),
+                ..create("loops")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(created.param.as_deref(), Some("system_template"));
+    service.stop().await;
+}
