@@ -164,7 +164,13 @@ impl Cluster {
             ));
         }
         Ok(Cluster {
-            exe: slough_binary()?,
+            exe: slough::launch::sibling("slough").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "chaos runs the platform with the slough binary, which is neither beside \
+                     this program nor on PATH; build it (cargo build -p slough) or install it \
+                     (scripts/up)"
+                )
+            })?,
             dir: dir.to_owned(),
             nats_url,
             admin_key: format!("sk-chaos{}", "0".repeat(36)),
@@ -299,26 +305,6 @@ impl Cluster {
             let _ = process.child.wait();
         }
     }
-}
-
-/// The `slough` binary the processes run: the one beside this program (as `cargo build`
-/// and `cargo install` leave them), else `slough` on `PATH`.
-fn slough_binary() -> anyhow::Result<PathBuf> {
-    let beside = std::env::current_exe()?.with_file_name("slough");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("slough"))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "chaos runs the platform with the slough binary, which is neither beside {} \
-                 nor on PATH; build it (cargo build -p slough) or install it (scripts/up)",
-                beside.display()
-            )
-        })
 }
 
 fn signal(pid: u32, name: &str) {

@@ -47,6 +47,9 @@ pub enum PersonaError {
     /// A stored persona does not read back, or does not encode.
     #[error("{0}")]
     Corrupt(String),
+    /// The rendering thread ended without an answer (a bug, not a template's fault).
+    #[error("rendering stopped: {0}")]
+    RenderStopped(String),
 }
 
 impl PersonaError {
@@ -73,7 +76,9 @@ impl From<PersonaError> for ErrorBody {
                 tracing::warn!("persona store: {err}");
                 ErrorBody::new(ErrorCode::Unavailable, message)
             }
-            PersonaError::Corrupt(_) => ErrorBody::new(ErrorCode::Internal, message),
+            PersonaError::Corrupt(_) | PersonaError::RenderStopped(_) => {
+                ErrorBody::new(ErrorCode::Internal, message)
+            }
         }
     }
 }
@@ -331,7 +336,7 @@ pub fn validate(persona: &Persona) -> Result<String, PersonaError> {
 pub async fn checked(persona: Persona) -> Result<(Persona, String), PersonaError> {
     tokio::task::spawn_blocking(move || validate(&persona).map(|prompt| (persona, prompt)))
         .await
-        .map_err(|err| PersonaError::Corrupt(format!("rendering stopped: {err}")))?
+        .map_err(|err| PersonaError::RenderStopped(err.to_string()))?
 }
 
 fn check_text(

@@ -56,6 +56,19 @@ pub fn start(launch: Launch) -> Result<(Settings, TelemetryGuard), ExitCode> {
     Ok((settings, telemetry))
 }
 
+/// The program `name` installed beside this one (as `cargo build` and `cargo install`
+/// leave `slough` and `slough-tools`), else the first on `PATH`.
+pub fn sibling(name: &str) -> Option<std::path::PathBuf> {
+    let beside = std::env::current_exe().ok()?.with_file_name(name);
+    if beside.is_file() {
+        return Some(beside);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 /// The exit code of a command that ended with `outcome` (an error is logged first).
 pub fn finish(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {

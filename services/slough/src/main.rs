@@ -197,12 +197,8 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
 /// Runs `slough-tools <command> <args>` (the benchmarks, evaluations and chaos
 /// scenarios live apart from the server binary) and ends as it ends.
 fn tools(command: &str, forwarded: Forwarded) -> anyhow::Result<()> {
-    let beside = std::env::current_exe()?.with_file_name("slough-tools");
-    let program = if beside.is_file() {
-        beside
-    } else {
-        std::path::PathBuf::from("slough-tools")
-    };
+    let program =
+        launch::sibling("slough-tools").unwrap_or_else(|| std::path::PathBuf::from("slough-tools"));
     let status = std::process::Command::new(&program)
         .arg(command)
         .args(&forwarded.args)
