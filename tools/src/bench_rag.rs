@@ -183,7 +183,7 @@ pub fn run(options: RagBenchOptions) -> anyhow::Result<()> {
     let optimizing = Instant::now();
     index.optimize()?;
     let optimize_s = optimizing.elapsed().as_secs_f64();
-    let indexed_vectors = index.info().indexed_vectors_count;
+    let indexed_vectors = index.info()?.indexed_vectors_count;
     searches.extend(measure_searches(&index, &options, &mut rng, true)?);
     let report = RagBenchReport {
         chunks: options.chunks,

@@ -9,8 +9,20 @@
 //! so a failure midway leaves the document as it was; a crash between the last two
 //! steps leaves chunks of an older hash, which the next ingest or delete removes. One
 //! writer per collection at a time; searches never wait for it.
+//!
+//! Deleting a collection stops an ingest under way before its next document (the
+//! ingest answers that the collection was deleted), waits for the index's calls in
+//! flight, closes the index, and only then deletes its storage.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use chrono::Utc;
 use sea_orm::{
@@ -53,8 +65,11 @@ struct Open {
     index: Arc<Index>,
     /// Built on first use from the embedding model's tokenizer.
     chunker: OnceCell<Arc<Chunker>>,
-    /// One ingest or delete at a time.
-    writer: Mutex<()>,
+    /// One ingest or delete at a time; what it guards is whether the collection has
+    /// been deleted (a writer that waited for a deletion must not write).
+    writer: Mutex<bool>,
+    /// Set when a deletion starts: an ingest under way stops before its next document.
+    deleting: AtomicBool,
     /// Held while the index is being optimized after an ingest.
     optimizing: Arc<Mutex<()>>,
 }
@@ -65,7 +80,8 @@ impl Open {
             row,
             index: Arc::new(index),
             chunker: OnceCell::new(),
-            writer: Mutex::new(()),
+            writer: Mutex::new(false),
+            deleting: AtomicBool::new(false),
             optimizing: Arc::new(Mutex::new(())),
         })
     }
@@ -249,12 +265,25 @@ impl Collections {
         Ok(describe(&open.row, documents.len() as u64, chunks))
     }
 
-    /// Deletes a collection, its documents and its chunks.
+    /// Deletes a collection, its documents and its chunks; an ingest under way stops.
     pub async fn delete(&self, name: &str) -> Result<Collection, CollectionError> {
         let open = self.get_open(name).await?;
-        let _writer = open.writer.lock().await;
+        open.deleting.store(true, Ordering::SeqCst);
+        let deleted = self.delete_open(&open).await;
+        if deleted.is_err() {
+            open.deleting.store(false, Ordering::SeqCst);
+        }
+        deleted
+    }
+
+    async fn delete_open(&self, open: &Open) -> Result<Collection, CollectionError> {
+        let name = open.row.name.as_str();
+        let mut writer = open.writer.lock().await;
+        if *writer {
+            return Err(CollectionError::NotFound(name.to_owned()));
+        }
         let _optimizing = open.optimizing.lock().await;
-        let described = self.describe(&open).await?;
+        let described = self.describe(open).await?;
         let transaction = self
             .store
             .connection()
@@ -271,14 +300,16 @@ impl Collections {
             .await
             .map_err(CollectionError::Store)?;
         transaction.commit().await.map_err(CollectionError::Store)?;
+        *writer = true;
         self.open.write().await.remove(name);
-        drop((_writer, _optimizing));
-        drop(open);
-        if let Err(err) = self.backend.delete(name).await {
-            tracing::warn!(
+        // Searches that got the collection before it left the list finish first.
+        let closed = open.index.close().await;
+        match closed.and(self.backend.delete(name).await) {
+            Ok(()) => {}
+            Err(err) => tracing::warn!(
                 collection = name,
                 "the deleted collection's shard stays: {err}"
-            );
+            ),
         }
         self.metrics.forget(name);
         tracing::info!(collection = name, "collection deleted");
@@ -290,20 +321,27 @@ impl Collections {
         check_documents(&request.documents)?;
         let open = self.get_open(&request.collection).await?;
         let chunker = self.chunker(&open).await?;
-        let _writer = open.writer.lock().await;
+        let writer = open.writer.lock().await;
+        let collection = request.collection;
         let mut outcome = IngestResponse {
             documents: Vec::with_capacity(request.documents.len()),
             chunks: 0,
         };
         for (position, document) in request.documents.into_iter().enumerate() {
             let started = Instant::now();
-            let ingested = self
-                .ingest_one(&open, &chunker, document)
-                .await
-                .map_err(|err| CollectionError::Partial {
-                    position,
-                    source: Box::new(err),
-                })?;
+            if *writer || open.deleting.load(Ordering::SeqCst) {
+                return Err(CollectionError::Deleted(collection));
+            }
+            let ingested = match self.ingest_one(&open, &chunker, document).await {
+                Ok(ingested) => ingested,
+                Err(deleted @ CollectionError::Deleted(_)) => return Err(deleted),
+                Err(err) => {
+                    return Err(CollectionError::Partial {
+                        position,
+                        source: Box::new(err),
+                    });
+                }
+            };
             self.metrics.ingested(&ingested, started.elapsed());
             outcome.chunks += if ingested.status == IngestStatus::Unchanged {
                 0
@@ -312,7 +350,7 @@ impl Collections {
             };
             outcome.documents.push(ingested);
         }
-        drop(_writer);
+        drop(writer);
         self.report_size(&open).await;
         if outcome.chunks > 0 {
             optimize_in_background(&open);
@@ -368,14 +406,12 @@ impl Collections {
             })
             .collect();
         let count = points.len() as u64;
-        open.index
-            .upsert(points)
-            .await
-            .map_err(CollectionError::Index)?;
+        let index_error = |err: IndexError| CollectionError::from_index(collection, err);
+        open.index.upsert(points).await.map_err(index_error)?;
         open.index
             .delete_document(&document.id, Some(&hash))
             .await
-            .map_err(CollectionError::Index)?;
+            .map_err(index_error)?;
         let row = collection_document::ActiveModel {
             collection: Set(collection.to_owned()),
             document_id: Set(document.id.clone()),
@@ -457,7 +493,10 @@ impl Collections {
         id: &str,
     ) -> Result<DocumentDeleted, CollectionError> {
         let open = self.get_open(collection).await?;
-        let _writer = open.writer.lock().await;
+        let writer = open.writer.lock().await;
+        if *writer {
+            return Err(CollectionError::NotFound(collection.to_owned()));
+        }
         let stored =
             collection_document::Entity::find_by_id((collection.to_owned(), id.to_owned()))
                 .one(self.store.connection())
@@ -470,12 +509,12 @@ impl Collections {
         open.index
             .delete_document(id, None)
             .await
-            .map_err(CollectionError::Index)?;
+            .map_err(|err| CollectionError::from_index(collection, err))?;
         collection_document::Entity::delete_by_id((collection.to_owned(), id.to_owned()))
             .exec(self.store.connection())
             .await
             .map_err(CollectionError::Store)?;
-        drop(_writer);
+        drop(writer);
         self.report_size(&open).await;
         Ok(DocumentDeleted {
             id: id.to_owned(),
@@ -514,6 +553,7 @@ impl Collections {
             IndexError::FilterField(_) | IndexError::FilterValue(_) => {
                 CollectionError::invalid("filter", err.to_string())
             }
+            IndexError::Closed => CollectionError::NotFound(request.collection.clone()),
             other => CollectionError::Index(other),
         })?;
         self.metrics.searched(request.mode, started.elapsed());
@@ -660,6 +700,9 @@ pub enum CollectionError {
     DocumentNotFound { collection: String, id: String },
     #[error("collection `{0}` already exists")]
     Exists(String),
+    /// The collection was deleted while documents were being ingested into it.
+    #[error("collection `{0}` was deleted during the ingest")]
+    Deleted(String),
     /// A document is over the size limit; `param` names it.
     #[error("{message}")]
     TooLarge { param: String, message: String },
@@ -692,6 +735,15 @@ pub enum CollectionError {
 }
 
 impl CollectionError {
+    /// An index call's failure on `collection`; one refused because the collection was
+    /// deleted meanwhile says so.
+    fn from_index(collection: &str, error: IndexError) -> CollectionError {
+        match error {
+            IndexError::Closed => CollectionError::Deleted(collection.to_owned()),
+            other => CollectionError::Index(other),
+        }
+    }
+
     fn invalid(param: impl Into<String>, message: impl Into<String>) -> CollectionError {
         CollectionError::Invalid {
             param: param.into(),
@@ -717,6 +769,7 @@ impl From<CollectionError> for ErrorBody {
                 "name".to_owned(),
                 ErrorBody::new(ErrorCode::Conflict, message),
             ),
+            CollectionError::Deleted(_) => ErrorBody::new(ErrorCode::Conflict, message),
             CollectionError::TooLarge { param, .. } => {
                 with_param(param, ErrorBody::new(ErrorCode::PayloadTooLarge, message))
             }

@@ -2,7 +2,10 @@
 //! own under the collections directory, surviving restarts. Calls block (run them off
 //! the async workers, as [`super::Index`] does).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::RwLock,
+};
 
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig,
@@ -107,7 +110,10 @@ impl EdgeBackend {
 
 /// One collection's Qdrant Edge shard.
 pub struct EdgeIndex {
-    shard: EdgeShard,
+    /// `None` once [`EdgeIndex::close`]d: a call that comes after it is refused rather
+    /// than touch a shard whose files are being deleted (Qdrant Edge panics then, and
+    /// again while unwinding, which aborts the process).
+    shard: RwLock<Option<EdgeShard>>,
     bm25: EdgeBm25,
     /// One write (update, then flush) at a time: the shard's flush panics when another
     /// thread holds its write-ahead log.
@@ -119,11 +125,33 @@ pub struct EdgeIndex {
 impl EdgeIndex {
     fn new(shard: EdgeShard) -> Result<EdgeIndex, IndexError> {
         Ok(EdgeIndex {
-            shard,
+            shard: RwLock::new(Some(shard)),
             bm25: bm25()?,
             writes: std::sync::Mutex::new(()),
             optimizing: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Runs `work` on the shard, unless it is closed; [`EdgeIndex::close`] waits for it.
+    fn with_shard<T>(
+        &self,
+        work: impl FnOnce(&EdgeShard) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        let shard = self
+            .shard
+            .read()
+            .map_err(|_| IndexError::Store("an earlier call on the shard panicked".to_owned()))?;
+        work(shard.as_ref().ok_or(IndexError::Closed)?)
+    }
+
+    /// Waits for the calls under way, then flushes and closes the shard; every later
+    /// call fails with [`IndexError::Closed`]. Its files may be deleted after this.
+    pub fn close(&self) {
+        let shard = match self.shard.write() {
+            Ok(mut shard) => shard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(shard);
     }
 
     /// Applies `operation` and flushes it to disk, one writer at a time.
@@ -132,9 +160,11 @@ impl EdgeIndex {
             .writes
             .lock()
             .map_err(|_| IndexError::Store("an earlier write panicked".to_owned()))?;
-        self.shard.update(operation).map_err(store_error)?;
-        self.shard.flush();
-        Ok(())
+        self.with_shard(|shard| {
+            shard.update(operation).map_err(store_error)?;
+            shard.flush();
+            Ok(())
+        })
     }
 
     pub fn upsert(&self, points: Vec<ChunkPoint>) -> Result<(), IndexError> {
@@ -205,20 +235,18 @@ impl EdgeIndex {
                 })),
             ),
         };
-        let points = self
-            .shard
-            .query(QueryRequest {
-                prefetches,
-                query: scoring,
-                filter: filter.clone(),
-                score_threshold: None,
-                limit: query.top_k,
-                offset: 0,
-                params: None,
-                with_vector: WithVector::Bool(false),
-                with_payload: WithPayloadInterface::Bool(true),
-            })
-            .map_err(store_error)?;
+        let request = QueryRequest {
+            prefetches,
+            query: scoring,
+            filter: filter.clone(),
+            score_threshold: None,
+            limit: query.top_k,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let points = self.with_shard(|shard| shard.query(request).map_err(store_error))?;
         Ok(points
             .into_iter()
             .filter_map(|point| hit(&point.payload?.0, point.score))
@@ -226,13 +254,11 @@ impl EdgeIndex {
     }
 
     pub fn count(&self) -> Result<u64, IndexError> {
-        let counted = self
-            .shard
-            .count(CountRequest {
-                filter: None,
-                exact: true,
-            })
-            .map_err(store_error)?;
+        let request = CountRequest {
+            filter: None,
+            exact: true,
+        };
+        let counted = self.with_shard(|shard| shard.count(request).map_err(store_error))?;
         Ok(counted as u64)
     }
 
@@ -243,20 +269,23 @@ impl EdgeIndex {
             .optimizing
             .lock()
             .map_err(|_| IndexError::Store("an earlier optimization panicked".to_owned()))?;
-        let optimized = self.shard.optimize().map_err(store_error)?;
+        let optimized = self.with_shard(|shard| shard.optimize().map_err(store_error))?;
         if optimized {
             let _writing = self
                 .writes
                 .lock()
                 .map_err(|_| IndexError::Store("an earlier write panicked".to_owned()))?;
-            self.shard.flush();
+            self.with_shard(|shard| {
+                shard.flush();
+                Ok(())
+            })?;
         }
         Ok(optimized)
     }
 
     /// Segments, points and how many of them an HNSW index holds.
-    pub fn info(&self) -> qdrant_edge::ShardInfo {
-        self.shard.info()
+    pub fn info(&self) -> Result<qdrant_edge::ShardInfo, IndexError> {
+        self.with_shard(|shard| Ok(shard.info()))
     }
 }
 

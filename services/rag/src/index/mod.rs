@@ -35,8 +35,11 @@ pub enum IndexError {
     Store(String),
     #[error("filter field {0:?} is not a plain name (letters, digits, `_`, `-`)")]
     FilterField(String),
-    #[error("filter field {0:?} must be a string, a number or a boolean")]
+    #[error("filter field {0:?} must be a string, an integer or a boolean")]
     FilterValue(String),
+    /// The collection was deleted while the call waited.
+    #[error("the collection was deleted")]
+    Closed,
 }
 
 pub(crate) fn store_error(err: impl std::fmt::Display) -> IndexError {
@@ -265,6 +268,22 @@ impl Index {
         }
     }
 
+    /// Lets the calls under way finish, then refuses any more, so that the index's
+    /// storage can be deleted.
+    pub async fn close(&self) -> Result<(), IndexError> {
+        match self {
+            Index::Edge(edge) => {
+                let edge = Arc::clone(edge);
+                blocking(move || {
+                    edge.close();
+                    Ok(())
+                })
+                .await
+            }
+            Index::Server(_) => Ok(()),
+        }
+    }
+
     /// How many chunks it holds.
     pub async fn count(&self) -> Result<u64, IndexError> {
         match self {
@@ -289,12 +308,25 @@ impl Index {
     }
 }
 
-/// Runs blocking work (a shard's calls, chunking) off the async workers.
+/// Runs blocking work (a shard's calls, chunking) off the async workers. A panic in it
+/// (the embedded engine has some) fails this call, not the service.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
+        Err(err) if !err.is_panic() => Err(IndexError::Store(format!("stopped: {err}"))),
+        Err(err) => {
+            let panic = err.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            tracing::error!("the vector store panicked: {message}");
+            Err(IndexError::Store(format!(
+                "the vector store failed: {message}"
+            )))
+        }
     }
 }

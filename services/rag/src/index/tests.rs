@@ -167,11 +167,13 @@ async fn metadata_filters_narrow_and_bad_ones_are_named() {
             hits.iter().all(|hit| hit.document_id == "wings"),
             "{hits:#?}"
         );
-        filtered.filter = json!({"topic": ["lift"]}).as_object().cloned();
-        assert!(matches!(
-            index.search(filtered.clone()).await,
-            Err(IndexError::FilterValue(_))
-        ));
+        for bad in [json!({"topic": ["lift"]}), json!({"year": 1960.5})] {
+            filtered.filter = bad.as_object().cloned();
+            let err = index.search(filtered.clone()).await.unwrap_err();
+            assert!(matches!(err, IndexError::FilterValue(_)), "{err}");
+            // Only whole numbers match: the message says so.
+            assert!(err.to_string().contains("an integer"), "{err}");
+        }
         filtered.filter = json!({"a.b": "x"}).as_object().cloned();
         assert!(matches!(
             index.search(filtered).await,
@@ -337,7 +339,7 @@ async fn an_edge_shard_builds_its_hnsw_index_while_in_use() {
     reader.await.unwrap();
     index.optimize().await.unwrap();
     assert_eq!(index.count().await.unwrap(), 4000);
-    let info = edge.info();
+    let info = edge.info().unwrap();
     assert!(info.indexed_vectors_count > 0, "{info:?}");
     let hits = index
         .search(query("", Some(spread(3500)), SearchMode::Dense))
@@ -349,5 +351,55 @@ async fn an_edge_shard_builds_its_hnsw_index_while_in_use() {
     drop(edge);
     let reopened = backend.open("aero").unwrap();
     assert_eq!(reopened.count().unwrap(), 4000);
-    assert!(reopened.info().indexed_vectors_count > 0);
+    assert!(reopened.info().unwrap().indexed_vectors_count > 0);
+}
+
+/// A shard closed while writes and searches run on it (a collection deleted during an
+/// ingest): the calls under way finish, later ones fail with `Closed`, its files can go,
+/// and a new collection of the same name starts empty. Before, Qdrant Edge panicked
+/// flushing into the deleted directory, and again while unwinding, aborting the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_closed_under_writes_refuses_them_and_its_files_can_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Edge(EdgeBackend::new(dir.path()));
+    let index = Arc::new(backend.create("busy", 4).await.unwrap());
+    let writer = {
+        let index = Arc::clone(&index);
+        tokio::spawn(async move {
+            for n in 0u32.. {
+                let points = (0..20u32)
+                    .map(|i| chunk(&format!("d{n}-{i}"), "h", 0, "lift", vector(0, 1)))
+                    .collect();
+                if let Err(err) = index.upsert(points).await {
+                    return (n, err);
+                }
+            }
+            unreachable!()
+        })
+    };
+    let reader = {
+        let index = Arc::clone(&index);
+        tokio::spawn(async move {
+            loop {
+                let searched = index
+                    .search(query("lift", Some(vector(0, 1)), SearchMode::Hybrid))
+                    .await;
+                if let Err(err) = searched {
+                    return err;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    index.close().await.unwrap();
+    backend.delete("busy").await.unwrap();
+    let (written, err) = writer.await.expect("the writer ends without a panic");
+    assert!(written > 0, "nothing was written before the close");
+    assert!(matches!(err, IndexError::Closed), "{err}");
+    let err = reader.await.expect("the reader ends without a panic");
+    assert!(matches!(err, IndexError::Closed), "{err}");
+    assert!(!dir.path().join("busy").exists());
+    drop(index);
+    let again = backend.create("busy", 4).await.unwrap();
+    assert_eq!(again.count().await.unwrap(), 0);
 }
