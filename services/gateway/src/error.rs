@@ -121,6 +121,30 @@ impl ApiError {
         )
     }
 
+    /// 413 naming `param`: what the request holds is over a limit `message` names.
+    pub fn over_limit(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            message,
+        )
+        .with_param(param)
+    }
+
+    /// 408: the request body did not arrive in time.
+    pub fn body_timeout(timeout: Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s (gateway.body_timeout_s)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// 429: a rate limit or capacity was reached; retry after `retry_after`.
     pub fn rate_limited(code: &str, message: impl Into<String>, retry_after: Duration) -> ApiError {
         let mut error = ApiError::new(

@@ -119,7 +119,52 @@ fn peer_closed(fd: RawFd) -> bool {
     }
 }
 
-/// A JSON request body: 413 over the size limit, 400 naming the field for anything else.
+/// A request body read whole: 413 over `gateway.max_body_bytes`, 408 when it does not
+/// arrive within `gateway.body_timeout_s` (a client trickling a body must not hold a
+/// connection and a handler for ever).
+pub struct Body(pub web::Bytes);
+
+impl FromRequest for Body {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Body, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let (limit, timeout) = request
+            .app_data::<web::Data<AppState>>()
+            .map_or((0, Duration::ZERO), |state| {
+                (state.max_body_bytes, state.body_timeout)
+            });
+        let payload = payload.take();
+        Box::pin(async move { read_body(payload, limit, timeout).await.map(Body) })
+    }
+}
+
+/// Reads `payload` to its end: at most `limit` bytes, within `timeout`.
+pub async fn read_body(
+    mut payload: Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<web::Bytes, ApiError> {
+    use futures::StreamExt as _;
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|err| ApiError::malformed(format!("cannot read the body: {err}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+}
+
+/// A JSON request body: 413 over the size limit, 408 when it is sent too slowly, 400
+/// naming the field for anything else.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
@@ -127,20 +172,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<JsonBody<T>, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = request
-            .app_data::<web::Data<AppState>>()
-            .map_or(0, |state| state.max_body_bytes);
-        let body = web::Bytes::from_request(request, payload);
-        Box::pin(async move {
-            let bytes = body.await.map_err(|err| {
-                if err.as_response_error().status_code().as_u16() == 413 {
-                    ApiError::too_large(limit)
-                } else {
-                    ApiError::malformed(format!("cannot read the request body: {err}"))
-                }
-            })?;
-            parse_json(&bytes).map(JsonBody)
-        })
+        let body = Body::from_request(request, payload);
+        Box::pin(async move { parse_json(&body.await?.0).map(JsonBody) })
     }
 }
 

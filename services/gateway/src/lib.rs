@@ -69,6 +69,11 @@ pub struct Config {
     pub max_in_flight: usize,
     /// The largest request body, in bytes; larger ones get 413.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's head (line and headers), in
+    /// seconds; then the connection is closed.
+    pub header_timeout_s: u64,
+    /// How long a client may take to send a request's body, in seconds; then 408.
+    pub body_timeout_s: u64,
     /// Origins browsers may call the API from (`https://app.example.com`, or `*`).
     /// Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
@@ -87,6 +92,8 @@ impl Default for Config {
             workers: 2,
             max_in_flight: 256,
             max_body_bytes: 4 * 1024 * 1024,
+            header_timeout_s: 5,
+            body_timeout_s: 60,
             cors_origins: Vec::new(),
             key_cache_ms: 5_000,
             usage_queue: 10_000,
@@ -122,6 +129,7 @@ pub async fn run(
         metrics,
         replicas,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: Duration::from_secs(config.body_timeout_s),
         files: tokio::sync::OnceCell::new(),
     });
     let host = ctx.register(DESCRIPTION).await?;
@@ -160,6 +168,11 @@ fn validate(config: &Config) -> Result<(), ServiceError> {
     }
     if config.max_body_bytes < 1024 {
         return invalid("gateway.max_body_bytes must be at least 1024".to_owned());
+    }
+    if config.header_timeout_s == 0 || config.body_timeout_s == 0 {
+        return invalid(
+            "gateway.header_timeout_s and gateway.body_timeout_s must be at least 1".to_owned(),
+        );
     }
     for origin in &config.cors_origins {
         let host = origin
@@ -204,6 +217,7 @@ fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServe
             .default_service(web::to(routes::no_route))
     })
     .on_connect(http::remember_socket)
+    .client_request_timeout(Duration::from_secs(config.header_timeout_s))
     .workers(config.workers.max(1))
     .disable_signals()
     .shutdown_timeout(10)

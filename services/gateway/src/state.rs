@@ -21,6 +21,8 @@ pub struct AppState {
     pub replicas: Arc<Replicas>,
     /// The largest body a request may have.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
     /// Uploaded files' content, opened on the first file request.
     pub files: tokio::sync::OnceCell<slough_bus::FileStore>,
 }

@@ -16,7 +16,7 @@ use super::call;
 use crate::generation::event_data;
 use crate::{
     error::{ApiError, ErrorResponse},
-    http::{Caller, JsonBody},
+    http::{Body, Caller, Connection, JsonBody},
     keys::Scope,
     state::AppState,
     upload::{self, DocumentsBody},
@@ -53,6 +53,8 @@ pub struct SearchBody {
 const BATCH_BYTES: usize = 256 * 1024;
 /// The most documents one ingest call carries.
 const BATCH_DOCUMENTS: usize = 32;
+/// The most documents one upload holds (its text is bounded by `gateway.max_body_bytes`).
+pub const MAX_UPLOAD_DOCUMENTS: usize = 10_000;
 /// How long one ingest call may take: splitting and embedding are CPU-bound, and a
 /// batch holds up to [`BATCH_BYTES`] of text.
 const INGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -161,7 +163,8 @@ pub async fn ingest(
     request: HttpRequest,
     name: web::Path<String>,
     options: web::Query<IngestOptions>,
-    body: web::Bytes,
+    connection: Connection,
+    Body(body): Body,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Rag)?;
     let content_type = request
@@ -171,9 +174,33 @@ pub async fn ingest(
         .unwrap_or("application/json")
         .to_owned();
     let documents = upload::documents(&content_type, body).await?;
+    if documents.len() > MAX_UPLOAD_DOCUMENTS {
+        return Err(ApiError::over_limit(
+            "documents",
+            format!(
+                "an upload holds at most {MAX_UPLOAD_DOCUMENTS} documents, this one {}; \
+                 send it in parts",
+                documents.len()
+            ),
+        ));
+    }
     let mut ingestion = Ingestion::new(state.bus.clone(), name.into_inner(), documents);
     if options.stream != Some(true) {
-        while ingestion.next_batch().await? {}
+        // A client that leaves stops the upload after the batch being stored, as a
+        // dropped stream does below.
+        let left = tokio::select! {
+            done = ingestion.finish() => done.map(|()| false)?,
+            () = connection.closed() => true,
+        };
+        if left {
+            tracing::info!(
+                collection = %ingestion.collection,
+                "the client left; upload stopped after {} of {} documents",
+                ingestion.outcome.documents.len(),
+                ingestion.total
+            );
+            return Err(ApiError::client_gone());
+        }
         return Ok(HttpResponse::Ok().json(ingestion.outcome));
     }
     // Streamed: the first batch is stored before the answer starts, so that an upload
@@ -280,6 +307,12 @@ impl Ingestion {
                 chunks: 0,
             },
         }
+    }
+
+    /// Sends every batch left.
+    async fn finish(&mut self) -> Result<(), ApiError> {
+        while self.next_batch().await? {}
+        Ok(())
     }
 
     /// Sends the next batch; false when there was none left.

@@ -8,7 +8,6 @@
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
 use actix_web::{delete, get, post};
 use chrono::Utc;
-use futures::StreamExt as _;
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
     QuerySelect as _, Set,
@@ -18,7 +17,12 @@ use slough_bus::FileStore;
 use slough_store::entities::file;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{error::ApiError, http::Caller, keys::Scope, state::AppState};
+use crate::{
+    error::ApiError,
+    http::{Caller, read_body},
+    keys::Scope,
+    state::AppState,
+};
 
 /// The largest file an upload may carry.
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
@@ -118,7 +122,7 @@ pub async fn upload(
     state: web::Data<AppState>,
     Caller(caller): Caller,
     request: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FineTune)?;
     let content_type = request
@@ -129,16 +133,19 @@ pub async fn upload(
     let boundary = multer::parse_boundary(content_type).map_err(|_| {
         ApiError::malformed("upload a file as multipart/form-data with `purpose` and `file`")
     })?;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|err| ApiError::malformed(format!("cannot read the body: {err}")))?;
-        if body.len() + chunk.len() > MAX_FILE_BYTES + 64 * 1024 {
-            return Err(ApiError::too_large(MAX_FILE_BYTES));
+    let body = read_body(
+        payload.into_inner(),
+        MAX_FILE_BYTES + 64 * 1024,
+        state.body_timeout,
+    )
+    .await
+    .map_err(|err| {
+        if err.status().as_u16() == 413 {
+            ApiError::too_large(MAX_FILE_BYTES)
+        } else {
+            err
         }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
+    })?;
     let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(body) });
     let mut form = multer::Multipart::new(stream, boundary);
     let mut purpose = None;

@@ -38,6 +38,130 @@ async fn collections_ingest_search_and_answer_with_citations() {
     platform.stop().await;
 }
 
+/// Uploads that must stop (issue 31, items 1 and 4): one whose client leaves, one
+/// over the documents cap, and one into a collection deleted meanwhile, which ends
+/// with an error while the process, and every other request, carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_stops_when_its_client_leaves_or_its_collection_goes() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let config = slough_gateway::Config {
+        max_body_bytes: 4 * 1024 * 1024,
+        ..gateway_config()
+    };
+    let platform = Platform::start(config, inference_config()).await;
+    let admin = platform.admin_key.clone();
+    let documents = |count: usize| -> Value {
+        let many: Vec<Value> = (0..count)
+            .map(|i| json!({"id": format!("n{i}"), "text": format!("Maintenance note {i}: the left tyre of aircraft {i} was checked.")}))
+            .collect();
+        json!({"documents": many})
+    };
+    let create = || async {
+        let created = platform
+            .send(
+                "/v1/collections",
+                &admin,
+                &json!({"name": "bulk", "embedding_model": EMBED}),
+            )
+            .await;
+        assert_eq!(created.status(), 201);
+    };
+    let stored = || async {
+        let described: Value = platform.get_json("/v1/collections/bulk", &admin).await;
+        described["documents"].as_u64().unwrap_or(0)
+    };
+    create().await;
+
+    // A plain (not streamed) upload whose client leaves after the first batch stops
+    // within a batch; before, all 3000 documents went in for nobody.
+    let body = documents(3000).to_string();
+    let address = platform.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/collections/bulk/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+         {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body.as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stored().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was ingested");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(socket);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_leaving = stored().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stored().await, after_leaving, "the upload went on");
+    assert!(after_leaving < 3000, "{after_leaving}");
+
+    // Over the cap of documents per upload: 413 naming `documents`, nothing stored.
+    let over = platform
+        .send("/v1/collections/bulk/documents", &admin, &documents(10_001))
+        .await;
+    assert_eq!(over.status(), 413);
+    let error: Value = over.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "documents", "{error}");
+    assert_eq!(stored().await, after_leaving);
+
+    // Deleted while an upload runs: the upload ends with an error naming the deletion
+    // (409 when it stopped the ingest, 404 when it came between two batches), the
+    // service stays up, and a new collection of the name starts empty and works.
+    let delete = || async {
+        let deleted = platform
+            .http
+            .delete(format!("{}/v1/collections/bulk", platform.url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 200);
+    };
+    delete().await;
+    create().await;
+    for round in 0..3 {
+        let upload = platform
+            .post("/v1/collections/bulk/documents", &admin, &documents(3000))
+            .send();
+        let upload = tokio::spawn(upload);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while stored().await == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing was ingested");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        delete().await;
+        let answer = upload.await.unwrap().unwrap();
+        let status = answer.status().as_u16();
+        let error: Value = answer.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            status == 409 && message.contains("`bulk` was deleted during the ingest")
+                || status == 404 && message.contains("`bulk` does not exist"),
+            "round {round}: {status} {message}"
+        );
+        let models = platform.get("/v1/models", &admin).send().await.unwrap();
+        assert_eq!(models.status(), 200);
+        create().await;
+        assert_eq!(stored().await, 0, "round {round}");
+    }
+    let ingested = platform
+        .send("/v1/collections/bulk/documents", &admin, &aviation_corpus())
+        .await;
+    assert_eq!(ingested.status(), 200);
+    let found = platform
+        .post_json(
+            "/v1/collections/bulk/search",
+            &admin,
+            &json!({"query": "what produces lift?", "top_k": 1}),
+        )
+        .await;
+    assert_eq!(found["hits"][0]["document_id"], "wings", "{found}");
+    assert_eq!(stored().await, 4);
+    platform.stop().await;
+}
+
 /// Create: refusals first, each naming its problem.
 async fn creation_refuses_what_it_cannot_build(platform: &Platform, admin: &str, reader: &str) {
     let cases = [

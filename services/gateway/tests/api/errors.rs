@@ -422,3 +422,123 @@ async fn large_requests_departed_clients_and_a_nats_outage() {
     println!("service resumed {:?} after NATS returned", back.elapsed());
     platform.stop().await;
 }
+
+/// Slow and oversized requests (issue 31, items 5 and 11): a head or a body trickled a
+/// byte at a time is cut off after `gateway.header_timeout_s` or answered 408 after
+/// `gateway.body_timeout_s`, and an over-size upload to a collection is the API's JSON
+/// 413 whether sent as JSON or as a form (it was `text/plain` before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_and_oversized_uploads_are_json() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let config = slough_gateway::Config {
+        header_timeout_s: 1,
+        body_timeout_s: 2,
+        ..gateway_config()
+    };
+    let platform = Platform::start(config, inference_config()).await;
+    let admin = platform.admin_key.clone();
+    let address = platform.url.trim_start_matches("http://").to_owned();
+    let created = platform
+        .send(
+            "/v1/collections",
+            &admin,
+            &json!({"name": "slow", "embedding_model": EMBED}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+
+    // A body promised at 1000 bytes and sent at a byte every 200 ms: 408 after 2 s.
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let trickle = async {
+        loop {
+            // Once answered, the server may close: a write may fail, the read tells.
+            let _ = socket.write_all(b" ").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut answer = vec![0u8; 4096];
+            if let Ok(Ok(read)) =
+                tokio::time::timeout(Duration::from_millis(1), socket.read(&mut answer)).await
+            {
+                answer.truncate(read);
+                break String::from_utf8_lossy(&answer).into_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no answer");
+        }
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("the trickled body was never answered");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("gateway.body_timeout_s"), "{answer}");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(5)).contains(&waited),
+        "{waited:?}"
+    );
+
+    // A head sent a byte every 200 ms: the connection ends after about a second.
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in b"GET /v1/models HTTP/1.1\r\nHost: slowly-sent-head\r\n"
+        .iter()
+        .cycle()
+    {
+        if socket.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut answer = [0u8; 512];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(200), socket.read(&mut answer)).await
+        {
+            // The server's answer (a 408) or the end of the connection.
+            assert!(
+                matches!(read, Ok(0) | Err(_)) || answer.starts_with(b"HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            closed = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    assert!(closed, "a slowly sent head held its connection for 10 s");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    // Over the body limit (64 KiB in these tests), as JSON and as a form: JSON 413s.
+    let big = "many words ".repeat(10_000);
+    let as_json = platform
+        .send(
+            "/v1/collections/slow/documents",
+            &admin,
+            &json!({"documents": [{"id": "big", "text": big}]}),
+        )
+        .await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::text(big.clone()).file_name("big.txt"),
+    );
+    let as_form = platform
+        .http
+        .post(format!("{}/v1/collections/slow/documents", platform.url))
+        .bearer_auth(&admin)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    for response in [as_json, as_form] {
+        assert_eq!(response.status(), 413);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "request_too_large", "{error}");
+    }
+    platform.stop().await;
+}
