@@ -265,7 +265,7 @@ fn validate_scopes(scopes: &[Scope]) -> Result<(), KeyError> {
     if scopes.is_empty() {
         return Err(invalid(
             "scopes",
-            "scopes must name at least one of `admin`, `inference`",
+            "scopes must name at least one of `admin`, `inference`, `rag`, `fine-tune`",
         ));
     }
     Ok(())

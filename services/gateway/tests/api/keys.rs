@@ -150,6 +150,16 @@ async fn keys_limits_budgets_and_usage() {
         )
         .await;
     assert_eq!(invalid.status(), 400);
+    // No scope: the refusal lists every scope there is.
+    let none = platform
+        .send("/v1/keys", &admin, &json!({"name": "x", "scopes": []}))
+        .await;
+    assert_eq!(none.status(), 400);
+    let error: Value = none.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    for scope in ["admin", "inference", "rag", "fine-tune"] {
+        assert!(message.contains(&format!("`{scope}`")), "{message}");
+    }
     platform.stop().await;
 }
 
