@@ -29,6 +29,10 @@ pub struct Config {
     pub lease_seconds: u64,
     /// How fine-tuned weights are stored: `int8` or `int4` blocks, or `fp32`.
     pub export_weights: slough_modelkit::llama::FloatWeights,
+    /// The most tokens one job may train on: its training file's tokens times its
+    /// epochs. A larger job fails validation naming this setting, rather than hold a
+    /// CPU worker for days.
+    pub max_job_tokens: u64,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             micro_batch_tokens: 512,
             lease_seconds: 30,
             export_weights: slough_modelkit::llama::FloatWeights::Int8,
+            max_job_tokens: 10_000_000,
         }
     }
 }
@@ -67,6 +72,10 @@ impl Config {
                     "training.micro_batch_tokens = {} (must be 16 to 65536)",
                     self.micro_batch_tokens
                 ),
+            ),
+            (
+                self.max_job_tokens >= 1,
+                "training.max_job_tokens must be at least 1".to_owned(),
             ),
             (
                 (5..=3600).contains(&self.lease_seconds),

@@ -76,6 +76,7 @@ pub async fn run(
             micro_batch_tokens: config.micro_batch_tokens,
             lease,
             export_weights: config.export_weights,
+            max_job_tokens: config.max_job_tokens,
         },
         id: host.id().to_owned(),
         metrics: metrics.clone(),

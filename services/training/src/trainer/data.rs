@@ -33,7 +33,7 @@ pub struct FileError {
     pub message: String,
 }
 
-fn at(line: usize, message: impl Into<String>) -> FileError {
+pub fn at(line: usize, message: impl Into<String>) -> FileError {
     FileError {
         line,
         message: message.into(),
@@ -66,17 +66,34 @@ pub struct Renderer<'a> {
 /// its line.
 pub fn parse_file(text: &str, renderer: &Renderer<'_>) -> Result<Vec<Example>, FileError> {
     let mut examples = Vec::new();
+    for_each_example(text, renderer, |_, example| {
+        examples.push(example);
+        Ok(())
+    })?;
+    Ok(examples)
+}
+
+/// Parses and tokenizes `text` line by line, handing each example to `each` with its
+/// line number and keeping none of them, so that checking a large file takes the memory
+/// of one line; the first problem found (or returned by `each`) ends it.
+pub fn for_each_example(
+    text: &str,
+    renderer: &Renderer<'_>,
+    mut each: impl FnMut(usize, Example) -> Result<(), FileError>,
+) -> Result<(), FileError> {
+    let mut any = false;
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
         if line.trim().is_empty() {
             continue;
         }
-        examples.push(parse_line(line, number, renderer)?);
+        each(number, parse_line(line, number, renderer)?)?;
+        any = true;
     }
-    if examples.is_empty() {
+    if !any {
         return Err(at(0, "the file holds no examples"));
     }
-    Ok(examples)
+    Ok(())
 }
 
 fn parse_line(line: &str, number: usize, renderer: &Renderer<'_>) -> Result<Example, FileError> {

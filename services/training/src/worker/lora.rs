@@ -76,6 +76,15 @@ impl Worker {
     }
 }
 
+/// The passes over `examples` examples a job makes.
+pub(super) fn epochs(requested: &Hyperparameters, examples: usize) -> u64 {
+    match requested.n_epochs {
+        Setting::Value(n) => u64::from(n),
+        // Three passes, more for tiny sets (about 300 examples seen in all, at most 10).
+        Setting::Auto(_) => (300 / examples.max(1)).clamp(3, 10) as u64,
+    }
+}
+
 /// OpenAI's `auto`s made concrete for `examples` examples.
 fn resolve(
     requested: &Hyperparameters,
@@ -83,11 +92,7 @@ fn resolve(
     seed: u64,
     micro_batch_tokens: usize,
 ) -> trainer::Hyperparameters {
-    let epochs = match requested.n_epochs {
-        Setting::Value(n) => u64::from(n),
-        // Three passes, more for tiny sets (about 300 examples seen in all, at most 10).
-        Setting::Auto(_) => (300 / examples.max(1)).clamp(3, 10) as u64,
-    };
+    let epochs = epochs(requested, examples);
     let batch_size = match requested.batch_size {
         Setting::Value(n) => n as usize,
         // About 2 % of the set, a power of two from 1 to 16.
@@ -114,7 +119,7 @@ fn resolve(
 struct Run {
     worker: Arc<Worker>,
     job: fine_tuning_job::Model,
-    base: Base,
+    base: Arc<Base>,
     delivery: Arc<Delivery>,
     stop: CancellationToken,
     runtime: tokio::runtime::Handle,
@@ -218,6 +223,20 @@ impl Run {
             let eta = per_step * (total - report.step) as f64;
             let finish = Utc::now() + chrono::Duration::milliseconds((eta * 1000.0) as i64);
             let position = trainer.position();
+            // The lease first: a job cancelled during this step records no step after
+            // its cancellation.
+            let ours = self.runtime.block_on(self.worker.jobs.renew(
+                &self.job.id,
+                &self.worker.id,
+                lease,
+                position.tokens,
+                Some(finish),
+            ));
+            match ours {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Stopped,
+                Err(err) => tracing::warn!(job = %self.job.id, "cannot renew the lease: {err}"),
+            }
             self.event(
                 EventLevel::Info,
                 &format!(
@@ -236,18 +255,6 @@ impl Run {
                     "eta_seconds": eta,
                 })),
             );
-            let ours = self.runtime.block_on(self.worker.jobs.renew(
-                &self.job.id,
-                &self.worker.id,
-                lease,
-                position.tokens,
-                Some(finish),
-            ));
-            match ours {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Stopped,
-                Err(err) => tracing::warn!(job = %self.job.id, "cannot renew the lease: {err}"),
-            }
             self.runtime.block_on(self.delivery.working());
             let every = self.worker.settings.checkpoint_every;
             if report.step % every == 0 || report.epoch_end {

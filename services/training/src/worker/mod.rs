@@ -79,6 +79,8 @@ pub struct Settings {
     pub micro_batch_tokens: usize,
     pub lease: Duration,
     pub export_weights: FloatWeights,
+    /// The most tokens a job may train on (its file's tokens times its epochs).
+    pub max_job_tokens: u64,
 }
 
 /// A training worker (one per instance; it runs `concurrency` jobs at once).
@@ -125,9 +127,20 @@ struct Base {
     tokenizer: tokenizers::Tokenizer,
 }
 
+impl Base {
+    /// What turns a training file's lines into examples for this model.
+    fn renderer(&self) -> Renderer<'_> {
+        Renderer {
+            template: &self.template,
+            tokenizer: &self.tokenizer,
+            context_length: self.manifest.context_length,
+        }
+    }
+}
+
 impl Worker {
     /// The base model `id` as a chat package with its tokenizer and template, or why not.
-    fn base(&self, id: &str) -> Result<Base, JobError> {
+    fn base(&self, id: &str) -> Result<Arc<Base>, JobError> {
         let dir = self.paths.models.join(id);
         let missing = || {
             job_error(
@@ -161,29 +174,43 @@ impl Worker {
                     Some("model"),
                 )
             })?;
-        Ok(Base {
+        Ok(Arc::new(Base {
             manifest,
             dir,
             template,
             tokenizer,
-        })
+        }))
     }
 
     /// Reads and parses one of the job's files.
     async fn examples(
         &self,
-        base: &Base,
+        base: &Arc<Base>,
         file_id: &str,
         param: &str,
     ) -> Result<Vec<Example>, JobError> {
+        let base = Arc::clone(base);
+        self.over_file(file_id, param, move |text| {
+            data::parse_file(text, &base.renderer())
+        })
+        .await
+    }
+
+    /// Reads file `file_id` and runs `work` over its text on a blocking thread, so that
+    /// a large file does not hold up the service's other requests; a problem `work`
+    /// finds fails the job naming `param` and the file.
+    async fn over_file<T: Send + 'static>(
+        &self,
+        file_id: &str,
+        param: &str,
+        work: impl FnOnce(&str) -> Result<T, data::FileError> + Send + 'static,
+    ) -> Result<T, JobError> {
         let code = format!("invalid_{param}");
         let text = self.file_text(file_id, param).await?;
-        let renderer = Renderer {
-            template: &base.template,
-            tokenizer: &base.tokenizer,
-            context_length: base.manifest.context_length,
-        };
-        data::parse_file(&text, &renderer)
+        let done = tokio::task::spawn_blocking(move || work(&text))
+            .await
+            .map_err(|err| data::at(0, format!("reading it failed: {err}")));
+        done.and_then(|result| result)
             .map_err(|err| job_error(&code, format!("file {file_id}: {err}"), Some(param)))
     }
 
@@ -206,13 +233,9 @@ impl Worker {
 
     /// A classifier job's labelled training file.
     async fn labelled(&self, job: &fine_tuning_job::Model) -> Result<Labelled, JobError> {
-        let text = self.file_text(&job.training_file, "training_file").await?;
-        classifier::parse_file(&text).map_err(|err| {
-            job_error(
-                "invalid_training_file",
-                format!("file {}: {err}", job.training_file),
-                Some("training_file"),
-            )
+        self.over_file(&job.training_file, "training_file", |text| {
+            classifier::parse_file(text)
         })
+        .await
     }
 }

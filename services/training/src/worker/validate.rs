@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// Why a job is refused for its size: the tokens it would train on, and the setting.
+fn too_many_tokens(tokens: u64, epochs: u64, most: u64) -> String {
+    format!(
+        "the job would train on at least {} tokens ({epochs} epochs over {tokens} tokens), \
+         over the {most} this service takes (training.max_job_tokens); lower n_epochs or use \
+         a smaller file",
+        tokens.saturating_mul(epochs)
+    )
+}
+
 impl Worker {
     /// What validating a job's files found, as its event says it.
     pub(super) async fn check_files(
@@ -18,16 +28,46 @@ impl Worker {
             ));
         }
         let base = self.base(&job.model)?;
-        let train = self
-            .examples(&base, &job.training_file, "training_file")
-            .await?;
-        let tokens: usize = train.iter().map(|e| e.tokens.len()).sum();
-        let mut message = format!(
-            "Files validated: {} training examples ({tokens} tokens)",
-            train.len()
-        );
+        let requested: Hyperparameters =
+            serde_json::from_str(&job.hyperparameters).unwrap_or_default();
+        let most = self.settings.max_job_tokens;
+        // The fewest passes the job can make, to stop counting as soon as it is too big.
+        let fewest = lora::epochs(&requested, usize::MAX);
+        let counted = {
+            let base = Arc::clone(&base);
+            self.over_file(&job.training_file, "training_file", move |text| {
+                let (mut examples, mut tokens) = (0usize, 0u64);
+                data::for_each_example(text, &base.renderer(), |line, example| {
+                    examples += 1;
+                    tokens += example.tokens.len() as u64;
+                    if tokens.saturating_mul(fewest) > most {
+                        return Err(data::at(line, too_many_tokens(tokens, fewest, most)));
+                    }
+                    Ok(())
+                })?;
+                let epochs = lora::epochs(&requested, examples);
+                if tokens.saturating_mul(epochs) > most {
+                    return Err(data::at(0, too_many_tokens(tokens, epochs, most)));
+                }
+                Ok((examples, tokens))
+            })
+            .await?
+        };
+        let (examples, tokens) = counted;
+        let mut message =
+            format!("Files validated: {examples} training examples ({tokens} tokens)");
         if let Some(file) = &job.validation_file {
-            let valid = self.examples(&base, file, "validation_file").await?.len();
+            let base = Arc::clone(&base);
+            let valid = self
+                .over_file(file, "validation_file", move |text| {
+                    let mut examples = 0usize;
+                    data::for_each_example(text, &base.renderer(), |_, _| {
+                        examples += 1;
+                        Ok(())
+                    })?;
+                    Ok(examples)
+                })
+                .await?;
             message.push_str(&format!(", {valid} validation examples"));
         }
         Ok(message)
