@@ -483,8 +483,10 @@ mod tests {
 
     #[test]
     fn reads_the_cranfield_dataset() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/retrieval/cranfield");
+        let Some(data) = slough_testkit::eval_data_dir("reads_the_cranfield_dataset") else {
+            return;
+        };
+        let dir = data.join("retrieval/cranfield");
         let dataset = Dataset::read(&dir, "test").unwrap();
         assert_eq!(dataset.corpus.len(), 1398, "two documents have no text");
         assert_eq!(dataset.queries.len(), 225);

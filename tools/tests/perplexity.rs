@@ -10,21 +10,25 @@
     reason = "a test fails by panicking"
 )]
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use slough_inference::{config::RuntimeConfig, runtime::Runtime};
-use slough_testkit::{CHAT_MODEL, onnxruntime_library, setup_data_dir, test_models_dir};
+use slough_testkit::{
+    CHAT_MODEL, eval_data_dir, onnxruntime_library, setup_data_dir, test_models_dir,
+};
 use slough_tools::eval_perplexity::{Scorer, evaluate, read_text};
 
 const CONTEXT: usize = 64;
 const WINDOWS: usize = 3;
 
-fn corpus() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/retrieval/cranfield/corpus.jsonl")
-}
-
 #[test]
 fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
+    let Some(data) =
+        eval_data_dir("perplexity_matches_an_independent_computation_and_a_self_reference_agrees")
+    else {
+        return;
+    };
+    let corpus = || data.join("retrieval/cranfield/corpus.jsonl");
     let runtime = Runtime::load(
         &RuntimeConfig {
             library: Some(onnxruntime_library()),
@@ -98,9 +102,9 @@ fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
     assert!((compared.perplexity - ppl).abs() < 1e-6 * ppl);
 
     // The command prints the same figure, and records it in a package's manifest.
-    let data = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     // A copy of the package, so that recording leaves the shared one alone.
-    let own_models = data.path().join("models");
+    let own_models = scratch.path().join("models");
     let copy = own_models.join(CHAT_MODEL);
     std::fs::create_dir_all(&copy).unwrap();
     for entry in std::fs::read_dir(models.join(CHAT_MODEL)).unwrap() {
@@ -116,7 +120,7 @@ fn perplexity_matches_an_independent_computation_and_a_self_reference_agrees() {
             &WINDOWS.to_string(),
         ])
         .arg(corpus())
-        .env("SLOUGH_DATA_DIR", data.path())
+        .env("SLOUGH_DATA_DIR", scratch.path())
         .env("SLOUGH_MODELS_DIR", &models)
         .env("SLOUGH_INFERENCE__RUNTIME__LIBRARY", onnxruntime_library())
         .output()

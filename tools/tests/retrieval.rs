@@ -19,7 +19,7 @@ use std::{
 use slough::{Platform, Settings, gateway_client::GatewayClient, up::bootstrap_admin_key};
 use slough_modelkit::package::{self, ImportOptions, Quiet};
 use slough_protocol::ServiceKind;
-use slough_testkit::{TestNats, onnxruntime_library, setup_data_dir};
+use slough_testkit::{TestNats, eval_data_dir, onnxruntime_library, setup_data_dir};
 use slough_tools::eval_retrieval::{Dataset, evaluate};
 
 const EMBED: &str = "minilm";
@@ -40,8 +40,10 @@ fn settings(nats: &TestNats, models: &Path) -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hybrid_retrieval_on_a_cranfield_sample() {
-    let cranfield =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/retrieval/cranfield");
+    let Some(data) = eval_data_dir("hybrid_retrieval_on_a_cranfield_sample") else {
+        return;
+    };
+    let cranfield = data.join("retrieval/cranfield");
     let dataset = Dataset::read(&cranfield, "test").unwrap().sample(20, 10);
     assert!(dataset.corpus.len() > 150, "{}", dataset.corpus.len());
 

@@ -125,6 +125,26 @@ pub fn setup_data_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::PathBuf::from(".slough"))
 }
 
+/// The evaluation data (real public datasets kept beside the repository, never in it):
+/// `SLOUGH_EVAL_DATA`, else `../shared/data` next to the clone. `None`, after one line
+/// on stderr naming `test` and where it looked, when it is not there: tests that need
+/// it pass without running, and everything else runs.
+pub fn eval_data_dir(test: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SLOUGH_EVAL_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+        });
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    eprintln!(
+        "{test}: skipped, no evaluation data at {} (set SLOUGH_EVAL_DATA to its folder)",
+        dir.display()
+    );
+    None
+}
+
 /// libonnxruntime as setup installed it (or `ORT_DYLIB_PATH`), for tests whose data
 /// directory is a throw-away one.
 pub fn onnxruntime_library() -> std::path::PathBuf {
