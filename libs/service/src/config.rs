@@ -49,13 +49,29 @@ impl CommonConfig {
             .unwrap_or_else(|| self.data_dir.join("models"))
     }
 
-    /// Creates the data directory, readable by its owner only, when it is missing.
+    /// Creates the data directory for its owner only, or makes an existing one so (and
+    /// says so in the log), and has every file this process and its children (the
+    /// nats-server) create from now on made for their owner only (umask 077): stores,
+    /// shards and their write-ahead logs, checkpoints and uploads hold key hashes and
+    /// users' text.
+    #[allow(unsafe_code)] // std has no umask
     pub fn create_data_dir(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt as _;
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        // SAFETY: umask only sets this process's file-creation mask; it cannot fail.
+        unsafe { libc::umask(0o077) };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&self.data_dir)
+            .create(&self.data_dir)?;
+        let mode = std::fs::metadata(&self.data_dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))?;
+            tracing::warn!(
+                dir = %self.data_dir.display(),
+                "the data directory was open to others (mode {mode:o}); it is now 0700"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -156,6 +156,16 @@ async fn up_status_run_and_shutdown() {
         stderr(&output)
     );
 
+    // A data directory left open to others (as an older version made it) is closed.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("data"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
     let log_path = dir.path().join("up.log");
     let mut up = env
         .command(&["up"])
@@ -185,12 +195,25 @@ async fn up_status_run_and_shutdown() {
     assert_eq!(mode(&key_file), 0o600);
     // The whole data directory is its owner's: the store holds key hashes and usage.
     assert_eq!(mode(&dir.path().join("data")), 0o700);
-    for file in ["slough.db", "slough.db-wal", "slough.db-shm"] {
-        let path = dir.path().join("data").join(file);
-        if path.exists() {
-            assert_eq!(mode(&path), 0o600, "{file}");
+    // Everything made in it is too: the stores, NATS's JetStream files, the run file.
+    let mut made = 0;
+    let mut dirs = vec![dir.path().join("data")];
+    while let Some(next) = dirs.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is open to others",
+                path.display()
+            );
+            made += 1;
+            if path.is_dir() {
+                dirs.push(path);
+            }
         }
     }
+    assert!(made > 5, "{made}");
 
     // Where it runs, as the other commands find it (every port was picked at start).
     let running = env.run_file(&mut up, Duration::from_secs(10));
@@ -275,6 +298,7 @@ async fn up_status_run_and_shutdown() {
         "colours in a log that is not a terminal"
     );
     assert!(log.contains("nats-server exited; restarting it"), "{log}");
+    assert!(log.contains("it is now 0700"), "{log}");
     assert!(log.contains("nats-server restarted"), "{log}");
     // Libraries stay quiet: no ONNX Runtime session dumps at the default level.
     assert!(

@@ -61,7 +61,15 @@ impl EdgeBackend {
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(store_error)?;
         }
-        std::fs::create_dir_all(&path).map_err(store_error)?;
+        // The shard's files (its write-ahead log holds document text) are its owner's.
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .map_err(store_error)?;
+        }
         let config = EdgeConfigBuilder::new()
             .on_disk_payload(true)
             .vector(
