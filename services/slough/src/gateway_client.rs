@@ -183,7 +183,8 @@ pub struct GatewayArgs {
     /// and the configured gateway.listen).
     #[arg(long, global = true)]
     pub url: Option<String>,
-    /// The API key (default: SLOUGH_API_KEY, then the admin key `slough up` made).
+    /// The API key (default: SLOUGH_API_KEY, then SLOUGH_ADMIN_KEY, then the admin key
+    /// `slough up` made).
     #[arg(long, global = true)]
     pub key: Option<String>,
 }
@@ -198,9 +199,14 @@ impl GatewayArgs {
     }
 }
 
-/// The key: given, `SLOUGH_API_KEY`, or the admin key `slough up` generated.
+/// The key: given, `SLOUGH_API_KEY`, the admin key the platform was started with
+/// (`SLOUGH_ADMIN_KEY`), or the one `slough up` generated.
 pub fn api_key(settings: &Settings, given: Option<String>) -> anyhow::Result<String> {
-    if let Some(key) = given.or_else(|| std::env::var("SLOUGH_API_KEY").ok()) {
+    let from_env = || std::env::var("SLOUGH_API_KEY").ok().filter(|key| !key.is_empty());
+    if let Some(key) = given
+        .or_else(from_env)
+        .or_else(slough_gateway::keys::admin_key_from_env)
+    {
         return Ok(key);
     }
     let file = slough_gateway::keys::admin_key_path(&settings.common.data_dir);
@@ -208,8 +214,8 @@ pub fn api_key(settings: &Settings, given: Option<String>) -> anyhow::Result<Str
         .map(|key| key.trim().to_owned())
         .map_err(|_| {
             anyhow::anyhow!(
-                "no API key: pass --key, set SLOUGH_API_KEY, or run where `slough up` keeps \
-                 its admin key ({})",
+                "no API key: pass --key, set SLOUGH_API_KEY or SLOUGH_ADMIN_KEY, or run where \
+                 `slough up` keeps its admin key ({})",
                 file.display()
             )
         })

@@ -247,6 +247,22 @@ async fn up_status_run_and_shutdown() {
     let table = env.command(&["status"]).output().unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).contains("6 instance(s)"));
 
+    // The commands that call the gateway find it through the run file (every port was
+    // picked at start) and take the key the platform was given in SLOUGH_ADMIN_KEY
+    // when there is no generated one.
+    let kept = env.data.join("admin-key.kept");
+    std::fs::rename(&key_file, &kept).unwrap();
+    let without = env.command(&["jobs", "list"]).output().unwrap();
+    assert!(!without.status.success());
+    assert!(stderr(&without).contains("SLOUGH_ADMIN_KEY"), "{}", stderr(&without));
+    let with = env
+        .command(&["jobs", "list"])
+        .env("SLOUGH_ADMIN_KEY", key.trim())
+        .output()
+        .unwrap();
+    assert!(with.status.success(), "{}", stderr(&with));
+    std::fs::rename(&kept, &key_file).unwrap();
+
     // A second personality replica joins, then dies without saying goodbye.
     let mut replica = env
         .command(&["run", "personality"])
