@@ -56,7 +56,8 @@ impl Classifiers {
         if let Some(head) = self.loaded.lock().await.get(id) {
             return Ok(head.clone());
         }
-        let dir = self.models_dir.join(id);
+        let dir = package::package_dir(&self.models_dir, id)
+            .map_err(|_| invalid(format!("classifier `{id}` does not exist")))?;
         let manifest = package::read_manifest(&dir)
             .map_err(|_| invalid(format!("classifier `{id}` does not exist")))?;
         if manifest.kind != ModelKind::Classifier {

@@ -202,7 +202,11 @@ impl GatewayArgs {
 /// The key: given, `SLOUGH_API_KEY`, the admin key the platform was started with
 /// (`SLOUGH_ADMIN_KEY`), or the one `slough up` generated.
 pub fn api_key(settings: &Settings, given: Option<String>) -> anyhow::Result<String> {
-    let from_env = || std::env::var("SLOUGH_API_KEY").ok().filter(|key| !key.is_empty());
+    let from_env = || {
+        std::env::var("SLOUGH_API_KEY")
+            .ok()
+            .filter(|key| !key.is_empty())
+    };
     if let Some(key) = given
         .or_else(from_env)
         .or_else(slough_gateway::keys::admin_key_from_env)

@@ -254,7 +254,11 @@ async fn up_status_run_and_shutdown() {
     std::fs::rename(&key_file, &kept).unwrap();
     let without = env.command(&["jobs", "list"]).output().unwrap();
     assert!(!without.status.success());
-    assert!(stderr(&without).contains("SLOUGH_ADMIN_KEY"), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("SLOUGH_ADMIN_KEY"),
+        "{}",
+        stderr(&without)
+    );
     let with = env
         .command(&["jobs", "list"])
         .env("SLOUGH_ADMIN_KEY", key.trim())

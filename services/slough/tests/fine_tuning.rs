@@ -257,6 +257,21 @@ async fn a_fine_tuned_model_learns_a_style_survives_a_killed_worker_and_is_serve
         err.contains("404") && err.contains("no-such-model"),
         "{err}"
     );
+    // A model is named by its id, never by a path into (or out of) the models directory.
+    for path in [
+        format!("../models/{BASE}"),
+        models.join(BASE).display().to_string(),
+    ] {
+        let err = client
+            .post("/v1/fine_tuning/jobs", &create_body(&path, &file))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("400") && err.contains("not a model id"),
+            "{err}"
+        );
+    }
     let err = client
         .post("/v1/fine_tuning/jobs", &create_body("minilm", &file))
         .await

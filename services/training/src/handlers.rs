@@ -120,7 +120,7 @@ async fn delete_model(
         )
     };
     let models = &state.worker.paths.models;
-    let manifest = package::read_manifest(&models.join(&model)).map_err(|_| not_found())?;
+    let manifest = package::find(models, &model).map_err(|_| not_found())?;
     if manifest.parent.is_none() {
         return Err(ErrorBody::new(
             ErrorCode::Conflict,
@@ -185,7 +185,7 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
         None => MethodKind::Supervised,
         Some(method) => method_kind(method)?,
     };
-    match package::read_manifest(&state.worker.paths.models.join(&model)) {
+    match package::find(&state.worker.paths.models, &model) {
         Ok(manifest) => match (kind, manifest.kind) {
             (MethodKind::Supervised, ModelKind::Chat) if manifest.architecture == "llama" => {}
             (MethodKind::Classifier, ModelKind::Embedding) => {}
@@ -208,6 +208,12 @@ async fn check(state: &Endpoints, request: CreateJobRequest) -> Result<NewJob, E
                 ));
             }
         },
+        Err(package::PackageError::InvalidId(_)) => {
+            return Err(ErrorBody::invalid(
+                "model",
+                format!("`{model}` is not a model id; name a model from /v1/models"),
+            ));
+        }
         Err(_) => {
             return Err(ErrorBody {
                 param: Some("model".to_owned()),

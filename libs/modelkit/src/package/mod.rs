@@ -20,7 +20,10 @@ pub use self::{
         GRAPH_VERSION, GraphShape, MANIFEST, Manifest, ModelKind, Quality, Sampling, Source,
         SpecialTokens, read_manifest,
     },
-    registry::{CLASSIFIER_WEIGHTS, list, record_quality, remove, source_path, write_classifier},
+    registry::{
+        CLASSIFIER_WEIGHTS, find, list, package_dir, record_quality, remove, source_path,
+        write_classifier,
+    },
 };
 use crate::{bert::BertError, gguf::GgufError, llama::BuildError, tokenizer::TokenizerError};
 

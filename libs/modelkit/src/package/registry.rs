@@ -123,6 +123,20 @@ pub fn list(models_dir: &Path) -> Result<Vec<Manifest>, PackageError> {
     Ok(manifests)
 }
 
+/// The directory of package `id` in `models_dir`. `id` is a package id, never a path
+/// (`..`, `/` and absolute paths are refused), so a request naming a model cannot
+/// reach outside the models directory.
+pub fn package_dir(models_dir: &Path, id: &str) -> Result<PathBuf, PackageError> {
+    validate_id(id)?;
+    Ok(models_dir.join(id))
+}
+
+/// The manifest of package `id` in `models_dir`: [`PackageError::InvalidId`] for what
+/// is not an id, [`PackageError::NotFound`] when there is no such package.
+pub fn find(models_dir: &Path, id: &str) -> Result<Manifest, PackageError> {
+    read_manifest(&package_dir(models_dir, id)?).map_err(|_| PackageError::NotFound(id.to_owned()))
+}
+
 /// Removes package `id`: renamed out of sight first, so a reader never sees it half gone.
 pub fn remove(models_dir: &Path, id: &str) -> Result<Manifest, PackageError> {
     validate_id(id)?;
@@ -147,4 +161,24 @@ pub fn record_quality(dir: &Path, quality: Quality) -> Result<Manifest, PackageE
     fs::write(&staged, json).map_err(io("cannot write the manifest"))?;
     fs::rename(&staged, dir.join(MANIFEST)).map_err(io("cannot replace the manifest"))?;
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_is_found_by_id_never_by_path() {
+        let models = tempfile::tempdir().unwrap();
+        for path in ["../models/x", "/etc", "a/b", "..", ".hidden", ""] {
+            assert!(
+                matches!(find(models.path(), path), Err(PackageError::InvalidId(_))),
+                "{path}"
+            );
+        }
+        assert!(matches!(
+            find(models.path(), "absent"),
+            Err(PackageError::NotFound(_))
+        ));
+    }
 }

@@ -9,7 +9,7 @@ impl Worker {
     /// head as a classifier package.
     pub(super) async fn run_classifier(self: &Arc<Self>, job: &fine_tuning_job::Model) -> Outcome {
         let failed = |code: &str, message: String| Outcome::Failed(job_error(code, message, None));
-        let manifest = match package::read_manifest(&self.paths.models.join(&job.model)) {
+        let manifest = match package::find(&self.paths.models, &job.model) {
             Ok(manifest) if manifest.kind == ModelKind::Embedding => manifest,
             _ => {
                 return Outcome::Failed(job_error(

@@ -141,7 +141,6 @@ impl Base {
 impl Worker {
     /// The base model `id` as a chat package with its tokenizer and template, or why not.
     fn base(&self, id: &str) -> Result<Arc<Base>, JobError> {
-        let dir = self.paths.models.join(id);
         let missing = || {
             job_error(
                 "model_not_found",
@@ -149,6 +148,7 @@ impl Worker {
                 Some("model"),
             )
         };
+        let dir = package::package_dir(&self.paths.models, id).map_err(|_| missing())?;
         let manifest = package::read_manifest(&dir).map_err(|_| missing())?;
         if manifest.kind != ModelKind::Chat || manifest.architecture != "llama" {
             return Err(job_error(
