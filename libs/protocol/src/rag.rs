@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ServiceKind, endpoint::Endpoint};
 
 /// Creates a collection.
-pub const CREATE_COLLECTION: Endpoint<CreateCollection, Collection> =
+pub const CREATE_COLLECTION: Endpoint<CreateCollectionRequest, Collection> =
     Endpoint::new(ServiceKind::Rag, "create_collection");
 /// Every collection with its size.
 pub const LIST_COLLECTIONS: Endpoint<ListCollections, CollectionList> =
@@ -56,6 +56,14 @@ pub struct CreateCollection {
     pub chunk_overlap: Option<u32>,
 }
 
+/// A new collection for the key `owner` (set by the gateway, never by the client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollectionRequest {
+    pub owner: String,
+    pub collection: CreateCollection,
+}
+
 /// A collection and its size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -75,7 +83,12 @@ pub struct Collection {
 /// Lists every collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ListCollections {}
+pub struct ListCollections {
+    /// Whose collections the caller reaches: its API key's id, or none for an admin
+    /// (every collection). Another key's collection is answered as not found.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
 
 /// Every collection, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -88,6 +101,10 @@ pub struct CollectionList {
 #[serde(deny_unknown_fields)]
 pub struct CollectionRequest {
     pub name: String,
+    /// Whose collections the caller reaches: its API key's id, or none for an admin
+    /// (every collection). Another key's collection is answered as not found.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// How a document's text is written, which decides where it is split first.
@@ -126,6 +143,10 @@ pub struct Document {
 pub struct IngestRequest {
     pub collection: String,
     pub documents: Vec<Document>,
+    /// Whose collections the caller reaches: its API key's id, or none for an admin
+    /// (every collection). Another key's collection is answered as not found.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// What happened to each document.
@@ -163,6 +184,10 @@ pub enum IngestStatus {
 pub struct DocumentRequest {
     pub collection: String,
     pub id: String,
+    /// Whose collections the caller reaches: its API key's id, or none for an admin
+    /// (every collection). Another key's collection is answered as not found.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// A deleted document.
@@ -209,6 +234,11 @@ pub struct SearchRequest {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub filter: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Whose collections the caller reaches (set by the gateway): its API key's id, or
+    /// none for an admin.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub owner: Option<String>,
 }
 
 fn default_top_k() -> u32 {

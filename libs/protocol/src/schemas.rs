@@ -18,9 +18,9 @@ use crate::{
         UpdatePersona,
     },
     rag::{
-        Collection, CollectionList, CollectionRequest, CreateCollection, DocumentDeleted,
-        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchRequest,
-        SearchResponse,
+        Collection, CollectionList, CollectionRequest, CreateCollection, CreateCollectionRequest,
+        DocumentDeleted, DocumentRequest, IngestRequest, IngestResponse, ListCollections,
+        SearchRequest, SearchResponse,
     },
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
@@ -73,6 +73,10 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("adherence_request", schema_for!(AdherenceRequest)),
         ("adherence", schema_for!(Adherence)),
         ("create_collection", schema_for!(CreateCollection)),
+        (
+            "create_collection_request",
+            schema_for!(CreateCollectionRequest),
+        ),
         ("collection", schema_for!(Collection)),
         ("list_collections", schema_for!(ListCollections)),
         ("collection_list", schema_for!(CollectionList)),

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
+pub mod ownership;
 pub mod pipeline;
 pub mod replicas;
 pub mod routes;

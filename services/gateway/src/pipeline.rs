@@ -91,6 +91,8 @@ pub struct ChatTurn {
     pub generation: GenerateRequest,
     pub persona: Option<String>,
     pub retrieval: Option<Retrieval>,
+    /// Whose collections retrieval reaches: the key's id, or `None` for an admin.
+    pub reader: Option<String>,
 }
 
 /// The chat extension `rag`: which collection to retrieve from, and how.
@@ -189,7 +191,10 @@ impl ChatPipeline {
             self.compose(persona, &mut turn.generation).await?;
         }
         let retrieved = match &turn.retrieval {
-            Some(retrieval) => self.retrieve(retrieval, &mut turn.generation).await?,
+            Some(retrieval) => {
+                self.retrieve(retrieval, turn.reader, &mut turn.generation)
+                    .await?
+            }
             None => Retrieved::default(),
         };
         let generation = open_all(
@@ -264,6 +269,7 @@ impl ChatPipeline {
     async fn retrieve(
         &self,
         retrieval: &Retrieval,
+        reader: Option<String>,
         generation: &mut GenerateRequest,
     ) -> Result<Retrieved, PipelineError> {
         let PromptInput::Messages(messages) = &mut generation.input else {
@@ -287,6 +293,7 @@ impl ChatPipeline {
             top_k: retrieval.top_k,
             mode: retrieval.mode,
             filter: None,
+            owner: reader,
         };
         let found = self
             .bus

@@ -143,17 +143,28 @@ impl Collections {
         self.open.write().await.insert(name, Open::new(row, index));
     }
 
-    async fn get_open(&self, name: &str) -> Result<Arc<Open>, CollectionError> {
+    /// Collection `name`, when `owner` reaches it: every collection for an admin
+    /// (`None`), a key's own otherwise; another key's is not found, as a missing one.
+    async fn get_open(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<Arc<Open>, CollectionError> {
         self.open
             .read()
             .await
             .get(name)
+            .filter(|open| reaches(owner, &open.row))
             .cloned()
             .ok_or_else(|| CollectionError::NotFound(name.to_owned()))
     }
 
-    /// Creates a collection.
-    pub async fn create(&self, request: CreateCollection) -> Result<Collection, CollectionError> {
+    /// Creates a collection for the key `owner`.
+    pub async fn create(
+        &self,
+        request: CreateCollection,
+        owner: &str,
+    ) -> Result<Collection, CollectionError> {
         check_name("name", &request.name).map_err(refused)?;
         let chunk_size = request.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
         let chunk_overlap = request.chunk_overlap.unwrap_or(DEFAULT_CHUNK_OVERLAP);
@@ -194,6 +205,7 @@ impl Collections {
             chunk_size: i32::try_from(chunk_size).unwrap_or(i32::MAX),
             chunk_overlap: i32::try_from(chunk_overlap).unwrap_or(i32::MAX),
             created_at: Utc::now(),
+            owner: Some(owner.to_owned()),
         };
         let active: collection::ActiveModel = row.clone().into();
         if let Err(err) = collection::Entity::insert(active)
@@ -238,9 +250,16 @@ impl Collections {
         Ok(model)
     }
 
-    /// Every collection with its size, by name.
-    pub async fn list(&self) -> Result<Vec<Collection>, CollectionError> {
-        let open: Vec<Arc<Open>> = self.open.read().await.values().cloned().collect();
+    /// Every collection `owner` reaches, with its size, by name.
+    pub async fn list(&self, owner: Option<&str>) -> Result<Vec<Collection>, CollectionError> {
+        let open: Vec<Arc<Open>> = self
+            .open
+            .read()
+            .await
+            .values()
+            .filter(|open| reaches(owner, &open.row))
+            .cloned()
+            .collect();
         let mut described = Vec::with_capacity(open.len());
         for one in open {
             described.push(self.describe(&one).await?);
@@ -250,8 +269,12 @@ impl Collections {
     }
 
     /// One collection with its size.
-    pub async fn get(&self, name: &str) -> Result<Collection, CollectionError> {
-        let open = self.get_open(name).await?;
+    pub async fn get(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<Collection, CollectionError> {
+        let open = self.get_open(name, owner).await?;
         self.describe(&open).await
     }
 
@@ -266,8 +289,12 @@ impl Collections {
     }
 
     /// Deletes a collection, its documents and its chunks; an ingest under way stops.
-    pub async fn delete(&self, name: &str) -> Result<Collection, CollectionError> {
-        let open = self.get_open(name).await?;
+    pub async fn delete(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<Collection, CollectionError> {
+        let open = self.get_open(name, owner).await?;
         open.deleting.store(true, Ordering::SeqCst);
         let deleted = self.delete_open(&open).await;
         if deleted.is_err() {
@@ -319,7 +346,9 @@ impl Collections {
     /// Adds or replaces `request`'s documents, one after the other.
     pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResponse, CollectionError> {
         check_documents(&request.documents)?;
-        let open = self.get_open(&request.collection).await?;
+        let open = self
+            .get_open(&request.collection, request.owner.as_deref())
+            .await?;
         let chunker = self.chunker(&open).await?;
         let writer = open.writer.lock().await;
         let collection = request.collection;
@@ -491,8 +520,9 @@ impl Collections {
         &self,
         collection: &str,
         id: &str,
+        owner: Option<&str>,
     ) -> Result<DocumentDeleted, CollectionError> {
-        let open = self.get_open(collection).await?;
+        let open = self.get_open(collection, owner).await?;
         let writer = open.writer.lock().await;
         if *writer {
             return Err(CollectionError::NotFound(collection.to_owned()));
@@ -533,7 +563,9 @@ impl Collections {
         if request.query.trim().is_empty() {
             return Err(CollectionError::invalid("query", "query must not be empty"));
         }
-        let open = self.get_open(&request.collection).await?;
+        let open = self
+            .get_open(&request.collection, request.owner.as_deref())
+            .await?;
         let started = Instant::now();
         let dense = match request.mode {
             SearchMode::Sparse => None,
@@ -578,6 +610,12 @@ impl Collections {
                 .size(&described.name, described.documents, described.chunks);
         }
     }
+}
+
+/// Whether `owner` (a key's id; `None` for an admin) reaches the collection `row`. One
+/// made before collections had owners is the admins'.
+fn reaches(owner: Option<&str>, row: &collection::Model) -> bool {
+    owner.is_none_or(|owner| row.owner.as_deref() == Some(owner))
 }
 
 fn describe(row: &collection::Model, documents: u64, chunks: u64) -> Collection {
@@ -818,5 +856,31 @@ fn refused(body: ErrorBody) -> CollectionError {
     CollectionError::Invalid {
         param: body.param.unwrap_or_default(),
         message: body.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_is_its_owners_and_the_admins_and_an_old_one_the_admins_only() {
+        let row = |owner: Option<&str>| collection::Model {
+            name: "docs".to_owned(),
+            embedding_model: "minilm".to_owned(),
+            dimensions: 384,
+            chunk_size: 200,
+            chunk_overlap: 32,
+            created_at: Utc::now(),
+            owner: owner.map(str::to_owned),
+        };
+        assert!(reaches(Some("a"), &row(Some("a"))));
+        assert!(!reaches(Some("b"), &row(Some("a"))));
+        assert!(reaches(None, &row(Some("a"))), "an admin reaches every one");
+        assert!(reaches(None, &row(None)));
+        assert!(
+            !reaches(Some("a"), &row(None)),
+            "made before owners: the admins'"
+        );
     }
 }

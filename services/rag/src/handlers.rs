@@ -6,9 +6,9 @@ use slough_bus::{BusError, ServiceHost};
 use slough_protocol::{
     ErrorBody,
     rag::{
-        self, Collection, CollectionList, CollectionRequest, CreateCollection, DocumentDeleted,
-        DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchRequest,
-        SearchResponse,
+        self, Collection, CollectionList, CollectionRequest, CreateCollectionRequest,
+        DocumentDeleted, DocumentRequest, IngestRequest, IngestResponse, ListCollections,
+        SearchRequest, SearchResponse,
     },
 };
 
@@ -34,17 +34,19 @@ pub async fn add(host: &mut ServiceHost, collections: Arc<Collections>) -> Resul
 
 async fn create(
     collections: Arc<Collections>,
-    request: CreateCollection,
+    request: CreateCollectionRequest,
 ) -> Result<Collection, ErrorBody> {
-    Ok(collections.create(request).await?)
+    Ok(collections
+        .create(request.collection, &request.owner)
+        .await?)
 }
 
 async fn list(
     collections: Arc<Collections>,
-    _: ListCollections,
+    request: ListCollections,
 ) -> Result<CollectionList, ErrorBody> {
     Ok(CollectionList {
-        collections: collections.list().await?,
+        collections: collections.list(request.owner.as_deref()).await?,
     })
 }
 
@@ -52,14 +54,18 @@ async fn get(
     collections: Arc<Collections>,
     request: CollectionRequest,
 ) -> Result<Collection, ErrorBody> {
-    Ok(collections.get(&request.name).await?)
+    Ok(collections
+        .get(&request.name, request.owner.as_deref())
+        .await?)
 }
 
 async fn delete(
     collections: Arc<Collections>,
     request: CollectionRequest,
 ) -> Result<Collection, ErrorBody> {
-    Ok(collections.delete(&request.name).await?)
+    Ok(collections
+        .delete(&request.name, request.owner.as_deref())
+        .await?)
 }
 
 async fn ingest(
@@ -74,7 +80,7 @@ async fn delete_document(
     request: DocumentRequest,
 ) -> Result<DocumentDeleted, ErrorBody> {
     Ok(collections
-        .delete_document(&request.collection, &request.id)
+        .delete_document(&request.collection, &request.id, request.owner.as_deref())
         .await?)
 }
 

@@ -15,6 +15,8 @@ pub struct Model {
     /// Tokens shared by neighbouring chunks.
     pub chunk_overlap: i32,
     pub created_at: DateTimeUtc,
+    /// The id of the API key that created it; none: the admins' (made before owners).
+    pub owner: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ mod m20261201_000001_personas;
 mod m20261201_000002_collections;
 mod m20261202_000001_fine_tuning;
 mod m20261202_000002_stored_completions;
+mod m20261207_000001_collection_owners;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_collections::Migration),
             Box::new(m20261202_000001_fine_tuning::Migration),
             Box::new(m20261202_000002_stored_completions::Migration),
+            Box::new(m20261207_000001_collection_owners::Migration),
         ]
     }
 }

@@ -21,6 +21,7 @@ use crate::{
     openai::{
         self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
     },
+    ownership,
     pipeline::{ChatPipeline, ChatTurn, Citation, Keep, Retrieval, Retrieved},
     state::AppState,
 };
@@ -477,7 +478,7 @@ pub async fn create(
     key.require(Scope::Inference)?;
     let (model, persona) = body.model_and_persona()?;
     let request = body.to_generate(&model)?;
-    key.allow_model(&model)?;
+    ownership::check_model(&state, &key, &model).await?;
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
@@ -503,6 +504,7 @@ pub async fn create(
         generation: request.clone(),
         persona: persona.clone(),
         retrieval: body.rag.clone(),
+        reader: key.owner_filter(),
     };
     let (generation, retrieved) = pipeline
         .run(turn)

@@ -1,14 +1,16 @@
-//! `/v1/collections`: the RAG service's collections, documents and search. Any key may
-//! list, describe and search; creating, deleting and ingesting take the `rag` scope.
+//! `/v1/collections`: the RAG service's collections, documents and search. A collection
+//! belongs to the key that created it: that key (and any admin) lists, describes and
+//! searches it, and with the `rag` scope ingests into it and deletes from it; to other
+//! keys it does not exist. Creating takes the `rag` scope.
 
 use actix_web::{HttpRequest, HttpResponse, http::header::CONTENT_TYPE, web};
 use actix_web::{delete, get, post};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use slough_protocol::rag::{
-    self, Collection, CollectionRequest, CreateCollection, Document, DocumentDeleted,
-    DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode, SearchRequest,
-    SearchResponse,
+    self, Collection, CollectionRequest, CreateCollection, CreateCollectionRequest, Document,
+    DocumentDeleted, DocumentRequest, IngestRequest, IngestResponse, ListCollections, SearchMode,
+    SearchRequest, SearchResponse,
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -73,7 +75,11 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateCollection>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Rag)?;
-    let collection = call(&state, &rag::CREATE_COLLECTION, &body).await?;
+    let request = CreateCollectionRequest {
+        owner: caller.id.to_string(),
+        collection: body,
+    };
+    let collection = call(&state, &rag::CREATE_COLLECTION, &request).await?;
     tracing::info!(collection = %collection.name, by = %caller.id, "collection created");
     Ok(HttpResponse::Created().json(collection))
 }
@@ -87,9 +93,12 @@ pub async fn create(
 #[get("/v1/collections")]
 pub async fn list(
     state: web::Data<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let list = call(&state, &rag::LIST_COLLECTIONS, &ListCollections {}).await?;
+    let request = ListCollections {
+        owner: caller.owner_filter(),
+    };
+    let list = call(&state, &rag::LIST_COLLECTIONS, &request).await?;
     Ok(HttpResponse::Ok().json(CollectionList {
         object: "list".to_owned(),
         data: list.collections,
@@ -106,11 +115,12 @@ pub async fn list(
 #[get("/v1/collections/{name}")]
 pub async fn get(
     state: web::Data<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let request = CollectionRequest {
         name: name.into_inner(),
+        owner: caller.owner_filter(),
     };
     Ok(HttpResponse::Ok().json(call(&state, &rag::GET_COLLECTION, &request).await?))
 }
@@ -131,6 +141,7 @@ pub async fn delete(
     caller.require(Scope::Rag)?;
     let request = CollectionRequest {
         name: name.into_inner(),
+        owner: caller.owner_filter(),
     };
     let deleted = call(&state, &rag::DELETE_COLLECTION, &request).await?;
     tracing::info!(collection = %deleted.name, by = %caller.id, "collection deleted");
@@ -184,7 +195,12 @@ pub async fn ingest(
             ),
         ));
     }
-    let mut ingestion = Ingestion::new(state.bus.clone(), name.into_inner(), documents);
+    let mut ingestion = Ingestion::new(
+        state.bus.clone(),
+        name.into_inner(),
+        caller.owner_filter(),
+        documents,
+    );
     if options.stream != Some(true) {
         // A client that leaves stops the upload after the batch being stored, as a
         // dropped stream does below.
@@ -289,17 +305,25 @@ pub enum IngestStreamEvent {
 struct Ingestion {
     bus: slough_bus::Bus,
     collection: String,
+    /// Whose collections the caller reaches (`None`: an admin's, all).
+    owner: Option<String>,
     total: usize,
     batches: std::vec::IntoIter<Vec<Document>>,
     outcome: IngestResponse,
 }
 
 impl Ingestion {
-    fn new(bus: slough_bus::Bus, collection: String, documents: Vec<Document>) -> Ingestion {
+    fn new(
+        bus: slough_bus::Bus,
+        collection: String,
+        owner: Option<String>,
+        documents: Vec<Document>,
+    ) -> Ingestion {
         let total = documents.len();
         Ingestion {
             bus,
             collection,
+            owner,
             total,
             batches: batches(documents).into_iter(),
             outcome: IngestResponse {
@@ -323,6 +347,7 @@ impl Ingestion {
         let request = IngestRequest {
             collection: self.collection.clone(),
             documents: batch,
+            owner: self.owner.clone(),
         };
         let done = self
             .bus
@@ -397,7 +422,11 @@ pub async fn delete_document(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::Rag)?;
     let (collection, id) = path.into_inner();
-    let request = DocumentRequest { collection, id };
+    let request = DocumentRequest {
+        collection,
+        id,
+        owner: caller.owner_filter(),
+    };
     Ok(HttpResponse::Ok().json(call(&state, &rag::DELETE_DOCUMENT, &request).await?))
 }
 
@@ -413,7 +442,7 @@ pub async fn delete_document(
 #[post("/v1/collections/{name}/search")]
 pub async fn search(
     state: web::Data<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     name: web::Path<String>,
     JsonBody(body): JsonBody<SearchBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -423,6 +452,7 @@ pub async fn search(
         top_k: body.top_k.unwrap_or(5),
         mode: body.mode.unwrap_or_default(),
         filter: body.filter,
+        owner: caller.owner_filter(),
     };
     Ok(HttpResponse::Ok().json(call(&state, &rag::SEARCH, &request).await?))
 }

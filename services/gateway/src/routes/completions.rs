@@ -19,6 +19,7 @@ use crate::{
     openai::{
         self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
     },
+    ownership,
     state::AppState,
 };
 
@@ -282,7 +283,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
     let requests = body.to_generate()?;
-    key.allow_model(&body.model)?;
+    ownership::check_model(&state, &key, &body.model).await?;
     let id = response_id("cmpl");
     let created = now_unix();
     let logprobs = body.logprobs.is_some();

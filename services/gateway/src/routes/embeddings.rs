@@ -15,6 +15,7 @@ use crate::{
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    ownership,
     state::AppState,
 };
 
@@ -139,7 +140,7 @@ pub async fn create(
             "dimensions must be at least 1",
         ));
     }
-    key.allow_model(&body.model)?;
+    ownership::check_model(&state, &key, &body.model).await?;
     if let Some(asked) = body.dimensions {
         // Refused before any embedding work when the model's size is known.
         let size = state

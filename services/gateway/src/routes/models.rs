@@ -12,7 +12,7 @@ use slough_protocol::{
 };
 use utoipa::ToSchema;
 
-use crate::{error::ApiError, http::Caller, keys::Scope, state::AppState};
+use crate::{error::ApiError, http::Caller, keys::Scope, ownership, state::AppState};
 
 /// The models list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,10 +119,10 @@ pub async fn list(
     Caller(key): Caller,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
-    let models: Vec<Model> = served(&state)
+    let served = served(&state).await?;
+    let models: Vec<Model> = ownership::usable(&state, &key, served, |model| &model.id)
         .await?
         .into_iter()
-        .filter(|model| key.allow_model(&model.id).is_ok())
         .map(Model::from)
         .collect();
     let personas = if models.iter().any(|model| model.kind == "chat") {
@@ -164,12 +164,12 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
     let id = id.into_inner();
-    let not_found = || {
-        ApiError::not_found("model_not_found", format!("model `{id}` is not served"))
-            .with_param("model")
-    };
+    let not_found = || ownership::not_found(&id);
     let (model_id, persona) = slough_protocol::names::split_model_alias(&id);
-    if key.allow_model(model_id).is_err() {
+    if ownership::check_model(&state, &key, model_id)
+        .await
+        .is_err()
+    {
         return Err(not_found());
     }
     let model = served(&state)

@@ -16,6 +16,7 @@ use crate::{
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
+    ownership,
     state::AppState,
 };
 
@@ -166,9 +167,15 @@ pub async fn delete(
 #[post("/v1/personality/analyze")]
 pub async fn analyze(
     state: web::Data<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     JsonBody(body): JsonBody<AnalyzeRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    // A classifier is a fine-tuned model: its trainer's (or given by name).
+    if let Some(classifier) = &body.classifier {
+        ownership::check_model(&state, &caller, classifier)
+            .await
+            .map_err(|err| err.with_param("classifier"))?;
+    }
     let metrics = call(&state, &personality::ANALYZE, &body).await?;
     Ok(HttpResponse::Ok().json(metrics))
 }

@@ -24,17 +24,19 @@ async fn collections_ingest_search_and_answer_with_citations() {
     let (reader, _) = platform.create_key(json!({"scopes": ["inference"]})).await;
 
     creation_refuses_what_it_cannot_build(&platform, &admin, &reader).await;
-    ingestion_creates_then_changes_nothing(&platform, &admin, &reader).await;
-    paraphrases_find_their_document_in_every_mode(&platform, &reader).await;
-    search_refusals_name_their_field(&platform, &reader).await;
+    // The admin made the collection; it is theirs (another key's is covered by
+    // isolation.rs), so the admin reads it below.
+    ingestion_creates_then_changes_nothing(&platform, &admin, &admin).await;
+    paraphrases_find_their_document_in_every_mode(&platform, &admin).await;
+    search_refusals_name_their_field(&platform, &admin).await;
     a_jsonl_upload_names_a_broken_line(&platform, &admin).await;
-    replacing_keeps_one_copy_and_deleting_removes(&platform, &admin, &reader).await;
-    a_streamed_upload_reports_progress_and_where_it_stopped(&platform, &admin, &reader).await;
+    replacing_keeps_one_copy_and_deleting_removes(&platform, &admin, &admin).await;
+    a_streamed_upload_reports_progress_and_where_it_stopped(&platform, &admin, &admin).await;
     an_upload_refused_in_its_first_batch_is_an_http_error(&platform, &admin).await;
     a_bad_query_parameter_is_refused_in_the_error_shape(&platform, &admin).await;
-    chats_cite_their_sources(&platform, &reader).await;
-    a_long_question_drops_sources_and_says_so(&platform, &reader).await;
-    the_collection_is_deleted(&platform, &admin, &reader).await;
+    chats_cite_their_sources(&platform, &admin).await;
+    a_long_question_drops_sources_and_says_so(&platform, &admin).await;
+    the_collection_is_deleted(&platform, &admin, &admin).await;
     platform.stop().await;
 }
 

@@ -14,6 +14,7 @@ mod support;
 mod collections;
 mod errors;
 mod generation;
+mod isolation;
 mod keys;
 mod personas;
 mod streams;

@@ -37,6 +37,7 @@ pub struct Platform {
     inference: Option<Running>,
     personality: Option<Running>,
     rag: Option<Running>,
+    training: Option<Running>,
     /// More inference replicas, from [`Platform::add_inference_replica`].
     replicas: Vec<Running>,
     common: CommonConfig,
@@ -53,6 +54,17 @@ pub const BUILTIN_PERSONAS: [&str; 6] = [
     "analyst",
     "companion",
 ];
+
+/// What a platform runs beyond the usual.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// The gateway's store (default: SQLite in the data directory).
+    pub database_url: Option<String>,
+    /// The models (default: the test models).
+    pub models_dir: Option<std::path::PathBuf>,
+    /// Also the training service.
+    pub training: bool,
+}
 
 /// The gateway settings tests start from: a free port, small limits.
 pub fn gateway_config() -> slough_gateway::Config {
@@ -90,12 +102,28 @@ impl Platform {
         inference: slough_inference::Config,
         database_url: Option<String>,
     ) -> Platform {
+        let options = Options {
+            database_url,
+            ..Options::default()
+        };
+        Platform::start_with(gateway, inference, options).await
+    }
+
+    /// As [`Platform::start`], with `options`.
+    pub async fn start_with(
+        gateway: slough_gateway::Config,
+        inference: slough_inference::Config,
+        options: Options,
+    ) -> Platform {
         let nats = TestNats::start();
         let data = tempfile::tempdir().expect("data dir");
+        let models = options
+            .models_dir
+            .unwrap_or_else(slough_testkit::test_models_dir);
         let common = CommonConfig {
             data_dir: data.path().to_owned(),
-            models_dir: Some(slough_testkit::test_models_dir()),
-            database_url: database_url.map(secrecy::SecretString::from),
+            models_dir: Some(models.clone()),
+            database_url: options.database_url.map(secrecy::SecretString::from),
             ..CommonConfig::default()
         };
         // As the slough command does before it starts a gateway: the first admin key.
@@ -130,6 +158,18 @@ impl Platform {
             })
         })
         .await;
+        let training = if options.training {
+            let run = start_service(ServiceKind::Training, &common, &nats, move |ctx, stop| {
+                Box::pin(async move {
+                    slough_training::run(ctx, slough_training::Config::default(), stop)
+                        .await
+                        .expect("training runs")
+                })
+            });
+            Some(run.await)
+        } else {
+            None
+        };
         let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
             Box::pin(async move {
                 slough_gateway::run(ctx, gateway, stop)
@@ -145,6 +185,14 @@ impl Platform {
             .expect("the gateway announces its API address");
         let url = format!("http://{api}");
         let key_file = slough_gateway::keys::admin_key_path(data.path());
+        let packages = slough_modelkit::package::list(&models).expect("the models");
+        let expected: usize = packages
+            .iter()
+            .map(|package| match package.kind {
+                slough_modelkit::package::ModelKind::Chat => 1 + BUILTIN_PERSONAS.len(),
+                _ => 1,
+            })
+            .sum();
         let mut platform = Platform {
             nats,
             url,
@@ -154,6 +202,7 @@ impl Platform {
             inference: Some(inference),
             personality: Some(personality),
             rag: Some(rag),
+            training,
             replicas: Vec::new(),
             common,
             inference_config,
@@ -167,10 +216,10 @@ impl Platform {
                     && response.status() == 200
                 {
                     let body: Value = response.json().await.expect("models json");
-                    // Both models, and the chat model's alias for each built-in persona.
+                    // Every model, and each chat model's alias for each built-in persona.
                     if body["data"]
                         .as_array()
-                        .is_some_and(|models| models.len() == 2 + BUILTIN_PERSONAS.len())
+                        .is_some_and(|listed| listed.len() == expected)
                     {
                         return platform;
                     }
@@ -299,6 +348,9 @@ impl Platform {
         }
         if let Some(rag) = self.rag.take() {
             rag.stop().await;
+        }
+        if let Some(training) = self.training.take() {
+            training.stop().await;
         }
     }
 
