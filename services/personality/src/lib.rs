@@ -15,6 +15,7 @@ mod handlers;
 pub mod metrics;
 pub mod personas;
 pub mod style;
+pub mod vader;
 
 use slough_service::{ServiceContext, ServiceError};
 use tokio_util::sync::CancellationToken;
