@@ -132,6 +132,17 @@ impl ApiError {
         .with_param(param)
     }
 
+    /// 413 naming `param`: storing the request would pass a storage quota.
+    pub fn quota_reached(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "storage_quota_exceeded",
+            message,
+        )
+        .with_param(param)
+    }
+
     /// 408: the request body did not arrive in time.
     pub fn body_timeout(timeout: Duration) -> ApiError {
         ApiError::new(

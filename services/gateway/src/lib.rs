@@ -25,6 +25,7 @@ pub mod openai;
 pub mod openapi;
 pub mod ownership;
 pub mod pipeline;
+pub mod quotas;
 pub mod replicas;
 pub mod routes;
 pub mod state;
@@ -75,6 +76,10 @@ pub struct Config {
     pub header_timeout_s: u64,
     /// How long a client may take to send a request's body, in seconds; then 408.
     pub body_timeout_s: u64,
+    /// The most bytes of files one key keeps (0: no limit); past it, uploads get 413.
+    pub max_file_bytes_per_key: u64,
+    /// The most bytes of document text one key's collections hold (0: no limit).
+    pub max_collection_bytes_per_key: u64,
     /// Origins browsers may call the API from (`https://app.example.com`, or `*`).
     /// Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
@@ -95,6 +100,8 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             header_timeout_s: 5,
             body_timeout_s: 60,
+            max_file_bytes_per_key: 1 << 30,
+            max_collection_bytes_per_key: 256 << 20,
             cors_origins: Vec::new(),
             key_cache_ms: 5_000,
             usage_queue: 10_000,
@@ -131,6 +138,10 @@ pub async fn run(
         replicas,
         max_body_bytes: config.max_body_bytes,
         body_timeout: Duration::from_secs(config.body_timeout_s),
+        quotas: quotas::Quotas {
+            file_bytes: config.max_file_bytes_per_key,
+            collection_bytes: config.max_collection_bytes_per_key,
+        },
         files: tokio::sync::OnceCell::new(),
     });
     let host = ctx.register(DESCRIPTION).await?;

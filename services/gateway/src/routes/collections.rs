@@ -20,6 +20,7 @@ use crate::{
     error::{ApiError, ErrorResponse},
     http::{Body, Caller, Connection, JsonBody},
     keys::Scope,
+    quotas,
     state::AppState,
     upload::{self, DocumentsBody},
 };
@@ -195,6 +196,8 @@ pub async fn ingest(
             ),
         ));
     }
+    let text: usize = documents.iter().map(|document| document.text.len()).sum();
+    quotas::check_collections(&state, &caller, text as u64).await?;
     let mut ingestion = Ingestion::new(
         state.bus.clone(),
         name.into_inner(),

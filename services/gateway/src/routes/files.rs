@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     http::{Caller, read_body},
     keys::Scope,
+    quotas,
     state::AppState,
 };
 
@@ -193,6 +194,7 @@ pub async fn upload(
         return Err(ApiError::too_large(MAX_FILE_BYTES));
     }
     check_fine_tune_file(&filename, &bytes)?;
+    quotas::check_files(&state, &caller, bytes.len() as u64).await?;
 
     let id = format!("file-{}", &uuid::Uuid::new_v4().simple().to_string()[..24]);
     let size = files(&state)

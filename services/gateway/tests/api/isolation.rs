@@ -330,3 +330,84 @@ async fn one_key_never_reaches_another_keys_data() {
     }
     platform.stop().await;
 }
+
+/// Storage quotas hold per key (issue 31, item 15): a key's files and its collections'
+/// text stop at their quotas with a 413 naming the setting, nothing is stored past
+/// them, and another key still has all of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quotas_hold_per_key() {
+    let config = slough_gateway::Config {
+        max_file_bytes_per_key: 1000,
+        max_collection_bytes_per_key: 300,
+        ..gateway_config()
+    };
+    let platform = Platform::start(config, inference_config()).await;
+    let scopes = json!({"scopes": ["inference", "rag", "fine-tune"]});
+    let (a, _) = platform.create_key(scopes.clone()).await;
+    let (b, _) = platform.create_key(scopes).await;
+    let line = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Ahoy\"}]}\n";
+    let file = line.repeat(600 / line.len());
+    let upload = |key: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "fine-tune")
+            .part(
+                "file",
+                reqwest::multipart::Part::text(file.clone()).file_name("f.jsonl"),
+            );
+        platform
+            .http
+            .post(format!("{}/v1/files", platform.url))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+    };
+    let ingest = |key: &str, collection: &str, id: &str| {
+        let text = format!("{id}: {}", "Checked the tyres. ".repeat(12));
+        platform
+            .post(
+                &format!("/v1/collections/{collection}/documents"),
+                key,
+                &json!({"documents": [{"id": id, "text": text}]}),
+            )
+            .send()
+    };
+    let refused = |response: reqwest::Response, setting: &'static str| async move {
+        let status = response.status();
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(status, 413, "{setting}: {error}");
+        assert_eq!(error["error"]["code"], "storage_quota_exceeded", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(setting), "{message}");
+    };
+
+    assert_eq!(upload(&a).await.unwrap().status(), 200);
+    refused(upload(&a).await.unwrap(), "gateway.max_file_bytes_per_key").await;
+    let files: Value = platform.get_json("/v1/files", &a).await;
+    assert_eq!(files["data"].as_array().unwrap().len(), 1, "{files}");
+    assert_eq!(
+        upload(&b).await.unwrap().status(),
+        200,
+        "B has its own quota"
+    );
+
+    for (key, name) in [(&a, "a-notes"), (&b, "b-notes")] {
+        let created = platform
+            .send(
+                "/v1/collections",
+                key,
+                &json!({"name": name, "embedding_model": EMBED}),
+            )
+            .await;
+        assert_eq!(created.status(), 201);
+    }
+    assert_eq!(ingest(&a, "a-notes", "one").await.unwrap().status(), 200);
+    refused(
+        ingest(&a, "a-notes", "two").await.unwrap(),
+        "gateway.max_collection_bytes_per_key",
+    )
+    .await;
+    let described: Value = platform.get_json("/v1/collections/a-notes", &a).await;
+    assert_eq!(described["documents"], 1, "{described}");
+    assert_eq!(ingest(&b, "b-notes", "one").await.unwrap().status(), 200);
+    platform.stop().await;
+}
