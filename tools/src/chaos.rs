@@ -18,7 +18,12 @@
 //!   under load (a throw-away database on the server `--postgres` names): requests fail
 //!   with a clean 503 while it is gone, the gateway's `/readyz` names the store, and
 //!   without a restart requests succeed again within 5 s of its return, with every
-//!   answered request in the usage accounting.
+//!   answered request in the usage accounting;
+//! - `collection-delete`: collections are deleted while 300 documents are being
+//!   ingested into each, under the load: every process lives on, each ingest ends
+//!   with its documents stored or a clean 409 (or 404 when the deletion came first),
+//!   the deleted collection is gone, and its name can be made, filled and searched
+//!   again.
 
 use std::{
     fmt::Write as _,
@@ -44,6 +49,7 @@ pub enum Scenario {
     ReplicaLoss,
     NatsRestart,
     StoreOutage,
+    CollectionDelete,
 }
 
 /// How hard and how long.
@@ -84,6 +90,7 @@ pub fn run(settings: &Settings, options: &ChaosOptions) -> anyhow::Result<()> {
         Scenario::ReplicaLoss => rt.block_on(replica_loss(&mut cluster, settings, options)),
         Scenario::NatsRestart => nats_restart(&rt, &mut cluster, &mut nats, options),
         Scenario::StoreOutage => rt.block_on(store_outage(&mut cluster, options)),
+        Scenario::CollectionDelete => rt.block_on(collection_delete(&mut cluster, options)),
     };
     cluster.stop();
     if outcome.is_err() {
@@ -561,22 +568,24 @@ fn load_rows(table: &mut Table, outcomes: &[Outcome]) {
 
 /// What went wrong, counted by message.
 fn error_summary<'a>(outcomes: impl Iterator<Item = &'a Outcome>) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for error in outcomes.filter_map(|o| o.error.clone()) {
-        match counts.iter_mut().find(|(e, _)| *e == error) {
+    tally(outcomes.filter_map(|o| o.error.as_deref()))
+}
+
+/// Each distinct text with how often it came, in order of first sight: `2× 409; 1× 200`
+/// (`none` when there is nothing).
+fn tally<'a>(texts: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for text in texts {
+        match counts.iter_mut().find(|(seen, _)| *seen == text) {
             Some((_, n)) => *n += 1,
-            None => counts.push((error, 1)),
+            None => counts.push((text, 1)),
         }
     }
     if counts.is_empty() {
         return "none".to_owned();
     }
-    counts.iter().fold(String::new(), |mut out, (error, n)| {
-        let _ = write!(
-            out,
-            "{}{n}× {error}",
-            if out.is_empty() { "" } else { "; " }
-        );
+    counts.iter().fold(String::new(), |mut out, (text, n)| {
+        let _ = write!(out, "{}{n}× {text}", if out.is_empty() { "" } else { "; " });
         out
     })
 }
@@ -1161,4 +1170,237 @@ async fn store_outage_on(
         broken.push("usage lost answered requests".to_owned());
     }
     print_table("store outage", &table, &broken)
+}
+
+/// How one collection's deletion under an ingest went.
+struct Deletion {
+    /// Documents the collection held when the deletion was asked for.
+    held: u64,
+    /// How long the deletion took to answer.
+    took: Duration,
+    /// The deletion's error, if it failed.
+    delete_error: Option<String>,
+    /// The ingest's answer: its status and error code.
+    ingest: String,
+}
+
+/// The documents of one ingest: enough that it is still under way when the deletion
+/// comes (the rag service stores them in batches of 32).
+fn ingest_documents() -> Value {
+    let documents: Vec<Value> = (0..300)
+        .map(|n| {
+            json!({
+                "id": format!("doc-{n}"),
+                "text": format!(
+                    "Maintenance note {n}: the crew checked the tyres, the brakes and the \
+                     fuel on aircraft {n} before the morning flight."
+                ),
+            })
+        })
+        .collect();
+    json!({ "documents": documents })
+}
+
+async fn collection_delete(cluster: &mut Cluster, options: &ChaosOptions) -> anyhow::Result<()> {
+    let (gateway, chat, embed) = start(
+        cluster,
+        &[
+            ("inference", "inference"),
+            ("rag", "rag"),
+            ("gateway", "gateway"),
+        ],
+    )
+    .await?;
+    let load = Load::start(&gateway, &chat, &embed, options);
+    let rounds = (options.seconds / 10).max(3);
+    let body = ingest_documents();
+    let mut deletions = Vec::new();
+    for round in 0..rounds {
+        // The rounds spread over the run, so the load runs around each of them.
+        let due = Duration::from_secs(options.seconds) * round as u32 / rounds as u32;
+        tokio::time::sleep(due.saturating_sub(load.now())).await;
+        let name = format!("chaos-{round}");
+        let path = format!("/v1/collections/{name}");
+        gateway
+            .post(
+                "/v1/collections",
+                &json!({"name": name, "embedding_model": embed}),
+            )
+            .await?;
+        let ingest = gateway
+            .post_request(&format!("{path}/documents"))
+            .json(&body)
+            .timeout(HUNG)
+            .send();
+        let ingest = tokio::spawn(async move {
+            match ingest.await {
+                Ok(response) => {
+                    let status = response.status();
+                    let answer: Value = response.json().await.unwrap_or_default();
+                    match answer["error"]["code"].as_str() {
+                        Some(code) => format!("{} {code}", status.as_u16()),
+                        None => status.as_u16().to_string(),
+                    }
+                }
+                Err(err) if err.is_timeout() => format!("no answer within {HUNG:?}"),
+                Err(err) => format!("connection: {err}"),
+            }
+        });
+        // Each round deletes at a later point of its ingest: after the first batch,
+        // then a quarter of the way, and so on (or after 30 s).
+        let target = 1 + 300 * round / (rounds + 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut held = 0;
+        while Instant::now() < deadline {
+            held = gateway
+                .get(&path)
+                .await
+                .map_or(0, |c| c["documents"].as_u64().unwrap_or(0));
+            if held >= target {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let asked = Instant::now();
+        let delete_error = gateway.delete(&path).await.err().map(|e| e.to_string());
+        let took = asked.elapsed();
+        let ingest = ingest.await?;
+        deletions.push(Deletion {
+            held,
+            took,
+            delete_error,
+            ingest,
+        });
+    }
+
+    // Afterwards: every process lives, the deleted collections are gone, and a name
+    // can be used again from scratch.
+    let exited: Vec<String> = cluster
+        .processes
+        .iter_mut()
+        .filter_map(|p| (!matches!(p.child.try_wait(), Ok(None))).then(|| p.name.clone()))
+        .collect();
+    let listed = gateway.get("/v1/collections").await?;
+    let left: Vec<String> = listed["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|name| name.starts_with("chaos-"))
+        .map(str::to_owned)
+        .collect();
+    let again = collection_again(&gateway, &embed).await;
+    let outcomes = load.finish().await;
+
+    let mut table = new_table();
+    table.add_row(vec!["streams".to_owned(), options.streams.to_string()]);
+    load_rows(&mut table, &outcomes);
+    table.add_row(vec![
+        "load errors".to_owned(),
+        error_summary(outcomes.iter()),
+    ]);
+    table.add_row(vec![
+        "collections deleted under an ingest of 300 documents".to_owned(),
+        deletions.len().to_string(),
+    ]);
+    table.add_row(vec![
+        "documents stored when the deletion came".to_owned(),
+        deletions
+            .iter()
+            .map(|d| d.held.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    ]);
+    let mut took: Vec<f64> = deletions
+        .iter()
+        .map(|d| d.took.as_secs_f64() * 1e3)
+        .collect();
+    table.add_row(vec![
+        "deletion answered in p50 / max".to_owned(),
+        format!(
+            "{:.0} / {:.0} ms",
+            percentile(&mut took, 50.0),
+            percentile(&mut took, 100.0)
+        ),
+    ]);
+    table.add_row(vec![
+        "the ingests' answers".to_owned(),
+        tally(deletions.iter().map(|d| d.ingest.as_str())),
+    ]);
+    table.add_row(vec![
+        "processes that exited".to_owned(),
+        if exited.is_empty() {
+            "none".to_owned()
+        } else {
+            exited.join(", ")
+        },
+    ]);
+    table.add_row(vec![
+        "a name used again: created, filled, searched".to_owned(),
+        match &again {
+            Ok(()) => "yes".to_owned(),
+            Err(err) => format!("no: {err:#}"),
+        },
+    ]);
+
+    let mut broken = Vec::new();
+    if !exited.is_empty() {
+        broken.push(format!("{} exited", exited.join(", ")));
+    }
+    if outcomes.iter().any(|o| o.error.is_some()) {
+        broken.push("requests of the load failed".to_owned());
+    }
+    for deletion in &deletions {
+        if let Some(error) = &deletion.delete_error {
+            broken.push(format!("a deletion failed: {error}"));
+        }
+        // Stored in full (the deletion came after), refused as deleted during the
+        // ingest, or not found (the deletion came before it began).
+        let answer = deletion.ingest.as_str();
+        if !(answer == "200" || answer.starts_with("409 ") || answer.starts_with("404 ")) {
+            broken.push(format!("an ingest answered {}", deletion.ingest));
+        }
+    }
+    if !left.is_empty() {
+        broken.push(format!("deleted collections are still listed: {left:?}"));
+    }
+    if let Err(err) = again {
+        broken.push(format!(
+            "a deleted collection's name cannot be used again: {err:#}"
+        ));
+    }
+    print_table("collection deletion under ingest", &table, &broken)
+}
+
+/// `chaos-0` made again after its deletion: created, one document stored, found.
+async fn collection_again(gateway: &GatewayClient, embed: &str) -> anyhow::Result<()> {
+    gateway
+        .post(
+            "/v1/collections",
+            &json!({"name": "chaos-0", "embedding_model": embed}),
+        )
+        .await?;
+    let text = "The hangar doors open at dawn.";
+    gateway
+        .post(
+            "/v1/collections/chaos-0/documents",
+            &json!({"documents": [{"id": "again", "text": text}]}),
+        )
+        .await?;
+    let found = gateway
+        .post(
+            "/v1/collections/chaos-0/search",
+            &json!({"query": "When do the hangar doors open?"}),
+        )
+        .await?;
+    let hits = found["hits"].as_array().map_or(0, Vec::len);
+    let described = gateway.get("/v1/collections/chaos-0").await?;
+    gateway.delete("/v1/collections/chaos-0").await?;
+    if found["hits"][0]["document_id"] != "again" || described["documents"] != 1 {
+        bail!(
+            "it holds {} documents and search found {hits}",
+            described["documents"]
+        );
+    }
+    Ok(())
 }

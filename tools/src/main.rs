@@ -40,7 +40,8 @@ enum Command {
     /// print figures, and fail when the scenario's promise is broken: `soak` (no errors,
     /// memory growth under 5 %), `replica-loss` (SIGKILL one of two inference replicas),
     /// `nats-restart` (stop and restart nats-server), `store-outage` (PostgreSQL refuses
-    /// connections for a while).
+    /// connections for a while), `collection-delete` (collections deleted while documents
+    /// are being ingested into them).
     Chaos(chaos::ChaosOptions),
 }
 
