@@ -5,8 +5,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, Condition, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set, sea_query::Expr,
+    ActiveModelTrait as _, ColumnTrait as _, Condition, ConnectionTrait, EntityTrait as _,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
+    sea_query::Expr,
 };
 use slough_protocol::{
     ErrorBody, ErrorCode,
@@ -221,23 +222,11 @@ impl Jobs {
         from: &[JobStatus],
         to: JobStatus,
     ) -> Result<bool, JobsError> {
-        let mut update = fine_tuning_job::Entity::update_many()
-            .col_expr(fine_tuning_job::Column::Status, Expr::value(to.as_str()))
-            .filter(fine_tuning_job::Column::Id.eq(id))
-            .filter(fine_tuning_job::Column::Status.is_in(from.iter().map(|s| s.as_str())));
-        if to.is_final() {
-            update = update
-                .col_expr(fine_tuning_job::Column::FinishedAt, Expr::value(Utc::now()))
-                .col_expr(
-                    fine_tuning_job::Column::EstimatedFinish,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                );
-        }
-        let result = update.exec(self.db()).await.map_err(JobsError::Store)?;
-        Ok(result.rows_affected == 1)
+        transition_on(self.db(), id, from, to).await
     }
 
-    /// Cancels a job that has not ended.
+    /// Cancels a job that has not ended. The status and its event change together, so
+    /// a step its worker records is either before both or not recorded.
     pub async fn cancel(&self, id: &str, owner: Option<&str>) -> Result<Job, JobsError> {
         self.get(id, owner).await?;
         let open = [
@@ -245,15 +234,24 @@ impl Jobs {
             JobStatus::Queued,
             JobStatus::Running,
         ];
-        if !self.transition(id, &open, JobStatus::Cancelled).await? {
+        let transaction = self.db().begin().await.map_err(JobsError::Store)?;
+        if !transition_on(&transaction, id, &open, JobStatus::Cancelled).await? {
+            drop(transaction);
             let now = self.get(id, owner).await?;
             return Err(JobsError::Ended {
                 id: id.to_owned(),
                 status: now.status,
             });
         }
-        self.event(id, EventLevel::Info, "Job cancelled by the user", None)
-            .await?;
+        insert_event(
+            &transaction,
+            id,
+            EventLevel::Info,
+            "Job cancelled by the user",
+            None,
+        )
+        .await?;
+        transaction.commit().await.map_err(JobsError::Store)?;
         Ok(to_job(&self.get(id, owner).await?))
     }
 
@@ -327,17 +325,22 @@ impl Jobs {
         }
     }
 
-    /// Renews `worker`'s lease on a running job and records its progress; answers
-    /// `false` when the job is no longer this worker's to run (cancelled, failed, or
-    /// its lease lost).
-    pub async fn renew(
+    /// Records a step of `worker`'s running job: renews its lease for `lease`, stores
+    /// the tokens trained and the estimated finish, and appends the step's event, in one
+    /// transaction, so a job cancelled or taken over meanwhile records nothing. Answers
+    /// whether the job is still `worker`'s.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_step(
         &self,
         id: &str,
         worker: &str,
         lease: Duration,
         trained_tokens: u64,
         estimated_finish: Option<DateTime<Utc>>,
+        message: &str,
+        metrics: serde_json::Value,
     ) -> Result<bool, JobsError> {
+        let transaction = self.db().begin().await.map_err(JobsError::Store)?;
         let result = fine_tuning_job::Entity::update_many()
             .col_expr(
                 fine_tuning_job::Column::LeaseExpiresAt,
@@ -354,10 +357,15 @@ impl Jobs {
             .filter(fine_tuning_job::Column::Id.eq(id))
             .filter(fine_tuning_job::Column::LeaseOwner.eq(worker))
             .filter(fine_tuning_job::Column::Status.eq(JobStatus::Running.as_str()))
-            .exec(self.db())
+            .exec(&transaction)
             .await
             .map_err(JobsError::Store)?;
-        Ok(result.rows_affected == 1)
+        let ours = result.rows_affected == 1;
+        if ours {
+            insert_event(&transaction, id, EventLevel::Info, message, Some(metrics)).await?;
+        }
+        transaction.commit().await.map_err(JobsError::Store)?;
+        Ok(ours)
     }
 
     /// Extends `worker`'s lease on a running job (through phases without steps).
@@ -497,27 +505,7 @@ impl Jobs {
         message: &str,
         metrics: Option<serde_json::Value>,
     ) -> Result<(), JobsError> {
-        let row = fine_tuning_event::ActiveModel {
-            job_id: Set(id.to_owned()),
-            level: Set(match level {
-                EventLevel::Info => "info",
-                EventLevel::Warn => "warn",
-                EventLevel::Error => "error",
-            }
-            .to_owned()),
-            kind: Set(if metrics.is_some() {
-                "metrics"
-            } else {
-                "message"
-            }
-            .to_owned()),
-            message: Set(message.to_owned()),
-            data: Set(metrics.as_ref().map(json)),
-            created_at: Set(Utc::now()),
-            ..Default::default()
-        };
-        row.insert(self.db()).await.map_err(JobsError::Store)?;
-        Ok(())
+        insert_event(self.db(), id, level, message, metrics).await
     }
 
     /// A job's events newest first, after the event `after`.
@@ -632,6 +620,61 @@ impl Jobs {
     }
 }
 
+/// Moves job `id` from one of `from` to `to` on `db` (a transaction or the store);
+/// answers whether it did.
+async fn transition_on(
+    db: &impl ConnectionTrait,
+    id: &str,
+    from: &[JobStatus],
+    to: JobStatus,
+) -> Result<bool, JobsError> {
+    let mut update = fine_tuning_job::Entity::update_many()
+        .col_expr(fine_tuning_job::Column::Status, Expr::value(to.as_str()))
+        .filter(fine_tuning_job::Column::Id.eq(id))
+        .filter(fine_tuning_job::Column::Status.is_in(from.iter().map(|s| s.as_str())));
+    if to.is_final() {
+        update = update
+            .col_expr(fine_tuning_job::Column::FinishedAt, Expr::value(Utc::now()))
+            .col_expr(
+                fine_tuning_job::Column::EstimatedFinish,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            );
+    }
+    let result = update.exec(db).await.map_err(JobsError::Store)?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Appends an event to job `id` on `db` (a transaction or the store).
+async fn insert_event(
+    db: &impl ConnectionTrait,
+    id: &str,
+    level: EventLevel,
+    message: &str,
+    metrics: Option<serde_json::Value>,
+) -> Result<(), JobsError> {
+    let row = fine_tuning_event::ActiveModel {
+        job_id: Set(id.to_owned()),
+        level: Set(match level {
+            EventLevel::Info => "info",
+            EventLevel::Warn => "warn",
+            EventLevel::Error => "error",
+        }
+        .to_owned()),
+        kind: Set(if metrics.is_some() {
+            "metrics"
+        } else {
+            "message"
+        }
+        .to_owned()),
+        message: Set(message.to_owned()),
+        data: Set(metrics.as_ref().map(json)),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    };
+    row.insert(db).await.map_err(JobsError::Store)?;
+    Ok(())
+}
+
 /// Cuts rows fetched with one extra (`limit + 1`) to `limit`; answers whether there
 /// were more.
 fn trim_page<T>(rows: &mut Vec<T>, limit: u64) -> bool {
@@ -726,5 +769,84 @@ fn to_event(row: &fine_tuning_event::Model) -> JobEvent {
             .data
             .as_deref()
             .and_then(|d| serde_json::from_str(d).ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn running_job(jobs: &Jobs, worker: &str) -> String {
+        let job = jobs
+            .insert(NewJob {
+                owner: "key-a".to_owned(),
+                model: "smollm2".to_owned(),
+                training_file: "file-a".to_owned(),
+                validation_file: None,
+                hyperparameters: Hyperparameters::default(),
+                lora: Lora::default(),
+                suffix: None,
+                seed: 1,
+                metadata: None,
+                method: MethodKind::Supervised,
+            })
+            .await
+            .unwrap();
+        let queued = [JobStatus::ValidatingFiles];
+        assert!(
+            jobs.transition(&job.id, &queued, JobStatus::Queued)
+                .await
+                .unwrap()
+        );
+        let claim = jobs.claim(&job.id, worker, Duration::seconds(30)).await;
+        assert!(matches!(claim, Ok(Claim::Claimed(_))));
+        job.id
+    }
+
+    async fn step(jobs: &Jobs, id: &str, worker: &str, n: u64) -> bool {
+        let message = format!("Step {n}/1000: training loss=1.0");
+        jobs.record_step(
+            id,
+            worker,
+            Duration::seconds(30),
+            n,
+            None,
+            &message,
+            serde_json::json!({"step": n}),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A cancelled job records no step after its cancellation, even when its worker is
+    /// recording steps as fast as it can while the cancel comes (issue 31, item 12).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_step_is_recorded_after_a_cancellation() {
+        let data = tempfile::tempdir().unwrap();
+        let jobs = Jobs::new(Store::open(None, data.path()).await.unwrap());
+        for round in 0..10 {
+            let id = running_job(&jobs, "worker-1").await;
+            let stepping = {
+                let (jobs, id) = (jobs.clone(), id.clone());
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while step(&jobs, &id, "worker-1", n).await {
+                        n += 1;
+                    }
+                    n
+                })
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(5 * round)).await;
+            jobs.cancel(&id, None).await.unwrap();
+            stepping.await.unwrap();
+            assert!(!step(&jobs, &id, "worker-1", 9999).await);
+            let events = jobs.events(&id, None, None, Some(5)).await.unwrap();
+            assert_eq!(
+                events.data[0].message,
+                "Job cancelled by the user",
+                "round {round}: {:?}",
+                events.data.iter().map(|e| &e.message).collect::<Vec<_>>()
+            );
+        }
     }
 }

@@ -223,27 +223,19 @@ impl Run {
             let eta = per_step * (total - report.step) as f64;
             let finish = Utc::now() + chrono::Duration::milliseconds((eta * 1000.0) as i64);
             let position = trainer.position();
-            // The lease first: a job cancelled during this step records no step after
-            // its cancellation.
-            let ours = self.runtime.block_on(self.worker.jobs.renew(
+            // The lease and the step's event together: a job cancelled during this step
+            // records no step after its cancellation.
+            let ours = self.runtime.block_on(self.worker.jobs.record_step(
                 &self.job.id,
                 &self.worker.id,
                 lease,
                 position.tokens,
                 Some(finish),
-            ));
-            match ours {
-                Ok(true) => {}
-                Ok(false) => return Outcome::Stopped,
-                Err(err) => tracing::warn!(job = %self.job.id, "cannot renew the lease: {err}"),
-            }
-            self.event(
-                EventLevel::Info,
                 &format!(
                     "Step {}/{}: training loss={:.4}",
                     report.step, total, report.loss
                 ),
-                Some(serde_json::json!({
+                serde_json::json!({
                     "step": report.step,
                     "total_steps": total,
                     "epoch": report.epoch,
@@ -253,8 +245,13 @@ impl Run {
                     "tokens_per_second": report.tokens as f64 / took.as_secs_f64(),
                     "elapsed_seconds": elapsed,
                     "eta_seconds": eta,
-                })),
-            );
+                }),
+            ));
+            match ours {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Stopped,
+                Err(err) => tracing::warn!(job = %self.job.id, "cannot record the step: {err}"),
+            }
             self.runtime.block_on(self.delivery.working());
             let every = self.worker.settings.checkpoint_every;
             if report.step % every == 0 || report.epoch_end {
