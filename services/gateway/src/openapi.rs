@@ -22,7 +22,8 @@ use crate::{error::ErrorResponse, routes};
         description = "An OpenAI-compatible API (chat completions, completions, embeddings, \
             models) with API key management, usage reports, and personas: who the model is, \
             applied to chats and measured; collections for retrieval; files and fine-tuning jobs \
-            whose models are served; the platform's status for operators. Every error answers with \
+            whose models are served; personal data found and masked in text; the platform's status \
+            for operators. Every error answers with \
             OpenAI's error object.",
     ),
     components(schemas(ErrorResponse, routes::usage::Interval))

@@ -13,6 +13,7 @@ pub mod fine_tuning;
 pub mod keys;
 pub mod models;
 pub mod personality;
+pub mod pii;
 pub mod status;
 pub mod usage;
 
@@ -70,6 +71,8 @@ api! {
     personality::delete,
     personality::preview,
     personality::analyze,
+    pii::analyze,
+    pii::anonymize,
     collections::create,
     collections::list,
     collections::get,

@@ -17,6 +17,7 @@ mod generation;
 mod isolation;
 mod keys;
 mod personas;
+mod pii;
 mod streams;
 
 use std::time::Duration;
