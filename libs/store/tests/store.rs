@@ -29,6 +29,7 @@ fn key(prefix: &str) -> api_key::ActiveModel {
         requests_per_minute: Set(Some(60)),
         tokens_per_minute: Set(None),
         token_budget: Set(Some(1_000_000)),
+        pii_policy: Set(Some("mask".to_owned())),
     }
 }
 
@@ -144,10 +145,15 @@ async fn admin_keys_of_an_older_store_gain_the_fine_tune_scope() {
     // The store as it was before fine-tuning: the first four migrations.
     let old = sea_orm::Database::connect(&url).await.unwrap();
     slough_store::Migrator::up(&old, Some(4)).await.unwrap();
+    // Rows as that schema holds them: without the columns added since.
+    let old_row = |mut row: api_key::ActiveModel| {
+        row.pii_policy = sea_orm::ActiveValue::NotSet;
+        api_key::Entity::insert(row).exec_without_returning(&old)
+    };
     let mut admin = key("sk-admin");
     admin.scopes = Set("admin inference rag".to_owned());
-    admin.insert(&old).await.unwrap();
-    key("sk-plain").insert(&old).await.unwrap();
+    old_row(admin).await.unwrap();
+    old_row(key("sk-plain")).await.unwrap();
     old.close().await.unwrap();
 
     let store = Store::open(None, dir.path()).await.unwrap();

@@ -132,6 +132,17 @@ impl ApiError {
         .with_param(param)
     }
 
+    /// 400 naming `param`: it holds personal data, and the key's PII policy blocks it.
+    pub fn pii_detected(param: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "pii_detected",
+            message,
+        )
+        .with_param(param)
+    }
+
     /// 413 naming `param`: storing the request would pass a storage quota.
     pub fn quota_reached(param: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(

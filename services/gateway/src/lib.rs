@@ -25,6 +25,7 @@ pub mod openai;
 pub mod openapi;
 pub mod ownership;
 pub mod pipeline;
+pub mod privacy;
 pub mod quotas;
 pub mod replicas;
 pub mod routes;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub usage_dropped: IntCounter,
     /// Inference replicas whose load the gateway knows.
     pub inference_replicas: IntGauge,
+    /// Personal data found in requests, by type and what the key's policy did.
+    pii_findings: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -77,6 +79,15 @@ impl Metrics {
             "Inference replicas whose load reports are fresh; generations and embeddings \
              go to the one with the most room.",
         )?;
+        let pii_findings = IntCounterVec::new(
+            Opts::new(
+                "slough_gateway_pii_findings_total",
+                "Personal data found in requests sent to models, by type and by what the \
+                 key's policy did (masked or blocked).",
+            ),
+            &["type", "action"],
+        )?;
+        registry.register(Box::new(pii_findings.clone()))?;
         registry.register(Box::new(inference_replicas.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -94,7 +105,15 @@ impl Metrics {
             tokens,
             usage_dropped,
             inference_replicas,
+            pii_findings,
         })
+    }
+
+    /// Counts `count` findings of `kind` that a key's policy `action`ed.
+    pub fn pii_found(&self, kind: &str, action: &str, count: u64) {
+        self.pii_findings
+            .with_label_values(&[kind, action])
+            .inc_by(count);
     }
 
     /// Counts one answered request.

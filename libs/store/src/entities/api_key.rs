@@ -27,6 +27,9 @@ pub struct Model {
     pub tokens_per_minute: Option<i32>,
     /// Total tokens the key may ever use (summed from `usage`); `None` is unlimited.
     pub token_budget: Option<i64>,
+    /// What the gateway does with personal data in the key's requests: `mask` or
+    /// `block`; `None` is off.
+    pub pii_policy: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 pub use bootstrap::{admin_key_from_env, admin_key_path, bootstrap_admin_key};
 pub use cache::Keys;
-pub use model::{ApiKey, CreatedKey, KeySettings, KeyUpdate, Scope};
+pub use model::{ApiKey, CreatedKey, KeySettings, KeyUpdate, PiiPolicy, Scope};
 use uuid::Uuid;
 
 /// What can go wrong with API keys.

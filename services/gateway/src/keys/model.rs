@@ -46,6 +46,39 @@ impl Scope {
     }
 }
 
+/// What the gateway does with personal data (see `slough-pii`) in a key's requests:
+/// the chat messages, completion prompts and embedding inputs it sends to a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiPolicy {
+    /// Sent as it is.
+    #[default]
+    Off,
+    /// Each finding replaced by its type (`<EMAIL_ADDRESS>`) before the model sees it,
+    /// and before a stored completion keeps it.
+    Mask,
+    /// Refused with 400 `pii_detected`, naming the message and the types found.
+    Block,
+}
+
+impl PiiPolicy {
+    pub(super) fn column(self) -> Option<String> {
+        match self {
+            PiiPolicy::Off => None,
+            PiiPolicy::Mask => Some("mask".to_owned()),
+            PiiPolicy::Block => Some("block".to_owned()),
+        }
+    }
+
+    fn from_column(column: Option<&str>) -> PiiPolicy {
+        match column {
+            Some("mask") => PiiPolicy::Mask,
+            Some("block") => PiiPolicy::Block,
+            _ => PiiPolicy::Off,
+        }
+    }
+}
+
 /// An API key as the gateway uses it (never the secret).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ApiKey {
@@ -62,6 +95,8 @@ pub struct ApiKey {
     pub tokens_per_minute: Option<u32>,
     /// Tokens the key may use in all; `null` is unlimited.
     pub token_budget: Option<u64>,
+    /// What happens to personal data in the key's requests.
+    pub pii: PiiPolicy,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -119,6 +154,7 @@ impl ApiKey {
             requests_per_minute: row.requests_per_minute.and_then(|n| u32::try_from(n).ok()),
             tokens_per_minute: row.tokens_per_minute.and_then(|n| u32::try_from(n).ok()),
             token_budget: row.token_budget.and_then(|n| u64::try_from(n).ok()),
+            pii: PiiPolicy::from_column(row.pii_policy.as_deref()),
             created_at: row.created_at,
             revoked_at: row.revoked_at,
         }
@@ -142,6 +178,9 @@ pub struct KeySettings {
     pub tokens_per_minute: Option<u32>,
     #[serde(default)]
     pub token_budget: Option<u64>,
+    /// Default: `off`.
+    #[serde(default)]
+    pub pii: PiiPolicy,
 }
 
 fn default_scopes() -> Vec<Scope> {
@@ -168,6 +207,8 @@ pub struct KeyUpdate {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<u64>)]
     pub token_budget: Option<Option<u64>>,
+    #[serde(default)]
+    pub pii: Option<PiiPolicy>,
 }
 
 /// A field that is present (even as `null`) becomes `Some`.

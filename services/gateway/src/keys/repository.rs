@@ -55,6 +55,7 @@ impl KeyRepository {
             requests_per_minute: Set(settings.requests_per_minute.map(to_i32)),
             tokens_per_minute: Set(settings.tokens_per_minute.map(to_i32)),
             token_budget: Set(settings.token_budget.map(to_i64)),
+            pii_policy: Set(settings.pii.column()),
         }
         .insert(self.store.connection())
         .await
@@ -108,6 +109,9 @@ impl KeyRepository {
         }
         if let Some(budget) = update.token_budget {
             active.token_budget = Set(budget.map(to_i64));
+        }
+        if let Some(pii) = update.pii {
+            active.pii_policy = Set(pii.column());
         }
         let row = active
             .update(self.store.connection())

@@ -23,6 +23,7 @@ use crate::{
     },
     ownership,
     pipeline::{ChatPipeline, ChatTurn, Citation, Keep, Retrieval, Retrieved},
+    privacy,
     state::AppState,
 };
 
@@ -477,8 +478,15 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
     let (model, persona) = body.model_and_persona()?;
-    let request = body.to_generate(&model)?;
+    let mut request = body.to_generate(&model)?;
     ownership::check_model(&state, &key, &model).await?;
+    if let protocol::PromptInput::Messages(messages) = &mut request.input {
+        let texts = messages
+            .iter_mut()
+            .enumerate()
+            .map(|(index, message)| (format!("messages[{index}]"), &mut message.content));
+        privacy::screen(key.pii, &state.metrics, texts)?;
+    }
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());

@@ -19,7 +19,7 @@ use crate::{
     openai::{
         self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
     },
-    ownership,
+    ownership, privacy,
     state::AppState,
 };
 
@@ -282,8 +282,24 @@ pub async fn create(
     JsonBody(body): JsonBody<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
-    let requests = body.to_generate()?;
+    let mut requests = body.to_generate()?;
     ownership::check_model(&state, &key, &body.model).await?;
+    let several = requests.len() > 1;
+    let texts = requests
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(index, request)| match &mut request.input {
+            PromptInput::Text(text) => {
+                let param = if several {
+                    format!("prompt[{index}]")
+                } else {
+                    "prompt".to_owned()
+                };
+                Some((param, text))
+            }
+            _ => None,
+        });
+    privacy::screen(key.pii, &state.metrics, texts)?;
     let id = response_id("cmpl");
     let created = now_unix();
     let logprobs = body.logprobs.is_some();

@@ -15,7 +15,7 @@ use crate::{
     error::ApiError,
     http::{Caller, JsonBody},
     keys::Scope,
-    ownership,
+    ownership, privacy,
     state::AppState,
 };
 
@@ -133,7 +133,7 @@ pub async fn create(
     JsonBody(body): JsonBody<EmbeddingRequest>,
 ) -> Result<HttpResponse, ApiError> {
     key.require(Scope::Inference)?;
-    let inputs = body.texts()?;
+    let mut inputs = body.texts()?;
     if body.dimensions == Some(0) {
         return Err(ApiError::invalid(
             "dimensions",
@@ -141,6 +141,11 @@ pub async fn create(
         ));
     }
     ownership::check_model(&state, &key, &body.model).await?;
+    let texts = inputs
+        .iter_mut()
+        .enumerate()
+        .map(|(index, text)| (format!("input[{index}]"), text));
+    privacy::screen(key.pii, &state.metrics, texts)?;
     if let Some(asked) = body.dimensions {
         // Refused before any embedding work when the model's size is known.
         let size = state

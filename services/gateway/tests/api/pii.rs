@@ -87,3 +87,103 @@ async fn personal_data_is_found_and_anonymized_for_any_key() {
     }
     platform.stop().await;
 }
+
+/// A key's PII policy (issue 36, item 3): `mask` sends the model `<EMAIL_ADDRESS>`
+/// where the user wrote an address (seen on the bus itself), `block` refuses with 400
+/// `pii_detected` naming the message and the types, `off` (the default) sends the
+/// text as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
+    let platform = Platform::start(gateway_config(), inference_config()).await;
+    let admin = platform.admin_key.clone();
+    let (masking, masking_key) = platform
+        .create_key(json!({"scopes": ["inference"], "pii": "mask"}))
+        .await;
+    let masking_id = masking_key["id"].as_str().unwrap();
+    let (blocking, _) = platform
+        .create_key(json!({"scopes": ["inference"], "pii": "block"}))
+        .await;
+    let (plain, _) = platform.create_key(json!({"scopes": ["inference"]})).await;
+
+    // Everything published on the bus, to see what the model was sent.
+    let bus = async_nats::connect(platform.nats.url()).await.unwrap();
+    let mut published = bus.subscribe(">").await.unwrap();
+    bus.flush().await.unwrap();
+    let said = "I am jane@example.com, card 4111 1111 1111 1111. Say hi.";
+    let body = json!({"model": CHAT, "max_tokens": 2, "store": true,
+                      "messages": [{"role": "user", "content": said}]});
+    let chat = |key: &str| platform.post("/v1/chat/completions", key, &body).send();
+    // What the bus carried since the last look, as text.
+    let mut carried = async || {
+        let mut texts = String::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(300), published.next()).await
+        {
+            texts.push_str(&String::from_utf8_lossy(&message.payload));
+        }
+        texts
+    };
+
+    assert_eq!(chat(&masking).await.unwrap().status(), 200);
+    let sent = carried().await;
+    assert!(
+        sent.contains("I am <EMAIL_ADDRESS>, card <CREDIT_CARD>. Say hi."),
+        "{sent}"
+    );
+    assert!(
+        !sent.contains("jane@example.com"),
+        "the address reached the bus"
+    );
+
+    let refused = chat(&blocking).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "pii_detected", "{error}");
+    assert_eq!(error["error"]["param"], "messages[0]", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("EMAIL_ADDRESS, CREDIT_CARD"), "{message}");
+    let embedded = platform
+        .send(
+            "/v1/embeddings",
+            &blocking,
+            &json!({"model": EMBED, "input": ["fine", "call +1 201-555-0123"]}),
+        )
+        .await;
+    assert_eq!(embedded.status(), 400);
+    let error: Value = embedded.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "input[1]", "{error}");
+    assert!(
+        !carried().await.contains("201-555-0123"),
+        "a blocked input reached the bus"
+    );
+
+    assert_eq!(chat(&plain).await.unwrap().status(), 200);
+    assert!(
+        carried().await.contains("jane@example.com"),
+        "off sends the text as it is"
+    );
+
+    // The policy is part of the key: shown, changed, checked.
+    let shown: Value = platform
+        .get_json(&format!("/v1/keys/{masking_id}"), &admin)
+        .await;
+    assert_eq!(shown["pii"], "mask", "{shown}");
+    let patch = |body: Value| {
+        platform
+            .http
+            .patch(format!("{}/v1/keys/{masking_id}", platform.url))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let changed: Value = patch(json!({"pii": "off"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(changed["pii"], "off", "{changed}");
+    let wrong = patch(json!({"pii": "encrypt"})).await.unwrap();
+    assert_eq!(wrong.status(), 400);
+    platform.stop().await;
+}
