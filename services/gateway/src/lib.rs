@@ -77,6 +77,10 @@ pub struct Config {
     pub header_timeout_s: u64,
     /// How long a client may take to send a request's body, in seconds; then 408.
     pub body_timeout_s: u64,
+    /// Mask personal data (as `<TYPE>`) in what the platform stores from requests:
+    /// stored completions, their answers and feedback corrections, so the fine-tuning
+    /// dataset made from them holds none either.
+    pub mask_stored_pii: bool,
     /// The most bytes of files one key keeps (0: no limit); past it, uploads get 413.
     pub max_file_bytes_per_key: u64,
     /// The most bytes of document text one key's collections hold (0: no limit).
@@ -101,6 +105,7 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             header_timeout_s: 5,
             body_timeout_s: 60,
+            mask_stored_pii: false,
             max_file_bytes_per_key: 1 << 30,
             max_collection_bytes_per_key: 256 << 20,
             cors_origins: Vec::new(),
@@ -139,6 +144,7 @@ pub async fn run(
         replicas,
         max_body_bytes: config.max_body_bytes,
         body_timeout: Duration::from_secs(config.body_timeout_s),
+        mask_stored_pii: config.mask_stored_pii,
         quotas: quotas::Quotas {
             file_bytes: config.max_file_bytes_per_key,
             collection_bytes: config.max_collection_bytes_per_key,

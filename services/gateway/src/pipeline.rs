@@ -168,6 +168,8 @@ pub struct Keep {
     pub model: String,
     /// Role and text of each message.
     pub messages: Vec<(String, String)>,
+    /// Mask personal data in the messages and the answer before they are stored.
+    pub mask_pii: bool,
 }
 
 /// Runs chat turns on the platform's services: over the bus, each generation on the
@@ -218,14 +220,21 @@ impl ChatPipeline {
         texts: &[String],
     ) -> Vec<Option<Adherence>> {
         if let Some(keep) = keep {
-            let answer = texts.first().map_or("", String::as_str);
+            let mut messages = keep.messages.clone();
+            let mut answer = texts.first().cloned().unwrap_or_default();
+            if keep.mask_pii {
+                for (_, content) in &mut messages {
+                    *content = crate::privacy::masked(content);
+                }
+                answer = crate::privacy::masked(&answer);
+            }
             let saved = crate::stored::save(
                 &keep.store,
                 &keep.id,
                 &keep.owner,
                 &keep.model,
-                &keep.messages,
-                answer,
+                &messages,
+                &answer,
             )
             .await;
             if let Err(err) = saved {

@@ -5,10 +5,14 @@
 //! personal data and the types found there. Findings are counted by type and action in
 //! `slough_gateway_pii_findings_total`; the texts themselves are never logged. Prompts
 //! given as token ids are not read.
+//!
+//! A file can be scanned too ([`scan_lines`]): counts by type and by line.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::Serialize;
 use slough_pii::PiiType;
+use utoipa::ToSchema;
 
 use crate::{error::ApiError, keys::PiiPolicy, metrics::Metrics};
 
@@ -51,4 +55,79 @@ pub fn screen<'a>(
         metrics.pii_found(kind.name(), "masked", count);
     }
     Ok(())
+}
+
+/// `text` with every finding replaced by `<TYPE>`: what a deployment that masks stored
+/// content (`gateway.mask_stored_pii`) keeps.
+pub fn masked(text: &str) -> String {
+    let findings = slough_pii::analyze(text, &[]);
+    if findings.is_empty() {
+        return text.to_owned();
+    }
+    slough_pii::anonymize(text, &findings, &BTreeMap::new()).0
+}
+
+/// Personal data in a file, counted by type and by line.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct PiiScan {
+    /// Findings of each type in the whole file.
+    pub findings: BTreeMap<PiiType, u64>,
+    /// How many lines hold any.
+    pub lines_with_findings: u64,
+    /// The first [`LISTED_LINES`] such lines (numbered from 1) with their counts.
+    pub lines: Vec<LineFindings>,
+}
+
+/// One line's findings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineFindings {
+    pub line: u64,
+    pub findings: BTreeMap<PiiType, u64>,
+}
+
+/// How many lines a scan lists one by one.
+pub const LISTED_LINES: usize = 1000;
+
+/// Scans each line of `text`: the strings of a JSON line (so escapes do not split a
+/// finding), or the line as it is.
+pub fn scan_lines(text: &str) -> PiiScan {
+    let mut scan = PiiScan::default();
+    for (index, line) in text.lines().enumerate() {
+        let mut counts: BTreeMap<PiiType, u64> = BTreeMap::new();
+        let mut count = |text: &str| {
+            for finding in slough_pii::analyze(text, &[]) {
+                *counts.entry(finding.kind).or_default() += 1;
+            }
+        };
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(value) => each_string(&value, &mut count),
+            Err(_) => count(line),
+        }
+        if counts.is_empty() {
+            continue;
+        }
+        for (kind, n) in &counts {
+            *scan.findings.entry(*kind).or_default() += n;
+        }
+        scan.lines_with_findings += 1;
+        if scan.lines.len() < LISTED_LINES {
+            scan.lines.push(LineFindings {
+                line: index as u64 + 1,
+                findings: counts,
+            });
+        }
+    }
+    scan
+}
+
+/// Calls `visit` on every string in `value`, keys excepted.
+fn each_string(value: &serde_json::Value, visit: &mut impl FnMut(&str)) {
+    match value {
+        serde_json::Value::String(text) => visit(text),
+        serde_json::Value::Array(items) => items.iter().for_each(|item| each_string(item, visit)),
+        serde_json::Value::Object(fields) => {
+            fields.values().for_each(|field| each_string(field, visit));
+        }
+        _ => {}
+    }
 }

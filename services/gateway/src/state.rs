@@ -23,6 +23,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How long a request body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// Whether stored completions and feedback are kept with personal data masked.
+    pub mask_stored_pii: bool,
     /// What one key may keep.
     pub quotas: crate::quotas::Quotas,
     /// Uploaded files' content, opened on the first file request.

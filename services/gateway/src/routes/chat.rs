@@ -503,6 +503,7 @@ pub async fn create(
                 .collect(),
             _ => Vec::new(),
         },
+        mask_pii: state.mask_stored_pii,
     });
     let mut metered = state
         .admission

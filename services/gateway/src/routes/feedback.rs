@@ -69,12 +69,16 @@ pub async fn create(
     }
     let id = id.into_inner();
     let owner = key.owner_filter();
+    let correction = match body.correction.as_deref() {
+        Some(correction) if state.mask_stored_pii => Some(crate::privacy::masked(correction)),
+        correction => correction.map(str::to_owned),
+    };
     let rated = stored::rate(
         &state.store,
         &id,
         owner.as_deref(),
         body.rating,
-        body.correction.as_deref(),
+        correction.as_deref(),
     )
     .await
     .map_err(|err| ApiError::store("stored completions", &err))?;

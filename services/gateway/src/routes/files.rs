@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     http::{Caller, read_body},
     keys::Scope,
+    privacy::{self, PiiScan},
     quotas,
     state::AppState,
 };
@@ -46,6 +47,20 @@ pub struct FileObject {
     pub status: String,
     pub expires_at: Option<i64>,
     pub status_details: Option<String>,
+    /// Extension, with `?pii_scan=true` on upload: the personal data in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pii_scan: Option<PiiScan>,
+}
+
+/// How an upload is checked.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// Count the personal data in the file (by type, and by line) and answer with it
+    /// in `pii_scan`; the file is stored either way.
+    #[serde(default)]
+    pub pii_scan: bool,
 }
 
 impl From<&file::Model> for FileObject {
@@ -60,6 +75,7 @@ impl From<&file::Model> for FileObject {
             status: "processed".to_owned(),
             expires_at: None,
             status_details: None,
+            pii_scan: None,
         }
     }
 }
@@ -114,6 +130,7 @@ fn store_error(err: sea_orm::DbErr) -> ApiError {
 /// Uploads a file (`multipart/form-data` with `purpose` and `file`).
 #[utoipa::path(
     tag = "OpenAI",
+    params(UploadQuery),
     request_body(content_type = "multipart/form-data", content = String, description = "`purpose` (`fine-tune`) and `file` (JSONL of `{\"messages\": [...]}`)"),
     responses((status = 200, description = "The file", body = FileObject)),
     security(("api_key" = [])),
@@ -123,6 +140,7 @@ pub async fn upload(
     state: web::Data<AppState>,
     Caller(caller): Caller,
     request: HttpRequest,
+    query: web::Query<UploadQuery>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FineTune)?;
@@ -195,6 +213,16 @@ pub async fn upload(
     }
     check_fine_tune_file(&filename, &bytes)?;
     quotas::check_files(&state, &caller, bytes.len() as u64).await?;
+    let scanned = if query.pii_scan {
+        let text = bytes.clone();
+        let scan =
+            web::block(move || privacy::scan_lines(std::str::from_utf8(&text).unwrap_or_default()))
+                .await
+                .map_err(|err| ApiError::internal("the PII scan stopped", err))?;
+        Some(scan)
+    } else {
+        None
+    };
 
     let id = format!("file-{}", &uuid::Uuid::new_v4().simple().to_string()[..24]);
     let size = files(&state)
@@ -219,7 +247,9 @@ pub async fn upload(
         }
     };
     tracing::info!(file = %id, bytes = size, by = %caller.id, "file uploaded");
-    Ok(HttpResponse::Ok().json(FileObject::from(&row)))
+    let mut answer = FileObject::from(&row);
+    answer.pii_scan = scanned;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// Lines of a fine-tuning file that are neither chat examples nor labelled texts, named.

@@ -187,3 +187,108 @@ async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
     assert_eq!(wrong.status(), 400);
     platform.stop().await;
 }
+
+/// Stored content masked by the deployment (`gateway.mask_stored_pii`, issue 36, item
+/// 3): a stored completion keeps `<EMAIL_ADDRESS>`, its answer and correction are
+/// masked too, so the fine-tuning dataset made from them holds no personal data; and an
+/// uploaded training file is scanned on request, by type and by line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_content_is_masked_and_files_are_scanned() {
+    let database = slough_testkit::TestPostgres::create().await;
+    let options = support::Options {
+        database_url: Some(database.url().to_owned()),
+        ..support::Options::default()
+    };
+    let config = slough_gateway::Config {
+        mask_stored_pii: true,
+        ..gateway_config()
+    };
+    let platform = Platform::start_with(config, inference_config(), options).await;
+    let (key, _) = platform
+        .create_key(json!({"scopes": ["inference", "fine-tune"]}))
+        .await;
+
+    let said = "Reply to jane@example.com about the order.";
+    let chat = platform
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": CHAT, "max_tokens": 4, "store": true,
+                    "messages": [{"role": "user", "content": said}]}),
+        )
+        .await;
+    let id = chat["id"].as_str().unwrap();
+    let rated = platform
+        .send(
+            &format!("/v1/chat/completions/{id}/feedback"),
+            &key,
+            &json!({"rating": 1, "correction": "Call her on +1 201-555-0123 instead."}),
+        )
+        .await;
+    assert_eq!(rated.status(), 200);
+    let store = slough_store::Store::open(
+        Some(&secrecy::SecretString::from(database.url().to_owned())),
+        std::path::Path::new("."),
+    )
+    .await
+    .unwrap();
+    let dataset = slough_gateway::stored::dataset(&store, 5).await.unwrap();
+    let kept = serde_json::to_string(&dataset).unwrap();
+    assert!(
+        kept.contains("Reply to <EMAIL_ADDRESS> about the order."),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("Call her on <PHONE_NUMBER> instead."),
+        "{kept}"
+    );
+    assert!(!kept.contains("jane@example.com") && !kept.contains("201-555-0123"));
+    store.close().await;
+
+    // A training file scanned on upload: counts by type, and the lines that hold them.
+    let lines = [
+        json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Mail ops@corp.io"}]}),
+        json!({"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"}]}),
+        json!({"messages": [{"role": "user", "content": "Card 4111 1111 1111 1111?"}, {"role": "assistant", "content": "Not here; write to a@b.io\nor c@d.io"}]}),
+    ];
+    let file: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let upload = |query: &'static str| {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "fine-tune")
+            .part(
+                "file",
+                reqwest::multipart::Part::text(file.clone()).file_name("chats.jsonl"),
+            );
+        platform
+            .http
+            .post(format!("{}/v1/files{query}", platform.url))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+    };
+    let scanned: Value = upload("?pii_scan=true")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scan = &scanned["pii_scan"];
+    assert_eq!(
+        scan["findings"],
+        json!({"EMAIL_ADDRESS": 3, "CREDIT_CARD": 1}),
+        "{scanned}"
+    );
+    assert_eq!(scan["lines_with_findings"], 2);
+    assert_eq!(
+        scan["lines"][0],
+        json!({"line": 1, "findings": {"EMAIL_ADDRESS": 1}})
+    );
+    assert_eq!(scan["lines"][1]["line"], 3);
+    let plain: Value = upload("").await.unwrap().json().await.unwrap();
+    assert!(plain.get("pii_scan").is_none(), "{plain}");
+    let wrong = upload("?pii_scan=maybe").await.unwrap();
+    assert_eq!(wrong.status(), 400);
+
+    platform.stop().await;
+    database.drop_database().await;
+}
