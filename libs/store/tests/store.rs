@@ -67,6 +67,7 @@ async fn round_trip(open: impl AsyncFn() -> Store) {
         latency_ms: Set(250),
         status: Set(200),
         created_at: Set(Utc::now()),
+        pii_masked: Set(Some(r#"{"EMAIL_ADDRESS":1}"#.to_owned())),
     }
     .insert(store.connection())
     .await

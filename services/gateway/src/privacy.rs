@@ -3,7 +3,8 @@
 //! type (`<EMAIL_ADDRESS>`), so neither the model nor a stored completion sees it;
 //! `block` refuses the request with 400 `pii_detected`, naming the first text that holds
 //! personal data and the types found there. Findings are counted by type and action in
-//! `slough_gateway_pii_findings_total`; the texts themselves are never logged. Prompts
+//! `slough_gateway_pii_findings_total` and, masked ones, in the request's usage row
+//! (`pii_masked`); the texts themselves are never logged. Prompts
 //! given as token ids are not read.
 //!
 //! A file can be scanned too ([`scan_lines`]): counts by type and by line.
@@ -16,16 +17,17 @@ use utoipa::ToSchema;
 
 use crate::{error::ApiError, keys::PiiPolicy, metrics::Metrics};
 
-/// Applies `policy` to each text, named by its request field (`messages[2].content`).
+/// Applies `policy` to each text, named by its request field (`messages[2]`); answers
+/// how many findings of each type it masked (for the request's usage row).
 pub fn screen<'a>(
     policy: PiiPolicy,
     metrics: &Metrics,
     texts: impl IntoIterator<Item = (String, &'a mut String)>,
-) -> Result<(), ApiError> {
-    if policy == PiiPolicy::Off {
-        return Ok(());
-    }
+) -> Result<BTreeMap<PiiType, u64>, ApiError> {
     let mut masked: BTreeMap<PiiType, u64> = BTreeMap::new();
+    if policy == PiiPolicy::Off {
+        return Ok(masked);
+    }
     for (param, text) in texts {
         let findings = slough_pii::analyze(text, &[]);
         if findings.is_empty() {
@@ -51,10 +53,10 @@ pub fn screen<'a>(
         let (anonymized, _) = slough_pii::anonymize(text, &findings, &BTreeMap::new());
         *text = anonymized;
     }
-    for (kind, count) in masked {
-        metrics.pii_found(kind.name(), "masked", count);
+    for (kind, count) in &masked {
+        metrics.pii_found(kind.name(), "masked", *count);
     }
-    Ok(())
+    Ok(masked)
 }
 
 /// `text` with every finding replaced by `<TYPE>`: what a deployment that masks stored

@@ -103,6 +103,8 @@ pub struct Metered {
     unreported_prompt: u32,
     status: u16,
     stream: bool,
+    /// Findings the key's PII policy masked, as the row's JSON.
+    pii_masked: Option<String>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -128,6 +130,7 @@ impl Metered {
             unreported_prompt: 0,
             status: 499,
             stream: false,
+            pii_masked: None,
             _slot: slot,
         }
     }
@@ -160,6 +163,13 @@ impl Metered {
     /// The tokens reported so far.
     pub fn usage(&self) -> Usage {
         self.usage
+    }
+
+    /// Records the findings the key's PII policy masked in the request, by type.
+    pub fn pii_masked(&mut self, masked: &std::collections::BTreeMap<slough_pii::PiiType, u64>) {
+        if !masked.is_empty() {
+            self.pii_masked = serde_json::to_string(masked).ok();
+        }
     }
 
     /// Records how the request ended.
@@ -207,6 +217,7 @@ impl Drop for Metered {
             latency_ms: Set(i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)),
             status: Set(i16::try_from(self.status).unwrap_or(i16::MAX)),
             created_at: Set(Utc::now()),
+            pii_masked: Set(self.pii_masked.take()),
         });
     }
 }

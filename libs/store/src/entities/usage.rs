@@ -20,6 +20,8 @@ pub struct Model {
     /// The HTTP status answered (499 when the client went away first).
     pub status: i16,
     pub created_at: DateTimeUtc,
+    /// Findings the key's PII policy masked, by type: `{"EMAIL_ADDRESS": 2}`.
+    pub pii_masked: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

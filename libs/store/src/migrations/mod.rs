@@ -10,7 +10,7 @@ mod m20261201_000002_collections;
 mod m20261202_000001_fine_tuning;
 mod m20261202_000002_stored_completions;
 mod m20261207_000001_collection_owners;
-mod m20261207_000002_key_pii_policy;
+mod m20261207_000002_pii;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_fine_tuning::Migration),
             Box::new(m20261202_000002_stored_completions::Migration),
             Box::new(m20261207_000001_collection_owners::Migration),
-            Box::new(m20261207_000002_key_pii_policy::Migration),
+            Box::new(m20261207_000002_pii::Migration),
         ]
     }
 }

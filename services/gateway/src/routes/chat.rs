@@ -480,13 +480,15 @@ pub async fn create(
     let (model, persona) = body.model_and_persona()?;
     let mut request = body.to_generate(&model)?;
     ownership::check_model(&state, &key, &model).await?;
-    if let protocol::PromptInput::Messages(messages) = &mut request.input {
-        let texts = messages
-            .iter_mut()
-            .enumerate()
-            .map(|(index, message)| (format!("messages[{index}]"), &mut message.content));
-        privacy::screen(key.pii, &state.metrics, texts)?;
-    }
+    let texts = match &mut request.input {
+        protocol::PromptInput::Messages(messages) => messages.iter_mut().collect(),
+        _ => Vec::new(),
+    };
+    let texts = texts
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| (format!("messages[{index}]"), &mut message.content));
+    let masked = privacy::screen(key.pii, &state.metrics, texts)?;
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
@@ -509,6 +511,7 @@ pub async fn create(
         .admission
         .admit(&key, "chat.completions", &model)
         .await?;
+    metered.pii_masked(&masked);
     let turn = ChatTurn {
         generation: request.clone(),
         persona: persona.clone(),

@@ -299,7 +299,7 @@ pub async fn create(
             }
             _ => None,
         });
-    privacy::screen(key.pii, &state.metrics, texts)?;
+    let masked = privacy::screen(key.pii, &state.metrics, texts)?;
     let id = response_id("cmpl");
     let created = now_unix();
     let logprobs = body.logprobs.is_some();
@@ -315,6 +315,7 @@ pub async fn create(
         .admission
         .admit(&key, "completions", &body.model)
         .await?;
+    metered.pii_masked(&masked);
     let generation = generation::open_all(&state.bus, &state.replicas, &requests)
         .await
         .map_err(|err| metered.failed(ApiError::from_bus(&err)))?;

@@ -145,7 +145,7 @@ pub async fn create(
         .iter_mut()
         .enumerate()
         .map(|(index, text)| (format!("input[{index}]"), text));
-    privacy::screen(key.pii, &state.metrics, texts)?;
+    let masked = privacy::screen(key.pii, &state.metrics, texts)?;
     if let Some(asked) = body.dimensions {
         // Refused before any embedding work when the model's size is known.
         let size = state
@@ -165,6 +165,7 @@ pub async fn create(
         .admission
         .admit(&key, "embeddings", &body.model)
         .await?;
+    metered.pii_masked(&masked);
     let truncate = body.truncate.unwrap_or(false);
     let response = embed_in_batches(&state, &body.model, inputs, truncate)
         .await

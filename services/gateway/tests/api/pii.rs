@@ -89,12 +89,17 @@ async fn personal_data_is_found_and_anonymized_for_any_key() {
 }
 
 /// A key's PII policy (issue 36, item 3): `mask` sends the model `<EMAIL_ADDRESS>`
-/// where the user wrote an address (seen on the bus itself), `block` refuses with 400
-/// `pii_detected` naming the message and the types, `off` (the default) sends the
-/// text as it is.
+/// where the user wrote an address (seen on the bus itself) and the usage row counts
+/// what it masked, `block` refuses with 400 `pii_detected` naming the message and the
+/// types, `off` (the default) sends the text as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
-    let platform = Platform::start(gateway_config(), inference_config()).await;
+    let database = slough_testkit::TestPostgres::create().await;
+    let options = support::Options {
+        database_url: Some(database.url().to_owned()),
+        ..support::Options::default()
+    };
+    let platform = Platform::start_with(gateway_config(), inference_config(), options).await;
     let admin = platform.admin_key.clone();
     let (masking, masking_key) = platform
         .create_key(json!({"scopes": ["inference"], "pii": "mask"}))
@@ -134,6 +139,28 @@ async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
         !sent.contains("jane@example.com"),
         "the address reached the bus"
     );
+    let store = open_store(database.url()).await;
+    let key_id: uuid::Uuid = masking_id.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let masked = loop {
+        use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
+        use slough_store::entities::usage;
+        let rows = usage::Entity::find()
+            .filter(usage::Column::KeyId.eq(key_id))
+            .all(store.connection())
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.pii_masked.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no usage row");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        masked.as_deref(),
+        Some(r#"{"EMAIL_ADDRESS":1,"CREDIT_CARD":1}"#)
+    );
+    store.close().await;
 
     let refused = chat(&blocking).await.unwrap();
     assert_eq!(refused.status(), 400);
@@ -186,6 +213,14 @@ async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
     let wrong = patch(json!({"pii": "encrypt"})).await.unwrap();
     assert_eq!(wrong.status(), 400);
     platform.stop().await;
+    database.drop_database().await;
+}
+
+async fn open_store(url: &str) -> slough_store::Store {
+    let url = secrecy::SecretString::from(url.to_owned());
+    slough_store::Store::open(Some(&url), std::path::Path::new("."))
+        .await
+        .unwrap()
 }
 
 /// Stored content masked by the deployment (`gateway.mask_stored_pii`, issue 36, item
@@ -226,12 +261,7 @@ async fn stored_content_is_masked_and_files_are_scanned() {
         )
         .await;
     assert_eq!(rated.status(), 200);
-    let store = slough_store::Store::open(
-        Some(&secrecy::SecretString::from(database.url().to_owned())),
-        std::path::Path::new("."),
-    )
-    .await
-    .unwrap();
+    let store = open_store(database.url()).await;
     let dataset = slough_gateway::stored::dataset(&store, 5).await.unwrap();
     let kept = serde_json::to_string(&dataset).unwrap();
     assert!(

@@ -1,5 +1,7 @@
-//! Gives `api_keys` a `pii_policy`: what the gateway does with personal data in the
-//! key's requests (`mask` or `block`); none, as every key made before it has, is `off`.
+//! Personal data: `api_keys.pii_policy`, what the gateway does with personal data in
+//! the key's requests (`mask` or `block`; none, as every key made before it has, is
+//! `off`), and `usage.pii_masked`, how many findings of each type a request had masked
+//! (a JSON object; none when nothing was).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -16,10 +18,26 @@ impl MigrationTrait for Migration {
                     .add_column(string_null(ApiKeys::PiiPolicy))
                     .to_owned(),
             )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Usage::Table)
+                    .add_column(string_null(Usage::PiiMasked))
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Usage::Table)
+                    .drop_column(Usage::PiiMasked)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .alter_table(
                 Table::alter()
@@ -35,4 +53,10 @@ impl MigrationTrait for Migration {
 enum ApiKeys {
     Table,
     PiiPolicy,
+}
+
+#[derive(DeriveIden)]
+enum Usage {
+    Table,
+    PiiMasked,
 }
