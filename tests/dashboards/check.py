@@ -173,6 +173,10 @@ def load(base, key):
     for persona in ("jester", "analyst"):
         gateway.json("POST", "/v1/chat/completions", {"model": chat, "messages": question, "max_tokens": 16, "persona": persona})
     gateway.json("POST", "/v1/personality/analyze", {"text": "Hello there! What a lovely day it is."})
+    # Personal data masked by a key's PII policy (again at the end, for a rate).
+    masking = gateway.json("POST", "/v1/keys", {"name": "dashboards-pii", "scopes": ["inference"], "pii": "mask"}, expect=201)
+    private = [{"role": "user", "content": "Write to jane@example.com about it."}]
+    gateway.json("POST", "/v1/chat/completions", {"model": chat, "messages": private, "max_tokens": 4}, key=masking["secret"])
     gateway.cancel_stream("/v1/chat/completions", {"model": chat, "messages": question, "max_tokens": 120, "stream": True})
 
     # Refusals: an unknown model, bad JSON, and a key over its rate limit.
@@ -222,6 +226,7 @@ def load(base, key):
         gateway.json("POST", "/v1/collections/dashboards/search", {"query": "what makes lift?", "mode": mode})
     for persona in ("jester", "analyst"):
         gateway.json("POST", "/v1/chat/completions", {"model": chat, "messages": question, "max_tokens": 16, "persona": persona})
+    gateway.json("POST", "/v1/chat/completions", {"model": chat, "messages": private, "max_tokens": 4}, key=masking["secret"])
     print(f"check-dashboards: load done (the fine-tuning job {state['status']})", file=sys.stderr)
 
 
