@@ -2,6 +2,7 @@
 //! under the data directory by default or on PostgreSQL when `SLOUGH_DATABASE_URL` says
 //! so. Opening a [`Store`] brings its schema up to date.
 
+pub mod audit;
 pub mod entities;
 mod migrations;
 

@@ -229,3 +229,57 @@ async fn an_unreachable_database_is_unavailable_and_comes_back() {
     let _ = admin.close().await;
     database.drop_database().await;
 }
+
+fn audit_event(n: usize) -> slough_store::audit::NewEvent {
+    slough_store::audit::NewEvent {
+        actor: "key-a".to_owned(),
+        actor_prefix: Some("sk-aaaa".to_owned()),
+        action: "DELETE /v1/collections/{name}".to_owned(),
+        resource_type: "collections".to_owned(),
+        resource_id: Some(format!("notes-{n}")),
+        summary: serde_json::json!({"params": {"name": format!("notes-{n}")}}),
+        client_address: Some("127.0.0.1".to_owned()),
+        request_id: Some(format!("req-{n}")),
+        trace_id: None,
+        status: if n.is_multiple_of(3) { 403 } else { 200 },
+    }
+}
+
+/// The audit chain (issue 36): appends from many writers at once stay one line, and an
+/// edited, deleted or inserted record is named by `verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_names_the_first_record_changed_behind_its_back() {
+    use sea_orm::ConnectionTrait as _;
+    use slough_store::audit::{Broken, append, verify};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(None, dir.path()).await.unwrap();
+    let db = store.connection().clone();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for n in 0..5 {
+                    append(&db, audit_event(w * 5 + n)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let verified = verify(&db).await.unwrap().unwrap();
+    assert_eq!(verified.records, 40);
+    assert_eq!(verified.last.as_ref().unwrap().0, 40);
+
+    let sql = |statement: &str| {
+        let db = db.clone();
+        let statement = statement.to_owned();
+        async move { db.execute_unprepared(&statement).await.unwrap() }
+    };
+    sql("UPDATE audit_events SET resource_id = 'other' WHERE seq = 12").await;
+    assert_eq!(verify(&db).await.unwrap(), Err(Broken::Edited(12)));
+    sql("DELETE FROM audit_events WHERE seq = 12").await;
+    assert_eq!(verify(&db).await.unwrap(), Err(Broken::Unlinked(13)));
+    store.close().await;
+}

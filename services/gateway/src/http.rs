@@ -10,7 +10,7 @@ use std::{
 };
 
 use actix_web::{
-    FromRequest, HttpRequest,
+    FromRequest, HttpMessage as _, HttpRequest,
     body::MessageBody,
     dev::{Payload, ServiceRequest, ServiceResponse},
     http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
@@ -38,9 +38,12 @@ impl FromRequest for Caller {
             .headers()
             .get(AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or("unreadable").to_owned());
+        let request = request.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("no application state", "bug"))?;
             let key = state.keys.authenticate(header.as_deref()).await?;
+            // For the audit log: who made the request.
+            request.extensions_mut().insert(key.clone());
             Ok(Caller(key))
         })
     }
@@ -173,7 +176,21 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = Body::from_request(request, payload);
-        Box::pin(async move { parse_json(&body.await?.0).map(JsonBody) })
+        let request = request.clone();
+        Box::pin(async move {
+            let bytes = body.await?.0;
+            // For the audit log: which fields the body set, never their values.
+            if let Ok(fields) = serde_json::from_slice::<
+                std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+            >(&bytes)
+            {
+                let names = fields.into_keys().collect();
+                request
+                    .extensions_mut()
+                    .insert(crate::audit::BodyFields(names));
+            }
+            parse_json(&bytes).map(JsonBody)
+        })
     }
 }
 

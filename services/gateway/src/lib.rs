@@ -13,6 +13,7 @@
 //! `console` serves the web console (static files, a client of this same API) at `/`.
 
 pub mod admission;
+pub mod audit;
 pub mod console;
 pub mod error;
 pub mod generation;
@@ -230,6 +231,8 @@ fn start_api(config: &Config, state: web::Data<AppState>) -> Result<RunningServe
             }))
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .wrap(from_fn(http::observe))
+            // Outside `observe`, so that the answer's request id is there to record.
+            .wrap(from_fn(audit::record))
             .configure(routes::configure)
             .route("/openapi.json", web::get().to(openapi::serve))
             .configure(console::configure)

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub inference_replicas: IntGauge,
     /// Personal data found in requests, by type and what the key's policy did.
     pii_findings: IntCounterVec,
+    /// Audit events recorded, by action and outcome, and those that could not be.
+    audit_events: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -88,6 +90,15 @@ impl Metrics {
             &["type", "action"],
         )?;
         registry.register(Box::new(pii_findings.clone()))?;
+        let audit_events = IntCounterVec::new(
+            Opts::new(
+                "slough_gateway_audit_events_total",
+                "Audit events by action (method and route) and outcome; outcome \
+                 `unrecorded` counts events the store did not take.",
+            ),
+            &["action", "outcome"],
+        )?;
+        registry.register(Box::new(audit_events.clone()))?;
         registry.register(Box::new(inference_replicas.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -106,7 +117,16 @@ impl Metrics {
             usage_dropped,
             inference_replicas,
             pii_findings,
+            audit_events,
         })
+    }
+
+    /// Counts an audit event of `action` that ended as `outcome` (`unrecorded` when the
+    /// store did not take it).
+    pub fn audited(&self, action: &str, outcome: &str) {
+        self.audit_events
+            .with_label_values(&[action, outcome])
+            .inc();
     }
 
     /// Counts `count` findings of `kind` that a key's policy `action`ed.

@@ -5,6 +5,7 @@
 //! line; end-to-end tests start services through [`platform`] exactly as `slough up`
 //! does. The benchmarks, evaluations and chaos scenarios are the `slough-tools` crate.
 
+pub mod audit;
 pub mod datasets;
 pub mod gateway_client;
 pub mod launch;

@@ -9,7 +9,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use slough::{
-    Settings, datasets, gateway_client, launch, models,
+    Settings, audit, datasets, gateway_client, launch, models,
     platform::ServiceHandle,
     run_file::RunFile,
     runtime, status_table, train,
@@ -72,6 +72,11 @@ enum Command {
     /// (runs `slough-tools chaos`).
     #[command(disable_help_flag = true)]
     Chaos(Forwarded),
+    /// The audit log of every change made through the API.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Fine-tuning data from the platform's own use.
     Datasets {
         #[command(subcommand)]
@@ -91,6 +96,13 @@ enum Command {
 struct Forwarded {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the audit log's hash chain and name the first record edited, deleted or
+    /// inserted behind the platform's back (exit status 1 then).
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +191,9 @@ fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Datasets {
             command: DatasetsCommand::FromFeedback { min_rating },
         } => datasets::from_feedback(&settings, min_rating),
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => audit::verify(&settings),
         Command::Jobs { command, gateway } => {
             let client = gateway.client(&settings)?;
             runtime()?.block_on(async {

@@ -649,3 +649,56 @@ fn chaos_collection_delete_keeps_its_promises() {
     let stdout = chaos("collection-delete", "20", &[]);
     assert!(stdout.contains("processes that exited"), "{stdout}");
 }
+
+/// `slough audit verify` (issue 36, item 1): an intact chain verifies and prints its
+/// newest hash; a record edited behind the platform's back is named, exit status 1.
+#[test]
+fn audit_verify_names_the_record_edited_behind_its_back() {
+    use sea_orm::ConnectionTrait as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(slough_store::Store::open(None, &env.data))
+        .unwrap();
+    for n in 0..3 {
+        let event = slough_store::audit::NewEvent {
+            actor: "operator".to_owned(),
+            actor_prefix: None,
+            action: "DELETE /v1/personas/{id}".to_owned(),
+            resource_type: "personas".to_owned(),
+            resource_id: Some(format!("persona-{n}")),
+            summary: serde_json::json!({"params": {"id": format!("persona-{n}")}}),
+            client_address: None,
+            request_id: None,
+            trace_id: None,
+            status: 200,
+        };
+        rt.block_on(slough_store::audit::append(store.connection(), event))
+            .unwrap();
+    }
+    let verify = || env.command(&["audit", "verify"]).output().unwrap();
+    let intact = verify();
+    let stdout = String::from_utf8_lossy(&intact.stdout);
+    assert!(intact.status.success(), "{stdout}\n{}", stderr(&intact));
+    assert!(
+        stdout.contains("3 records") && stdout.contains("audit-3"),
+        "{stdout}"
+    );
+
+    rt.block_on(
+        store
+            .connection()
+            .execute_unprepared("UPDATE audit_events SET resource_id = 'persona-x' WHERE seq = 2"),
+    )
+    .unwrap();
+    rt.block_on(store.close());
+    let broken = verify();
+    assert_eq!(broken.status.code(), Some(1));
+    let said = stderr(&broken);
+    assert!(
+        said.contains("audit-2") && said.contains("edited"),
+        "{said}"
+    );
+}

@@ -11,6 +11,7 @@ mod m20261202_000001_fine_tuning;
 mod m20261202_000002_stored_completions;
 mod m20261207_000001_collection_owners;
 mod m20261207_000002_pii;
+mod m20261207_000003_audit_events;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_stored_completions::Migration),
             Box::new(m20261207_000001_collection_owners::Migration),
             Box::new(m20261207_000002_pii::Migration),
+            Box::new(m20261207_000003_audit_events::Migration),
         ]
     }
 }

@@ -3,6 +3,7 @@
 //! model it may use and its limits, in that order, before anything reaches another
 //! service.
 
+pub mod audit;
 pub mod chat;
 pub mod collections;
 pub mod completions;
@@ -64,6 +65,7 @@ api! {
     keys::update,
     keys::revoke,
     usage::report,
+    audit::list,
     personality::list,
     personality::get,
     personality::create,

@@ -61,7 +61,7 @@ impl Interval {
 const MAX_BUCKETS: i64 = 10_000;
 
 /// Reads `since`: an RFC 3339 time or a plain date (midnight UTC).
-fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn parse_since(since: &str) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(time) = DateTime::parse_from_rfc3339(since) {
         return Ok(time.with_timezone(&Utc));
     }

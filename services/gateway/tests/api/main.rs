@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
 mod collections;
 mod errors;
 mod generation;
@@ -48,4 +49,13 @@ async fn chat_error(platform: &Platform, key: &str, body: reqwest::Body) -> (u16
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
     (status, body["error"].clone())
+}
+
+/// The store of a platform started on `url` (a test PostgreSQL database), to look at
+/// what the platform keeps.
+async fn open_store(url: &str) -> slough_store::Store {
+    let url = secrecy::SecretString::from(url.to_owned());
+    slough_store::Store::open(Some(&url), std::path::Path::new("."))
+        .await
+        .unwrap()
 }

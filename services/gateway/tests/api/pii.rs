@@ -216,13 +216,6 @@ async fn a_keys_pii_policy_masks_or_blocks_what_reaches_the_model() {
     database.drop_database().await;
 }
 
-async fn open_store(url: &str) -> slough_store::Store {
-    let url = secrecy::SecretString::from(url.to_owned());
-    slough_store::Store::open(Some(&url), std::path::Path::new("."))
-        .await
-        .unwrap()
-}
-
 /// Stored content masked by the deployment (`gateway.mask_stored_pii`, issue 36, item
 /// 3): a stored completion keeps `<EMAIL_ADDRESS>`, its answer and correction are
 /// masked too, so the fine-tuning dataset made from them holds no personal data; and an

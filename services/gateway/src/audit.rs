@@ -1,0 +1,146 @@
+//! The audit log: every request that changes state (any method but `GET` on a route
+//! that is not a read in disguise, such as a chat or a search), and every refusal of an
+//! admin route (403), is recorded after it is answered: who (the key's id and prefix),
+//! what (the method and route, the resource and its id, the route's parameters and the
+//! names of the body's fields, never their values), when, from where (the client's
+//! address, the request id) and how it ended. The records form a hash chain in the store
+//! (`slough_store::audit`); `slough audit verify` walks it. `GET /v1/audit` lists them.
+
+use actix_web::{
+    HttpMessage as _,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::Method,
+    middleware::Next,
+    web,
+};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use slough_store::audit::NewEvent;
+
+use crate::{keys::ApiKey, state::AppState};
+
+/// The top-level fields of a JSON body, set by the body extractor.
+#[derive(Debug, Clone)]
+pub struct BodyFields(pub Vec<String>);
+
+/// Routes that take a `POST` but change nothing: they are not audited unless refused
+/// with 403.
+const READS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/personality/analyze",
+    "/v1/pii/analyze",
+    "/v1/pii/anonymize",
+    "/v1/collections/{name}/search",
+    "/v1/personas/{id}/preview",
+];
+
+/// Whether a request on `route` with `method`, answered `status`, is audited.
+pub fn audited(method: &Method, route: &str, status: u16) -> bool {
+    let changes = *method != Method::GET
+        && *method != Method::HEAD
+        && *method != Method::OPTIONS
+        && route.starts_with("/v1/")
+        && !READS.contains(&route);
+    changes || (status == 403 && route.starts_with("/v1/"))
+}
+
+/// Records the request after its answer, when [`audited`] says so. A failure to record
+/// is logged; the answer stands.
+pub async fn record(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let method = request.method().clone();
+    let route = request.match_pattern();
+    let address = request
+        .connection_info()
+        .realip_remote_addr()
+        .map(str::to_owned);
+    let query: Vec<String> = web::Query::<Map<String, Value>>::from_query(request.query_string())
+        .map(|query| {
+            query
+                .into_inner()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let response = next.call(request).await?;
+    let status = response.status().as_u16();
+    let (Some(route), Some(state)) = (route, state) else {
+        return Ok(response);
+    };
+    if !audited(&method, &route, status) {
+        return Ok(response);
+    }
+    // The route's parameters are known once the router has matched it.
+    let params: Map<String, Value> = response
+        .request()
+        .match_info()
+        .iter()
+        .map(|(name, value)| (name.to_owned(), Value::from(value)))
+        .collect();
+    let key = response
+        .request()
+        .extensions()
+        .get::<Arc<ApiKey>>()
+        .cloned();
+    let fields = response
+        .request()
+        .extensions()
+        .get::<BodyFields>()
+        .map(|fields| fields.0.clone())
+        .unwrap_or_default();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let mut summary = json!({"params": params});
+    if !fields.is_empty() {
+        summary["fields"] = json!(fields);
+    }
+    if !query.is_empty() {
+        summary["query"] = json!(query);
+    }
+    let event = NewEvent {
+        actor: key
+            .as_ref()
+            .map_or_else(|| "unauthenticated".to_owned(), |key| key.id.to_string()),
+        actor_prefix: key.map(|key| key.prefix.clone()),
+        action: format!("{method} {route}"),
+        resource_type: resource_type(&route).to_owned(),
+        resource_id: params
+            .values()
+            .next()
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        summary,
+        client_address: address,
+        trace_id: request_id.clone(),
+        request_id,
+        status,
+    };
+    let action = event.action.clone();
+    match slough_store::audit::append(state.store.connection(), event).await {
+        Ok(stored) => state.metrics.audited(&action, &stored.outcome),
+        Err(err) => {
+            state.metrics.audited(&action, "unrecorded");
+            tracing::error!(error = %err, action, "cannot record an audit event");
+        }
+    }
+    Ok(response)
+}
+
+/// `collections` for `/v1/collections/{name}/documents`.
+fn resource_type(route: &str) -> &str {
+    route
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(route)
+}
