@@ -1,6 +1,6 @@
-//! The audit log: every request that changes state (any method but `GET` on a route
-//! that is not a read in disguise, such as a chat or a search), and every refusal of an
-//! admin route (403), is recorded after it is answered: who (the key's id and prefix),
+//! The audit log: every request with a valid key that changes state (any method but
+//! `GET` on a route that is not a read in disguise, such as a chat or a search), and
+//! every refusal of an admin route (403), is recorded after it is answered: who (the key's id and prefix),
 //! what (the method and route, the resource and its id, the route's parameters and the
 //! names of the body's fields, never their values), when, from where (the client's
 //! address, the request id) and how it ended. The records form a hash chain in the store
@@ -85,11 +85,16 @@ pub async fn record(
         .iter()
         .map(|(name, value)| (name.to_owned(), Value::from(value)))
         .collect();
-    let key = response
+    // A request without a valid key changed nothing and is counted in the request
+    // metrics; recording it would let anyone write to the store at will.
+    let Some(key) = response
         .request()
         .extensions()
         .get::<Arc<ApiKey>>()
-        .cloned();
+        .cloned()
+    else {
+        return Ok(response);
+    };
     let fields = response
         .request()
         .extensions()
@@ -109,10 +114,8 @@ pub async fn record(
         summary["query"] = json!(query);
     }
     let event = NewEvent {
-        actor: key
-            .as_ref()
-            .map_or_else(|| "unauthenticated".to_owned(), |key| key.id.to_string()),
-        actor_prefix: key.map(|key| key.prefix.clone()),
+        actor: key.id.to_string(),
+        actor_prefix: Some(key.prefix.clone()),
         action: format!("{method} {route}"),
         resource_type: resource_type(&route).to_owned(),
         resource_id: params

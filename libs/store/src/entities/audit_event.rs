@@ -11,7 +11,7 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub seq: i64,
     pub at: DateTimeUtc,
-    /// The API key's id, or `operator` for the local operator.
+    /// The API key's id.
     pub actor: String,
     /// The key's public prefix.
     pub actor_prefix: Option<String>,

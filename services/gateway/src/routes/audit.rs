@@ -15,7 +15,7 @@ use crate::{error::ApiError, http::Caller, keys::Scope, state::AppState};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// Only this actor's events: a key's id, `operator` or `unauthenticated`.
+    /// Only this actor's events: a key's id.
     pub actor: Option<String>,
     /// Only this action, e.g. `DELETE /v1/collections/{name}`.
     pub action: Option<String>,
@@ -42,7 +42,7 @@ pub struct AuditEvent {
     pub id: String,
     /// When it was answered (RFC 3339, microseconds).
     pub at: String,
-    /// The key's id, `operator` or `unauthenticated`.
+    /// The key's id.
     pub actor: String,
     pub actor_prefix: Option<String>,
     /// The method and route.

@@ -84,6 +84,20 @@ async fn every_change_and_every_refused_admin_request_is_audited() {
         assert!(event["client_address"].is_string(), "{event}");
     }
 
+    // Without a valid key nothing is recorded: nobody writes to the store at will.
+    let before = events(&platform, &admin, "").await.len();
+    for _ in 0..3 {
+        let anonymous = platform
+            .http
+            .post(format!("{}/v1/keys", platform.url))
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
+    }
+    assert_eq!(events(&platform, &admin, "").await.len(), before);
+
     // An admin's change: who, what, the fields set, and never the secret.
     let (secret, made) = platform
         .create_key(json!({"name": "audited", "scopes": ["rag"]}))
