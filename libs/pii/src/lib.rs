@@ -157,11 +157,18 @@ pub fn analyze(text: &str, types: &[PiiType]) -> Vec<Finding> {
         }
     }
     kept.sort_by_key(|k| k.1);
+    // Byte offsets to characters, counting each stretch of the text once.
+    let (mut bytes, mut chars) = (0, 0);
+    let mut to_chars = |offset: usize| {
+        chars += text[bytes..offset].chars().count();
+        bytes = offset;
+        chars
+    };
     kept.into_iter()
         .map(|(kind, start, end, score)| Finding {
             kind,
-            start: text[..start].chars().count(),
-            end: text[..end].chars().count(),
+            start: to_chars(start),
+            end: to_chars(end),
             score,
             text: text[start..end].to_owned(),
         })

@@ -38,14 +38,18 @@ const READS: &[&str] = &[
     "/v1/personas/{id}/preview",
 ];
 
-/// Whether a request on `route` with `method`, answered `status`, is audited.
-pub fn audited(method: &Method, route: &str, status: u16) -> bool {
-    let changes = *method != Method::GET
+/// Whether a request on `route` with `method` changes state.
+pub fn changes(method: &Method, route: &str) -> bool {
+    *method != Method::GET
         && *method != Method::HEAD
         && *method != Method::OPTIONS
         && route.starts_with("/v1/")
-        && !READS.contains(&route);
-    changes || (status == 403 && route.starts_with("/v1/"))
+        && !READS.contains(&route)
+}
+
+/// Whether a request on `route` with `method`, answered `status`, is audited.
+fn audited(method: &Method, route: &str, status: u16) -> bool {
+    changes(method, route) || (status == 403 && route.starts_with("/v1/"))
 }
 
 /// Records the request after its answer, when [`audited`] says so. A failure to record
@@ -56,19 +60,6 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let method = request.method().clone();
     let route = request.match_pattern();
-    let address = request
-        .connection_info()
-        .realip_remote_addr()
-        .map(str::to_owned);
-    let query: Vec<String> = web::Query::<Map<String, Value>>::from_query(request.query_string())
-        .map(|query| {
-            query
-                .into_inner()
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect()
-        })
-        .unwrap_or_default();
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let response = next.call(request).await?;
     let status = response.status().as_u16();
@@ -78,6 +69,17 @@ pub async fn record(
     if !audited(&method, &route, status) {
         return Ok(response);
     }
+    // Read only for the requests recorded, off the path of every other.
+    let address = response
+        .request()
+        .connection_info()
+        .realip_remote_addr()
+        .map(str::to_owned);
+    let query: Vec<String> = web::Query::<std::collections::BTreeMap<String, String>>::from_query(
+        response.request().query_string(),
+    )
+    .map(|query| query.into_inner().into_keys().collect())
+    .unwrap_or_default();
     // The route's parameters are known once the router has matched it.
     let params: Map<String, Value> = response
         .request()

@@ -176,13 +176,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = Body::from_request(request, payload);
-        let request = request.clone();
+        // For the audit log, on the routes that change state (not chats): which fields
+        // the body set, never their values.
+        let audited = request
+            .match_pattern()
+            .is_some_and(|route| crate::audit::changes(request.method(), &route))
+            .then(|| request.clone());
         Box::pin(async move {
             let bytes = body.await?.0;
-            // For the audit log: which fields the body set, never their values.
-            if let Ok(fields) = serde_json::from_slice::<
-                std::collections::BTreeMap<String, serde::de::IgnoredAny>,
-            >(&bytes)
+            if let Some(request) = audited
+                && let Ok(fields) = serde_json::from_slice::<
+                    std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+                >(&bytes)
             {
                 let names = fields.into_keys().collect();
                 request

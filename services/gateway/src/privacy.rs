@@ -9,7 +9,7 @@
 //!
 //! A file can be scanned too ([`scan_lines`]): counts by type and by line.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use slough_pii::PiiType;
@@ -33,21 +33,23 @@ pub fn screen<'a>(
         if findings.is_empty() {
             continue;
         }
+        let mut counts: BTreeMap<PiiType, u64> = BTreeMap::new();
+        for finding in &findings {
+            *counts.entry(finding.kind).or_default() += 1;
+        }
         if policy == PiiPolicy::Block {
-            let types: BTreeSet<PiiType> = findings.iter().map(|f| f.kind).collect();
-            for kind in &types {
-                let count = findings.iter().filter(|f| f.kind == *kind).count();
-                metrics.pii_found(kind.name(), "blocked", count as u64);
+            for (kind, count) in &counts {
+                metrics.pii_found(kind.name(), "blocked", *count);
             }
-            let names: Vec<&str> = types.iter().map(|kind| kind.name()).collect();
+            let names: Vec<&str> = counts.keys().map(|kind| kind.name()).collect();
             let message = format!(
                 "{param} holds personal data ({}), and this key's PII policy blocks it",
                 names.join(", ")
             );
             return Err(ApiError::pii_detected(param, message));
         }
-        for finding in &findings {
-            *masked.entry(finding.kind).or_default() += 1;
+        for (kind, count) in counts {
+            *masked.entry(kind).or_default() += count;
         }
         // No operators named: every type is replaced by `<TYPE>`.
         let (anonymized, _) = slough_pii::anonymize(text, &findings, &BTreeMap::new());

@@ -4,7 +4,10 @@
 //! `storage_quota_exceeded`, naming the setting, what the key holds and the upload's
 //! size. Zero turns a quota off.
 
-use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _};
+use sea_orm::{
+    ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _, QueryTrait as _,
+    sea_query::Expr,
+};
 use slough_store::entities::{collection, collection_document, file};
 
 use crate::{error::ApiError, keys::ApiKey, state::AppState};
@@ -22,19 +25,19 @@ pub async fn check_files(state: &AppState, key: &ApiKey, adding: u64) -> Result<
     if most == 0 {
         return Ok(());
     }
-    let sizes: Vec<i64> = file::Entity::find()
+    let held: Option<i64> = file::Entity::find()
         .select_only()
-        .column(file::Column::Bytes)
+        .column_as(Expr::cust(TOTAL_BYTES), "held")
         .filter(file::Column::Owner.eq(key.id.to_string()))
         .into_tuple()
-        .all(state.store.connection())
+        .one(state.store.connection())
         .await
         .map_err(|err| ApiError::store("cannot add up the key's files", &err))?;
     refuse_past(
         "file",
         "files",
         "gateway.max_file_bytes_per_key",
-        &sizes,
+        held,
         adding,
         most,
     )
@@ -51,43 +54,41 @@ pub async fn check_collections(
     if most == 0 {
         return Ok(());
     }
-    let connection = state.store.connection();
-    let store_error = |err| ApiError::store("cannot add up the key's collections", &err);
-    let names: Vec<String> = collection::Entity::find()
+    let owned = collection::Entity::find()
         .select_only()
         .column(collection::Column::Name)
         .filter(collection::Column::Owner.eq(key.id.to_string()))
-        .into_tuple()
-        .all(connection)
-        .await
-        .map_err(store_error)?;
-    let sizes: Vec<i64> = collection_document::Entity::find()
+        .into_query();
+    let held: Option<i64> = collection_document::Entity::find()
         .select_only()
-        .column(collection_document::Column::Bytes)
-        .filter(collection_document::Column::Collection.is_in(names))
+        .column_as(Expr::cust(TOTAL_BYTES), "held")
+        .filter(collection_document::Column::Collection.in_subquery(owned))
         .into_tuple()
-        .all(connection)
+        .one(state.store.connection())
         .await
-        .map_err(store_error)?;
+        .map_err(|err| ApiError::store("cannot add up the key's collections", &err))?;
     refuse_past(
         "documents",
         "collections",
         "gateway.max_collection_bytes_per_key",
-        &sizes,
+        held,
         adding,
         most,
     )
 }
 
+/// The sum of a table's `bytes`, added up by the database (0 when it has no rows).
+const TOTAL_BYTES: &str = "CAST(COALESCE(SUM(bytes), 0) AS BIGINT)";
+
 fn refuse_past(
     param: &str,
     what: &str,
     setting: &str,
-    sizes: &[i64],
+    held: Option<i64>,
     adding: u64,
     most: u64,
 ) -> Result<(), ApiError> {
-    let held: u64 = sizes.iter().map(|&size| size.max(0) as u64).sum();
+    let held = u64::try_from(held.unwrap_or(0)).unwrap_or(0);
     if held.saturating_add(adding) <= most {
         return Ok(());
     }
