@@ -214,4 +214,30 @@ expect_error(
 )
 check("files.delete", client.files.delete(uploaded.id).deleted)
 
+# Export and erasure: what one key made through the client is handed over whole, then
+# erased; afterwards the key, its file and its end user's completion are gone.
+admin = {"Authorization": f"Bearer {KEY}"}
+subject = httpx.post(f"{BASE_URL}/keys", headers=admin, json={"name": "erasure check", "scopes": ["inference", "fine-tune"]}).json()
+subject_id = subject["key"]["id"]
+theirs = openai.OpenAI(base_url=BASE_URL, api_key=subject["secret"], max_retries=0)
+with open(training, "rb") as handle:
+    their_file = theirs.files.create(file=handle, purpose="fine-tune")
+their_chat = theirs.chat.completions.create(
+    model=CHAT, messages=QUESTION, max_tokens=4, store=True, extra_body={"safety_identifier": "client-check-user"},
+)
+exported = httpx.get(f"{BASE_URL}/keys/{subject_id}/export", headers=admin).json()
+check(
+    "a key's export holds its file and stored completion",
+    [f["id"] for f in exported["files"]] == [their_file.id]
+    and [c["id"] for c in exported["stored_completions"]] == [their_chat.id]
+    and exported["stored_completions"][0]["end_user"] == "client-check-user",
+    repr(exported)[:500],
+)
+erased = httpx.delete(f"{BASE_URL}/keys/{subject_id}/data", headers=admin).json()
+check("a key's erasure", erased["files"] == 1 and erased["stored_completions"] == 1 and erased["revoked"], repr(erased))
+expect_error("401 AuthenticationError for an erased key", openai.AuthenticationError, lambda: theirs.models.list())
+expect_error("404 NotFoundError for an erased key's file", openai.NotFoundError, lambda: client.files.retrieve(their_file.id))
+user = httpx.get(f"{BASE_URL}/end_users/client-check-user/export", headers=admin).json()
+check("nothing is left of the end user", user["stored_completions"] == [], repr(user))
+
 print("openai client: all checks passed")

@@ -147,6 +147,10 @@ pub struct IngestRequest {
     /// (every collection). Another key's collection is answered as not found.
     #[serde(default)]
     pub owner: Option<String>,
+    /// The id of the API key adding the documents, kept with each one written so that
+    /// the key's data can be exported or erased.
+    #[serde(default)]
+    pub added_by: Option<String>,
 }
 
 /// What happened to each document.

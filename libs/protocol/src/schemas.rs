@@ -25,8 +25,8 @@ use crate::{
     status::{StatusReport, StatusRequest},
     stream::{CancelRequest, StreamAck, StreamFrame},
     training::{
-        CheckpointList, CreateJobRequest, DeleteModel, EventList, Job, JobList, JobRequest,
-        ListJobItems, ListJobs, ModelDeleted, QueuedJob,
+        CheckpointList, CreateJobRequest, DeleteModel, EraseOwner, EventList, Job, JobList,
+        JobRequest, ListJobItems, ListJobs, ModelDeleted, OwnerErased, QueuedJob,
     },
 };
 
@@ -98,5 +98,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("queued_job", schema_for!(QueuedJob)),
         ("delete_model", schema_for!(DeleteModel)),
         ("model_deleted", schema_for!(ModelDeleted)),
+        ("erase_owner", schema_for!(EraseOwner)),
+        ("owner_erased", schema_for!(OwnerErased)),
     ]
 }

@@ -29,6 +29,12 @@ pub const LIST_CHECKPOINTS: Endpoint<ListJobItems, CheckpointList> =
 pub const DELETE_MODEL: Endpoint<DeleteModel, ModelDeleted> =
     Endpoint::new(ServiceKind::Training, "delete_model");
 
+/// Erases one key's fine-tuning: cancels its open jobs, then removes every job (its
+/// events, checkpoints and files on disk) and the models they made. While a worker
+/// still holds one of its jobs the answer is `conflict`: ask again shortly.
+pub const ERASE_OWNER: Endpoint<EraseOwner, OwnerErased> =
+    Endpoint::new(ServiceKind::Training, "erase_owner");
+
 /// The JetStream stream that carries job ids to the workers (work-queue retention).
 pub const JOB_STREAM: &str = "SLOUGH_TRAINING_JOBS";
 /// The subject of that stream's messages.
@@ -476,6 +482,22 @@ pub struct DeleteModel {
     pub model: String,
     #[serde(default)]
     pub owner: Option<String>,
+}
+
+/// The key whose fine-tuning is erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseOwner {
+    pub owner: String,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OwnerErased {
+    /// The ids of the jobs removed.
+    pub jobs: Vec<String>,
+    /// The fine-tuned models removed.
+    pub models: Vec<String>,
 }
 
 /// A removed model (OpenAI's answer to `DELETE /v1/models/{model}`).

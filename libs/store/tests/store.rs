@@ -68,6 +68,7 @@ async fn round_trip(open: impl AsyncFn() -> Store) {
         status: Set(200),
         created_at: Set(Utc::now()),
         pii_masked: Set(Some(r#"{"EMAIL_ADDRESS":1}"#.to_owned())),
+        end_user: Set(Some("user-7".to_owned())),
     }
     .insert(store.connection())
     .await

@@ -1,6 +1,6 @@
 //! The audit log: every request with a valid key that changes state (any method but
-//! `GET` on a route that is not a read in disguise, such as a chat or a search), and
-//! every refusal of an admin route (403), is recorded after it is answered: who (the key's id and prefix),
+//! `GET` on a route that is not a read in disguise, such as a chat or a search), every
+//! export of personal data, and every refusal of an admin route (403), is recorded after it is answered: who (the key's id and prefix),
 //! what (the method and route, the resource and its id, the route's parameters and the
 //! names of the body's fields, never their values), when, from where (the client's
 //! address, the request id) and how it ended. The records form a hash chain in the store
@@ -38,6 +38,9 @@ const READS: &[&str] = &[
     "/v1/personas/{id}/preview",
 ];
 
+/// Routes that take a `GET` and hand over personal data: audited like changes.
+const EXPORTS: &[&str] = &["/v1/keys/{id}/export", "/v1/end_users/{user}/export"];
+
 /// Whether a request on `route` with `method` changes state.
 pub fn changes(method: &Method, route: &str) -> bool {
     *method != Method::GET
@@ -49,7 +52,9 @@ pub fn changes(method: &Method, route: &str) -> bool {
 
 /// Whether a request on `route` with `method`, answered `status`, is audited.
 fn audited(method: &Method, route: &str, status: u16) -> bool {
-    changes(method, route) || (status == 403 && route.starts_with("/v1/"))
+    changes(method, route)
+        || (*method == Method::GET && EXPORTS.contains(&route))
+        || (status == 403 && route.starts_with("/v1/"))
 }
 
 /// Records the request after its answer, when [`audited`] says so. A failure to record

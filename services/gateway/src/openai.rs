@@ -166,6 +166,30 @@ pub fn validate(request: &GenerateRequest, max_tokens_param: &str) -> Result<(),
     })
 }
 
+/// The most characters an end-user id may have.
+pub const MAX_END_USER: usize = 256;
+
+/// The end user a request names, kept with its usage and stored completion so that
+/// their data can be exported or erased: `safety_identifier`, or the older `user`.
+pub fn end_user(
+    safety_identifier: Option<&str>,
+    user: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let (param, id) = match (safety_identifier, user) {
+        (Some(id), _) => ("safety_identifier", id),
+        (None, Some(id)) => ("user", id),
+        (None, None) => return Ok(None),
+    };
+    let length = id.chars().count();
+    if length == 0 || length > MAX_END_USER {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must have 1 to {MAX_END_USER} characters, it has {length}"),
+        ));
+    }
+    Ok(Some(id.to_owned()))
+}
+
 /// A second count since the epoch, for `created`.
 pub fn now_unix() -> u64 {
     SystemTime::now()

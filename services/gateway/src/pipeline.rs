@@ -161,8 +161,9 @@ fn sources_prompt(hits: &[SearchHit]) -> String {
 #[derive(Debug, Clone)]
 pub struct Keep {
     pub store: Store,
-    /// The key's id.
+    /// The key's id, and the end user the request named.
     pub owner: String,
+    pub end_user: Option<String>,
     /// The completion's id and the model as the request named it.
     pub id: String,
     pub model: String,
@@ -232,6 +233,7 @@ impl ChatPipeline {
                 &keep.store,
                 &keep.id,
                 &keep.owner,
+                keep.end_user.as_deref(),
                 &keep.model,
                 &messages,
                 &answer,

@@ -13,11 +13,13 @@ use slough_store::{Store, entities::stored_completion};
 /// Highest and lowest rating.
 pub const RATINGS: std::ops::RangeInclusive<i32> = 1..=5;
 
-/// Keeps a completion: the conversation it answered and its first choice.
+/// Keeps a completion: the conversation it answered and its first choice, for the key
+/// `owner` and the end user the request named.
 pub async fn save(
     store: &Store,
     id: &str,
     owner: &str,
+    end_user: Option<&str>,
     model: &str,
     messages: &[(String, String)],
     answer: &str,
@@ -36,6 +38,7 @@ pub async fn save(
         rating: Set(None),
         correction: Set(None),
         rated_at: Set(None),
+        end_user: Set(end_user.map(str::to_owned)),
     }
     .insert(store.connection())
     .await?;

@@ -105,6 +105,8 @@ pub struct Metered {
     stream: bool,
     /// Findings the key's PII policy masked, as the row's JSON.
     pii_masked: Option<String>,
+    /// The end user the request named.
+    end_user: Option<String>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -131,6 +133,7 @@ impl Metered {
             status: 499,
             stream: false,
             pii_masked: None,
+            end_user: None,
             _slot: slot,
         }
     }
@@ -170,6 +173,11 @@ impl Metered {
         if !masked.is_empty() {
             self.pii_masked = serde_json::to_string(masked).ok();
         }
+    }
+
+    /// Records the end user the request named (`safety_identifier` or `user`).
+    pub fn end_user(&mut self, end_user: Option<String>) {
+        self.end_user = end_user;
     }
 
     /// Records how the request ended.
@@ -218,6 +226,7 @@ impl Drop for Metered {
             status: Set(i16::try_from(self.status).unwrap_or(i16::MAX)),
             created_at: Set(Utc::now()),
             pii_masked: Set(self.pii_masked.take()),
+            end_user: Set(self.end_user.take()),
         });
     }
 }

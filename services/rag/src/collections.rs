@@ -352,6 +352,7 @@ impl Collections {
         let chunker = self.chunker(&open).await?;
         let writer = open.writer.lock().await;
         let collection = request.collection;
+        let added_by = request.added_by;
         let mut outcome = IngestResponse {
             documents: Vec::with_capacity(request.documents.len()),
             chunks: 0,
@@ -361,7 +362,10 @@ impl Collections {
             if *writer || open.deleting.load(Ordering::SeqCst) {
                 return Err(CollectionError::Deleted(collection));
             }
-            let ingested = match self.ingest_one(&open, &chunker, document).await {
+            let ingested = match self
+                .ingest_one(&open, &chunker, document, added_by.as_deref())
+                .await
+            {
                 Ok(ingested) => ingested,
                 Err(deleted @ CollectionError::Deleted(_)) => return Err(deleted),
                 Err(err) => {
@@ -392,6 +396,7 @@ impl Collections {
         open: &Open,
         chunker: &Arc<Chunker>,
         document: Document,
+        added_by: Option<&str>,
     ) -> Result<IngestedDocument, CollectionError> {
         let collection = open.row.name.as_str();
         let hash = content_hash(&document);
@@ -448,6 +453,7 @@ impl Collections {
             chunks: Set(i64::try_from(count).unwrap_or(i64::MAX)),
             bytes: Set(i64::try_from(document.text.len()).unwrap_or(i64::MAX)),
             updated_at: Set(Utc::now()),
+            added_by: Set(added_by.map(str::to_owned)),
         };
         let written = if stored.is_some() {
             row.update(self.store.connection()).await.map(|_| ())

@@ -8,9 +8,9 @@ use slough_modelkit::package::{self, ModelKind};
 use slough_protocol::{
     ErrorBody, ErrorCode,
     training::{
-        self, CheckpointList, CreateJob, CreateJobRequest, DeleteModel, EventList, Hyperparameters,
-        Job, JobList, JobRequest, LORA_TARGETS, ListJobItems, ListJobs, Lora, MAX_SUFFIX,
-        MethodKind, ModelDeleted, Setting,
+        self, CheckpointList, CreateJob, CreateJobRequest, DeleteModel, EraseOwner, EventList,
+        Hyperparameters, Job, JobList, JobRequest, LORA_TARGETS, ListJobItems, ListJobs, Lora,
+        MAX_SUFFIX, MethodKind, ModelDeleted, OwnerErased, Setting,
     },
 };
 
@@ -38,7 +38,9 @@ pub async fn add(host: &mut ServiceHost, state: Arc<Endpoints>) -> Result<(), Bu
         .await?;
     host.serve(&training::LIST_CHECKPOINTS, state.clone(), checkpoints)
         .await?;
-    host.serve(&training::DELETE_MODEL, state, delete_model)
+    host.serve(&training::DELETE_MODEL, state.clone(), delete_model)
+        .await?;
+    host.serve(&training::ERASE_OWNER, state, erase_owner)
         .await?;
     Ok(())
 }
@@ -135,10 +137,25 @@ async fn delete_model(
     {
         return Err(not_found());
     }
-    package::remove(models, &model)
+    remove_model(&state, &model).await?;
+    // The merged weights the package was built from go with it.
+    if let Some(job) = job {
+        remove_dir(&state.worker.paths.jobs.join(&job.id).join("model"));
+    }
+    tracing::info!(%model, "fine-tuned model deleted");
+    Ok(ModelDeleted {
+        id: model,
+        object: "model".to_owned(),
+        deleted: true,
+    })
+}
+
+/// Removes the package of model `model` and tells the inference replicas.
+async fn remove_model(state: &Endpoints, model: &str) -> Result<(), ErrorBody> {
+    package::remove(&state.worker.paths.models, model)
         .map_err(|err| ErrorBody::new(ErrorCode::Internal, err.to_string()))?;
     let event = slough_protocol::inference::ModelEvent {
-        model: model.clone(),
+        model: model.to_owned(),
     };
     if let Err(err) = state
         .worker
@@ -148,21 +165,63 @@ async fn delete_model(
     {
         tracing::warn!("cannot announce the removal of {model}: {err}");
     }
-    // The merged weights the package was built from go with it.
-    if let Some(job) = job {
-        let export = state.worker.paths.jobs.join(&job.id).join("model");
-        if let Err(err) = std::fs::remove_dir_all(&export)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("cannot remove {}: {err}", export.display());
+    Ok(())
+}
+
+/// Removes `dir` and what it holds; one already gone is fine, another failure logged.
+fn remove_dir(dir: &std::path::Path) {
+    if let Err(err) = std::fs::remove_dir_all(dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {err}", dir.display());
+    }
+}
+
+/// Erases a key's fine-tuning (see [`training::ERASE_OWNER`]): open jobs are cancelled
+/// first; while a worker still holds one the answer is a conflict, and nothing is
+/// removed until none does.
+async fn erase_owner(state: Arc<Endpoints>, request: EraseOwner) -> Result<OwnerErased, ErrorBody> {
+    let owner = request.owner;
+    for job in state.jobs.owned(&owner).await? {
+        if !jobs::status(&job).is_final() {
+            match state.jobs.cancel(&job.id, None).await {
+                Ok(_) | Err(jobs::JobsError::Ended { .. }) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
     }
-    tracing::info!(%model, "fine-tuned model deleted");
-    Ok(ModelDeleted {
-        id: model,
-        object: "model".to_owned(),
-        deleted: true,
-    })
+    let owned = state.jobs.owned(&owner).await?;
+    let now = chrono::Utc::now();
+    if let Some(held) = owned
+        .iter()
+        .find(|job| job.lease_owner.is_some() && job.lease_expires_at.is_some_and(|at| at > now))
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "fine-tuning job `{}` is cancelled and still stopping; ask again shortly",
+                held.id
+            ),
+        ));
+    }
+    let mut models = Vec::new();
+    for job in &owned {
+        if let Some(model) = &job.fine_tuned_model
+            && package::find(&state.worker.paths.models, model).is_ok()
+        {
+            remove_model(&state, model).await?;
+            models.push(model.clone());
+        }
+        remove_dir(&state.worker.paths.jobs.join(&job.id));
+    }
+    let ids: Vec<String> = owned.into_iter().map(|job| job.id).collect();
+    state.jobs.remove(&ids).await?;
+    tracing::info!(
+        jobs = ids.len(),
+        models = models.len(),
+        "a key's fine-tuning erased"
+    );
+    Ok(OwnerErased { jobs: ids, models })
 }
 
 /// Checks every field of a new job, naming the first one at fault.

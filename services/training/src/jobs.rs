@@ -475,6 +475,37 @@ impl Jobs {
             .map_err(JobsError::Store)
     }
 
+    /// Every job of `owner`, oldest first.
+    pub async fn owned(&self, owner: &str) -> Result<Vec<fine_tuning_job::Model>, JobsError> {
+        fine_tuning_job::Entity::find()
+            .filter(fine_tuning_job::Column::Owner.eq(owner))
+            .order_by_asc(fine_tuning_job::Column::CreatedAt)
+            .all(self.db())
+            .await
+            .map_err(JobsError::Store)
+    }
+
+    /// Removes the jobs `ids` with their events and checkpoints, all or none.
+    pub async fn remove(&self, ids: &[String]) -> Result<(), JobsError> {
+        let transaction = self.db().begin().await.map_err(JobsError::Store)?;
+        fine_tuning_event::Entity::delete_many()
+            .filter(fine_tuning_event::Column::JobId.is_in(ids))
+            .exec(&transaction)
+            .await
+            .map_err(JobsError::Store)?;
+        fine_tuning_checkpoint::Entity::delete_many()
+            .filter(fine_tuning_checkpoint::Column::JobId.is_in(ids))
+            .exec(&transaction)
+            .await
+            .map_err(JobsError::Store)?;
+        fine_tuning_job::Entity::delete_many()
+            .filter(fine_tuning_job::Column::Id.is_in(ids))
+            .exec(&transaction)
+            .await
+            .map_err(JobsError::Store)?;
+        transaction.commit().await.map_err(JobsError::Store)
+    }
+
     /// Jobs still in `validating_files` (to validate again after a restart).
     pub async fn validating(&self) -> Result<Vec<fine_tuning_job::Model>, JobsError> {
         fine_tuning_job::Entity::find()

@@ -16,6 +16,8 @@ pub struct Model {
     /// The text's size.
     pub bytes: i64,
     pub updated_at: DateTimeUtc,
+    /// The id of the API key that last wrote the document (none before this was kept).
+    pub added_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

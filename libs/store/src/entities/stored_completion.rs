@@ -23,6 +23,8 @@ pub struct Model {
     /// A better answer, given with the feedback.
     pub correction: Option<String>,
     pub rated_at: Option<DateTimeUtc>,
+    /// The end user the request named (`safety_identifier` or `user`).
+    pub end_user: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

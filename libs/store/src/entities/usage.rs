@@ -22,6 +22,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Findings the key's PII policy masked, by type: `{"EMAIL_ADDRESS": 2}`.
     pub pii_masked: Option<String>,
+    /// The end user the request named (`safety_identifier` or `user`).
+    pub end_user: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

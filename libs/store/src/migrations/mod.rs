@@ -12,6 +12,7 @@ mod m20261202_000002_stored_completions;
 mod m20261207_000001_collection_owners;
 mod m20261207_000002_pii;
 mod m20261207_000003_audit_events;
+mod m20261207_000004_data_subjects;
 
 /// Applies the migrations below.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_collection_owners::Migration),
             Box::new(m20261207_000002_pii::Migration),
             Box::new(m20261207_000003_audit_events::Migration),
+            Box::new(m20261207_000004_data_subjects::Migration),
         ]
     }
 }

@@ -19,7 +19,8 @@ use crate::{
     http::{Caller, Connection, JsonBody},
     keys::Scope,
     openai::{
-        self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
+        self, Finish, Stop, StreamOptions, TokenUsage, end_user, generation_body, now_unix,
+        response_id,
     },
     ownership,
     pipeline::{ChatPipeline, ChatTurn, Citation, Keep, Retrieval, Retrieved},
@@ -61,7 +62,12 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    /// An end-user id; accepted for compatibility.
+    /// The end user the request is for (1 to 256 characters; OpenAI suggests a hash
+    /// of their id): kept with the request's usage and stored completion, so that an
+    /// admin can export or erase them (`/v1/end_users/{user}`).
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+    /// The older name of `safety_identifier`, used when that is absent.
     #[serde(default)]
     pub user: Option<String>,
     /// Keep the request and its first choice for the key that made it, to take feedback
@@ -489,6 +495,7 @@ pub async fn create(
         .enumerate()
         .map(|(index, message)| (format!("messages[{index}]"), &mut message.content));
     let masked = privacy::screen(key.pii, &state.metrics, texts)?;
+    let end_user = end_user(body.safety_identifier.as_deref(), body.user.as_deref())?;
     let id = response_id("chatcmpl");
     let created = now_unix();
     let stream = (body.stream == Some(true)).then(|| body.stream_options.unwrap_or_default());
@@ -496,6 +503,7 @@ pub async fn create(
     let keep = (body.store == Some(true)).then(|| Keep {
         store: state.store.clone(),
         owner: key.id.to_string(),
+        end_user: end_user.clone(),
         id: id.clone(),
         model: body.model.clone(),
         messages: match &request.input {
@@ -512,6 +520,7 @@ pub async fn create(
         .admit(&key, "chat.completions", &model)
         .await?;
     metered.pii_masked(&masked);
+    metered.end_user(end_user);
     let turn = ChatTurn {
         generation: request.clone(),
         persona: persona.clone(),

@@ -202,6 +202,7 @@ pub async fn ingest(
         state.bus.clone(),
         name.into_inner(),
         caller.owner_filter(),
+        caller.id.to_string(),
         documents,
     );
     if options.stream != Some(true) {
@@ -310,6 +311,8 @@ struct Ingestion {
     collection: String,
     /// Whose collections the caller reaches (`None`: an admin's, all).
     owner: Option<String>,
+    /// The caller's key id, kept with each document written.
+    added_by: String,
     total: usize,
     batches: std::vec::IntoIter<Vec<Document>>,
     outcome: IngestResponse,
@@ -320,6 +323,7 @@ impl Ingestion {
         bus: slough_bus::Bus,
         collection: String,
         owner: Option<String>,
+        added_by: String,
         documents: Vec<Document>,
     ) -> Ingestion {
         let total = documents.len();
@@ -327,6 +331,7 @@ impl Ingestion {
             bus,
             collection,
             owner,
+            added_by,
             total,
             batches: batches(documents).into_iter(),
             outcome: IngestResponse {
@@ -351,6 +356,7 @@ impl Ingestion {
             collection: self.collection.clone(),
             documents: batch,
             owner: self.owner.clone(),
+            added_by: Some(self.added_by.clone()),
         };
         let done = self
             .bus

@@ -17,7 +17,8 @@ use crate::{
     http::{Caller, Connection, JsonBody},
     keys::Scope,
     openai::{
-        self, Finish, Stop, StreamOptions, TokenUsage, generation_body, now_unix, response_id,
+        self, Finish, Stop, StreamOptions, TokenUsage, end_user, generation_body, now_unix,
+        response_id,
     },
     ownership, privacy,
     state::AppState,
@@ -59,6 +60,10 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// The end user the request is for, as on chat completions.
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
+    /// The older name of `safety_identifier`, used when that is absent.
     #[serde(default)]
     pub user: Option<String>,
 }
@@ -300,6 +305,7 @@ pub async fn create(
             _ => None,
         });
     let masked = privacy::screen(key.pii, &state.metrics, texts)?;
+    let end_user = end_user(body.safety_identifier.as_deref(), body.user.as_deref())?;
     let id = response_id("cmpl");
     let created = now_unix();
     let logprobs = body.logprobs.is_some();
@@ -316,6 +322,7 @@ pub async fn create(
         .admit(&key, "completions", &body.model)
         .await?;
     metered.pii_masked(&masked);
+    metered.end_user(end_user);
     let generation = generation::open_all(&state.bus, &state.replicas, &requests)
         .await
         .map_err(|err| metered.failed(ApiError::from_bus(&err)))?;

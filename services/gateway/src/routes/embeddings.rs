@@ -32,6 +32,7 @@ pub struct EmbeddingRequest {
     /// Only the model's own size is supported.
     #[serde(default)]
     pub dimensions: Option<u32>,
+    /// The end user the request is for (1 to 256 characters): kept with its usage.
     #[serde(default)]
     pub user: Option<String>,
     /// Extension: cut texts longer than the model's limit instead of refusing them
@@ -161,11 +162,13 @@ pub async fn create(
             return Err(cannot_shorten(&body.model, size as usize));
         }
     }
+    let end_user = crate::openai::end_user(None, body.user.as_deref())?;
     let mut metered = state
         .admission
         .admit(&key, "embeddings", &body.model)
         .await?;
     metered.pii_masked(&masked);
+    metered.end_user(end_user);
     let truncate = body.truncate.unwrap_or(false);
     let response = embed_in_batches(&state, &body.model, inputs, truncate)
         .await

@@ -115,7 +115,7 @@ pub struct ListQuery {
 
 /// The file store, opened on first use (the gateway runs without JetStream until a
 /// file is uploaded).
-async fn files(state: &AppState) -> Result<&FileStore, ApiError> {
+pub(super) async fn file_store(state: &AppState) -> Result<&FileStore, ApiError> {
     state
         .files
         .get_or_try_init(|| FileStore::open(&state.bus))
@@ -225,7 +225,7 @@ pub async fn upload(
     };
 
     let id = format!("file-{}", &uuid::Uuid::new_v4().simple().to_string()[..24]);
-    let size = files(&state)
+    let size = file_store(&state)
         .await?
         .put(&id, &mut bytes.as_ref())
         .await
@@ -242,7 +242,7 @@ pub async fn upload(
         Ok(row) => row,
         Err(err) => {
             // Nothing half-stored: the content goes when its row cannot be written.
-            let _ = files(&state).await?.delete(&id).await;
+            let _ = file_store(&state).await?.delete(&id).await;
             return Err(store_error(err));
         }
     };
@@ -413,7 +413,7 @@ pub async fn content(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::FineTune)?;
     let row = find(&state, &caller, &id).await?;
-    let bytes = files(&state)
+    let bytes = file_store(&state)
         .await?
         .get(&row.id)
         .await
@@ -442,7 +442,7 @@ pub async fn delete(
         .exec(state.store.connection())
         .await
         .map_err(store_error)?;
-    files(&state)
+    file_store(&state)
         .await?
         .delete(&row.id)
         .await

@@ -13,6 +13,7 @@ pub mod files;
 pub mod fine_tuning;
 pub mod keys;
 pub mod models;
+pub mod personal_data;
 pub mod personality;
 pub mod pii;
 pub mod status;
@@ -64,6 +65,10 @@ api! {
     keys::get,
     keys::update,
     keys::revoke,
+    personal_data::export_key,
+    personal_data::erase_key,
+    personal_data::export_end_user,
+    personal_data::erase_end_user,
     usage::report,
     audit::list,
     personality::list,

@@ -3,41 +3,9 @@
 //! models, stored completions) is tried by a second key, which is told it does not
 //! exist, and by the owner, who reaches it; admins reach everything.
 
-use sea_orm::{ActiveModelTrait as _, Set};
-use slough_protocol::training::{Hyperparameters, Lora};
-use slough_store::entities::fine_tuning_job;
 use support::Options;
 
 use super::*;
-
-/// A fine-tuned model, as the training service names them.
-const TUNED: &str = "ft:smollm2:mine:ftjob-owned-by-a";
-
-/// A models directory with the test models and `TUNED`, a copy of the chat model
-/// presented as fine-tuned from it (files hard-linked, so nothing is copied).
-fn models_with_a_tuned_model(root: &std::path::Path) -> std::path::PathBuf {
-    let models = root.join("models");
-    let link = |from: &std::path::Path, to: &std::path::Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::hard_link(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    };
-    let test_models = slough_testkit::test_models_dir();
-    for id in [CHAT, EMBED] {
-        link(&test_models.join(id), &models.join(id));
-    }
-    let tuned = models.join(TUNED);
-    link(&test_models.join(CHAT), &tuned);
-    let manifest = tuned.join(slough_modelkit::package::MANIFEST);
-    let mut fields: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    fields["id"] = json!(TUNED);
-    fields["parent"] = json!(CHAT);
-    std::fs::remove_file(&manifest).unwrap();
-    std::fs::write(&manifest, serde_json::to_vec(&fields).unwrap()).unwrap();
-    models
-}
 
 /// One request a key may make about another key's thing.
 struct Probe {
@@ -123,32 +91,7 @@ async fn one_key_never_reaches_another_keys_data() {
     let store = slough_store::Store::open(None, platform.data_dir())
         .await
         .unwrap();
-    fine_tuning_job::ActiveModel {
-        id: Set("ftjob-owned-by-a".to_owned()),
-        owner: Set(a_key["id"].as_str().unwrap().to_owned()),
-        model: Set(CHAT.to_owned()),
-        training_file: Set(file.clone()),
-        validation_file: Set(None),
-        status: Set("succeeded".to_owned()),
-        method: Set("supervised".to_owned()),
-        hyperparameters: Set(serde_json::to_string(&Hyperparameters::default()).unwrap()),
-        lora: Set(serde_json::to_string(&Lora::default()).unwrap()),
-        suffix: Set(Some("mine".to_owned())),
-        seed: Set(0),
-        fine_tuned_model: Set(Some(TUNED.to_owned())),
-        trained_tokens: Set(Some(10)),
-        error: Set(None),
-        result: Set(None),
-        metadata: Set(None),
-        created_at: Set(chrono::Utc::now()),
-        finished_at: Set(Some(chrono::Utc::now())),
-        estimated_finish: Set(None),
-        lease_owner: Set(None),
-        lease_expires_at: Set(None),
-    }
-    .insert(store.connection())
-    .await
-    .unwrap();
+    finished_job(&store, a_key["id"].as_str().unwrap(), &file).await;
     store.close().await;
 
     let hi = json!([{"role": "user", "content": "Hi"}]);
