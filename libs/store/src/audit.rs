@@ -5,11 +5,17 @@
 //! deleted or inserted behind the platform's back). Removing the newest records leaves
 //! a shorter chain that still verifies: keep a copy of the last hash (`slough audit
 //! verify` prints it) to tell.
+//!
+//! Retention ([`prune`]) removes the oldest records and appends a checkpoint record
+//! first, in the chain like any other, that names the hash the first record kept
+//! follows (its `anchor`): a chain that starts after the genesis verifies only when a
+//! checkpoint in it vouches for where it starts.
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ActiveValue::NotSet, ColumnTrait as _, DatabaseConnection, DbErr,
-    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr,
+    EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    SqlErr,
 };
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -18,6 +24,9 @@ use crate::entities::audit_event::{self, Model};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "genesis";
+
+/// The action of a retention checkpoint.
+pub const CHECKPOINT: &str = "audit.checkpoint";
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -71,6 +80,72 @@ pub fn hash(event: &Model) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: u64,
+    /// The checkpoint record appended.
+    pub checkpoint: i64,
+}
+
+/// Removes the records older than `before`, after appending a checkpoint that vouches
+/// for the record after them (see the module's notes). `None` when none is older.
+pub async fn prune(
+    db: &DatabaseConnection,
+    before: DateTime<Utc>,
+) -> Result<Option<Pruned>, DbErr> {
+    let newest_old = audit_event::Entity::find()
+        .filter(audit_event::Column::At.lt(before))
+        .order_by_desc(audit_event::Column::Seq)
+        .one(db)
+        .await?;
+    let Some(through) = newest_old else {
+        return Ok(None);
+    };
+    let removed = audit_event::Entity::find()
+        .filter(audit_event::Column::Seq.lte(through.seq))
+        .count(db)
+        .await?;
+    let checkpoint = append(
+        db,
+        NewEvent {
+            actor: "slough".to_owned(),
+            actor_prefix: None,
+            action: CHECKPOINT.to_owned(),
+            resource_type: "audit".to_owned(),
+            resource_id: Some(format!("audit-{}", through.seq)),
+            summary: json!({
+                "removed": removed,
+                "through": through.seq,
+                "before": before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "anchor": through.hash,
+            }),
+            client_address: None,
+            request_id: None,
+            trace_id: None,
+            status: 200,
+        },
+    )
+    .await?;
+    audit_event::Entity::delete_many()
+        .filter(audit_event::Column::Seq.lte(through.seq))
+        .exec(db)
+        .await?;
+    Ok(Some(Pruned {
+        removed,
+        checkpoint: checkpoint.seq,
+    }))
+}
+
+/// The hash a checkpoint vouches the chain may start after.
+fn anchor(event: &Model) -> Option<String> {
+    if event.action != CHECKPOINT {
+        return None;
+    }
+    let summary: Value = serde_json::from_str(&event.summary).ok()?;
+    summary["anchor"].as_str().map(str::to_owned)
 }
 
 /// Appends `event` after the newest one. When another writer appended first (the
@@ -129,6 +204,10 @@ pub enum Broken {
         "audit-{0}: it does not follow the record before it (a record before it was deleted or inserted)"
     )]
     Unlinked(i64),
+    #[error(
+        "audit-{0}: the chain starts here, after records no retention checkpoint accounts for (the oldest records were deleted)"
+    )]
+    Unanchored(i64),
 }
 
 /// What [`verify`] found in an intact chain.
@@ -138,6 +217,9 @@ pub struct Verified {
     /// The newest record's id and hash (`None` for an empty chain).
     pub last: Option<(i64, String)>,
     pub since: Option<DateTime<Utc>>,
+    /// The retention checkpoint that vouches for where the chain starts, when older
+    /// records were removed.
+    pub checkpoint: Option<i64>,
 }
 
 /// Walks the chain from the first event, a page at a time.
@@ -148,7 +230,10 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Result<Verified, Broken>,
         records: 0,
         last: None,
         since: None,
+        checkpoint: None,
     };
+    // Where the chain starts, when it starts after records retention removed.
+    let mut start: Option<(i64, String)> = None;
     let mut after = i64::MIN;
     loop {
         let rows = audit_event::Entity::find()
@@ -158,15 +243,27 @@ pub async fn verify(db: &DatabaseConnection) -> Result<Result<Verified, Broken>,
             .all(db)
             .await?;
         let Some(last) = rows.last() else {
-            return Ok(Ok(verified));
+            return Ok(match start {
+                Some((first, _)) if verified.checkpoint.is_none() => Err(Broken::Unanchored(first)),
+                _ => Ok(verified),
+            });
         };
         after = last.seq;
         for row in rows {
+            if verified.records == 0 && row.prev_hash != GENESIS {
+                start = Some((row.seq, row.prev_hash.clone()));
+                prev.clone_from(&row.prev_hash);
+            }
             if row.prev_hash != prev {
                 return Ok(Err(Broken::Unlinked(row.seq)));
             }
             if hash(&row) != row.hash {
                 return Ok(Err(Broken::Edited(row.seq)));
+            }
+            if let Some((_, from)) = &start
+                && anchor(&row).as_deref() == Some(from.as_str())
+            {
+                verified.checkpoint = Some(row.seq);
             }
             verified.records += 1;
             verified.since.get_or_insert(row.at);

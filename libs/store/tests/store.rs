@@ -284,3 +284,82 @@ async fn the_audit_chain_names_the_first_record_changed_behind_its_back() {
     assert_eq!(verify(&db).await.unwrap(), Err(Broken::Unlinked(13)));
     store.close().await;
 }
+
+/// Audit retention (issue 36): pruning removes the oldest records behind a checkpoint
+/// that keeps the chain verifiable, twice over; deleting the oldest records without one
+/// is named, and so is an edited checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_audit_records_behind_a_checkpoint() {
+    use sea_orm::ConnectionTrait as _;
+    use slough_store::audit::{Broken, append, prune, verify};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(None, dir.path()).await.unwrap();
+    let db = store.connection().clone();
+    let sql = |statement: String| {
+        let db = db.clone();
+        async move { db.execute_unprepared(&statement).await.unwrap() }
+    };
+    for n in 0..10 {
+        append(&db, audit_event(n)).await.unwrap();
+    }
+    // Records 1 to 6 are a year old.
+    sql("UPDATE audit_events SET at = '2025-01-01 00:00:00+00:00' WHERE seq <= 6".to_owned()).await;
+    // Their hashes are over their old times: re-hash the chain as it would have been.
+    rehash(&db).await;
+    assert!(verify(&db).await.unwrap().is_ok());
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(30);
+    let pruned = prune(&db, cutoff).await.unwrap().unwrap();
+    assert_eq!((pruned.removed, pruned.checkpoint), (6, 11));
+    let verified = verify(&db).await.unwrap().unwrap();
+    assert_eq!(verified.records, 5);
+    assert_eq!(verified.checkpoint, Some(11));
+    assert_eq!(prune(&db, cutoff).await.unwrap(), None);
+
+    // Later, everything up to the checkpoint has aged out too: a second checkpoint.
+    sql("UPDATE audit_events SET at = '2025-02-01 00:00:00+00:00' WHERE seq <= 11".to_owned())
+        .await;
+    rehash(&db).await;
+    let pruned = prune(&db, cutoff).await.unwrap().unwrap();
+    assert_eq!((pruned.removed, pruned.checkpoint), (5, 12));
+    assert_eq!(verify(&db).await.unwrap().unwrap().checkpoint, Some(12));
+
+    for n in 0..3 {
+        append(&db, audit_event(n)).await.unwrap();
+    }
+    assert!(verify(&db).await.unwrap().is_ok());
+
+    // Behind its back: the checkpoint edited (even with every hash recomputed, it then
+    // vouches for nothing), or the oldest record deleted.
+    sql("UPDATE audit_events SET summary = '{}' WHERE seq = 12".to_owned()).await;
+    assert_eq!(verify(&db).await.unwrap(), Err(Broken::Edited(12)));
+    rehash(&db).await;
+    assert_eq!(verify(&db).await.unwrap(), Err(Broken::Unanchored(12)));
+    sql("DELETE FROM audit_events WHERE seq = 12".to_owned()).await;
+    assert_eq!(verify(&db).await.unwrap(), Err(Broken::Unanchored(13)));
+    store.close().await;
+}
+
+/// Recomputes every record's hash in order, as if the chain had been written with
+/// what it holds now (the test's way of ageing records).
+async fn rehash(db: &sea_orm::DatabaseConnection) {
+    use sea_orm::{ActiveModelTrait as _, EntityTrait as _, QueryOrder as _, Set};
+    use slough_store::entities::audit_event;
+    let rows = audit_event::Entity::find()
+        .order_by_asc(audit_event::Column::Seq)
+        .all(db)
+        .await
+        .unwrap();
+    let mut prev: Option<String> = None;
+    for mut row in rows {
+        if let Some(prev) = &prev {
+            row.prev_hash.clone_from(prev);
+        }
+        row.hash = slough_store::audit::hash(&row);
+        prev = Some(row.hash.clone());
+        let mut active: audit_event::ActiveModel = row.clone().into();
+        active.prev_hash = Set(row.prev_hash.clone());
+        active.hash = Set(row.hash.clone());
+        active.reset_all().update(db).await.unwrap();
+    }
+}

@@ -5,6 +5,7 @@
 //! names of the body's fields, never their values), when, from where (the client's
 //! address, the request id) and how it ended. The records form a hash chain in the store
 //! (`slough_store::audit`); `slough audit verify` walks it. `GET /v1/audit` lists them.
+//! [`keep`] applies the retention setting and verifies the chain on a timer.
 
 use actix_web::{
     HttpMessage as _,
@@ -153,4 +154,56 @@ fn resource_type(route: &str) -> &str {
         .strip_prefix("/v1/")
         .and_then(|rest| rest.split('/').next())
         .unwrap_or(route)
+}
+
+/// What [`keep`] does on each round.
+#[derive(Debug, Clone, Copy)]
+pub struct Upkeep {
+    /// How long records are kept (`None`: for ever).
+    pub retention: Option<chrono::Duration>,
+    pub every: std::time::Duration,
+}
+
+/// Until `shutdown`, at start and then every `upkeep.every`: removes the records older
+/// than the retention (behind a checkpoint), then verifies the chain and sets the
+/// chain metrics. Several gateways may do it at once: a second prune finds nothing.
+pub async fn keep(
+    store: slough_store::Store,
+    metrics: Arc<crate::metrics::Metrics>,
+    upkeep: Upkeep,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(upkeep.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let db = store.connection();
+        if let Some(retention) = upkeep.retention {
+            match slough_store::audit::prune(db, chrono::Utc::now() - retention).await {
+                Ok(Some(pruned)) => tracing::info!(
+                    removed = pruned.removed,
+                    checkpoint = pruned.checkpoint,
+                    "audit records past their retention removed"
+                ),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot apply the audit retention"),
+            }
+        }
+        match slough_store::audit::verify(db).await {
+            Ok(Ok(verified)) => {
+                metrics.audit_chain_intact.set(1);
+                metrics
+                    .audit_chain_records
+                    .set(i64::try_from(verified.records).unwrap_or(i64::MAX));
+            }
+            Ok(Err(broken)) => {
+                metrics.audit_chain_intact.set(0);
+                tracing::error!("the audit chain is broken at {broken}");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot verify the audit chain"),
+        }
+    }
 }

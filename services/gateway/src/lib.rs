@@ -94,6 +94,12 @@ pub struct Config {
     pub key_cache_ms: u64,
     /// Usage rows waiting to be stored; beyond that they are dropped and counted.
     pub usage_queue: usize,
+    /// Days audit records are kept (0: for ever); older ones are removed behind a
+    /// checkpoint record that keeps the chain verifiable.
+    pub audit_retention_days: u32,
+    /// How often, in seconds, the gateway applies the retention and verifies the audit
+    /// chain (`slough_gateway_audit_chain_intact`); also once at start.
+    pub audit_check_s: u64,
 }
 
 impl Default for Config {
@@ -112,6 +118,8 @@ impl Default for Config {
             cors_origins: Vec::new(),
             key_cache_ms: 5_000,
             usage_queue: 10_000,
+            audit_retention_days: 0,
+            audit_check_s: 3600,
         }
     }
 }
@@ -152,6 +160,16 @@ pub async fn run(
         },
         files: tokio::sync::OnceCell::new(),
     });
+    tokio::spawn(audit::keep(
+        store.clone(),
+        state.metrics.clone(),
+        audit::Upkeep {
+            retention: (config.audit_retention_days > 0)
+                .then(|| chrono::Duration::days(i64::from(config.audit_retention_days))),
+            every: Duration::from_secs(config.audit_check_s),
+        },
+        shutdown.clone(),
+    ));
     let host = ctx.register(DESCRIPTION).await?;
     let api = start_api(&config, state.clone())?;
     ctx.listening().announce("api", api.addr());
@@ -188,6 +206,9 @@ fn validate(config: &Config) -> Result<(), ServiceError> {
     }
     if config.max_body_bytes < 1024 {
         return invalid("gateway.max_body_bytes must be at least 1024".to_owned());
+    }
+    if config.audit_check_s == 0 {
+        return invalid("gateway.audit_check_s must be at least 1".to_owned());
     }
     if config.header_timeout_s == 0 || config.body_timeout_s == 0 {
         return invalid(

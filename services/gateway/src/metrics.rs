@@ -23,6 +23,10 @@ pub struct Metrics {
     pii_findings: IntCounterVec,
     /// Audit events recorded, by action and outcome, and those that could not be.
     audit_events: IntCounterVec,
+    /// 1 while the audit chain verified intact at the last check, 0 once broken.
+    pub audit_chain_intact: IntGauge,
+    /// Records in the audit chain at the last check.
+    pub audit_chain_records: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -99,6 +103,16 @@ impl Metrics {
             &["action", "outcome"],
         )?;
         registry.register(Box::new(audit_events.clone()))?;
+        let audit_chain_intact = IntGauge::new(
+            "slough_gateway_audit_chain_intact",
+            "1 when the audit log's hash chain verified intact at the last check (every              gateway.audit_check_s), 0 when a record was found edited, deleted or inserted.",
+        )?;
+        registry.register(Box::new(audit_chain_intact.clone()))?;
+        let audit_chain_records = IntGauge::new(
+            "slough_gateway_audit_chain_records",
+            "Records in the audit log's hash chain at the last check.",
+        )?;
+        registry.register(Box::new(audit_chain_records.clone()))?;
         registry.register(Box::new(inference_replicas.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -118,6 +132,8 @@ impl Metrics {
             inference_replicas,
             pii_findings,
             audit_events,
+            audit_chain_intact,
+            audit_chain_records,
         })
     }
 

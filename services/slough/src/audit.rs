@@ -18,11 +18,20 @@ pub fn verify(settings: &Settings) -> anyhow::Result<()> {
         match outcome? {
             Ok(verified) => {
                 match (verified.last, verified.since) {
-                    (Some((seq, hash)), Some(since)) => println!(
-                        "the audit chain holds: {} records since {since}, the newest audit-{seq} \
-                         with hash {hash} (keep it to tell if newer records go missing)",
-                        verified.records
-                    ),
+                    (Some((seq, hash)), Some(since)) => {
+                        println!(
+                            "the audit chain holds: {} records since {since}, the newest \
+                             audit-{seq} with hash {hash} (keep it to tell if newer records \
+                             go missing)",
+                            verified.records
+                        );
+                        if let Some(checkpoint) = verified.checkpoint {
+                            println!(
+                                "older records were removed by retention, as checkpoint \
+                                 audit-{checkpoint} records"
+                            );
+                        }
+                    }
                     _ => println!("the audit log is empty"),
                 }
                 Ok(())

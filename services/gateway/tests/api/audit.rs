@@ -27,7 +27,12 @@ async fn every_change_and_every_refused_admin_request_is_audited() {
         database_url: Some(database.url().to_owned()),
         ..support::Options::default()
     };
-    let platform = Platform::start_with(gateway_config(), inference_config(), options).await;
+    // The gateway checks the chain every second here (hourly by default).
+    let config = slough_gateway::Config {
+        audit_check_s: 1,
+        ..gateway_config()
+    };
+    let platform = Platform::start_with(config, inference_config(), options).await;
     let admin = platform.admin_key.clone();
     let (user, user_key) = platform.create_key(json!({"scopes": ["inference"]})).await;
     let user_id = user_key["id"].as_str().unwrap().to_owned();
@@ -162,6 +167,12 @@ async fn every_change_and_every_refused_admin_request_is_audited() {
     assert_eq!(refused.status(), 403);
 
     // The chain holds, until a record is edited behind the platform's back.
+    assert_eq!(
+        platform
+            .gateway_metric("slough_gateway_audit_chain_intact")
+            .await,
+        1.0
+    );
     let store = open_store(database.url()).await;
     assert!(
         slough_store::audit::verify(store.connection())
@@ -181,6 +192,19 @@ async fn every_change_and_every_refused_admin_request_is_audited() {
             .unwrap(),
         Err(slough_store::audit::Broken::Edited(3))
     );
+    // ...and the gateway's next check says so to Prometheus.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while platform
+        .gateway_metric("slough_gateway_audit_chain_intact")
+        .await
+        != 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the break was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     store.close().await;
     platform.stop().await;
     database.drop_database().await;
