@@ -1,6 +1,8 @@
 //! `slough audit verify`: walks the audit log's hash chain in the store the
 //! configuration names (SQLite under the data directory, or `SLOUGH_DATABASE_URL`) and
-//! names the first record edited, deleted or inserted behind the platform's back.
+//! names the first record edited, deleted or inserted behind the platform's back. And
+//! [`record_local`]: the audit events of `slough` commands that change the platform
+//! without going through the API (`slough models import` and `rm`).
 
 use crate::Settings;
 
@@ -39,4 +41,47 @@ pub fn verify(settings: &Settings) -> anyhow::Result<()> {
             Err(broken) => anyhow::bail!("the audit chain is broken at {broken}"),
         }
     })
+}
+
+/// Records a change a local operator made with `slough` (actor `local:<user>`): the
+/// command as `action`, the model as the resource. A store that cannot be reached is
+/// reported on standard error; the change itself stands.
+pub fn record_local(
+    settings: &Settings,
+    action: &str,
+    resource_id: Option<String>,
+    summary: serde_json::Value,
+    succeeded: bool,
+) {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let event = slough_store::audit::NewEvent {
+        actor: format!("local:{user}"),
+        actor_prefix: None,
+        action: action.to_owned(),
+        resource_type: "models".to_owned(),
+        resource_id,
+        summary,
+        client_address: None,
+        request_id: None,
+        trace_id: None,
+        status: if succeeded { 200 } else { 500 },
+    };
+    let recorded = crate::runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let store = slough_store::Store::open(
+                settings.common.database_url.as_ref(),
+                &settings.common.data_dir,
+            )
+            .await?;
+            let appended = slough_store::audit::append(store.connection(), event).await;
+            store.close().await;
+            appended?;
+            anyhow::Ok(())
+        })
+    });
+    if let Err(err) = recorded {
+        eprintln!("warning: `{action}` could not be recorded in the audit log: {err:#}");
+    }
 }

@@ -239,10 +239,35 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
     match command {
         ModelsCommand::Import(args) => {
             let options = args.build_options();
-            models::import(&dir, &nats_url, &args.source, args.id, options)
+            let source = args.source.file_name().map_or_else(
+                || args.source.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            let imported = models::import(&dir, &nats_url, &args.source, args.id, options);
+            let id = imported.as_ref().ok().cloned().flatten();
+            let summary = serde_json::json!({"source": source});
+            audit::record_local(
+                settings,
+                "slough models import",
+                id,
+                summary,
+                imported.is_ok(),
+            );
+            imported.map(|_| ())
         }
         ModelsCommand::List { json } => models::list(&dir, json),
-        ModelsCommand::Rm { id } => models::remove(&dir, &nats_url, &id),
+        ModelsCommand::Rm { id } => {
+            let removed = models::remove(&dir, &nats_url, &id);
+            let summary = serde_json::json!({});
+            audit::record_local(
+                settings,
+                "slough models rm",
+                Some(id),
+                summary,
+                removed.is_ok(),
+            );
+            removed
+        }
     }
 }
 

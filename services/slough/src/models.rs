@@ -148,14 +148,14 @@ fn parse_int8_kernel(name: &str) -> Result<Int8Kernel, String> {
     }
 }
 
-/// Imports `source` and says what happened.
+/// Imports `source` and says what happened; the id of a package it made.
 pub fn import(
     models_dir: &Path,
     nats_url: &str,
     source: &Path,
     id: Option<String>,
     build: BuildOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let bar = Bar(ProgressBar::new_spinner());
     bar.0.enable_steady_tick(Duration::from_millis(120));
     let started = std::time::Instant::now();
@@ -182,13 +182,16 @@ pub fn import(
                 started.elapsed().as_secs_f64()
             );
             announce(nats_url, &inference::MODEL_ADDED, &manifest.id);
+            Ok(Some(manifest.id))
         }
-        Imported::AlreadyPresent(manifest) => println!(
-            "{} is already imported from this source; nothing to do",
-            manifest.id
-        ),
+        Imported::AlreadyPresent(manifest) => {
+            println!(
+                "{} is already imported from this source; nothing to do",
+                manifest.id
+            );
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
 /// Prints the packages as a table or JSON.

@@ -652,12 +652,25 @@ fn chaos_collection_delete_keeps_its_promises() {
 
 /// `slough audit verify` (issue 36, item 1): an intact chain verifies and prints its
 /// newest hash; a record edited behind the platform's back is named, exit status 1.
+/// `slough models rm`, a change made without the API, is in the chain too.
 #[test]
 fn audit_verify_names_the_record_edited_behind_its_back() {
     use sea_orm::ConnectionTrait as _;
 
     let dir = tempfile::tempdir().unwrap();
     let env = Env::new(dir.path());
+    // A package to remove: the embedding model's files, hard-linked.
+    let package = env.data.join("models").join("minilm");
+    std::fs::create_dir_all(&package).unwrap();
+    let test_models = slough_testkit::test_models_dir();
+    for entry in std::fs::read_dir(test_models.join("minilm")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::hard_link(entry.path(), package.join(entry.file_name())).unwrap();
+    }
+    for id in ["minilm", "no-such-model"] {
+        env.command(&["models", "rm", id]).output().unwrap();
+    }
+    assert!(!package.exists());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt
         .block_on(slough_store::Store::open(None, &env.data))
@@ -683,14 +696,48 @@ fn audit_verify_names_the_record_edited_behind_its_back() {
     let stdout = String::from_utf8_lossy(&intact.stdout);
     assert!(intact.status.success(), "{stdout}\n{}", stderr(&intact));
     assert!(
-        stdout.contains("3 records") && stdout.contains("audit-3"),
+        stdout.contains("5 records") && stdout.contains("audit-5"),
         "{stdout}"
+    );
+    let local = rt
+        .block_on(
+            store
+                .connection()
+                .query_all(sea_orm::Statement::from_string(
+                    store.connection().get_database_backend(),
+                    "SELECT actor, action, resource_id, outcome FROM audit_events WHERE seq <= 2",
+                )),
+        )
+        .unwrap();
+    let local: Vec<(String, String, String, String)> = local
+        .iter()
+        .map(|row| {
+            (
+                row.try_get("", "actor").unwrap(),
+                row.try_get("", "action").unwrap(),
+                row.try_get("", "resource_id").unwrap(),
+                row.try_get("", "outcome").unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        local
+            .iter()
+            .all(|(actor, action, ..)| actor.starts_with("local:") && action == "slough models rm"),
+        "{local:?}"
+    );
+    assert_eq!(
+        local
+            .iter()
+            .map(|(_, _, id, outcome)| (id.as_str(), outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [("minilm", "succeeded"), ("no-such-model", "failed")]
     );
 
     rt.block_on(
         store
             .connection()
-            .execute_unprepared("UPDATE audit_events SET resource_id = 'persona-x' WHERE seq = 2"),
+            .execute_unprepared("UPDATE audit_events SET resource_id = 'persona-x' WHERE seq = 4"),
     )
     .unwrap();
     rt.block_on(store.close());
@@ -698,7 +745,7 @@ fn audit_verify_names_the_record_edited_behind_its_back() {
     assert_eq!(broken.status.code(), Some(1));
     let said = stderr(&broken);
     assert!(
-        said.contains("audit-2") && said.contains("edited"),
+        said.contains("audit-4") && said.contains("edited"),
         "{said}"
     );
 }
