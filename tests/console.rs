@@ -318,6 +318,7 @@ async fn a_first_session_in_the_console() {
     a_bad_training_file_names_its_line(&session).await;
     a_real_fine_tuning_job_trains_and_its_model_chats(&session).await;
     operations_show_health_keys_and_usage(&session).await;
+    the_audit_page_shows_who_changed_what(&session).await;
     a_phone_sized_window_is_one_column(&session).await;
 
     let Session {
@@ -836,11 +837,37 @@ async fn operations_show_health_keys_and_usage(s: &Session) {
     assert_eq!(as_new(secret).await, 401, "a revoked key is refused");
 }
 
+/// The audit page lists the key made and revoked on the Operations page, and its
+/// filter narrows the list to one action (issue 36, item 1).
+async fn the_audit_page_shows_who_changed_what(s: &Session) {
+    let Session { page, .. } = s;
+    page.go("audit").await;
+    page.until(
+        "the revocation in the audit log",
+        "return document.querySelector('#audit-events')?.textContent.includes('DELETE /v1/keys/{id}')",
+        Duration::from_secs(10),
+    )
+    .await;
+    page.shot("11-audit").await;
+    page.fill("input[name=action]", "POST /v1/keys").await;
+    page.click(".page-audit form button[type=submit]").await;
+    let actions = page
+        .until(
+            "only key creations",
+            "const cells = [...document.querySelectorAll('#audit-events tbody tr td:nth-child(3)')]; \
+             return cells.length > 0 && cells.every((c) => c.textContent === 'POST /v1/keys') \
+             && cells.length",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(actions.as_u64().unwrap() >= 1, "{actions}");
+}
+
 /// A phone-sized window: one column.
 async fn a_phone_sized_window_is_one_column(s: &Session) {
     let Session { page, .. } = s;
     page.resize(390, 844).await;
     page.go("chat").await;
     page.find("select[name=model]").await;
-    page.shot("11-chat-phone").await;
+    page.shot("12-chat-phone").await;
 }

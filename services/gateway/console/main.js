@@ -10,6 +10,7 @@ import * as knowledge from "./pages/knowledge.js";
 import * as personas from "./pages/personas.js";
 import * as fineTuning from "./pages/fine_tuning.js";
 import * as operations from "./pages/operations.js";
+import * as audit from "./pages/audit.js";
 
 const PAGES = {
   chat: { title: "Chat", module: chat },
@@ -17,6 +18,7 @@ const PAGES = {
   personas: { title: "Personas", module: personas },
   "fine-tuning": { title: "Fine-tuning", module: fineTuning },
   operations: { title: "Operations", module: operations },
+  audit: { title: "Audit", module: audit },
 };
 
 const notice = document.getElementById("notice");
