@@ -1,6 +1,7 @@
 //! The first admin key: an empty store gets one when the platform starts, so its
 //! operator can make the others. `SLOUGH_ADMIN_KEY` brings one (stored if it is not
 //! yet); otherwise one is generated and written to `<data_dir>/admin-key` (mode 0600).
+//! Either way the new key is in the audit log, made by the platform itself (`slough`).
 
 use std::path::{Path, PathBuf};
 
@@ -37,10 +38,13 @@ pub async fn bootstrap_admin_key(
             Some(_) => Err(KeyError::AdminKey(format!(
                 "SLOUGH_ADMIN_KEY starts like another (or a revoked) key ({prefix}…); choose another key"
             ))),
-            None => repository
-                .insert(secret, settings("admin (SLOUGH_ADMIN_KEY)"))
-                .await
-                .map(|_| None),
+            None => {
+                let key = repository
+                    .insert(secret, settings("admin (SLOUGH_ADMIN_KEY)"))
+                    .await?;
+                audit(store, &key, "SLOUGH_ADMIN_KEY").await;
+                Ok(None)
+            }
         };
     }
     let usable = repository
@@ -52,9 +56,10 @@ pub async fn bootstrap_admin_key(
         return Ok(None);
     }
     let secret = generate();
-    repository
+    let key = repository
         .insert(&secret, settings("admin (generated)"))
         .await?;
+    audit(store, &key, "generated").await;
     let path = admin_key_path(data_dir);
     write_private(&path, &secret).map_err(|source| KeyError::AdminKeyFile {
         path: path.clone(),
@@ -62,6 +67,25 @@ pub async fn bootstrap_admin_key(
     })?;
     tracing::info!(path = %path.display(), "generated the first admin API key");
     Ok(Some(secret))
+}
+
+/// Records the first admin key's creation (`source`: where its secret came from).
+async fn audit(store: &Store, key: &super::ApiKey, source: &str) {
+    let event = slough_store::audit::NewEvent {
+        actor: "slough".to_owned(),
+        actor_prefix: None,
+        action: "bootstrap admin key".to_owned(),
+        resource_type: "keys".to_owned(),
+        resource_id: Some(key.id.to_string()),
+        summary: serde_json::json!({"source": source, "prefix": key.prefix}),
+        client_address: None,
+        request_id: None,
+        trace_id: None,
+        status: 201,
+    };
+    if let Err(err) = slough_store::audit::append(store.connection(), event).await {
+        tracing::error!(error = %err, "cannot record the first admin key in the audit log");
+    }
 }
 
 /// `SLOUGH_ADMIN_KEY`, when set and not empty.

@@ -93,6 +93,13 @@ async fn every_change_and_every_refused_admin_request_is_audited() {
         assert!(event["client_address"].is_string(), "{event}");
     }
 
+    // The first admin key was made by the platform itself, and recorded as such.
+    let first = events(&platform, &admin, "action=bootstrap%20admin%20key").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["actor"], "slough");
+    assert_eq!(first[0]["resource_type"], "keys");
+    assert!(admin.starts_with(first[0]["summary"]["prefix"].as_str().unwrap()));
+
     // Without a valid key nothing is recorded: nobody writes to the store at will.
     let before = events(&platform, &admin, "").await.len();
     for _ in 0..3 {
