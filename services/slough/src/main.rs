@@ -161,9 +161,25 @@ fn parse_service(name: &str) -> Result<ServiceKind, String> {
     })
 }
 
+/// A one-shot command whose reader leaves (`slough status | head -3`) ends at once and
+/// quietly, as other command-line tools do, rather than panicking in `println!`. Rust
+/// ignores SIGPIPE by default; this gives it back its default action. Serving commands
+/// keep ignoring it: a closed log pipe must not stop the platform.
+#[allow(unsafe_code)] // std has no way to set a signal's disposition
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called at the start of `main`, before any other thread exists; SIG_DFL is
+    // a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Up | Command::Run { .. });
+    if !serving {
+        end_quietly_on_a_closed_pipe();
+    }
     let launch = launch::Launch {
         one_shot: !serving,
         makes_data_dir: !matches!(cli.command, Command::Status { .. }),
