@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod inference;
+pub mod keys;
 pub mod names;
 pub mod personality;
 pub mod rag;

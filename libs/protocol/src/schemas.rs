@@ -58,6 +58,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("detokenize_request", schema_for!(DetokenizeRequest)),
         ("detokenize_response", schema_for!(DetokenizeResponse)),
         ("model_event", schema_for!(ModelEvent)),
+        ("key_changed", schema_for!(crate::keys::KeyChanged)),
         ("instance_load", schema_for!(InstanceLoad)),
         ("list_personas", schema_for!(ListPersonas)),
         ("persona_list", schema_for!(PersonaList)),

@@ -90,7 +90,8 @@ pub struct Config {
     /// Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
     pub cors_origins: Vec<String>,
     /// How long an authenticated key, and a budget's spent total, are trusted before
-    /// being read again from the store (how soon another replica's revocation applies).
+    /// being read again from the store. A key's revocation or change reaches every
+    /// replica at once through the bus; this bounds it when a replica missed the event.
     pub key_cache_ms: u64,
     /// Usage rows waiting to be stored; beyond that they are dropped and counted.
     pub usage_queue: usize,
@@ -141,7 +142,7 @@ pub async fn run(
     let state = web::Data::new(AppState {
         bus: ctx.bus().clone(),
         store: store.clone(),
-        keys: Keys::new(store.clone(), cache),
+        keys: Arc::new(Keys::new(store.clone(), cache, Some(ctx.bus().clone()))),
         admission: Admission::new(
             ctx.bus().clone(),
             config.max_in_flight,
@@ -170,6 +171,7 @@ pub async fn run(
         },
         shutdown.clone(),
     ));
+    keys::cache::follow(ctx.bus(), state.keys.clone(), shutdown.clone()).await?;
     let host = ctx.register(DESCRIPTION).await?;
     let api = start_api(&config, state.clone())?;
     ctx.listening().announce("api", api.addr());

@@ -13,7 +13,7 @@ use crate::{admission::Admission, keys::Keys, metrics::Metrics, replicas::Replic
 pub struct AppState {
     pub bus: Bus,
     pub store: Store,
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
     /// Whether a model request may start (bus up, a free slot, the key's limits).
     pub admission: Admission,

@@ -138,7 +138,7 @@ mod tests {
                 .is_none()
         );
 
-        let keys = Keys::new(store.clone(), Duration::ZERO);
+        let keys = Keys::new(store.clone(), Duration::ZERO, None);
         let admin = keys
             .authenticate(Some(&format!("Bearer {generated}")))
             .await

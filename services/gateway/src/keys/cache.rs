@@ -1,7 +1,9 @@
 //! The keys the gateway uses: the repository behind a short-lived cache of
 //! authenticated keys, so a request costs no query while its key was checked in the
-//! last few seconds. A revocation or change on this replica applies at once; on another
-//! replica within the cache's time to live.
+//! last few seconds. A revocation or change is announced on the bus
+//! (`slough_protocol::keys::KEY_CHANGED`) and every replica that [`follow`]s it drops the
+//! key at once; the cache's time to live is the fallback for an event missed while a
+//! replica was cut off from NATS.
 
 use std::{
     collections::HashMap,
@@ -9,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use slough_bus::{Bus, BusError};
+use slough_protocol::keys::{KEY_CHANGED, KeyChanged};
 use slough_store::Store;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -23,6 +28,8 @@ pub struct Keys {
     repository: KeyRepository,
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Where changes are announced to the other replicas (none in a lone process).
+    bus: Option<Bus>,
 }
 
 struct Cached {
@@ -32,12 +39,33 @@ struct Cached {
 }
 
 impl Keys {
-    /// Keys in `store`, trusted from the cache for `ttl`.
-    pub fn new(store: Store, ttl: Duration) -> Keys {
+    /// Keys in `store`, trusted from the cache for `ttl`; changes are announced on `bus`.
+    pub fn new(store: Store, ttl: Duration, bus: Option<Bus>) -> Keys {
         Keys {
             repository: KeyRepository::new(store),
             ttl,
             cache: Mutex::default(),
+            bus,
+        }
+    }
+
+    /// Drops the key with `prefix` from the cache: the next request reads it again.
+    pub fn forget(&self, prefix: &str) {
+        self.lock().remove(prefix);
+    }
+
+    /// Forgets `key` here and tells the other replicas to. A failure to tell is
+    /// logged: they still read the key again within the cache's time to live.
+    async fn changed(&self, key: &ApiKey) {
+        self.forget(&key.prefix);
+        if let Some(bus) = &self.bus {
+            let event = KeyChanged {
+                id: key.id.to_string(),
+                prefix: key.prefix.clone(),
+            };
+            if let Err(err) = bus.emit(&KEY_CHANGED, &event).await {
+                tracing::warn!(key = %key.id, "cannot announce a key's change: {err}");
+            }
         }
     }
 
@@ -111,14 +139,38 @@ impl Keys {
     pub async fn update(&self, id: Uuid, update: KeyUpdate) -> Result<ApiKey, KeyError> {
         update.validate()?;
         let key = self.repository.update(id, update).await?;
-        self.lock().remove(&key.prefix);
+        self.changed(&key).await;
         Ok(key)
     }
 
     /// Revokes a key for good; revoking twice keeps the first time.
     pub async fn revoke(&self, id: Uuid) -> Result<ApiKey, KeyError> {
         let key = self.repository.revoke(id).await?;
-        self.lock().remove(&key.prefix);
+        self.changed(&key).await;
         Ok(key)
     }
+}
+
+/// Drops from `keys`' cache every key another replica (or this one) says changed,
+/// until `shutdown`. Subscribed when this returns.
+pub async fn follow(
+    bus: &Bus,
+    keys: Arc<Keys>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let mut changes = bus.subscribe(&KEY_CHANGED).await?;
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                change = changes.next() => change,
+                () = shutdown.cancelled() => return,
+            };
+            match change {
+                Some(Ok(change)) => keys.forget(&change.prefix),
+                Some(Err(err)) => tracing::warn!("unreadable key change: {err}"),
+                None => return,
+            }
+        }
+    });
+    Ok(())
 }

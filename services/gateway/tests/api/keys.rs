@@ -239,3 +239,85 @@ async fn three_streams(platform: &Platform) -> (Vec<u16>, Value) {
     );
     (statuses, error["error"]["code"].clone())
 }
+
+/// A change to a key holds on every gateway replica within a second, although each
+/// trusts a key it checked for a minute here (issue 35, item 4): the replica that made
+/// the change announces it on the bus and the others drop the key from their caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_change_reaches_every_gateway_at_once() {
+    let config = slough_gateway::Config {
+        key_cache_ms: 60_000,
+        ..gateway_config()
+    };
+    let mut platform = Platform::start(config.clone(), inference_config()).await;
+    let other = platform.add_gateway(config).await;
+    let admin = platform.admin_key.clone();
+    let (key, info) = platform.create_key(json!({"scopes": ["inference"]})).await;
+    let id = info["id"].as_str().unwrap().to_owned();
+    let models_on_other = || {
+        platform
+            .http
+            .get(format!("{other}/v1/models"))
+            .bearer_auth(&key)
+            .send()
+    };
+    // The other replica has checked the key, and trusts it from now on.
+    assert_eq!(models_on_other().await.unwrap().status(), 200);
+    let within_a_second = |status: u16| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let now = models_on_other().await.unwrap().status().as_u16();
+            if now == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {now} on the other gateway"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    // Its models narrowed on the first replica: refused the listed model on the other.
+    let changed = platform
+        .http
+        .patch(format!("{}/v1/keys/{id}", platform.url))
+        .bearer_auth(&admin)
+        .json(&json!({"models": [CHAT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let embed_on_other = platform
+        .http
+        .post(format!("{other}/v1/embeddings"))
+        .bearer_auth(&key)
+        .json(&json!({"model": EMBED, "input": "hi"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let refused = loop {
+        let status = embed_on_other
+            .try_clone()
+            .unwrap()
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 403 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused, 403, "the other gateway kept the old models");
+
+    // Revoked on the first replica: refused on the other.
+    let revoked = platform
+        .http
+        .delete(format!("{}/v1/keys/{id}", platform.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    within_a_second(401).await;
+    platform.stop().await;
+}

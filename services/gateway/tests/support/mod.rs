@@ -40,6 +40,8 @@ pub struct Platform {
     training: Option<Running>,
     /// More inference replicas, from [`Platform::add_inference_replica`].
     replicas: Vec<Running>,
+    /// Gateways started by [`Platform::add_gateway`].
+    gateways: Vec<Running>,
     common: CommonConfig,
     inference_config: slough_inference::Config,
     data: tempfile::TempDir,
@@ -204,6 +206,7 @@ impl Platform {
             rag: Some(rag),
             training,
             replicas: Vec::new(),
+            gateways: Vec::new(),
             common,
             inference_config,
             data,
@@ -312,6 +315,30 @@ impl Platform {
         self.replicas.len() - 1
     }
 
+    /// Starts another gateway replica on the same NATS and store; returns its URL.
+    pub async fn add_gateway(&mut self, config: slough_gateway::Config) -> String {
+        let gateway = start_service(
+            ServiceKind::Gateway,
+            &self.common,
+            &self.nats,
+            move |ctx, stop| {
+                Box::pin(async move {
+                    slough_gateway::run(ctx, config, stop)
+                        .await
+                        .expect("gateway runs")
+                })
+            },
+        )
+        .await;
+        let api = gateway
+            .listening
+            .wait("api")
+            .await
+            .expect("the gateway announces its API address");
+        self.gateways.push(gateway);
+        format!("http://{api}")
+    }
+
     /// Whether extra replica `index` has `series` on its `/metrics` yet.
     pub async fn replica_has(&self, index: usize, series: &str) -> bool {
         match self.replicas.get(index) {
@@ -340,6 +367,9 @@ impl Platform {
     /// Stops the gateway (flushing its usage rows), then inference and personality.
     pub async fn stop(mut self) {
         if let Some(gateway) = self.gateway.take() {
+            gateway.stop().await;
+        }
+        for gateway in std::mem::take(&mut self.gateways) {
             gateway.stop().await;
         }
         self.stop_inference().await;
