@@ -172,20 +172,7 @@ impl Platform {
         } else {
             None
         };
-        let gateway = start_service(ServiceKind::Gateway, &common, &nats, move |ctx, stop| {
-            Box::pin(async move {
-                slough_gateway::run(ctx, gateway, stop)
-                    .await
-                    .expect("gateway runs")
-            })
-        })
-        .await;
-        let api = gateway
-            .listening
-            .wait("api")
-            .await
-            .expect("the gateway announces its API address");
-        let url = format!("http://{api}");
+        let (gateway, url) = start_gateway(&common, &nats, gateway).await;
         let key_file = slough_gateway::keys::admin_key_path(data.path());
         let packages = slough_modelkit::package::list(&models).expect("the models");
         let expected: usize = packages
@@ -317,26 +304,9 @@ impl Platform {
 
     /// Starts another gateway replica on the same NATS and store; returns its URL.
     pub async fn add_gateway(&mut self, config: slough_gateway::Config) -> String {
-        let gateway = start_service(
-            ServiceKind::Gateway,
-            &self.common,
-            &self.nats,
-            move |ctx, stop| {
-                Box::pin(async move {
-                    slough_gateway::run(ctx, config, stop)
-                        .await
-                        .expect("gateway runs")
-                })
-            },
-        )
-        .await;
-        let api = gateway
-            .listening
-            .wait("api")
-            .await
-            .expect("the gateway announces its API address");
+        let (gateway, url) = start_gateway(&self.common, &self.nats, config).await;
         self.gateways.push(gateway);
-        format!("http://{api}")
+        url
     }
 
     /// Whether extra replica `index` has `series` on its `/metrics` yet.
@@ -452,6 +422,28 @@ async fn start_service(
         shutdown,
         task,
     }
+}
+
+/// Starts a gateway and waits for its API's address; answers it as a URL.
+async fn start_gateway(
+    common: &CommonConfig,
+    nats: &TestNats,
+    config: slough_gateway::Config,
+) -> (Running, String) {
+    let gateway = start_service(ServiceKind::Gateway, common, nats, move |ctx, stop| {
+        Box::pin(async move {
+            slough_gateway::run(ctx, config, stop)
+                .await
+                .expect("gateway runs")
+        })
+    })
+    .await;
+    let api = gateway
+        .listening
+        .wait("api")
+        .await
+        .expect("the gateway announces its API address");
+    (gateway, format!("http://{api}"))
 }
 
 /// Reads a server-sent event stream to its end: the JSON events, and whether it ended
