@@ -39,6 +39,10 @@ use crate::{
     state::AppState,
 };
 
+/// The most bytes of file content one export carries; the files past it are listed
+/// without their content, to be fetched from `/v1/files/{id}/content`.
+const EXPORT_FILE_BYTES: i64 = 64 << 20;
+
 /// How long an erasure waits for a key's cancelled fine-tuning jobs to stop.
 const JOBS_STOP: Duration = Duration::from_secs(60);
 
@@ -98,7 +102,9 @@ pub struct ExportedFile {
     pub purpose: String,
     pub bytes: i64,
     pub created_at: DateTime<Utc>,
-    pub content: String,
+    /// The file's text; `null` once the export holds 64 MiB of file content (fetch the
+    /// rest from `/v1/files/{id}/content`).
+    pub content: Option<String>,
 }
 
 /// A document in a collection (its text is in the collection's chunks).
@@ -194,19 +200,26 @@ pub async fn export_key(
         .await
         .map_err(store_error)?;
     let mut files = Vec::with_capacity(file_rows.len());
+    let mut budget = EXPORT_FILE_BYTES;
     for row in file_rows {
-        let content = super::files::file_store(&state)
-            .await?
-            .get(&row.id)
-            .await
-            .map_err(|err| ApiError::from_bus(&err))?;
+        let content = if row.bytes <= budget {
+            budget -= row.bytes;
+            let bytes = super::files::file_store(&state)
+                .await?
+                .get(&row.id)
+                .await
+                .map_err(|err| ApiError::from_bus(&err))?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        } else {
+            None
+        };
         files.push(ExportedFile {
             id: row.id,
             filename: row.filename,
             purpose: row.purpose,
             bytes: row.bytes,
             created_at: row.created_at,
-            content: String::from_utf8_lossy(&content).into_owned(),
+            content,
         });
     }
     let fine_tuning_jobs = jobs_of(&state, &owner).await?;
