@@ -43,6 +43,32 @@ pub struct NewEvent {
     pub status: u16,
 }
 
+impl NewEvent {
+    /// An event with no HTTP request behind it (the platform itself, or a local
+    /// operator's command): no key prefix, client address, request or trace.
+    pub fn local(
+        actor: String,
+        action: &str,
+        resource_type: &str,
+        resource_id: Option<String>,
+        summary: Value,
+        status: u16,
+    ) -> NewEvent {
+        NewEvent {
+            actor,
+            actor_prefix: None,
+            action: action.to_owned(),
+            resource_type: resource_type.to_owned(),
+            resource_id,
+            summary,
+            client_address: None,
+            request_id: None,
+            trace_id: None,
+            status,
+        }
+    }
+}
+
 /// `succeeded`, `refused` or `failed`, from an HTTP status.
 pub fn outcome(status: u16) -> &'static str {
     match status {
@@ -108,25 +134,22 @@ pub async fn prune(
         .filter(audit_event::Column::Seq.lte(through.seq))
         .count(db)
         .await?;
+    let summary = json!({
+        "removed": removed,
+        "through": through.seq,
+        "before": before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "anchor": through.hash,
+    });
     let checkpoint = append(
         db,
-        NewEvent {
-            actor: "slough".to_owned(),
-            actor_prefix: None,
-            action: CHECKPOINT.to_owned(),
-            resource_type: "audit".to_owned(),
-            resource_id: Some(format!("audit-{}", through.seq)),
-            summary: json!({
-                "removed": removed,
-                "through": through.seq,
-                "before": before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "anchor": through.hash,
-            }),
-            client_address: None,
-            request_id: None,
-            trace_id: None,
-            status: 200,
-        },
+        NewEvent::local(
+            "slough".to_owned(),
+            CHECKPOINT,
+            "audit",
+            Some(format!("audit-{}", through.seq)),
+            summary,
+            200,
+        ),
     )
     .await?;
     audit_event::Entity::delete_many()

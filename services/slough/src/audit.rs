@@ -56,18 +56,14 @@ pub fn record_local(
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());
-    let event = slough_store::audit::NewEvent {
-        actor: format!("local:{user}"),
-        actor_prefix: None,
-        action: action.to_owned(),
-        resource_type: "models".to_owned(),
+    let event = slough_store::audit::NewEvent::local(
+        format!("local:{user}"),
+        action,
+        "models",
         resource_id,
         summary,
-        client_address: None,
-        request_id: None,
-        trace_id: None,
-        status: if succeeded { 200 } else { 500 },
-    };
+        if succeeded { 200 } else { 500 },
+    );
     let recorded = crate::runtime().and_then(|runtime| {
         runtime.block_on(async {
             let store = slough_store::Store::open(

@@ -71,18 +71,14 @@ pub async fn bootstrap_admin_key(
 
 /// Records the first admin key's creation (`source`: where its secret came from).
 async fn audit(store: &Store, key: &super::ApiKey, source: &str) {
-    let event = slough_store::audit::NewEvent {
-        actor: "slough".to_owned(),
-        actor_prefix: None,
-        action: "bootstrap admin key".to_owned(),
-        resource_type: "keys".to_owned(),
-        resource_id: Some(key.id.to_string()),
-        summary: serde_json::json!({"source": source, "prefix": key.prefix}),
-        client_address: None,
-        request_id: None,
-        trace_id: None,
-        status: 201,
-    };
+    let event = slough_store::audit::NewEvent::local(
+        "slough".to_owned(),
+        "bootstrap admin key",
+        "keys",
+        Some(key.id.to_string()),
+        serde_json::json!({"source": source, "prefix": key.prefix}),
+        201,
+    );
     if let Err(err) = slough_store::audit::append(store.connection(), event).await {
         tracing::error!(error = %err, "cannot record the first admin key in the audit log");
     }

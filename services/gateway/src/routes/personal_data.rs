@@ -190,52 +190,35 @@ pub async fn export_key(
 ) -> Result<HttpResponse, ApiError> {
     let key = target_key(&state, &caller, &id).await?;
     let owner = key.id.to_string();
-    let db = state.store.connection();
     let stored_completions =
         completions(&state, stored_completion::Column::Owner.eq(&owner)).await?;
-    let file_rows = file::Entity::find()
-        .filter(file::Column::Owner.eq(&owner))
-        .order_by_asc(file::Column::CreatedAt)
-        .all(db)
-        .await
-        .map_err(store_error)?;
-    let mut files = Vec::with_capacity(file_rows.len());
-    let mut budget = EXPORT_FILE_BYTES;
-    for row in file_rows {
-        let content = if row.bytes <= budget {
-            budget -= row.bytes;
-            let bytes = super::files::file_store(&state)
-                .await?
-                .get(&row.id)
-                .await
-                .map_err(|err| ApiError::from_bus(&err))?;
-            Some(String::from_utf8_lossy(&bytes).into_owned())
-        } else {
-            None
-        };
-        files.push(ExportedFile {
-            id: row.id,
-            filename: row.filename,
-            purpose: row.purpose,
-            bytes: row.bytes,
-            created_at: row.created_at,
-            content,
-        });
+    let held = Holdings::of(&state, &owner).await?;
+    let mut files = Vec::with_capacity(held.files.len());
+    if !held.files.is_empty() {
+        let file_store = super::files::file_store(&state).await?;
+        let mut budget = EXPORT_FILE_BYTES;
+        for row in held.files {
+            let content = if row.bytes <= budget {
+                budget -= row.bytes;
+                let bytes = file_store
+                    .get(&row.id)
+                    .await
+                    .map_err(|err| ApiError::from_bus(&err))?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            } else {
+                None
+            };
+            files.push(ExportedFile {
+                id: row.id,
+                filename: row.filename,
+                purpose: row.purpose,
+                bytes: row.bytes,
+                created_at: row.created_at,
+                content,
+            });
+        }
     }
     let fine_tuning_jobs = jobs_of(&state, &owner).await?;
-    let collections = collection::Entity::find()
-        .filter(collection::Column::Owner.eq(&owner))
-        .order_by_asc(collection::Column::Name)
-        .all(db)
-        .await
-        .map_err(store_error)?;
-    let documents = collection_document::Entity::find()
-        .filter(collection_document::Column::AddedBy.eq(&owner))
-        .order_by_asc(collection_document::Column::Collection)
-        .order_by_asc(collection_document::Column::DocumentId)
-        .all(db)
-        .await
-        .map_err(store_error)?;
     let usage = usage_rows(&state, usage::Column::KeyId.eq(key.id)).await?;
     Ok(HttpResponse::Ok().json(KeyExport {
         object: "key.export".to_owned(),
@@ -248,8 +231,9 @@ pub async fn export_key(
             .filter_map(|job| job.fine_tuned_model.clone())
             .collect(),
         fine_tuning_jobs,
-        collections: collections.into_iter().map(|row| row.name).collect(),
-        documents: documents
+        collections: held.collections.into_iter().map(|row| row.name).collect(),
+        documents: held
+            .documents
             .into_iter()
             .map(|row| ExportedDocument {
                 collection: row.collection,
@@ -261,6 +245,45 @@ pub async fn export_key(
             .collect(),
         usage,
     }))
+}
+
+/// What a key made that lives in collections and files, each oldest or first by name.
+struct Holdings {
+    /// The collections it owns.
+    collections: Vec<collection::Model>,
+    /// The documents it last wrote, in any collection.
+    documents: Vec<collection_document::Model>,
+    files: Vec<file::Model>,
+}
+
+impl Holdings {
+    async fn of(state: &AppState, owner: &str) -> Result<Holdings, ApiError> {
+        let db = state.store.connection();
+        let collections = collection::Entity::find()
+            .filter(collection::Column::Owner.eq(owner))
+            .order_by_asc(collection::Column::Name)
+            .all(db)
+            .await
+            .map_err(store_error)?;
+        let documents = collection_document::Entity::find()
+            .filter(collection_document::Column::AddedBy.eq(owner))
+            .order_by_asc(collection_document::Column::Collection)
+            .order_by_asc(collection_document::Column::DocumentId)
+            .all(db)
+            .await
+            .map_err(store_error)?;
+        let files = file::Entity::find()
+            .filter(file::Column::Owner.eq(owner))
+            .order_by_asc(file::Column::CreatedAt)
+            .all(db)
+            .await
+            .map_err(store_error)?;
+        Ok(Holdings {
+            collections,
+            documents,
+            files,
+        })
+    }
 }
 
 /// The stored completions `condition` selects, oldest first.
@@ -343,24 +366,22 @@ pub async fn erase_key(
 
     let erased = erase_fine_tuning(&state, &owner).await?;
 
-    let owned = collection::Entity::find()
-        .filter(collection::Column::Owner.eq(&owner))
-        .all(db)
-        .await
-        .map_err(store_error)?;
-    for row in &owned {
+    let mut held = Holdings::of(&state, &owner).await?;
+    // Documents in its own collections go with them.
+    held.documents.retain(|document| {
+        !held
+            .collections
+            .iter()
+            .any(|owned| owned.name == document.collection)
+    });
+    for row in &held.collections {
         let request = CollectionRequest {
             name: row.name.clone(),
             owner: None,
         };
         gone_is_fine(call(&state, &rag::DELETE_COLLECTION, &request).await)?;
     }
-    let written = collection_document::Entity::find()
-        .filter(collection_document::Column::AddedBy.eq(&owner))
-        .all(db)
-        .await
-        .map_err(store_error)?;
-    for row in &written {
+    for row in &held.documents {
         let request = DocumentRequest {
             collection: row.collection.clone(),
             id: row.document_id.clone(),
@@ -369,21 +390,18 @@ pub async fn erase_key(
         gone_is_fine(call(&state, &rag::DELETE_DOCUMENT, &request).await)?;
     }
 
-    let files = file::Entity::find()
-        .filter(file::Column::Owner.eq(&owner))
-        .all(db)
-        .await
-        .map_err(store_error)?;
-    for row in &files {
-        super::files::file_store(&state)
-            .await?
-            .delete(&row.id)
-            .await
-            .map_err(|err| ApiError::from_bus(&err))?;
-        file::Entity::delete_by_id(row.id.clone())
-            .exec(db)
-            .await
-            .map_err(store_error)?;
+    if !held.files.is_empty() {
+        let file_store = super::files::file_store(&state).await?;
+        for row in &held.files {
+            file_store
+                .delete(&row.id)
+                .await
+                .map_err(|err| ApiError::from_bus(&err))?;
+            file::Entity::delete_by_id(row.id.clone())
+                .exec(db)
+                .await
+                .map_err(store_error)?;
+        }
     }
     let stored_completions = stored_completion::Entity::delete_many()
         .filter(stored_completion::Column::Owner.eq(&owner))
@@ -409,11 +427,11 @@ pub async fn erase_key(
         key_id: owner,
         revoked: true,
         stored_completions,
-        files: files.len() as u64,
+        files: held.files.len() as u64,
         fine_tuning_jobs: erased.jobs.len() as u64,
         fine_tuned_models: erased.models,
-        collections: owned.len() as u64,
-        documents: written.len() as u64,
+        collections: held.collections.len() as u64,
+        documents: held.documents.len() as u64,
         usage_anonymized,
     }))
 }

@@ -11,8 +11,6 @@ use support::Options;
 
 use super::*;
 
-const TRAINING: &str = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Ahoy\"}]}\n";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
     let root = tempfile::tempdir().unwrap();
@@ -36,24 +34,7 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
     // What A makes: a file, a stored and rated completion for end user `user-42`, a
     // plain chat for them, a collection of its own, a document in another admin's
     // collection, and the job that made a fine-tuned model.
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "fine-tune")
-        .part(
-            "file",
-            reqwest::multipart::Part::text(TRAINING).file_name("a.jsonl"),
-        );
-    let file: Value = platform
-        .http
-        .post(format!("{}/v1/files", platform.url))
-        .bearer_auth(&a)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let file = file["id"].as_str().unwrap().to_owned();
+    let file = platform.upload_file(&a, "a.jsonl", TRAINING_FILE).await;
     let chat = |key: &str, user: &str, store: bool| {
         let body = json!({
             "model": CHAT, "messages": [{"role": "user", "content": "Hi"}],
@@ -124,7 +105,7 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
 
     // Refusals: not an admin, an unknown key, an admin's own key, a bad end user.
     let export = format!("/v1/keys/{a_id}/export");
-    let erase = |id: &str| format!("{}/v1/keys/{id}/data", platform.url);
+    let erase = |id: &str| format!("/v1/keys/{id}/data");
     let answer = platform.get(&export, &b).send().await.unwrap();
     assert_eq!(answer.status(), 403);
     let unknown = platform
@@ -147,13 +128,7 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
                 .map(|key| key["id"].as_str().unwrap_or_default().to_owned())
         })
         .unwrap();
-    let own = platform
-        .http
-        .delete(erase(&admin_id))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let own = platform.delete(&erase(&admin_id), &admin).await;
     assert_eq!(own.status(), 400);
     let error: Value = own.json().await.unwrap();
     assert_eq!(error["error"]["param"], "id", "{error}");
@@ -183,7 +158,7 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
     assert_eq!(completions[0]["messages"][0]["content"], "Hi");
     assert_eq!(completions[0]["correction"], "Ahoy there.");
     assert_eq!(exported["files"][0]["id"], file.as_str());
-    assert_eq!(exported["files"][0]["content"], TRAINING);
+    assert_eq!(exported["files"][0]["content"], TRAINING_FILE);
     assert_eq!(exported["fine_tuning_jobs"][0]["id"], "ftjob-owned-by-a");
     assert_eq!(exported["fine_tuned_models"], json!([TUNED]));
     assert_eq!(exported["collections"], json!(["a-docs"]));
@@ -217,13 +192,7 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
     assert!(held.iter().all(|(_, n)| *n > 0), "{held:?}");
 
     // A's erasure: the key revoked and its name cleared, everything it made gone.
-    let erased = platform
-        .http
-        .delete(erase(&a_id))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let erased = platform.delete(&erase(&a_id), &admin).await;
     assert_eq!(erased.status(), 200);
     let erased: Value = erased.json().await.unwrap();
     assert_eq!(erased["stored_completions"], 1, "{erased}");
@@ -296,12 +265,8 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
     assert_eq!(hits, ["admin-note"], "{found}");
     // Erasing again finds nothing more, and says so.
     let again: Value = platform
-        .http
-        .delete(erase(&a_id))
-        .bearer_auth(&admin)
-        .send()
+        .delete(&erase(&a_id), &admin)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -310,12 +275,8 @@ async fn a_keys_and_an_end_users_data_are_exported_and_erased() {
 
     // The end user's erasure takes B's completion for them and leaves user-7's.
     let erased: Value = platform
-        .http
-        .delete(format!("{}/v1/end_users/user-42/data", platform.url))
-        .bearer_auth(&admin)
-        .send()
+        .delete("/v1/end_users/user-42/data", &admin)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -59,27 +59,7 @@ async fn one_key_never_reaches_another_keys_data() {
         )
         .await;
     assert_eq!(ingested.status(), 200);
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "fine-tune")
-        .part(
-            "file",
-            reqwest::multipart::Part::text(
-                "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Ahoy\"}]}\n",
-            )
-            .file_name("a.jsonl"),
-        );
-    let file: Value = platform
-        .http
-        .post(format!("{}/v1/files", platform.url))
-        .bearer_auth(&a)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let file = file["id"].as_str().unwrap().to_owned();
+    let file = platform.upload_file(&a, "a.jsonl", TRAINING_FILE).await;
     let answer = platform
         .post_json(
             "/v1/chat/completions",

@@ -259,24 +259,9 @@ async fn a_keys_change_reaches_every_gateway_at_once() {
             .http
             .get(format!("{other}/v1/models"))
             .bearer_auth(&key)
-            .send()
     };
     // The other replica has checked the key, and trusts it from now on.
-    assert_eq!(models_on_other().await.unwrap().status(), 200);
-    let within_a_second = |status: u16| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            let now = models_on_other().await.unwrap().status().as_u16();
-            if now == status {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still {now} on the other gateway"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    assert_eq!(models_on_other().send().await.unwrap().status(), 200);
 
     // Its models narrowed on the first replica: refused the listed model on the other.
     let changed = platform
@@ -288,36 +273,34 @@ async fn a_keys_change_reaches_every_gateway_at_once() {
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
-    let embed_on_other = platform
-        .http
-        .post(format!("{other}/v1/embeddings"))
-        .bearer_auth(&key)
-        .json(&json!({"model": EMBED, "input": "hi"}));
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    let refused = loop {
-        let status = embed_on_other
-            .try_clone()
-            .unwrap()
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 403 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let embed_on_other = || {
+        platform
+            .http
+            .post(format!("{other}/v1/embeddings"))
+            .bearer_auth(&key)
+            .json(&json!({"model": EMBED, "input": "hi"}))
     };
-    assert_eq!(refused, 403, "the other gateway kept the old models");
+    answered_within_a_second(embed_on_other, 403).await;
 
     // Revoked on the first replica: refused on the other.
-    let revoked = platform
-        .http
-        .delete(format!("{}/v1/keys/{id}", platform.url))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let revoked = platform.delete(&format!("/v1/keys/{id}"), &admin).await;
     assert_eq!(revoked.status(), 200);
-    within_a_second(401).await;
+    answered_within_a_second(models_on_other, 401).await;
     platform.stop().await;
+}
+
+/// Sends `request()` until it is answered `status`; fails when that takes over a second.
+async fn answered_within_a_second(request: impl Fn() -> reqwest::RequestBuilder, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let now = request().send().await.unwrap().status().as_u16();
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now} on the other gateway, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

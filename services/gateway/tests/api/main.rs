@@ -61,6 +61,9 @@ async fn open_store(url: &str) -> slough_store::Store {
         .unwrap()
 }
 
+/// A one-example fine-tuning file.
+const TRAINING_FILE: &str = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Ahoy\"}]}\n";
+
 /// A fine-tuned model, as the training service names them.
 const TUNED: &str = "ft:smollm2:mine:ftjob-owned-by-a";
 

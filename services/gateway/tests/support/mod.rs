@@ -238,6 +238,38 @@ impl Platform {
             .bearer_auth(key)
     }
 
+    /// `DELETE path` with `key`.
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// Uploads `text` as a fine-tuning file named `name` with `key`; answers its id.
+    pub async fn upload_file(&self, key: &str, name: &str, text: &str) -> String {
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "fine-tune")
+            .part(
+                "file",
+                reqwest::multipart::Part::text(text.to_owned()).file_name(name.to_owned()),
+            );
+        let file: Value = self
+            .http
+            .post(format!("{}/v1/files", self.url))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload")
+            .json()
+            .await
+            .expect("the file's JSON");
+        file["id"].as_str().expect("a file id").to_owned()
+    }
+
     /// `GET path` with `key`: the JSON answer.
     pub async fn get_json(&self, path: &str, key: &str) -> Value {
         let response = self.get(path, key).send().await.expect("GET");
