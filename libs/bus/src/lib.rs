@@ -1,7 +1,8 @@
 //! The SloughGPT bus on NATS: connecting with backoff, hosting a service on the NATS
 //! micro-service API (`$SRV.*`, queue group = service name), typed request/reply whose
 //! failures carry a protocol [`ErrorCode`](slough_protocol::ErrorCode), streamed replies
-//! (ack, numbered frames, heartbeats, cancellation), and W3C trace context in headers.
+//! (ack, numbered frames, heartbeats, cancellation), W3C trace context in headers, and
+//! JetStream's buckets: uploaded files' content and rates shared by replicas.
 //!
 //! Must not depend on any service crate, on the store or on HTTP.
 
@@ -10,6 +11,7 @@ mod error;
 mod event;
 pub mod files;
 mod host;
+pub mod rates;
 mod reply;
 mod stream;
 mod trace;
@@ -21,6 +23,7 @@ pub use error::BusError;
 pub use event::EventStream;
 pub use files::FileStore;
 pub use host::{Concurrency, Registration, ServiceHost};
+pub use rates::Rates;
 pub use stream::{StreamItem, StreamReceiver, StreamSender, StreamStart};
 
 /// Header carrying the stable [`ErrorCode`](slough_protocol::ErrorCode) of an error reply,

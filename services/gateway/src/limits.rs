@@ -1,20 +1,31 @@
-//! Per-key limits, checked before a request reaches a model: requests per minute (a
-//! GCRA limiter from `governor`), tokens per minute (a one-minute window of what the
+//! Per-key limits, checked before a request reaches a model: requests per minute (the
+//! generic cell rate algorithm: a burst of the whole minute's allowance, then one
+//! request every `60 s / limit`), tokens per minute (a one-minute window of what the
 //! key's finished requests used) and the key's lifetime token budget (summed from the
 //! `usage` table, re-read every few seconds so other replicas' use counts too).
 //!
-//! Limits live in this gateway's memory: with several replicas, a key's minute limits
-//! apply per replica, while its budget is shared through the store.
+//! The per-minute limits hold for the fleet of gateway replicas, not per replica: each
+//! replica announces on the bus (`slough_protocol::keys::KEY_USED`) the requests it
+//! admits and the tokens they use, for keys with a per-minute limit, and counts what the
+//! others announce as if it had served them itself. No request waits on the bus for
+//! this. The tolerance: requests admitted by two replicas within the moment an
+//! announcement takes to reach the other (well under a millisecond on one network) may
+//! both pass, and while a replica is cut off from NATS it counts only its own. A replica
+//! that starts reads the minute before it from the `usage` table the first time it
+//! admits a key, so a restart does not hand the key a fresh minute.
 
 use std::{
     collections::{HashMap, VecDeque},
-    num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use chrono::{DateTime, Utc};
+use slough_bus::{Bus, BusError};
+use slough_protocol::keys::{KEY_USED, KeyUsed};
 use slough_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{keys::ApiKey, ledger, metrics::Metrics};
@@ -46,17 +57,28 @@ pub struct Limits {
     refresh: Duration,
     keys: Mutex<HashMap<Uuid, KeyLimits>>,
     metrics: Arc<Metrics>,
+    /// This replica's name in what it announces, so that it skips its own.
+    origin: String,
+    /// When this replica began counting: what finished before is read from the store.
+    started: DateTime<Utc>,
+    /// What [`share`] sends to the other replicas (unset in a lone process).
+    outbox: OnceLock<mpsc::UnboundedSender<KeyUsed>>,
 }
 
 #[derive(Default)]
 struct KeyLimits {
-    /// The limiter and the rate it was built for (rebuilt when the key's setting changes).
-    requests: Option<(u32, DefaultDirectRateLimiter)>,
+    /// The cell rate algorithm's next arrival: a request may start while it is at most a
+    /// minute ahead, and each request moves it on by a minute / the key's limit.
+    next_request: Option<Instant>,
     /// Tokens of finished requests in the last minute, oldest first.
     tokens: VecDeque<(Instant, u64)>,
-    /// Tokens spent in all, as of `spent_read` plus what this gateway recorded since.
+    /// Tokens spent in all, as of `spent_read` plus what the fleet used since.
     spent: u64,
     spent_read: Option<Instant>,
+    /// The key has a per-minute limit: its use is announced to the other replicas.
+    shared: bool,
+    /// The minute before this replica started has been read from the store.
+    caught_up: bool,
 }
 
 impl Limits {
@@ -66,6 +88,9 @@ impl Limits {
             refresh,
             keys: Mutex::default(),
             metrics,
+            origin: Uuid::new_v4().to_string(),
+            started: Utc::now(),
+            outbox: OnceLock::new(),
         }
     }
 
@@ -78,30 +103,32 @@ impl Limits {
                 return Err(LimitError::Budget { spent, budget });
             }
         }
-        let mut keys = self.lock();
-        let limits = keys.entry(key.id).or_default();
-        let now = Instant::now();
-        if let Some(tpm) = key.tokens_per_minute {
-            limits.forget_before(now);
-            let used: u64 = limits.tokens.iter().map(|(_, tokens)| tokens).sum();
-            if used >= u64::from(tpm) {
-                let retry_after = limits.time_until_below(u64::from(tpm), now);
-                self.metrics.reject("tokens_per_minute");
-                return Err(LimitError::TokensPerMinute {
-                    used,
-                    limit: tpm,
-                    retry_after,
-                });
-            }
+        let per_minute = key.requests_per_minute.is_some() || key.tokens_per_minute.is_some();
+        if !per_minute {
+            return Ok(());
         }
-        if let Some(rpm) = key.requests_per_minute {
-            let limiter = match &limits.requests {
-                Some((rate, limiter)) if *rate == rpm => limiter,
-                _ => &limits.requests.insert((rpm, per_minute(rpm))).1,
-            };
-            if let Err(not_until) = limiter.check() {
-                let retry_after =
-                    not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        self.catch_up(key).await;
+        {
+            let mut keys = self.lock();
+            let limits = keys.entry(key.id).or_default();
+            limits.shared = true;
+            let now = Instant::now();
+            if let Some(tpm) = key.tokens_per_minute {
+                limits.forget_before(now);
+                let used: u64 = limits.tokens.iter().map(|(_, tokens)| tokens).sum();
+                if used >= u64::from(tpm) {
+                    let retry_after = limits.time_until_below(u64::from(tpm), now);
+                    self.metrics.reject("tokens_per_minute");
+                    return Err(LimitError::TokensPerMinute {
+                        used,
+                        limit: tpm,
+                        retry_after,
+                    });
+                }
+            }
+            if let Some(rpm) = key.requests_per_minute
+                && let Err(retry_after) = limits.take_request(rpm, now)
+            {
                 self.metrics.reject("requests_per_minute");
                 return Err(LimitError::RequestsPerMinute {
                     limit: rpm,
@@ -109,20 +136,101 @@ impl Limits {
                 });
             }
         }
+        self.announce(KeyUsed {
+            key: key.id.to_string(),
+            origin: self.origin.clone(),
+            requests: 1,
+            requests_per_minute: key.requests_per_minute,
+            tokens: 0,
+        });
         Ok(())
     }
 
-    /// Counts `tokens` a finished request of `key_id` used.
+/// Counts `tokens` a finished request of `key_id` used.
     pub fn record(&self, key_id: Uuid, tokens: u64) {
         if tokens == 0 {
             return;
         }
+        let shared = {
+            let mut keys = self.lock();
+            let limits = keys.entry(key_id).or_default();
+            limits.count_tokens(tokens, Instant::now());
+            limits.shared
+        };
+        if shared {
+            self.announce(KeyUsed {
+                key: key_id.to_string(),
+                origin: self.origin.clone(),
+                requests: 0,
+                requests_per_minute: None,
+                tokens,
+            });
+        }
+    }
+
+    /// Counts what another replica announced.
+    fn counted_elsewhere(&self, used: &KeyUsed) {
+        if used.origin == self.origin {
+            return;
+        }
+        let Ok(key_id) = Uuid::parse_str(&used.key) else {
+            tracing::warn!(key = used.key, "a replica announced the use of a key that is not a key id");
+            return;
+        };
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
         let now = Instant::now();
-        limits.forget_before(now);
-        limits.tokens.push_back((now, tokens));
-        limits.spent += tokens;
+        if let Some(rpm) = used.requests_per_minute {
+            for _ in 0..used.requests {
+                limits.count_request(rpm, now);
+            }
+        }
+        limits.count_tokens(used.tokens, now);
+    }
+
+    /// Reads, the first time this replica admits `key`, the requests of the key that
+    /// finished in the minute before the replica started (those since were announced).
+    /// A store that cannot be read is tried again on the next request.
+    async fn catch_up(&self, key: &ApiKey) {
+        {
+            let mut keys = self.lock();
+            let limits = keys.entry(key.id).or_default();
+            if limits.caught_up {
+                return;
+            }
+            limits.caught_up = true;
+        }
+        let from = self.started - chrono::Duration::minutes(1);
+        let finished = ledger::finished_between(&self.store, key.id, from, self.started).await;
+        let mut keys = self.lock();
+        let limits = keys.entry(key.id).or_default();
+        let finished = match finished {
+            Ok(finished) => finished,
+            Err(err) => {
+                tracing::warn!(key = %key.id, "cannot read the key's last minute of usage: {err}");
+                limits.caught_up = false;
+                return;
+            }
+        };
+        let (now, wall) = (Instant::now(), Utc::now());
+        for (at, tokens) in finished {
+            let age = (wall - at).to_std().unwrap_or_default();
+            let Some(then) = now.checked_sub(age) else {
+                continue;
+            };
+            if let Some(rpm) = key.requests_per_minute {
+                limits.count_request(rpm, then);
+            }
+            limits.tokens.push_back((then, tokens));
+        }
+        limits.tokens.make_contiguous().sort_by_key(|(at, _)| *at);
+    }
+
+    /// Hands `used` to the task that announces it (nothing when not shared).
+    fn announce(&self, used: KeyUsed) {
+        if let Some(outbox) = self.outbox.get() {
+            let _ = outbox.send(used);
+        }
     }
 
     /// Tokens `key_id` spent in all, re-read from the store when the last read is stale.
@@ -155,6 +263,34 @@ impl Limits {
 }
 
 impl KeyLimits {
+    /// Starts a request at `now` within `rpm` requests per minute, or says how long until
+    /// one may start.
+    fn take_request(&mut self, rpm: u32, now: Instant) -> Result<(), Duration> {
+        let next = self.next_request.map_or(now, |next| next.max(now)) + MINUTE / rpm.max(1);
+        let ahead = next.saturating_duration_since(now);
+        if ahead > MINUTE {
+            return Err(ahead - MINUTE);
+        }
+        self.next_request = Some(next);
+        Ok(())
+    }
+
+    /// Counts a request started at `at` that was admitted elsewhere.
+    fn count_request(&mut self, rpm: u32, at: Instant) {
+        let next = self.next_request.map_or(at, |next| next.max(at)) + MINUTE / rpm.max(1);
+        self.next_request = Some(next);
+    }
+
+    /// Counts `tokens` used by a request that finished at `now`.
+    fn count_tokens(&mut self, tokens: u64, now: Instant) {
+        if tokens == 0 {
+            return;
+        }
+        self.forget_before(now);
+        self.tokens.push_back((now, tokens));
+        self.spent += tokens;
+    }
+
     fn forget_before(&mut self, now: Instant) {
         while let Some((at, _)) = self.tokens.front() {
             if now.duration_since(*at) < MINUTE {
@@ -177,10 +313,41 @@ impl KeyLimits {
     }
 }
 
-/// `rpm` requests per minute, allowing a burst of all of them.
-fn per_minute(rpm: u32) -> DefaultDirectRateLimiter {
-    let rate = NonZeroU32::new(rpm).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_minute(rate))
+/// Shares `limits` with the other gateway replicas until `shutdown`: announces on the bus
+/// what this one admits and counts what the others announce.
+pub async fn share(
+    bus: &Bus,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let mut announced = bus.subscribe(&KEY_USED).await?;
+    let (outbox, mut queued) = mpsc::unbounded_channel();
+    if limits.outbox.set(outbox).is_err() {
+        return Ok(());
+    }
+    let publisher = bus.clone();
+    // Ends when `limits` is dropped with its end of the channel.
+    tokio::spawn(async move {
+        while let Some(used) = queued.recv().await {
+            if let Err(err) = publisher.emit(&KEY_USED, &used).await {
+                tracing::warn!(key = used.key, "cannot announce a key's use: {err}");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let used = tokio::select! {
+                used = announced.next() => used,
+                () = shutdown.cancelled() => return,
+            };
+            match used {
+                Some(Ok(used)) => limits.counted_elsewhere(&used),
+                Some(Err(err)) => tracing::warn!("unreadable key use: {err}"),
+                None => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,16 +372,32 @@ mod tests {
     }
 
     #[test]
-    fn rpm_limits_allow_a_burst_then_refuse() {
-        let limiter = per_minute(3);
+    fn rpm_limits_allow_a_burst_then_one_request_per_interval() {
+        let mut limits = KeyLimits::default();
+        let start = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.check().is_ok());
+            assert_eq!(limits.take_request(3, start), Ok(()));
         }
-        let refused = limiter.check().unwrap_err();
-        let wait = refused.wait_time_from(governor::clock::DefaultClock::default().now());
-        assert!(
-            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
-            "{wait:?}"
-        );
+        // The fourth waits for the first interval (20 s) to pass.
+        assert_eq!(limits.take_request(3, start), Err(Duration::from_secs(20)));
+        let later = start + Duration::from_secs(5);
+        assert_eq!(limits.take_request(3, later), Err(Duration::from_secs(15)));
+        let after = start + Duration::from_secs(20);
+        assert_eq!(limits.take_request(3, after), Ok(()));
+        assert!(limits.take_request(3, after).is_err());
+    }
+
+    #[test]
+    fn requests_admitted_elsewhere_use_the_same_allowance() {
+        let mut limits = KeyLimits::default();
+        let start = Instant::now();
+        limits.count_request(4, start);
+        limits.count_request(4, start);
+        limits.count_request(4, start);
+        assert_eq!(limits.take_request(4, start), Ok(()));
+        assert_eq!(limits.take_request(4, start), Err(Duration::from_secs(15)));
+        // A request admitted elsewhere past the limit pushes this replica's wait on too.
+        limits.count_request(4, start);
+        assert_eq!(limits.take_request(4, start), Err(Duration::from_secs(30)));
     }
 }
