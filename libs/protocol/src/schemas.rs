@@ -59,6 +59,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("detokenize_response", schema_for!(DetokenizeResponse)),
         ("model_event", schema_for!(ModelEvent)),
         ("key_changed", schema_for!(crate::keys::KeyChanged)),
+        ("key_used", schema_for!(crate::keys::KeyUsed)),
         ("instance_load", schema_for!(InstanceLoad)),
         ("list_personas", schema_for!(ListPersonas)),
         ("persona_list", schema_for!(PersonaList)),

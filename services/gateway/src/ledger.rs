@@ -1,6 +1,7 @@
 //! The `usage` table, read and written: storing the rows the usage recorder batches,
-//! what a key has spent in all (for its budget) and its report by model (for
-//! `GET /v1/usage`). SQL only; the accounting that produces the rows is in `usage`.
+//! what a key has spent in all (for its budget), what it used in a past minute (for a
+//! replica catching up on its limits) and its report by model (for `GET /v1/usage`).
+//! SQL only; the accounting that produces the rows is in `usage`.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -36,6 +37,34 @@ pub async fn spent(store: &Store, key_id: Uuid) -> Result<u64, sea_orm::DbErr> {
         .one(store.connection())
         .await?;
     Ok(u64::try_from(total.unwrap_or(0)).unwrap_or(0))
+}
+
+/// When each request of `key_id` that finished in `[from, to)` ended, and the tokens it
+/// used, oldest first.
+pub async fn finished_between(
+    store: &Store,
+    key_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, u64)>, sea_orm::DbErr> {
+    let rows: Vec<(DateTime<Utc>, i64, i64)> = usage::Entity::find()
+        .select_only()
+        .columns([
+            usage::Column::CreatedAt,
+            usage::Column::PromptTokens,
+            usage::Column::CompletionTokens,
+        ])
+        .filter(usage::Column::KeyId.eq(key_id))
+        .filter(usage::Column::CreatedAt.gte(from))
+        .filter(usage::Column::CreatedAt.lt(to))
+        .order_by_asc(usage::Column::CreatedAt)
+        .into_tuple()
+        .all(store.connection())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(at, prompt, completion)| (at, u64::try_from(prompt + completion).unwrap_or(0)))
+        .collect())
 }
 
 /// A key's usage, in all and by model.

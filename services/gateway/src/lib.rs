@@ -139,6 +139,8 @@ pub async fn run(
     let cache = Duration::from_millis(config.key_cache_ms);
     let replicas = Arc::new(replicas::Replicas::new(metrics.inference_replicas.clone()));
     replicas::follow(ctx.bus().clone(), replicas.clone(), shutdown.clone()).await?;
+    let limits = Arc::new(Limits::new(store.clone(), cache, metrics.clone()));
+    limits::share(ctx.bus(), limits.clone(), shutdown.clone()).await?;
     let state = web::Data::new(AppState {
         bus: ctx.bus().clone(),
         store: store.clone(),
@@ -146,7 +148,7 @@ pub async fn run(
         admission: Admission::new(
             ctx.bus().clone(),
             config.max_in_flight,
-            Arc::new(Limits::new(store.clone(), cache, metrics.clone())),
+            limits,
             usage,
             metrics.clone(),
         ),

@@ -4,24 +4,30 @@
 //! key's finished requests used) and the key's lifetime token budget (summed from the
 //! `usage` table, re-read every few seconds so other replicas' use counts too).
 //!
-//! The per-minute limits hold for the fleet of gateway replicas, not per replica: each
-//! replica announces on the bus (`slough_protocol::keys::KEY_USED`) the requests it
-//! admits and the tokens they use, for keys with a per-minute limit, and counts what the
-//! others announce as if it had served them itself. No request waits on the bus for
-//! this. The tolerance: requests admitted by two replicas within the moment an
-//! announcement takes to reach the other (well under a millisecond on one network) may
-//! both pass, and while a replica is cut off from NATS it counts only its own. A replica
-//! that starts reads the minute before it from the `usage` table the first time it
-//! admits a key, so a restart does not hand the key a fresh minute.
+//! The per-minute limits hold for the fleet of gateway replicas, not per replica.
+//! Requests per minute are counted on the bus's shared rates (`slough_bus::Rates`, a
+//! compare-and-set on a JetStream key-value entry per key): exact for the fleet, at two
+//! round trips to NATS per request of a key that has the limit. Tokens are counted after
+//! a request ends, so each replica announces what its requests used
+//! (`slough_protocol::keys::KEY_USED`, also the requests it admits) and counts what the
+//! others announce; no request waits on the bus for that. While the shared rates are out
+//! of reach, requests per minute are counted the same way, from the announcements, and
+//! then requests that two replicas admit within the moment an announcement takes to
+//! cross the bus may both pass. A replica that starts reads the minute before it from
+//! the `usage` table the first time it admits a key, so a restart hands out no fresh
+//! minute of tokens.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
-use slough_bus::{Bus, BusError};
+use slough_bus::{Bus, BusError, Rates};
 use slough_protocol::keys::{KEY_USED, KeyUsed};
 use slough_store::Store;
 use tokio::sync::mpsc;
@@ -63,6 +69,10 @@ pub struct Limits {
     started: DateTime<Utc>,
     /// What [`share`] sends to the other replicas (unset in a lone process).
     outbox: OnceLock<mpsc::UnboundedSender<KeyUsed>>,
+    /// The fleet's requests-per-minute counters (unset in a lone process).
+    counter: OnceLock<Rates>,
+    /// The counters failed on the last request (logged once until they answer).
+    counter_lost: AtomicBool,
 }
 
 #[derive(Default)]
@@ -91,6 +101,8 @@ impl Limits {
             origin: Uuid::new_v4().to_string(),
             started: Utc::now(),
             outbox: OnceLock::new(),
+            counter: OnceLock::new(),
+            counter_lost: AtomicBool::new(false),
         }
     }
 
@@ -108,33 +120,11 @@ impl Limits {
             return Ok(());
         }
         self.catch_up(key).await;
-        {
-            let mut keys = self.lock();
-            let limits = keys.entry(key.id).or_default();
-            limits.shared = true;
-            let now = Instant::now();
-            if let Some(tpm) = key.tokens_per_minute {
-                limits.forget_before(now);
-                let used: u64 = limits.tokens.iter().map(|(_, tokens)| tokens).sum();
-                if used >= u64::from(tpm) {
-                    let retry_after = limits.time_until_below(u64::from(tpm), now);
-                    self.metrics.reject("tokens_per_minute");
-                    return Err(LimitError::TokensPerMinute {
-                        used,
-                        limit: tpm,
-                        retry_after,
-                    });
-                }
-            }
-            if let Some(rpm) = key.requests_per_minute
-                && let Err(retry_after) = limits.take_request(rpm, now)
-            {
-                self.metrics.reject("requests_per_minute");
-                return Err(LimitError::RequestsPerMinute {
-                    limit: rpm,
-                    retry_after,
-                });
-            }
+        if let Some(tpm) = key.tokens_per_minute {
+            self.check_tokens(key.id, tpm)?;
+        }
+        if let Some(rpm) = key.requests_per_minute {
+            self.take_request(key.id, rpm).await?;
         }
         self.announce(KeyUsed {
             key: key.id.to_string(),
@@ -146,7 +136,71 @@ impl Limits {
         Ok(())
     }
 
-/// Counts `tokens` a finished request of `key_id` used.
+    /// Refuses a request of `key_id` while the tokens the fleet's requests of it used in
+    /// the last minute reach `tpm`.
+    fn check_tokens(&self, key_id: Uuid, tpm: u32) -> Result<(), LimitError> {
+        let mut keys = self.lock();
+        let limits = keys.entry(key_id).or_default();
+        limits.shared = true;
+        let now = Instant::now();
+        limits.forget_before(now);
+        let used: u64 = limits.tokens.iter().map(|(_, tokens)| tokens).sum();
+        if used < u64::from(tpm) {
+            return Ok(());
+        }
+        self.metrics.reject("tokens_per_minute");
+        Err(LimitError::TokensPerMinute {
+            used,
+            limit: tpm,
+            retry_after: limits.time_until_below(u64::from(tpm), now),
+        })
+    }
+
+    /// Starts a request of `key_id` within `rpm` requests per minute: on the fleet's
+    /// counter, or, while that is out of reach, on this replica's view of the fleet.
+    async fn take_request(&self, key_id: Uuid, rpm: u32) -> Result<(), LimitError> {
+        let fleet = match self.counter.get() {
+            Some(counter) => match counter.take(&format!("rpm.{key_id}"), rpm).await {
+                Ok(verdict) => {
+                    if self.counter_lost.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the fleet's request counters answer again");
+                    }
+                    Some(verdict)
+                }
+                Err(err) => {
+                    if !self.counter_lost.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the fleet's request counters are out of reach; requests per minute \
+                             are counted from this replica's view until they answer: {err}"
+                        );
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut keys = self.lock();
+        let limits = keys.entry(key_id).or_default();
+        limits.shared = true;
+        let now = Instant::now();
+        let verdict = match fleet {
+            Some(Ok(())) => {
+                limits.count_request(rpm, now);
+                Ok(())
+            }
+            Some(Err(wait)) => Err(wait),
+            None => limits.take_request(rpm, now),
+        };
+        verdict.map_err(|retry_after| {
+            self.metrics.reject("requests_per_minute");
+            LimitError::RequestsPerMinute {
+                limit: rpm,
+                retry_after,
+            }
+        })
+    }
+
+    /// Counts `tokens` a finished request of `key_id` used.
     pub fn record(&self, key_id: Uuid, tokens: u64) {
         if tokens == 0 {
             return;
@@ -174,7 +228,10 @@ impl Limits {
             return;
         }
         let Ok(key_id) = Uuid::parse_str(&used.key) else {
-            tracing::warn!(key = used.key, "a replica announced the use of a key that is not a key id");
+            tracing::warn!(
+                key = used.key,
+                "a replica announced the use of a key that is not a key id"
+            );
             return;
         };
         let mut keys = self.lock();
@@ -313,13 +370,23 @@ impl KeyLimits {
     }
 }
 
-/// Shares `limits` with the other gateway replicas until `shutdown`: announces on the bus
-/// what this one admits and counts what the others announce.
+/// Shares `limits` with the other gateway replicas until `shutdown`: opens the fleet's
+/// request counters, announces on the bus what this one admits and counts what the
+/// others announce.
 pub async fn share(
     bus: &Bus,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
+    match Rates::open(bus).await {
+        Ok(counter) => {
+            let _ = limits.counter.set(counter);
+        }
+        Err(err) => tracing::warn!(
+            "requests per minute are counted from each replica's view, without the fleet's \
+             counters: {err}"
+        ),
+    }
     let mut announced = bus.subscribe(&KEY_USED).await?;
     let (outbox, mut queued) = mpsc::unbounded_channel();
     if limits.outbox.set(outbox).is_err() {

@@ -289,6 +289,82 @@ async fn a_keys_change_reaches_every_gateway_at_once() {
     platform.stop().await;
 }
 
+/// A key's per-minute limits hold for the fleet of gateway replicas, not per replica
+/// (issue 35, item 3): requests on the bus's shared rates, tokens from what the others
+/// announce, and a replica that starts later reads the last minute from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_minute_limits_hold_across_gateways() {
+    let mut platform = Platform::start(gateway_config(), inference_config()).await;
+    let other = platform.add_gateway(gateway_config()).await;
+    let first = platform.url.clone();
+    let http = platform.http.clone();
+    let embed = |gateway: &str, key: &str| {
+        http.post(format!("{gateway}/v1/embeddings"))
+            .bearer_auth(key)
+            .json(&json!({"model": EMBED, "input": "a few words to embed"}))
+    };
+
+    // Four requests a minute, sent through the two replicas in turn: four pass, and
+    // then each replica refuses, though it has served only two.
+    let (rpm, _) = platform.create_key(json!({"requests_per_minute": 4})).await;
+    for turn in 0..4 {
+        let gateway = if turn % 2 == 0 { &first } else { &other };
+        let response = embed(gateway, &rpm).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {turn} through {gateway}");
+    }
+    for gateway in [&first, &other] {
+        let refused = embed(gateway, &rpm).send().await.unwrap();
+        assert_eq!(refused.status(), 429, "through {gateway}");
+        let error: Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "requests_per_minute");
+    }
+
+    // Sixty requests at once through both replicas: no more pass than one replica
+    // would let through (twenty, and one more for every three seconds the burst took).
+    let (burst, _) = platform
+        .create_key(json!({"requests_per_minute": 20}))
+        .await;
+    let started = std::time::Instant::now();
+    let sent = (0..60).map(|turn| {
+        let request = embed(if turn % 2 == 0 { &first } else { &other }, &burst);
+        async move {
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await.unwrap();
+            (status, body["error"]["code"].as_str().map(str::to_owned))
+        }
+    });
+    let answers = futures::future::join_all(sent).await;
+    let allowed = 20 + started.elapsed().as_secs() / 3;
+    // Admitted: all but the ones the limit refused (an admitted one may still meet a
+    // busy model).
+    let admitted = answers
+        .iter()
+        .filter(|(_, code)| code.as_deref() != Some("requests_per_minute"))
+        .count() as u64;
+    assert!(
+        (20..=allowed).contains(&admitted),
+        "{admitted} of 60 admitted, at most {allowed} may: {answers:?}"
+    );
+
+    // Tokens per minute: what one replica's request used is counted by the other.
+    let (tpm, _) = platform.create_key(json!({"tokens_per_minute": 5})).await;
+    let used = embed(&first, &tpm).send().await.unwrap();
+    assert_eq!(used.status(), 200);
+    answered_within_a_second(|| embed(&other, &tpm), 429).await;
+
+    // A replica started now has heard nothing, and still refuses both keys: it reads
+    // their last minute from the usage table.
+    platform.usage_once(&rpm, 4).await;
+    platform.usage_once(&tpm, 1).await;
+    let third = platform.add_gateway(gateway_config()).await;
+    for key in [&rpm, &tpm] {
+        let refused = embed(&third, key).send().await.unwrap();
+        assert_eq!(refused.status(), 429);
+    }
+    platform.stop().await;
+}
+
 /// Sends `request()` until it is answered `status`; fails when that takes over a second.
 async fn answered_within_a_second(request: impl Fn() -> reqwest::RequestBuilder, status: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
