@@ -49,14 +49,28 @@ struct RepeatedError {
 /// How often a repeating error is logged again with its count.
 const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Connects to `url`, retrying with exponential backoff (100 ms doubling to 5 s) until
-/// `options.connect_timeout`. Once connected, the client reconnects forever, trying at
+/// Connects to `url` (one server, or a cluster's seed servers separated by commas: the
+/// client learns the rest of the cluster from them and reconnects to any), retrying with
+/// exponential backoff (100 ms doubling to 5 s) until `options.connect_timeout`. Once connected, the client reconnects forever, trying at
 /// least every [`MAX_RECONNECT_DELAY`] so service resumes soon after NATS returns;
 /// disconnects, reconnects and slow consumers are logged, a repeating error once.
 pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     let state = Arc::new(ConnectionState::default());
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|seed| !seed.is_empty())
+        .map(|seed| {
+            seed.parse::<async_nats::ServerAddr>()
+                .map_err(|err| BusError::Connect {
+                    url: url.to_owned(),
+                    after: Duration::ZERO,
+                    reason: format!("{seed:?} is not a NATS URL: {err}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     loop {
         let seen = state.clone();
         let connect_options = ConnectOptions::new()
@@ -68,7 +82,7 @@ pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, 
                 let state = seen.clone();
                 async move { log_event(event, &state) }
             });
-        match connect_options.connect(url).await {
+        match connect_options.connect(servers.clone()).await {
             Ok(client) => {
                 tracing::info!(url, name, "connected to NATS");
                 return Ok(Bus {
@@ -171,6 +185,17 @@ impl Bus {
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// How many copies JetStream keeps of what this platform stores (its streams and
+    /// buckets): one per server of the cluster, at most three, so that losing a server
+    /// loses nothing; one on a lone server.
+    pub fn jetstream_replicas(&self) -> usize {
+        let info = self.client.server_info();
+        if info.cluster.is_none() {
+            return 1;
+        }
+        info.connect_urls.len().clamp(1, 3)
     }
 
     /// The largest message the server carries (its `max_payload`, learnt on connect).

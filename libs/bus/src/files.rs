@@ -31,7 +31,8 @@ fn nats(context: &str) -> impl FnOnce(String) -> BusError {
 }
 
 impl FileStore {
-    /// Opens the bucket, creating it on first use (file storage, kept until deleted).
+    /// Opens the bucket, creating it on first use (file storage, kept until deleted, on
+    /// up to three servers of a cluster).
     pub async fn open(bus: &Bus) -> Result<FileStore, BusError> {
         let js = jetstream::new(bus.client().clone());
         let bucket = match js.get_object_store(BUCKET).await {
@@ -40,6 +41,7 @@ impl FileStore {
                 .create_object_store(object_store::Config {
                     bucket: BUCKET.to_owned(),
                     description: Some("SloughGPT uploaded files".to_owned()),
+                    num_replicas: bus.jetstream_replicas(),
                     ..Default::default()
                 })
                 .await

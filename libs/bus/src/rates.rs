@@ -59,6 +59,7 @@ impl Rates {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
+                num_replicas: bus.jetstream_replicas(),
                 ..Default::default()
             })
             .await

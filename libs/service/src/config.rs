@@ -173,6 +173,7 @@ impl EmbeddedNatsConfig {
             port,
             store_dir,
             max_payload: Some(self.max_payload_bytes),
+            cluster: None,
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod nats_server;
 
 pub use config::{CommonConfig, ConfigError, load_config};
 pub use context::{CheckFuture, Listening, ServiceContext};
-pub use nats_server::{NatsServer, NatsServerOptions};
+pub use nats_server::{ClusterOptions, NatsServer, NatsServerOptions};
 
 /// What can stop a service from starting or running.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,11 @@
 //! pick its own port (`--port -1`); either way the server is ready when it has written
 //! its ports file (`--ports_file_dir`, named after its pid), so the port read back is
 //! the one this child listens on, never another process's.
+//!
+//! A server may be one node of a cluster ([`ClusterOptions`]): it listens for routes on a
+//! port of its own pick too, and joins the nodes its routes name. JetStream's cluster
+//! mode will not start without a route, so the first node of a cluster names one that
+//! never answers (port 1 on loopback) until the others connect to it.
 
 use std::{
     io::Read,
@@ -26,6 +31,20 @@ pub struct NatsServerOptions {
     pub store_dir: PathBuf,
     /// The largest message the server carries; NATS's default (1 MiB) when `None`.
     pub max_payload: Option<usize>,
+    /// Node of a cluster, when set.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// One node of a cluster of servers with replicated JetStream.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The cluster's name, the same on every node.
+    pub name: String,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// Route URLs of nodes already running (`nats://127.0.0.1:<cluster port>`); none for
+    /// the first node.
+    pub routes: Vec<String>,
 }
 
 /// A running `nats-server`. Stopped (SIGTERM, then SIGKILL) when dropped, and killed by
@@ -35,6 +54,8 @@ pub struct NatsServer {
     binary: PathBuf,
     options: NatsServerOptions,
     port: u16,
+    /// The port it takes routes from other nodes on (0 outside a cluster).
+    cluster_port: u16,
     log_file: PathBuf,
 }
 
@@ -70,13 +91,16 @@ impl NatsServer {
         }
         let log_file = options.store_dir.with_extension("log");
         let mut server = NatsServer {
-            child: spawn(&binary, options, port, &log_file)?,
+            child: spawn(&binary, options, Ports::default(), &log_file)?,
             binary,
             options: options.clone(),
             port,
+            cluster_port: 0,
             log_file,
         };
-        server.port = server.wait_ready(Duration::from_secs(15))?;
+        let ports = server.wait_ready(Duration::from_secs(15))?;
+        server.port = ports.client;
+        server.cluster_port = ports.cluster;
         Ok(server)
     }
 
@@ -85,12 +109,21 @@ impl NatsServer {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Starts the server again on the port it had with the same store, after it exited.
+    /// Starts the server again on the ports it had with the same store, after it exited.
     /// Spawn from the thread that started it first (see [`NatsServer::start`]).
     pub fn restart(&mut self) -> Result<(), ServiceError> {
         self.stop();
-        self.child = spawn(&self.binary, &self.options, self.port, &self.log_file)?;
+        let ports = Ports {
+            client: self.port,
+            cluster: self.cluster_port,
+        };
+        self.child = spawn(&self.binary, &self.options, ports, &self.log_file)?;
         self.wait_ready(Duration::from_secs(15)).map(drop)
+    }
+
+    /// `nats://127.0.0.1:<cluster port>`, the URL other nodes route to (a cluster node only).
+    pub fn route_url(&self) -> Option<String> {
+        (self.cluster_port != 0).then(|| format!("nats://127.0.0.1:{}", self.cluster_port))
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -131,8 +164,8 @@ impl NatsServer {
     }
 
     /// Waits until this child has written its ports file and accepts connections on
-    /// the port written there; returns that port.
-    fn wait_ready(&mut self, limit: Duration) -> Result<u16, ServiceError> {
+    /// the client port written there; returns its ports.
+    fn wait_ready(&mut self, limit: Duration) -> Result<Ports, ServiceError> {
         let deadline = Instant::now() + limit;
         let ports_file =
             ports_dir(&self.options).join(format!("{}_{}.ports", self.binary_name(), self.pid()));
@@ -148,10 +181,10 @@ impl NatsServer {
                     self.log_file.display()
                 )));
             }
-            if let Some(port) = client_port(&ports_file) {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            if let Some(ports) = Ports::read(&ports_file) {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports.client));
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Ok(port);
+                    return Ok(ports);
                 }
             }
             if Instant::now() > deadline {
@@ -181,31 +214,42 @@ fn ports_dir(options: &NatsServerOptions) -> PathBuf {
     options.store_dir.with_extension("ports")
 }
 
-/// The client port in a ports file (`{"nats": ["nats://127.0.0.1:4222"], ...}`), once
-/// the file is there and whole.
-fn client_port(ports_file: &Path) -> Option<u16> {
-    #[derive(serde::Deserialize)]
-    struct Ports {
-        nats: Vec<String>,
-    }
-    let text = std::fs::read_to_string(ports_file).ok()?;
-    let ports: Ports = serde_json::from_str(&text).ok()?;
-    ports.nats.first()?.rsplit(':').next()?.parse().ok()
+/// The ports a server listens on (0: let it pick, or none).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ports {
+    client: u16,
+    cluster: u16,
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
+impl Ports {
+    /// The ports in a ports file (`{"nats": ["nats://127.0.0.1:4222"], "cluster":
+    /// [...]}`), once the file is there and whole.
+    fn read(ports_file: &Path) -> Option<Ports> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            nats: Vec<String>,
+            #[serde(default)]
+            cluster: Vec<String>,
+        }
+        fn port(urls: &[String]) -> Option<u16> {
+            urls.first()?.rsplit(':').next()?.parse().ok()
+        }
+        let text = std::fs::read_to_string(ports_file).ok()?;
+        let file: File = serde_json::from_str(&text).ok()?;
+        Some(Ports {
+            client: port(&file.nats)?,
+            cluster: port(&file.cluster).unwrap_or(0),
+        })
     }
 }
 
-/// Starts `nats-server` on 127.0.0.1:`port` (0: one it picks) with JetStream, logging to
-/// `log_file` and writing its ports file to [`ports_dir`]; a `max_payload` goes in a
-/// configuration file beside the store (the server has no flag).
+/// Starts `nats-server` on 127.0.0.1 with JetStream (on `ports`, 0: ones it picks),
+/// logging to `log_file` and writing its ports file to [`ports_dir`]; a `max_payload`
+/// goes in a configuration file beside the store (the server has no flag).
 fn spawn(
     binary: &Path,
     options: &NatsServerOptions,
-    port: u16,
+    ports: Ports,
     log_file: &Path,
 ) -> Result<Child, ServiceError> {
     let ports_dir = ports_dir(options);
@@ -213,10 +257,11 @@ fn spawn(
         context: format!("cannot create {}", ports_dir.display()),
         source,
     })?;
-    let port = match port {
+    let pick = |port: u16| match port {
         0 => "-1".to_owned(),
         port => port.to_string(),
     };
+    let port = pick(options.port.max(ports.client));
     let mut command = Command::new(binary);
     command
         .args(["--addr", "127.0.0.1", "--port", &port, "--jetstream"])
@@ -229,6 +274,23 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(cluster) = &options.cluster {
+        let routes = if cluster.routes.is_empty() {
+            "nats://127.0.0.1:1".to_owned()
+        } else {
+            cluster.routes.join(",")
+        };
+        command
+            .args([
+                "--server_name",
+                &cluster.node,
+                "--cluster_name",
+                &cluster.name,
+            ])
+            .arg("--cluster")
+            .arg(format!("nats://127.0.0.1:{}", pick(ports.cluster)))
+            .args(["--routes", &routes]);
+    }
     if let Some(max_payload) = options.max_payload {
         let config = options.store_dir.with_extension("conf");
         std::fs::write(&config, format!("max_payload: {max_payload}\n")).map_err(|source| {
@@ -290,6 +352,7 @@ mod tests {
             port,
             store_dir: dir.join("jetstream"),
             max_payload: None,
+            cluster: None,
         }
     }
 

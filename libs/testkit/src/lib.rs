@@ -1,11 +1,11 @@
 //! Test support: a real `nats-server` on a port it picks itself, with a throw-away
-//! JetStream directory, and a fresh PostgreSQL database per test. Tests use the real
+//! JetStream directory (or a cluster of three), and a fresh PostgreSQL database per test. Tests use the real
 //! things, and no test guesses a free port: every server binds port 0 and says which
 //! port it got.
 
 use std::path::Path;
 
-use slough_service::{NatsServer, NatsServerOptions};
+use slough_service::{ClusterOptions, NatsServer, NatsServerOptions};
 
 /// A `nats-server` for one test, stopped and its directory removed on drop.
 pub struct TestNats {
@@ -22,6 +22,7 @@ impl TestNats {
             port: 0,
             store_dir: dir.path().join("jetstream"),
             max_payload: None,
+            cluster: None,
         })
         .unwrap_or_else(|err| panic!("cannot start nats-server for the test: {err}"));
         TestNats { server, dir }
@@ -54,6 +55,94 @@ impl TestNats {
         self.server
             .restart()
             .unwrap_or_else(|err| panic!("cannot restart nats-server for the test: {err}"));
+    }
+}
+
+/// A cluster of `nats-server`s with replicated JetStream, for one test; every node on
+/// ports it picks, stopped and their directories removed on drop.
+pub struct TestNatsCluster {
+    nodes: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNatsCluster {
+    /// Starts `size` nodes, each routed to the first, and waits until JetStream has a
+    /// leader; panics with the reason when it cannot.
+    pub async fn start(size: usize) -> TestNatsCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut nodes: Vec<NatsServer> = Vec::with_capacity(size);
+        for index in 0..size {
+            let routes = nodes.first().and_then(NatsServer::route_url);
+            let node = NatsServer::start(&NatsServerOptions {
+                binary: None,
+                port: 0,
+                store_dir: dir.path().join(format!("node{index}")).join("jetstream"),
+                max_payload: None,
+                cluster: Some(ClusterOptions {
+                    name: "slough-test".to_owned(),
+                    node: format!("node{index}"),
+                    routes: routes.into_iter().collect(),
+                }),
+            })
+            .unwrap_or_else(|err| panic!("cannot start nats-server node {index}: {err}"));
+            nodes.push(node);
+        }
+        let cluster = TestNatsCluster { nodes, _dir: dir };
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated: what `NATS_URL` takes.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `index`'s client URL.
+    pub fn url(&self, index: usize) -> String {
+        self.nodes[index].url()
+    }
+
+    /// Kills node `index` (SIGTERM, then SIGKILL).
+    pub fn stop(&mut self, index: usize) {
+        self.nodes[index].stop();
+    }
+
+    /// Starts node `index` again on its ports with its store.
+    pub fn restart(&mut self, index: usize) {
+        self.nodes[index]
+            .restart()
+            .unwrap_or_else(|err| panic!("cannot restart nats-server node {index}: {err}"));
+    }
+
+    /// Waits until the cluster can place a stream on every node (its JetStream has a
+    /// leader and every node has joined).
+    async fn wait_for_jetstream(&self) {
+        use async_nats::jetstream::stream;
+        let client = async_nats::connect(self.url(0))
+            .await
+            .expect("connect to a test nats-server node");
+        let js = async_nats::jetstream::new(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let check = stream::Config {
+            name: "cluster-ready".to_owned(),
+            subjects: vec!["cluster-ready".to_owned()],
+            storage: stream::StorageType::Memory,
+            num_replicas: self.nodes.len(),
+            ..Default::default()
+        };
+        while let Err(err) = js.create_stream(check.clone()).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test cluster cannot place a stream on its {} nodes after 30 s: {err}",
+                self.nodes.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let _ = js.delete_stream("cluster-ready").await;
     }
 }
 

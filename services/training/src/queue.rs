@@ -37,6 +37,7 @@ impl Queue {
                 retention: RetentionPolicy::WorkQueue,
                 storage: StorageType::File,
                 description: Some("SloughGPT fine-tuning jobs to run".to_owned()),
+                num_replicas: bus.jetstream_replicas(),
                 ..Default::default()
             })
             .await

@@ -1,0 +1,101 @@
+//! The bus on a three-node NATS cluster: a client given the seed servers keeps three
+//! copies of the platform's JetStream buckets, and when the server it talks to dies it
+//! moves to another within seconds, with nothing stored lost and the shared rates still
+//! counting (issue 35, items 1 and 2 at the bus's level).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking"
+)]
+
+use std::time::{Duration, Instant};
+
+use slough_bus::{BusOptions, FileStore, Rates};
+use slough_testkit::TestNatsCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_keeps_three_copies_and_outlives_a_node() {
+    let mut cluster = TestNatsCluster::start(3).await;
+    let options = BusOptions {
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(5),
+        heartbeat: Duration::from_millis(100),
+    };
+    // One seed is enough to find the others.
+    let bus = slough_bus::connect(&cluster.url(0), "cluster-test", options)
+        .await
+        .unwrap();
+    assert_eq!(bus.jetstream_replicas(), 3);
+
+    let files = FileStore::open(&bus).await.unwrap();
+    let rates = Rates::open(&bus).await.unwrap();
+    let js = async_nats::jetstream::new(bus.client().clone());
+    for stream in ["OBJ_slough-files", "KV_slough-rates"] {
+        let info = js.get_stream(stream).await.unwrap().cached_info().clone();
+        assert_eq!(info.config.num_replicas, 3, "{stream}");
+    }
+    let stored = b"a file that must outlive a server".repeat(1000);
+    files.put("before", &mut stored.as_slice()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(rates.take("rpm.cluster", 5).await.unwrap(), Ok(()));
+    }
+
+    // The server the bus is connected to dies.
+    let port = bus.client().server_info().port;
+    let node = (0..3)
+        .find(|&node| cluster.url(node).ends_with(&format!(":{port}")))
+        .expect("the bus is connected to one of the nodes");
+    let killed = Instant::now();
+    cluster.stop(node);
+    let deadline = killed + Duration::from_secs(15);
+    while !(bus.is_connected() && bus.client().server_info().port != port) {
+        assert!(
+            Instant::now() < deadline,
+            "the bus did not move to another node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = killed.elapsed();
+
+    // Everything stored is there, new things are stored, and the rate kept its count:
+    // two of its five are left. JetStream may need a moment to elect new leaders.
+    let read = retry(deadline, || files.get("before")).await;
+    assert_eq!(read, stored);
+    let after = b"stored while a server is down".to_vec();
+    retry(deadline, || {
+        let (files, after) = (&files, after.clone());
+        async move { files.put("after", &mut after.as_slice()).await }
+    })
+    .await;
+    assert_eq!(
+        retry(deadline, || rates.take("rpm.cluster", 5)).await,
+        Ok(())
+    );
+    assert_eq!(rates.take("rpm.cluster", 5).await.unwrap(), Ok(()));
+    assert!(rates.take("rpm.cluster", 5).await.unwrap().is_err());
+    let recovered = killed.elapsed();
+    eprintln!(
+        "node {node} killed: the bus moved in {moved:?}, JetStream answered in {recovered:?}"
+    );
+
+    // The node comes back and catches up.
+    cluster.restart(node);
+    assert_eq!(files.get("after").await.unwrap(), after);
+}
+
+/// `call()` until it succeeds, failing the test at `deadline`.
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    deadline: Instant,
+    mut call: impl FnMut() -> F,
+) -> T {
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "still failing: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
