@@ -11,7 +11,7 @@ use std::{
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message, client::RequestErrorKind};
 use futures::StreamExt as _;
 use serde::{Serialize, de::DeserializeOwned};
-use slough_protocol::{Endpoint, ErrorBody, ErrorCode};
+use slough_protocol::{Endpoint, ErrorBody, ErrorCode, status::StreamStatus};
 use tracing::Instrument as _;
 
 use crate::{
@@ -353,6 +353,57 @@ impl Bus {
             None => Ok(()),
             Some(error) => Err(format!("JetStream refused: {error}")),
         }
+    }
+
+    /// JetStream's streams and how many copies of each are current, read as plain JSON
+    /// (as [`Bus::jetstream_ready`] is) so that any server version's answer is understood.
+    pub async fn streams(&self) -> Result<Vec<StreamStatus>, BusError> {
+        let reply = self
+            .client
+            .request(
+                slough_protocol::subjects::JETSTREAM_STREAM_LIST,
+                bytes::Bytes::from_static(b"{}"),
+            )
+            .await
+            .map_err(BusError::nats)?;
+        let answer: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|err| {
+            BusError::Nats(format!("JetStream's stream list is unreadable: {err}"))
+        })?;
+        if let Some(error) = answer.get("error") {
+            return Err(BusError::Nats(format!(
+                "JetStream refused to list streams: {error}"
+            )));
+        }
+        let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+        let streams = answer["streams"].as_array().cloned().unwrap_or_default();
+        Ok(streams
+            .iter()
+            .map(|stream| {
+                let config = &stream["config"];
+                let replicas = u32::try_from(number(&config["num_replicas"]).max(1)).unwrap_or(1);
+                // The leader's copy is current; so is each replica's that says so. A lone
+                // server reports no cluster: its one copy is current.
+                let current = match stream["cluster"]["replicas"].as_array() {
+                    Some(others) => {
+                        let leader = u32::from(stream["cluster"]["leader"].is_string());
+                        let current = others
+                            .iter()
+                            .filter(|other| other["current"].as_bool() == Some(true))
+                            .count();
+                        leader + u32::try_from(current).unwrap_or(0)
+                    }
+                    None => u32::from(stream["cluster"]["leader"].is_string() || replicas == 1),
+                };
+                StreamStatus {
+                    name: config["name"].as_str().unwrap_or_default().to_owned(),
+                    description: config["description"].as_str().map(str::to_owned),
+                    replicas,
+                    current,
+                    messages: number(&stream["state"]["messages"]),
+                    bytes: number(&stream["state"]["bytes"]),
+                }
+            })
+            .collect())
     }
 
     /// Asks every instance of every service a `$SRV` discovery question (`INFO`,

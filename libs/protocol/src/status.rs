@@ -1,5 +1,6 @@
-//! The platform status as monitoring sees it: every instance discovered through `$SRV`,
-//! served on `slough.v1.monitoring.status` and as `GET /v1/status`.
+//! The platform status as monitoring sees it: every instance discovered through `$SRV`
+//! and what JetStream stores, served on `slough.v1.monitoring.status` and as
+//! `GET /v1/status`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,26 @@ pub struct StatusReport {
     pub swept_at: Option<DateTime<Utc>>,
     /// The instances seen in recent sweeps.
     pub instances: Vec<InstanceStatus>,
+    /// JetStream's streams (the training queue, the file bucket, the shared rates), as of
+    /// the last sweep.
+    #[serde(default)]
+    pub streams: Vec<StreamStatus>,
+}
+
+/// One JetStream stream and how many copies of it the NATS servers keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamStatus {
+    pub name: String,
+    /// What it holds, as its description says.
+    pub description: Option<String>,
+    /// The copies it is configured to keep (one per server, up to three).
+    pub replicas: u32,
+    /// The copies that are up to date now (fewer than `replicas` while a server is down
+    /// or catching up).
+    pub current: u32,
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 /// One running instance of a service.

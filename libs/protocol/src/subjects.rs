@@ -120,6 +120,9 @@ impl DiscoveryVerb {
 /// JetStream's account-information request: answered only when JetStream is enabled.
 pub const JETSTREAM_ACCOUNT_INFO: &str = "$JS.API.INFO";
 
+/// JetStream's request for its streams' configurations and states (up to 256 a page).
+pub const JETSTREAM_STREAM_LIST: &str = "$JS.API.STREAM.LIST";
+
 /// Metadata key under which an instance advertises its admin HTTP base URL in `$SRV.INFO`.
 pub const META_ADMIN_URL: &str = "admin_url";
 

@@ -153,6 +153,9 @@ pub struct EmbeddedNatsConfig {
     /// twice the gateway's largest body (`gateway.max_body_bytes`, 4 MiB), so that any
     /// body the gateway accepts fits one message.
     pub max_payload_bytes: usize,
+    /// How many servers: 1, or a local cluster of 3 or 5 whose JetStream keeps three
+    /// copies of everything (the first node on `port`, the others on free ports).
+    pub nodes: usize,
 }
 
 impl Default for EmbeddedNatsConfig {
@@ -161,6 +164,7 @@ impl Default for EmbeddedNatsConfig {
             binary: None,
             port: 4223,
             max_payload_bytes: 8 * 1024 * 1024,
+            nodes: 1,
         }
     }
 }
@@ -175,6 +179,40 @@ impl EmbeddedNatsConfig {
             max_payload: Some(self.max_payload_bytes),
             cluster: None,
         }
+    }
+
+    /// Starts the configured servers, their stores under `dir`: one (its store in
+    /// `dir/jetstream`), or `nodes` as a cluster (`dir/node<i>/jetstream`), each routed
+    /// to the first.
+    pub fn start(&self, dir: &Path) -> Result<Vec<crate::NatsServer>, crate::ServiceError> {
+        if self.nodes == 1 {
+            let server = crate::NatsServer::start(&self.options(self.port, dir.join("jetstream")))?;
+            return Ok(vec![server]);
+        }
+        if !matches!(self.nodes, 3 | 5) {
+            return Err(crate::ServiceError::Config(format!(
+                "nats.server.nodes must be 1, 3 or 5 (a cluster needs an odd number to \
+                 elect a leader), not {}",
+                self.nodes
+            )));
+        }
+        let mut servers: Vec<crate::NatsServer> = Vec::with_capacity(self.nodes);
+        for index in 0..self.nodes {
+            let port = if index == 0 { self.port } else { 0 };
+            let mut options =
+                self.options(port, dir.join(format!("node{index}")).join("jetstream"));
+            options.cluster = Some(crate::ClusterOptions {
+                name: "slough".to_owned(),
+                node: format!("node{index}"),
+                routes: servers
+                    .first()
+                    .and_then(crate::NatsServer::route_url)
+                    .into_iter()
+                    .collect(),
+            });
+            servers.push(crate::NatsServer::start(&options)?);
+        }
+        Ok(servers)
     }
 }
 
@@ -229,6 +267,23 @@ pub fn load_config<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, Config
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_nats_cluster_has_an_odd_number_of_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedNatsConfig {
+            nodes: 2,
+            ..EmbeddedNatsConfig::default()
+        };
+        let Err(err) = config.start(dir.path()) else {
+            panic!("two nodes started");
+        };
+        assert!(
+            err.to_string()
+                .contains("nats.server.nodes must be 1, 3 or 5"),
+            "{err}"
+        );
+    }
 
     use figment::Jail;
     use secrecy::ExposeSecret;

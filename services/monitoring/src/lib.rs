@@ -85,6 +85,7 @@ pub async fn run(
     let (snapshots, latest) = watch::channel(slough_protocol::status::StatusReport {
         swept_at: None,
         instances: Vec::new(),
+        streams: Vec::new(),
     });
     let sweeper = tokio::spawn(tracker::run(
         ctx.bus().clone(),

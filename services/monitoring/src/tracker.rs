@@ -1,6 +1,6 @@
 //! The task that owns what monitoring knows: it sweeps the bus on a timer, keeps every
-//! instance seen recently, forgets those unseen for too long, and publishes each new
-//! picture as a [`StatusReport`] snapshot that readers borrow.
+//! instance seen recently, forgets those unseen for too long, reads JetStream's streams,
+//! and publishes each new picture as a [`StatusReport`] snapshot that readers borrow.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
 use slough_protocol::{
     ServiceKind,
-    status::{InstanceStatus, StatusReport},
+    status::{InstanceStatus, StatusReport, StreamStatus},
 };
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,7 @@ pub async fn run(
 ) {
     let http = reqwest::Client::new();
     let mut known: HashMap<String, Tracked> = HashMap::new();
+    let mut streams = Vec::new();
     let mut ticks = tokio::time::interval(timing.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -60,6 +61,10 @@ pub async fn run(
             }
             Err(err) => tracing::warn!(error = %err, "sweeping the bus failed"),
         }
+        match bus.streams().await {
+            Ok(read) => streams = read,
+            Err(err) => tracing::warn!(error = %err, "reading JetStream's streams failed"),
+        }
         known.retain(|id, tracked| {
             let keep = started.duration_since(tracked.last_seen) < timing.forget_after;
             if !keep {
@@ -70,13 +75,17 @@ pub async fn run(
         metrics
             .sweep_duration
             .observe(started.elapsed().as_secs_f64());
-        let report = report(&known, Utc::now());
+        let report = report(&known, streams.clone(), Utc::now());
         metrics.count(&report);
         snapshots.send_replace(report);
     }
 }
 
-fn report(known: &HashMap<String, Tracked>, now: DateTime<Utc>) -> StatusReport {
+fn report(
+    known: &HashMap<String, Tracked>,
+    mut streams: Vec<StreamStatus>,
+    now: DateTime<Utc>,
+) -> StatusReport {
     let mut instances: Vec<InstanceStatus> = known
         .values()
         .map(|tracked| {
@@ -100,9 +109,11 @@ fn report(known: &HashMap<String, Tracked>, now: DateTime<Utc>) -> StatusReport 
         })
         .collect();
     instances.sort_by(|a, b| (a.service.name(), &a.id).cmp(&(b.service.name(), &b.id)));
+    streams.sort_by(|a, b| a.name.cmp(&b.name));
     StatusReport {
         swept_at: Some(now),
         instances,
+        streams,
     }
 }
 

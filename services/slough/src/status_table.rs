@@ -1,9 +1,9 @@
-//! `slough status` as a table for a terminal.
+//! `slough status` as tables for a terminal: the instances, then JetStream's streams.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use slough_protocol::status::StatusReport;
 
-/// Renders one row per instance.
+/// Renders one row per instance, then one per stream.
 pub fn render(report: &StatusReport) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -34,7 +34,25 @@ pub fn render(report: &StatusReport) -> String {
         Some(at) => format!("last sweep {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
         None => "monitoring has not swept the bus yet".to_owned(),
     };
-    format!("{table}\n{} instance(s), {swept}", report.instances.len())
+    let instances = format!("{table}\n{} instance(s), {swept}", report.instances.len());
+    if report.streams.is_empty() {
+        return instances;
+    }
+    let mut streams = Table::new();
+    streams
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["STREAM", "COPIES", "CURRENT", "MESSAGES", "BYTES", "HOLDS"]);
+    for stream in &report.streams {
+        streams.add_row([
+            stream.name.clone(),
+            stream.replicas.to_string(),
+            stream.current.to_string(),
+            stream.messages.to_string(),
+            stream.bytes.to_string(),
+            stream.description.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("{instances}\n\n{streams}")
 }
 
 fn uptime(seconds: u64) -> String {
@@ -49,6 +67,43 @@ fn uptime(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_show_their_copies_under_the_instances() {
+        let report = StatusReport {
+            swept_at: None,
+            instances: Vec::new(),
+            streams: vec![slough_protocol::status::StreamStatus {
+                name: "OBJ_slough-files".to_owned(),
+                description: Some("SloughGPT uploaded files".to_owned()),
+                replicas: 3,
+                current: 2,
+                messages: 7,
+                bytes: 4096,
+            }],
+        };
+        let text = render(&report);
+        let row = text
+            .lines()
+            .find(|line| line.contains("OBJ_slough-files"))
+            .unwrap_or_default();
+        let cells: Vec<&str> = row
+            .split('┆')
+            .map(|cell| cell.trim_matches(['│', ' ']))
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "OBJ_slough-files",
+                "3",
+                "2",
+                "7",
+                "4096",
+                "SloughGPT uploaded files"
+            ]
+        );
+        assert!(text.find("0 instance(s)") < text.find("STREAM"));
+    }
 
     #[test]
     fn uptime_reads_naturally() {

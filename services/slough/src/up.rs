@@ -1,5 +1,6 @@
-//! `slough up`: the nats-server child (restarted when it exits), every service in this
-//! process, the first admin key and the banner, until Ctrl-C or SIGTERM.
+//! `slough up`: the nats-server children (one, or a local cluster; each restarted when
+//! it exits), every service in this process, the first admin key and the banner, until
+//! Ctrl-C or SIGTERM.
 
 use std::time::Duration;
 
@@ -13,29 +14,36 @@ use crate::{Platform, Settings, platform::ServiceHandle, run_file::RunFile, runt
 /// process exits.
 pub fn up(mut settings: Settings) -> anyhow::Result<()> {
     let mut nats = match &settings.common.nats_url {
-        Some(_) => None,
+        Some(_) => Vec::new(),
         None => {
             let embedded = &settings.common.nats.server;
-            let store = settings.common.data_dir.join("nats").join("jetstream");
-            let server = NatsServer::start(&embedded.options(embedded.port, store))?;
-            tracing::info!(url = %server.url(), log = %server.log_file().display(), "started nats-server");
-            settings.common.nats_url = Some(server.url());
-            Some(server)
+            let servers = embedded.start(&settings.common.data_dir.join("nats"))?;
+            for server in &servers {
+                tracing::info!(url = %server.url(), log = %server.log_file().display(), "started nats-server");
+            }
+            let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+            settings.common.nats_url = Some(urls.join(","));
+            servers
         }
     };
-    let result = runtime().and_then(|rt| rt.block_on(up_services(&settings, nats.as_mut())));
-    if let Some(server) = &mut nats {
+    let result = runtime().and_then(|rt| rt.block_on(up_services(&settings, &mut nats)));
+    for server in &mut nats {
         server.stop();
+    }
+    if !nats.is_empty() {
         tracing::info!("nats-server stopped");
     }
     result
 }
 
-/// Runs every service until Ctrl-C, SIGTERM or a service's failure, restarting the
+/// Runs every service until Ctrl-C, SIGTERM or a service's failure, restarting each
 /// nats-server child (`nats`) whenever it exits. This future runs on the main thread
 /// (`block_on`), so a restarted server keeps the parent-death signal of the first.
-async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> anyhow::Result<()> {
+async fn up_services(settings: &Settings, nats: &mut [NatsServer]) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
+    if nats.len() > 1 {
+        cluster_formed(settings, &nats_url, nats.len()).await?;
+    }
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
     // The addresses the servers bound (a configured port 0 becomes a real one), for the
@@ -50,14 +58,14 @@ async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> 
     );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let mut supervisor = Supervisor::default();
+    let mut supervisors: Vec<Supervisor> = nats.iter().map(|_| Supervisor::default()).collect();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let reason = loop {
         tokio::select! {
             signal = &mut shutdown => break signal?,
             () = platform.failed() => break "a service failed",
             _ = tick.tick() => {
-                if let Some(server) = nats.as_deref_mut() {
+                for (server, supervisor) in nats.iter_mut().zip(&mut supervisors) {
                     supervisor.check(server);
                 }
             }
@@ -70,6 +78,36 @@ async fn up_services(settings: &Settings, mut nats: Option<&mut NatsServer>) -> 
     }
     tracing::info!("all services stopped");
     Ok(())
+}
+
+/// Waits until the local cluster has formed (every node routed, JetStream answering),
+/// so that the services create their streams with a copy on each node.
+async fn cluster_formed(settings: &Settings, nats_url: &str, nodes: usize) -> anyhow::Result<()> {
+    let bus =
+        slough_bus::connect(nats_url, "slough-up", settings.common.nats.bus_options()).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let routed = bus.client().server_info().connect_urls.len() >= nodes;
+        let answered = bus.jetstream_ready().await;
+        if routed && answered.is_ok() {
+            tracing::info!(
+                nodes,
+                "NATS cluster formed; JetStream keeps {} copies",
+                bus.jetstream_replicas()
+            );
+            bus.close().await;
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the local NATS cluster did not form within 30 s (routed: {routed}, JetStream: {}); \
+                 see the nodes' logs under {}",
+                answered.err().unwrap_or_else(|| "ready".to_owned()),
+                settings.common.data_dir.join("nats").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Restarts the nats-server child when it exits: at once the first time, then with a
