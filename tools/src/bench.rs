@@ -120,7 +120,7 @@ struct Timing {
 
 /// Where requests go.
 enum Target {
-    Bus(Bus),
+    Bus(Box<Bus>),
     Direct(Models),
 }
 
@@ -421,7 +421,7 @@ pub async fn inference(
         let bus =
             slough_bus::connect(&url, "slough-bench", settings.common.nats.bus_options()).await?;
         wait_for_model(&bus, &options.model).await?;
-        measure(&Target::Bus(bus), &options).await?
+        measure(&Target::Bus(Box::new(bus)), &options).await?
     };
     print(&report);
     let path = options

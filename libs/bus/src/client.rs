@@ -188,14 +188,52 @@ impl Bus {
     }
 
     /// How many copies JetStream keeps of what this platform stores (its streams and
-    /// buckets): one per server of the cluster, at most three, so that losing a server
-    /// loses nothing; one on a lone server.
+    /// buckets): as configured, else one per server of the cluster, at most three, so
+    /// that losing a server loses nothing; one on a lone server.
     pub fn jetstream_replicas(&self) -> usize {
+        if self.options.jetstream_replicas > 0 {
+            return self.options.jetstream_replicas;
+        }
         let info = self.client.server_info();
         if info.cluster.is_none() {
             return 1;
         }
         info.connect_urls.len().clamp(1, 3)
+    }
+
+    /// Raises the copies JetStream keeps of `stream` to [`Bus::jetstream_replicas`] when it
+    /// was created with fewer (by a service that started before the cluster had formed,
+    /// or on a lone server that became a cluster).
+    pub async fn keep_copies(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Result<(), BusError> {
+        let wanted = self.jetstream_replicas();
+        let mut found = js
+            .get_stream(stream)
+            .await
+            .map_err(|err| BusError::Nats(format!("cannot read stream {stream}: {err}")))?;
+        let mut config = found
+            .info()
+            .await
+            .map_err(|err| BusError::Nats(format!("cannot read stream {stream}: {err}")))?
+            .config
+            .clone();
+        if config.num_replicas >= wanted {
+            return Ok(());
+        }
+        tracing::info!(
+            stream,
+            from = config.num_replicas,
+            to = wanted,
+            "keeping more copies of a stream"
+        );
+        config.num_replicas = wanted;
+        js.update_stream(config).await.map_err(|err| {
+            BusError::Nats(format!("cannot keep {wanted} copies of {stream}: {err}"))
+        })?;
+        Ok(())
     }
 
     /// The largest message the server carries (its `max_payload`, learnt on connect).

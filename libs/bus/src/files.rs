@@ -47,6 +47,7 @@ impl FileStore {
                 .await
                 .map_err(|err| nats("cannot create the file bucket")(err.to_string()))?,
         };
+        bus.keep_copies(&js, &format!("OBJ_{BUCKET}")).await?;
         Ok(FileStore { bucket })
     }
 

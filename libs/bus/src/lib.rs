@@ -50,6 +50,9 @@ pub struct BusOptions {
     /// How often a stream producer sends a frame when it has nothing else to send. A
     /// consumer that hears nothing for [`BusOptions::silence_limit`] gives up.
     pub heartbeat: Duration,
+    /// How many copies JetStream keeps of the streams this client creates; 0: one per
+    /// server of the cluster it sees, at most three (see [`Bus::jetstream_replicas`]).
+    pub jetstream_replicas: usize,
 }
 
 impl Default for BusOptions {
@@ -58,6 +61,7 @@ impl Default for BusOptions {
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
+            jetstream_replicas: 0,
         }
     }
 }

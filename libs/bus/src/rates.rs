@@ -69,6 +69,7 @@ impl Rates {
             .get_key_value(BUCKET)
             .await
             .map_err(|err| BusError::Nats(format!("cannot open the rates bucket: {err}")))?;
+        bus.keep_copies(&js, &format!("KV_{BUCKET}")).await?;
         Ok(Rates {
             bucket,
             turns: Mutex::default(),

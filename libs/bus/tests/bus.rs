@@ -48,6 +48,7 @@ fn options() -> BusOptions {
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
         heartbeat: Duration::from_millis(100),
+        jetstream_replicas: 0,
     }
 }
 

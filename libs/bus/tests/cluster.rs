@@ -1,5 +1,5 @@
 //! The bus on a three-node NATS cluster: a client given the seed servers keeps three
-//! copies of the platform's JetStream buckets, and when the server it talks to dies it
+//! copies of the platform's JetStream buckets (raising those made with fewer), and when the server it talks to dies it
 //! moves to another within seconds, with nothing stored lost and the shared rates still
 //! counting, while the streams report one copy short until the server is back (issue 35,
 //! items 1 and 2 at the bus's level).
@@ -22,8 +22,29 @@ async fn the_bus_keeps_three_copies_and_outlives_a_node() {
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(5),
         heartbeat: Duration::from_millis(100),
+        jetstream_replicas: 0,
     };
-    // One seed is enough to find the others.
+    // A service configured for one copy (or one that started before the cluster had
+    // formed) made the buckets with one copy.
+    let one_copy = BusOptions {
+        jetstream_replicas: 1,
+        ..options
+    };
+    let early = slough_bus::connect(&cluster.url(1), "early", one_copy)
+        .await
+        .unwrap();
+    FileStore::open(&early).await.unwrap();
+    Rates::open(&early).await.unwrap();
+    let made: Vec<u32> = early
+        .streams()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.replicas)
+        .collect();
+    assert_eq!(made, [1, 1]);
+
+    // One seed is enough to find the others; opening the buckets keeps three copies.
     let bus = slough_bus::connect(&cluster.url(0), "cluster-test", options)
         .await
         .unwrap();

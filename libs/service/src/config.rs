@@ -104,6 +104,11 @@ pub struct NatsConfig {
     pub max_in_flight: usize,
     /// `max_in_flight` for named endpoints (`generate = 64`, `ingest = 4`, ...).
     pub max_in_flight_by_endpoint: std::collections::HashMap<String, usize>,
+    /// Copies JetStream keeps of the platform's streams (the fine-tuning queue, the
+    /// files, the shared rates); 0: one per server of the cluster, at most three, as the
+    /// cluster looks when a service creates them. Set it where services may start before
+    /// every server is up (3 in `deploy/`).
+    pub jetstream_replicas: usize,
     /// The `nats-server` that `slough up` starts when `NATS_URL` is unset.
     pub server: EmbeddedNatsConfig,
 }
@@ -116,6 +121,7 @@ impl Default for NatsConfig {
             heartbeat_ms: 1_000,
             max_in_flight: 256,
             max_in_flight_by_endpoint: std::collections::HashMap::new(),
+            jetstream_replicas: 0,
             server: EmbeddedNatsConfig::default(),
         }
     }
@@ -128,6 +134,7 @@ impl NatsConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            jetstream_replicas: self.jetstream_replicas,
         }
     }
 

@@ -54,6 +54,7 @@ impl Queue {
             )
             .await
             .map_err(|err| nats("cannot create the job consumer", err))?;
+        bus.keep_copies(&js, JOB_STREAM).await?;
         Ok(Queue { js, consumer })
     }
 
