@@ -382,10 +382,13 @@ pub async fn share(
         Ok(counter) => {
             let _ = limits.counter.set(counter);
         }
-        Err(err) => tracing::warn!(
-            "requests per minute are counted from each replica's view, without the fleet's \
-             counters: {err}"
-        ),
+        Err(err) => {
+            tracing::warn!(
+                "requests per minute are counted from each replica's view until the fleet's \
+                 counters can be opened (tried again every 5 s): {err}"
+            );
+            tokio::spawn(open_later(bus.clone(), limits.clone(), shutdown.clone()));
+        }
     }
     let mut announced = bus.subscribe(&KEY_USED).await?;
     let (outbox, mut queued) = mpsc::unbounded_channel();
@@ -415,6 +418,22 @@ pub async fn share(
         }
     });
     Ok(())
+}
+
+/// Tries to open the fleet's counters every 5 s until it can (a JetStream cluster still
+/// forming, say) or `shutdown`.
+async fn open_later(bus: Bus, limits: Arc<Limits>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Ok(counter) = Rates::open(&bus).await {
+            let _ = limits.counter.set(counter);
+            tracing::info!("requests per minute are counted on the fleet's counters now");
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
