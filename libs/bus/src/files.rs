@@ -4,6 +4,7 @@
 //! the store; this holds only the bytes, by file id.
 
 use async_nats::jetstream::{self, object_store};
+use slough_protocol::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use crate::{Bus, BusError};
@@ -65,19 +66,27 @@ impl FileStore {
         Ok(info.size as u64)
     }
 
-    /// The content of `id`.
+    /// The content of `id`: `not_found` when the bucket has none, `unavailable` when
+    /// it cannot be read now (a NATS server lost, JetStream electing a new leader).
     pub async fn get(&self, id: &str) -> Result<Vec<u8>, BusError> {
-        let mut object = self.bucket.get(id).await.map_err(|err| {
-            BusError::Service(slough_protocol::ErrorBody::new(
-                slough_protocol::ErrorCode::NotFound,
-                format!("the content of file {id} cannot be read: {err}"),
+        let unavailable = |err: String| {
+            BusError::Service(ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("the content of file {id} cannot be read now: {err}"),
             ))
+        };
+        let mut object = self.bucket.get(id).await.map_err(|err| match err.kind() {
+            object_store::GetErrorKind::NotFound => BusError::Service(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("file {id} has no content in the file store"),
+            )),
+            _ => unavailable(err.to_string()),
         })?;
         let mut bytes = Vec::new();
         object
             .read_to_end(&mut bytes)
             .await
-            .map_err(|err| nats(&format!("cannot read file {id}"))(err.to_string()))?;
+            .map_err(|err| unavailable(err.to_string()))?;
         Ok(bytes)
     }
 

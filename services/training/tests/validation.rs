@@ -72,6 +72,57 @@ async fn start(
     (shutdown, task)
 }
 
+/// Stores `content` as file `id`, as the gateway stores an upload: its row, and its
+/// content on the bus.
+async fn upload(
+    store: &slough_store::Store,
+    files: &slough_bus::FileStore,
+    id: &str,
+    content: Vec<u8>,
+) {
+    files.put(id, &mut content.as_slice()).await.unwrap();
+    let row = file::Model {
+        id: id.to_owned(),
+        owner: OWNER.to_owned(),
+        filename: format!("{id}.jsonl"),
+        purpose: "fine-tune".to_owned(),
+        bytes: content.len() as i64,
+        created_at: chrono::Utc::now(),
+    };
+    file::Entity::insert(file::ActiveModel::from(row))
+        .exec(store.connection())
+        .await
+        .unwrap();
+}
+
+/// A job of the test chat model on `file`.
+fn create(file: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        owner: OWNER.to_owned(),
+        job: serde_json::from_value::<CreateJob>(
+            serde_json::json!({"model": CHAT_MODEL, "training_file": file}),
+        )
+        .unwrap(),
+    }
+}
+
+/// The job `id` once its status is no longer `status` (at most `limit`).
+async fn status_after(bus: &slough_bus::Bus, id: &str, status: JobStatus, limit: Duration) -> Job {
+    let deadline = Instant::now() + limit;
+    loop {
+        let request = JobRequest {
+            id: id.to_owned(),
+            owner: None,
+        };
+        let now: Job = bus.call(&training::GET_JOB, &request).await.unwrap();
+        if now.status != status {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "still {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// This process's resident memory, in MiB.
 fn resident_mib() -> i64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -123,33 +174,8 @@ async fn a_large_file_is_validated_while_the_service_answers() {
     // The file, as the gateway stores an upload: its row, and its content on the bus.
     let store = slough_store::Store::open(None, data.path()).await.unwrap();
     let files = slough_bus::FileStore::open(&bus).await.unwrap();
-    let upload = |id: &'static str, content: Vec<u8>| {
-        let (store, files) = (&store, &files);
-        async move {
-            files.put(id, &mut content.as_slice()).await.unwrap();
-            let row = file::Model {
-                id: id.to_owned(),
-                owner: OWNER.to_owned(),
-                filename: format!("{id}.jsonl"),
-                purpose: "fine-tune".to_owned(),
-                bytes: content.len() as i64,
-                created_at: chrono::Utc::now(),
-            };
-            file::Entity::insert(file::ActiveModel::from(row))
-                .exec(store.connection())
-                .await
-                .unwrap();
-        }
-    };
     let (big, lines) = training_file(64 * 1024 * 1024, true);
-    upload("file-big", big).await;
-    let create = |file: &str| CreateJobRequest {
-        owner: OWNER.to_owned(),
-        job: serde_json::from_value::<CreateJob>(
-            serde_json::json!({"model": CHAT_MODEL, "training_file": file}),
-        )
-        .unwrap(),
-    };
+    upload(&store, &files, "file-big", big).await;
     let before = resident_mib();
     let job: Job = bus
         .call(&training::CREATE_JOB, &create("file-big"))
@@ -200,24 +226,18 @@ async fn a_large_file_is_validated_while_the_service_answers() {
     // is refused as soon as the count passes it, naming the setting.
     let (shutdown, task) = start(&common, &nats, slough_training::Config::default()).await;
     let (large, _) = training_file(16 * 1024 * 1024, false);
-    upload("file-large", large).await;
+    upload(&store, &files, "file-large", large).await;
     let job: Job = bus
         .call(&training::CREATE_JOB, &create("file-large"))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let done = loop {
-        let request = JobRequest {
-            id: job.id.clone(),
-            owner: None,
-        };
-        let now: Job = bus.call(&training::GET_JOB, &request).await.unwrap();
-        if now.status != JobStatus::ValidatingFiles {
-            break now;
-        }
-        assert!(Instant::now() < deadline, "still validating");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = status_after(
+        &bus,
+        &job.id,
+        JobStatus::ValidatingFiles,
+        Duration::from_secs(600),
+    )
+    .await;
     assert_eq!(done.status, JobStatus::Failed);
     let error = done.error.unwrap();
     assert_eq!(error.param.as_deref(), Some("training_file"));
@@ -225,6 +245,79 @@ async fn a_large_file_is_validated_while_the_service_answers() {
         error.message.contains("training.max_job_tokens") && error.message.contains("3 epochs"),
         "{}",
         error.message
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    store.close().await;
+}
+
+/// A file store that cannot be read (JetStream without the bucket, as while a NATS
+/// server is lost and a new leader is elected) does not fail a job as an invalid file:
+/// validation tries again and queues the job once the content can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_store_that_cannot_be_read_delays_validation_and_fails_nothing() {
+    let nats = TestNats::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut common = CommonConfig {
+        data_dir: data.path().to_owned(),
+        models_dir: Some(slough_testkit::test_models_dir()),
+        ..CommonConfig::default()
+    };
+    common.nats.request_timeout_ms = 1_000;
+    let (shutdown, task) = start(&common, &nats, slough_training::Config::default()).await;
+    let bus = slough_bus::connect(&nats.url(), "test", common.nats.bus_options())
+        .await
+        .expect("bus");
+    let store = slough_store::Store::open(None, data.path()).await.unwrap();
+    let files = slough_bus::FileStore::open(&bus).await.unwrap();
+    let (content, _) = training_file(2_000, false);
+    upload(&store, &files, "file-small", content.clone()).await;
+
+    // The bucket goes away; the job is created and cannot be validated.
+    let js = async_nats::jetstream::new(bus.client().clone());
+    js.delete_object_store(slough_bus::files::BUCKET)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job: Job = loop {
+        // The service may not listen yet.
+        match bus.call(&training::CREATE_JOB, &create("file-small")).await {
+            Ok(job) => break job,
+            Err(err) => assert!(Instant::now() < deadline, "cannot create the job: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let request = JobRequest {
+        id: job.id.clone(),
+        owner: None,
+    };
+    let waiting: Job = bus.call(&training::GET_JOB, &request).await.unwrap();
+    assert_eq!(
+        waiting.status,
+        JobStatus::ValidatingFiles,
+        "{:?}",
+        waiting.error
+    );
+
+    // The content is back: the job is validated and queued, not failed.
+    let files = slough_bus::FileStore::open(&bus).await.unwrap();
+    files
+        .put("file-small", &mut content.as_slice())
+        .await
+        .unwrap();
+    let done = status_after(
+        &bus,
+        &job.id,
+        JobStatus::ValidatingFiles,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        matches!(done.status, JobStatus::Queued | JobStatus::Running),
+        "{:?}: {:?}",
+        done.status,
+        done.error
     );
     shutdown.cancel();
     task.await.unwrap();

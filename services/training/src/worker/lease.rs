@@ -80,6 +80,8 @@ impl Worker {
             MethodKind::Classifier => self.run_classifier(&job).await,
         };
         heartbeat.abort();
+        // How long a job handed back waits before it is delivered again.
+        let mut retry_in = Duration::ZERO;
         let status = match outcome {
             Outcome::Succeeded {
                 model,
@@ -126,6 +128,11 @@ impl Worker {
                     _ => Some("cancelled"),
                 }
             }
+            Outcome::Failed(error) if can_wait(&error) => {
+                tracing::warn!(job = %id, "cannot read the job's files now; it goes back to the queue for 5 s: {}", error.message);
+                retry_in = Duration::from_secs(5);
+                None
+            }
             Outcome::Failed(error) => {
                 tracing::warn!(job = %id, "failed: {}", error.message);
                 let _ = self.jobs.fail(&id, &error).await;
@@ -142,7 +149,7 @@ impl Worker {
             None => {
                 self.metrics.finished(&job.model, "interrupted");
                 let _ = self.jobs.release(&id, &self.id).await;
-                delivery.retry_after(Duration::ZERO).await;
+                delivery.retry_after(retry_in).await;
             }
         }
     }

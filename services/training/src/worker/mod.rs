@@ -37,7 +37,7 @@ use slough_modelkit::{
     package::{self, ImportOptions, Manifest, ModelKind, Quiet},
 };
 use slough_protocol::{
-    ErrorBody, inference,
+    ErrorBody, ErrorCode, inference,
     training::{
         ClassifierResult, EventLevel, Hyperparameters, JobError, JobStatus, Lora, MethodKind,
         Setting,
@@ -109,6 +109,16 @@ enum Outcome {
     Stopped,
     /// This worker is shutting down: the job goes back to the queue.
     Interrupted,
+}
+
+/// The code of a job error that is no fault of the job: its files cannot be read from
+/// the file store now (a NATS server lost, JetStream electing a new leader). Such a job
+/// is tried again shortly, not failed.
+const FILES_UNAVAILABLE: &str = "files_unavailable";
+
+/// Whether `error` passes once the file store answers again.
+fn can_wait(error: &JobError) -> bool {
+    error.code == FILES_UNAVAILABLE
 }
 
 fn job_error(code: &str, message: impl Into<String>, param: Option<&str>) -> JobError {
@@ -221,7 +231,12 @@ impl Worker {
             .files
             .get(file_id)
             .await
-            .map_err(|err| job_error(&code, err.to_string(), Some(param)))?;
+            .map_err(|err| match err.code() {
+                ErrorCode::Unavailable => {
+                    job_error(FILES_UNAVAILABLE, err.to_string(), Some(param))
+                }
+                _ => job_error(&code, err.to_string(), Some(param)),
+            })?;
         String::from_utf8(bytes).map_err(|_| {
             job_error(
                 &code,

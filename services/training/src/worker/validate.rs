@@ -74,18 +74,43 @@ impl Worker {
     }
 
     /// Checks a `validating_files` job's files; queues it or fails it naming the problem.
+    /// While its files cannot be read (the file store unavailable), it tries again, from
+    /// half a second apart to 30 s, for up to 10 minutes; after that the job waits in
+    /// `validating_files` for the service's next start.
     pub async fn validate(&self, id: &str) {
-        if let Err(err) = self.try_validate(id).await {
-            tracing::warn!(job = id, "cannot validate the job now: {err}");
+        let mut delay = Duration::from_millis(500);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match self.try_validate(id).await {
+                Ok(None) => return,
+                Ok(Some(reason)) if Instant::now() < deadline => {
+                    tracing::warn!(job = id, retry_in = ?delay, "cannot read the job's files now: {reason}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Ok(Some(reason)) => {
+                    tracing::error!(
+                        job = id,
+                        "the job's files could not be read for 10 minutes; it is validated again when the service restarts: {reason}"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(job = id, "cannot validate the job now: {err}");
+                    return;
+                }
+            }
         }
     }
 
-    async fn try_validate(&self, id: &str) -> Result<(), ErrorBody> {
+    /// Validates the job once; `Some(reason)` when its files cannot be read now.
+    async fn try_validate(&self, id: &str) -> Result<Option<String>, ErrorBody> {
         let job = self.jobs.get(id, None).await?;
         if jobs::status(&job) != JobStatus::ValidatingFiles {
-            return Ok(());
+            return Ok(None);
         }
         match self.check_files(&job).await {
+            Err(error) if can_wait(&error) => return Ok(Some(error.message)),
             Err(error) => {
                 self.jobs.fail(id, &error).await?;
             }
@@ -105,6 +130,6 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
