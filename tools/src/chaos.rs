@@ -19,6 +19,10 @@
 //!   with a clean 503 while it is gone, the gateway's `/readyz` names the store, and
 //!   without a restart requests succeed again within 5 s of its return, with every
 //!   answered request in the usage accounting;
+//! - `node-loss`: on a cluster of three NATS servers, one is killed (SIGKILL) under load
+//!   with a fine-tuning job queued and a file stored, and restarted 5 s later: requests
+//!   in flight end with a clean error, new requests all succeed again within 10 s, the
+//!   job runs exactly once, the file reads back whole and usage counts every request;
 //! - `collection-delete`: collections are deleted while 300 documents are being
 //!   ingested into each, under the load: every process lives on, each ingest ends
 //!   with its documents stored or a clean 409 (or 404 when the deletion came first),
@@ -50,6 +54,7 @@ pub enum Scenario {
     NatsRestart,
     StoreOutage,
     CollectionDelete,
+    NodeLoss,
 }
 
 /// How hard and how long.
@@ -76,21 +81,24 @@ pub struct ChaosOptions {
 /// Runs one scenario and prints its figures; an error when its promise is broken.
 pub fn run(settings: &Settings, options: &ChaosOptions) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("slough-chaos-").tempdir()?;
-    let mut nats = NatsServer::start(
-        &settings
-            .common
-            .nats
-            .server
-            .options(0, scratch.path().join("nats")),
-    )?;
+    let mut server = settings.common.nats.server.clone();
+    server.port = 0;
+    server.nodes = if options.scenario == Scenario::NodeLoss {
+        3
+    } else {
+        1
+    };
+    let mut nats = server.start(&scratch.path().join("nats"))?;
+    let urls: Vec<String> = nats.iter().map(NatsServer::url).collect();
     let rt = slough::runtime()?;
-    let mut cluster = Cluster::new(settings, scratch.path(), nats.url())?;
+    let mut cluster = Cluster::new(settings, scratch.path(), urls.join(","))?;
     let outcome = match options.scenario {
-        Scenario::Soak => rt.block_on(soak(&mut cluster, &nats, options)),
+        Scenario::Soak => rt.block_on(soak(&mut cluster, &nats[0], options)),
         Scenario::ReplicaLoss => rt.block_on(replica_loss(&mut cluster, settings, options)),
-        Scenario::NatsRestart => nats_restart(&rt, &mut cluster, &mut nats, options),
+        Scenario::NatsRestart => nats_restart(&rt, &mut cluster, &mut nats[0], options),
         Scenario::StoreOutage => rt.block_on(store_outage(&mut cluster, options)),
         Scenario::CollectionDelete => rt.block_on(collection_delete(&mut cluster, options)),
+        Scenario::NodeLoss => node_loss(&rt, &mut cluster, &mut nats, options),
     };
     cluster.stop();
     if outcome.is_err() {
@@ -756,20 +764,7 @@ async fn replica_loss(
         .max()
         .unwrap_or_default();
     let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started >= killed).collect();
-    // New requests all succeed from the start of the first one after the last failure.
-    let recovery = after
-        .iter()
-        .filter(|o| o.error.is_some())
-        .map(|o| o.started - killed)
-        .max()
-        .map_or(Duration::ZERO, |last| {
-            after
-                .iter()
-                .map(|o| o.started - killed)
-                .filter(|t| *t > last)
-                .min()
-                .unwrap_or(last)
-        });
+    let recovery = recovery(&after, killed);
     // Usage is stored in the background; give it a moment.
     let accounted = accounted(&gateway, usage_before, outcomes.len() as u64).await?;
 
@@ -821,6 +816,24 @@ async fn replica_loss(
         broken.push("usage lost requests".to_owned());
     }
     print_table("replica loss", &table, &broken)
+}
+
+/// How long after `fault` new requests all succeed: from the fault to the start of the
+/// first request after the last failed one (`after`: the requests started since).
+fn recovery(after: &[&Outcome], fault: Duration) -> Duration {
+    after
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| o.started - fault)
+        .max()
+        .map_or(Duration::ZERO, |last| {
+            after
+                .iter()
+                .map(|o| o.started - fault)
+                .filter(|t| *t > last)
+                .min()
+                .unwrap_or(last)
+        })
 }
 
 /// Six chat examples in OpenAI's format: a fine-tuning job of a few seconds.
@@ -889,30 +902,7 @@ fn nats_restart(
         let outcomes = load.finish().await;
         // The job runs to its end.
         let id = job["id"].as_str().unwrap_or_default().to_owned();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let status = loop {
-            let state = gateway.get(&format!("/v1/fine_tuning/jobs/{id}")).await?;
-            let status = state["status"].as_str().unwrap_or_default().to_owned();
-            if ["succeeded", "failed", "cancelled"].contains(&status.as_str())
-                || Instant::now() > deadline
-            {
-                break status;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        let events = gateway
-            .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
-            .await?;
-        let starts = events["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| {
-                e["message"].as_str().is_some_and(|m| {
-                    m.starts_with("Fine-tuning started") || m.starts_with("Resumed from")
-                })
-            })
-            .count();
+        let (status, starts) = job_runs(&gateway, &id).await?;
 
         let gap: Vec<&Outcome> = outcomes
             .iter()
@@ -974,6 +964,176 @@ fn nats_restart(
             ));
         }
         print_table("NATS restart", &table, &broken)
+    })
+}
+
+/// The fine-tuning job `id` followed to its end (at most 10 min): its last status, and how
+/// often it started or resumed (once, when nothing ran it twice).
+async fn job_runs(gateway: &GatewayClient, id: &str) -> anyhow::Result<(String, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        let state = gateway.get(&format!("/v1/fine_tuning/jobs/{id}")).await?;
+        let status = state["status"].as_str().unwrap_or_default().to_owned();
+        if ["succeeded", "failed", "cancelled"].contains(&status.as_str())
+            || Instant::now() > deadline
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let events = gateway
+        .get(&format!("/v1/fine_tuning/jobs/{id}/events?limit=100"))
+        .await?;
+    let starts = events["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["message"].as_str().is_some_and(|m| {
+                m.starts_with("Fine-tuning started") || m.starts_with("Resumed from")
+            })
+        })
+        .count();
+    Ok((status, starts))
+}
+
+/// How long the NATS node is gone in `node-loss`.
+const NODE_DOWN: Duration = Duration::from_secs(5);
+
+fn node_loss(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut Cluster,
+    nats: &mut [NatsServer],
+    options: &ChaosOptions,
+) -> anyhow::Result<()> {
+    let services = [
+        ("inference", "inference"),
+        ("gateway", "gateway"),
+        ("rag", "rag"),
+        ("personality", "personality"),
+        ("training", "training"),
+        ("monitoring", "monitoring"),
+    ];
+    let training_file = tiny_training_file();
+    let (gateway, load, job, file, usage_before) = rt.block_on(async {
+        // The services make their streams once the cluster has formed, one copy a node.
+        let bus = slough_bus::connect(&cluster.nats_url, "chaos", Default::default()).await?;
+        bus.wait_for_cluster(nats.len(), Duration::from_secs(30))
+            .await?;
+        bus.close().await;
+        let (gateway, chat, embed) = start(cluster, &services).await?;
+        let file = gateway
+            .upload(
+                "/v1/files",
+                &[("purpose", "fine-tune")],
+                "chaos.jsonl",
+                training_file.clone(),
+            )
+            .await?;
+        let usage_before = requests_used(&gateway).await?;
+        let load = Load::start(&gateway, &chat, &embed, options);
+        tokio::time::sleep(Duration::from_secs(options.seconds / 2).max(Duration::from_secs(5)))
+            .await;
+        let job = gateway
+            .post(
+                "/v1/fine_tuning/jobs",
+                &json!({"model": chat, "training_file": file["id"],
+                        "hyperparameters": {"n_epochs": 1, "batch_size": 1}, "lora": {"rank": 4}}),
+            )
+            .await?;
+        anyhow::Ok((gateway, load, job, file, usage_before))
+    })?;
+    // The fault: the first node dies (SIGKILL, as a machine would) with the job queued
+    // and the load running, and comes back after a while with its store.
+    let killed = load.now();
+    signal(nats[0].pid(), "KILL");
+    std::thread::sleep(NODE_DOWN);
+    nats[0].restart()?;
+    let restarted = load.now();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_secs(options.seconds / 2).max(Duration::from_secs(5)))
+            .await;
+        let outcomes = load.finish().await;
+        let id = job["id"].as_str().unwrap_or_default().to_owned();
+        let (status, starts) = job_runs(&gateway, &id).await?;
+        // The file stored before the loss reads back whole.
+        let file_id = file["id"].as_str().unwrap_or_default();
+        let content = reqwest::Client::new()
+            .get(format!("{}/v1/files/{file_id}/content", cluster.gateway))
+            .bearer_auth(&cluster.admin_key)
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let accounted = accounted(&gateway, usage_before, outcomes.len() as u64).await?;
+
+        let in_flight: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.started < killed && o.ended >= killed)
+            .collect();
+        let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started >= killed).collect();
+        let recovery = recovery(&after, killed);
+        let mut table = new_table();
+        table.add_row(vec![
+            "streams (NATS nodes)".to_owned(),
+            format!("{} (3, one killed)", options.streams),
+        ]);
+        load_rows(&mut table, &outcomes);
+        table.add_row(vec![
+            "node down".to_owned(),
+            format!("{} ms", (restarted - killed).as_millis()),
+        ]);
+        table.add_row(vec![
+            "in flight at the kill: failed / all".to_owned(),
+            format!(
+                "{} / {}",
+                in_flight.iter().filter(|o| o.error.is_some()).count(),
+                in_flight.len()
+            ),
+        ]);
+        table.add_row(vec![
+            "their errors".to_owned(),
+            error_summary(in_flight.iter().copied()),
+        ]);
+        table.add_row(vec![
+            "errors of requests sent after the kill".to_owned(),
+            error_summary(after.iter().copied()),
+        ]);
+        table.add_row(vec![
+            "new requests all succeed after".to_owned(),
+            format!("{} ms", recovery.as_millis()),
+        ]);
+        table.add_row(vec![
+            "fine-tuning job queued before: status, runs".to_owned(),
+            format!("{status}, {starts}"),
+        ]);
+        table.add_row(vec![
+            "file stored before reads back whole".to_owned(),
+            (content.as_ref() == training_file.as_slice()).to_string(),
+        ]);
+        table.add_row(vec![
+            "usage: requests accounted / made".to_owned(),
+            format!("{accounted} / {}", outcomes.len()),
+        ]);
+        let mut broken = Vec::new();
+        if outcomes.iter().any(|o| !o.is_clean()) {
+            broken.push("a request failed without a clean error (or hung)".to_owned());
+        }
+        if recovery > Duration::from_secs(10) {
+            broken.push(format!("new requests failed for {recovery:?}"));
+        }
+        if status != "succeeded" || starts != 1 {
+            broken.push(format!(
+                "the fine-tuning job ended {status} after {starts} runs"
+            ));
+        }
+        if content.as_ref() != training_file.as_slice() {
+            broken.push("the file stored before the loss changed".to_owned());
+        }
+        if accounted != outcomes.len() as u64 {
+            broken.push("usage lost requests".to_owned());
+        }
+        print_table("NATS node loss", &table, &broken)
     })
 }
 

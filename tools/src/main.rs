@@ -41,7 +41,8 @@ enum Command {
     /// memory growth under 5 %), `replica-loss` (SIGKILL one of two inference replicas),
     /// `nats-restart` (stop and restart nats-server), `store-outage` (PostgreSQL refuses
     /// connections for a while), `collection-delete` (collections deleted while documents
-    /// are being ingested into them).
+    /// are being ingested into them), `node-loss` (SIGKILL one of three clustered NATS
+    /// servers).
     Chaos(chaos::ChaosOptions),
 }
 

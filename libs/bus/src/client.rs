@@ -201,6 +201,27 @@ impl Bus {
         info.connect_urls.len().clamp(1, 3)
     }
 
+    /// Waits until the cluster this client is on has `nodes` servers routed together and
+    /// JetStream answers, so that streams made next get a copy on each (at most `limit`).
+    pub async fn wait_for_cluster(&self, nodes: usize, limit: Duration) -> Result<(), BusError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let routed = self.client.server_info().connect_urls.len() >= nodes;
+            let answered = self.jetstream_ready().await;
+            if routed && answered.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BusError::Nats(format!(
+                    "the NATS cluster did not form within {limit:?} (all {nodes} servers \
+                     routed: {routed}; JetStream: {})",
+                    answered.err().unwrap_or_else(|| "ready".to_owned())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Raises the copies JetStream keeps of `stream` to [`Bus::jetstream_replicas`] when it
     /// was created with fewer (by a service that started before the cluster had formed,
     /// or on a lone server that became a cluster).

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use slough_protocol::ServiceKind;
 use slough_service::NatsServer;
 
@@ -85,29 +87,21 @@ async fn up_services(settings: &Settings, nats: &mut [NatsServer]) -> anyhow::Re
 async fn cluster_formed(settings: &Settings, nats_url: &str, nodes: usize) -> anyhow::Result<()> {
     let bus =
         slough_bus::connect(nats_url, "slough-up", settings.common.nats.bus_options()).await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let routed = bus.client().server_info().connect_urls.len() >= nodes;
-        let answered = bus.jetstream_ready().await;
-        if routed && answered.is_ok() {
-            tracing::info!(
-                nodes,
-                "NATS cluster formed; JetStream keeps {} copies",
-                bus.jetstream_replicas()
-            );
-            bus.close().await;
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "the local NATS cluster did not form within 30 s (routed: {routed}, JetStream: {}); \
-                 see the nodes' logs under {}",
-                answered.err().unwrap_or_else(|| "ready".to_owned()),
-                settings.common.data_dir.join("nats").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let formed = bus.wait_for_cluster(nodes, Duration::from_secs(30)).await;
+    if formed.is_ok() {
+        tracing::info!(
+            nodes,
+            "NATS cluster formed; JetStream keeps {} copies",
+            bus.jetstream_replicas()
+        );
     }
+    bus.close().await;
+    formed.with_context(|| {
+        format!(
+            "see the nodes' logs under {}",
+            settings.common.data_dir.join("nats").display()
+        )
+    })
 }
 
 /// Restarts the nats-server child when it exits: at once the first time, then with a
