@@ -10,11 +10,17 @@
   render (or is one of its StatefulSet's volume claim templates);
 - every Service selects some pod and targets ports that pod declares;
 - every HorizontalPodAutoscaler scales a Deployment of the render that requests CPU;
+- every pod metric an autoscaler follows is served by a prometheus-adapter rule of the
+  render (`prometheus-adapter-rules`) that sums one series per pod, and that series is
+  one the Grafana dashboards chart (scripts/check-dashboards proves those on a live
+  Prometheus fed by the real services);
 - every SLOUGH_* setting the manifests give is documented in the README.
 
 Runs with the virtual environment's python (PyYAML comes with kubernetes-validate).
 """
 
+import glob
+import os
 import re
 import sys
 
@@ -115,10 +121,48 @@ def main(rendered, readme):
         elif not all("cpu" in c.get("resources", {}).get("requests", {}) for c in deployment["spec"]["template"]["spec"]["containers"]):
             problems.append(f"HorizontalPodAutoscaler {name}: {target['name']} requests no CPU to measure use against")
 
+    problems += adapter_problems(by_kind, os.path.dirname(os.path.abspath(readme)))
+
     if problems:
         print(f"check-k8s: {rendered}:\n  " + "\n  ".join(problems), file=sys.stderr)
         sys.exit(1)
     print(f"check-k8s: {rendered}: {len(objects)} objects refer to each other consistently", file=sys.stderr)
+
+
+def adapter_problems(by_kind, root):
+    """What is wrong with the pod metrics the autoscalers follow and their adapter rules."""
+    problems = []
+    wanted = {
+        (name, metric["pods"]["metric"]["name"])
+        for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items()
+        for metric in hpa["spec"].get("metrics", [])
+        if metric["type"] == "Pods"
+    }
+    if not wanted:
+        return problems
+    rules_map = by_kind.get("ConfigMap", {}).get("prometheus-adapter-rules")
+    if not rules_map:
+        return [f"HorizontalPodAutoscaler {hpa}: follows pod metrics, but the render has no prometheus-adapter-rules ConfigMap" for hpa, _ in sorted(wanted)]
+    charted = "".join(open(path).read() for path in glob.glob(os.path.join(root, "grafana/dashboards/*.json")))
+    served = {}
+    for rule in yaml.safe_load(rules_map["data"]["config.yaml"])["rules"]:
+        series = re.match(r"'?([a-z_:]+)\{", rule["seriesQuery"])
+        name = rule["name"]["as"]
+        overrides = rule.get("resources", {}).get("overrides", {})
+        if not series:
+            problems.append(f"prometheus-adapter rule {name}: its seriesQuery names no series")
+            continue
+        if {overrides.get(k, {}).get("resource") for k in ("namespace", "pod")} != {"namespace", "pod"}:
+            problems.append(f"prometheus-adapter rule {name}: does not map the namespace and pod labels to their resources")
+        if not all(part in rule["metricsQuery"] for part in ("<<.Series>>", "<<.LabelMatchers>>", "by (<<.GroupBy>>)")):
+            problems.append(f"prometheus-adapter rule {name}: its metricsQuery does not sum the series per pod")
+        if series.group(1) not in charted:
+            problems.append(f"prometheus-adapter rule {name}: {series.group(1)} is on no Grafana dashboard, so nothing proves the services export it")
+        served[name] = series.group(1)
+    for hpa, metric in sorted(wanted):
+        if metric not in served:
+            problems.append(f"HorizontalPodAutoscaler {hpa}: follows pod metric {metric}, which no prometheus-adapter rule serves")
+    return problems
 
 
 if __name__ == "__main__":
