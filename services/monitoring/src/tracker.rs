@@ -122,6 +122,7 @@ fn report(
 pub struct TrackerMetrics {
     instances: IntGaugeVec,
     sweep_duration: Histogram,
+    stream_copies: IntGaugeVec,
 }
 
 impl TrackerMetrics {
@@ -140,15 +141,33 @@ impl TrackerMetrics {
             )
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]),
         )?;
+        let stream_copies = IntGaugeVec::new(
+            Opts::new(
+                "slough_monitoring_jetstream_copies",
+                "Copies of each JetStream stream: those configured, and those current now.",
+            ),
+            &["stream", "state"],
+        )?;
         registry.register(Box::new(instances.clone()))?;
         registry.register(Box::new(sweep_duration.clone()))?;
+        registry.register(Box::new(stream_copies.clone()))?;
         Ok(TrackerMetrics {
             instances,
             sweep_duration,
+            stream_copies,
         })
     }
 
     fn count(&self, report: &StatusReport) {
+        // Streams that went away leave the metric with them.
+        self.stream_copies.reset();
+        for stream in &report.streams {
+            for (state, copies) in [("configured", stream.replicas), ("current", stream.current)] {
+                self.stream_copies
+                    .with_label_values(&[stream.name.as_str(), state])
+                    .set(i64::from(copies));
+            }
+        }
         for service in ServiceKind::ALL {
             for healthy in [true, false] {
                 let count = report
