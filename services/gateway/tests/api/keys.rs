@@ -364,19 +364,3 @@ async fn a_keys_minute_limits_hold_across_gateways() {
     }
     platform.stop().await;
 }
-
-/// Sends `request()` until it is answered `status`; fails when that takes over a second.
-async fn answered_within_a_second(request: impl Fn() -> reqwest::RequestBuilder, status: u16) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    loop {
-        let now = request().send().await.unwrap().status().as_u16();
-        if now == status {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {now} on the other gateway, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}

@@ -12,6 +12,7 @@
 mod support;
 
 mod audit;
+mod cluster;
 mod collections;
 mod erasure;
 mod errors;
@@ -29,7 +30,8 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use slough_protocol::inference;
 use support::{
-    BUILTIN_PERSONAS, CHAT, EMBED, Platform, gateway_config, inference_config, read_events,
+    BUILTIN_PERSONAS, CHAT, EMBED, Platform, answered_within_a_second, gateway_config,
+    inference_config, read_events,
 };
 
 fn france() -> Value {

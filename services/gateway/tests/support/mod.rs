@@ -1,5 +1,6 @@
-//! A platform for the gateway's tests: a real nats-server, the inference service with
-//! the real test models, and the gateway on a free port with a fresh SQLite store.
+//! A platform for the gateway's tests: a real nats-server (or a cluster of three), the
+//! inference service with the real test models, and the gateway on a free port with a
+//! fresh SQLite store.
 
 #![allow(dead_code, unused_imports, reason = "each test file uses part of this")]
 
@@ -8,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::Value;
 use slough_protocol::ServiceKind;
 use slough_service::{CommonConfig, ServiceContext};
-use slough_testkit::TestNats;
+use slough_testkit::{TestNats, TestNatsCluster};
 use tokio_util::sync::CancellationToken;
 
 pub use slough_testkit::{CHAT_MODEL as CHAT, EMBED_MODEL as EMBED};
@@ -28,8 +29,49 @@ impl Running {
     }
 }
 
+/// The NATS the platform runs on.
+pub enum Nats {
+    One(TestNats),
+    Cluster(TestNatsCluster),
+}
+
+impl Nats {
+    /// The server's URL; on a cluster, its first server's only: every service starts
+    /// there and learns the others from it, so losing that server moves them all.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::One(nats) => nats.url(),
+            Nats::Cluster(cluster) => cluster.url(0),
+        }
+    }
+
+    /// The single server (the tests that stop and restart it run on one).
+    fn one(&mut self) -> &mut TestNats {
+        match self {
+            Nats::One(nats) => nats,
+            Nats::Cluster(_) => panic!("this platform runs on a NATS cluster"),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.one().stop();
+    }
+
+    pub fn restart(&mut self) {
+        self.one().restart();
+    }
+
+    /// The cluster (a platform started with `Options::cluster`).
+    pub fn cluster(&mut self) -> &mut TestNatsCluster {
+        match self {
+            Nats::Cluster(cluster) => cluster,
+            Nats::One(_) => panic!("this platform runs on one NATS server"),
+        }
+    }
+}
+
 pub struct Platform {
-    pub nats: TestNats,
+    pub nats: Nats,
     pub url: String,
     pub admin_key: String,
     pub http: reqwest::Client,
@@ -66,6 +108,8 @@ pub struct Options {
     pub models_dir: Option<std::path::PathBuf>,
     /// Also the training service.
     pub training: bool,
+    /// On a cluster of three NATS servers instead of one.
+    pub cluster: bool,
 }
 
 /// The gateway settings tests start from: a free port, small limits.
@@ -117,7 +161,11 @@ impl Platform {
         inference: slough_inference::Config,
         options: Options,
     ) -> Platform {
-        let nats = TestNats::start();
+        let nats = if options.cluster {
+            Nats::Cluster(TestNatsCluster::start(3).await)
+        } else {
+            Nats::One(TestNats::start())
+        };
         let data = tempfile::tempdir().expect("data dir");
         let models = options
             .models_dir
@@ -414,7 +462,7 @@ async fn metric(admin: Option<&str>, series: &str) -> f64 {
 
 async fn start_inference(
     common: &CommonConfig,
-    nats: &TestNats,
+    nats: &Nats,
     config: slough_inference::Config,
 ) -> Running {
     start_service(ServiceKind::Inference, common, nats, move |ctx, stop| {
@@ -432,7 +480,7 @@ type RunFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 async fn start_service(
     kind: ServiceKind,
     common: &CommonConfig,
-    nats: &TestNats,
+    nats: &Nats,
     run: impl FnOnce(ServiceContext, CancellationToken) -> RunFuture,
 ) -> Running {
     let ctx = ServiceContext::start(
@@ -459,7 +507,7 @@ async fn start_service(
 /// Starts a gateway and waits for its API's address; answers it as a URL.
 async fn start_gateway(
     common: &CommonConfig,
-    nats: &TestNats,
+    nats: &Nats,
     config: slough_gateway::Config,
 ) -> (Running, String) {
     let gateway = start_service(ServiceKind::Gateway, common, nats, move |ctx, stop| {
@@ -495,4 +543,20 @@ pub async fn read_events(response: reqwest::Response) -> (Vec<Value>, bool) {
         }
     }
     (events, done)
+}
+
+/// Sends `request()` until it is answered `status`; fails when that takes over a second.
+pub async fn answered_within_a_second(request: impl Fn() -> reqwest::RequestBuilder, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let now = request().send().await.unwrap().status().as_u16();
+        if now == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now} on the other gateway, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
