@@ -89,9 +89,8 @@ pub fn run(settings: &Settings, options: &ChaosOptions) -> anyhow::Result<()> {
         1
     };
     let mut nats = server.start(&scratch.path().join("nats"))?;
-    let urls: Vec<String> = nats.iter().map(NatsServer::url).collect();
     let rt = slough::runtime()?;
-    let mut cluster = Cluster::new(settings, scratch.path(), urls.join(","))?;
+    let mut cluster = Cluster::new(settings, scratch.path(), NatsServer::seed_urls(&nats))?;
     let outcome = match options.scenario {
         Scenario::Soak => rt.block_on(soak(&mut cluster, &nats[0], options)),
         Scenario::ReplicaLoss => rt.block_on(replica_loss(&mut cluster, settings, options)),
@@ -1017,10 +1016,9 @@ fn node_loss(
     let training_file = tiny_training_file();
     let (gateway, load, job, file, usage_before) = rt.block_on(async {
         // The services make their streams once the cluster has formed, one copy a node.
-        let bus = slough_bus::connect(&cluster.nats_url, "chaos", Default::default()).await?;
-        bus.wait_for_cluster(nats.len(), Duration::from_secs(30))
+        let (url, nodes) = (&cluster.nats_url, nats.len());
+        slough_bus::wait_for_cluster(url, nodes, Default::default(), Duration::from_secs(30))
             .await?;
-        bus.close().await;
         let (gateway, chat, embed) = start(cluster, &services).await?;
         let file = gateway
             .upload(

@@ -51,9 +51,10 @@ const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Connects to `url` (one server, or a cluster's seed servers separated by commas: the
 /// client learns the rest of the cluster from them and reconnects to any), retrying with
-/// exponential backoff (100 ms doubling to 5 s) until `options.connect_timeout`. Once connected, the client reconnects forever, trying at
-/// least every [`MAX_RECONNECT_DELAY`] so service resumes soon after NATS returns;
-/// disconnects, reconnects and slow consumers are logged, a repeating error once.
+/// exponential backoff (100 ms doubling to 5 s) until `options.connect_timeout`. Once
+/// connected, the client reconnects forever, trying at least every
+/// [`MAX_RECONNECT_DELAY`] so service resumes soon after NATS returns; disconnects,
+/// reconnects and slow consumers are logged, a repeating error once.
 pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, BusError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
@@ -105,6 +106,52 @@ pub async fn connect(url: &str, name: &str, options: BusOptions) -> Result<Bus, 
             }
         }
     }
+}
+
+/// Waits (at most `limit`) until the NATS cluster at `url` has its `nodes` servers routed
+/// together and JetStream can place a stream with a copy on each, so that the streams
+/// the services make next get them all.
+pub async fn wait_for_cluster(
+    url: &str,
+    nodes: usize,
+    options: BusOptions,
+    limit: Duration,
+) -> Result<(), BusError> {
+    use async_nats::jetstream::stream;
+    let bus = connect(url, "cluster-check", options).await?;
+    let js = async_nats::jetstream::new(bus.client.clone());
+    let probe = stream::Config {
+        name: "slough-cluster-check".to_owned(),
+        subjects: vec!["slough.cluster-check".to_owned()],
+        storage: stream::StorageType::Memory,
+        num_replicas: nodes,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + limit;
+    let formed = loop {
+        let placed = if bus.client.server_info().connect_urls.len() < nodes {
+            Err(format!("not all {nodes} servers are routed together yet"))
+        } else {
+            js.create_stream(probe.clone())
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string())
+        };
+        match placed {
+            Ok(()) => {
+                let _ = js.delete_stream(&probe.name).await;
+                break Ok(());
+            }
+            Err(why) if Instant::now() > deadline => {
+                break Err(BusError::Nats(format!(
+                    "the NATS cluster did not form within {limit:?}: {why}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    bus.close().await;
+    formed
 }
 
 /// The longest wait between two reconnect attempts.
@@ -199,27 +246,6 @@ impl Bus {
             return 1;
         }
         info.connect_urls.len().clamp(1, 3)
-    }
-
-    /// Waits until the cluster this client is on has `nodes` servers routed together and
-    /// JetStream answers, so that streams made next get a copy on each (at most `limit`).
-    pub async fn wait_for_cluster(&self, nodes: usize, limit: Duration) -> Result<(), BusError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let routed = self.client.server_info().connect_urls.len() >= nodes;
-            let answered = self.jetstream_ready().await;
-            if routed && answered.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(BusError::Nats(format!(
-                    "the NATS cluster did not form within {limit:?} (all {nodes} servers \
-                     routed: {routed}; JetStream: {})",
-                    answered.err().unwrap_or_else(|| "ready".to_owned())
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Raises the copies JetStream keeps of `stream` to [`Bus::jetstream_replicas`] when it
@@ -434,9 +460,8 @@ impl Bus {
             )));
         }
         let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
-        let streams = answer["streams"].as_array().cloned().unwrap_or_default();
+        let streams = answer["streams"].as_array().into_iter().flatten();
         Ok(streams
-            .iter()
             .map(|stream| {
                 let config = &stream["config"];
                 let replicas = u32::try_from(number(&config["num_replicas"]).max(1)).unwrap_or(1);

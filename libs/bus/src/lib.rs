@@ -18,7 +18,7 @@ mod trace;
 
 use std::time::Duration;
 
-pub use client::{Bus, connect};
+pub use client::{Bus, connect, wait_for_cluster};
 pub use error::BusError;
 pub use event::EventStream;
 pub use files::FileStore;

@@ -203,23 +203,10 @@ impl EmbeddedNatsConfig {
                 self.nodes
             )));
         }
-        let mut servers: Vec<crate::NatsServer> = Vec::with_capacity(self.nodes);
-        for index in 0..self.nodes {
+        crate::NatsServer::start_cluster("slough", self.nodes, |index| {
             let port = if index == 0 { self.port } else { 0 };
-            let mut options =
-                self.options(port, dir.join(format!("node{index}")).join("jetstream"));
-            options.cluster = Some(crate::ClusterOptions {
-                name: "slough".to_owned(),
-                node: format!("node{index}"),
-                routes: servers
-                    .first()
-                    .and_then(crate::NatsServer::route_url)
-                    .into_iter()
-                    .collect(),
-            });
-            servers.push(crate::NatsServer::start(&options)?);
-        }
-        Ok(servers)
+            self.options(port, dir.join(format!("node{index}")).join("jetstream"))
+        })
     }
 }
 

@@ -121,9 +121,41 @@ impl NatsServer {
         self.wait_ready(Duration::from_secs(15)).map(drop)
     }
 
+    /// Starts `nodes` servers as one cluster named `name`: node `i` (named `node<i>`) as
+    /// `options(i)` says, routed to the first node.
+    pub fn start_cluster(
+        name: &str,
+        nodes: usize,
+        options: impl Fn(usize) -> NatsServerOptions,
+    ) -> Result<Vec<NatsServer>, ServiceError> {
+        let mut servers: Vec<NatsServer> = Vec::with_capacity(nodes);
+        for index in 0..nodes {
+            let routes = servers.first().and_then(NatsServer::route_url);
+            let node = NatsServerOptions {
+                cluster: Some(ClusterOptions {
+                    name: name.to_owned(),
+                    node: format!("node{index}"),
+                    routes: routes.into_iter().collect(),
+                }),
+                ..options(index)
+            };
+            servers.push(NatsServer::start(&node)?);
+        }
+        Ok(servers)
+    }
+
     /// `nats://127.0.0.1:<cluster port>`, the URL other nodes route to (a cluster node only).
     pub fn route_url(&self) -> Option<String> {
         (self.cluster_port != 0).then(|| format!("nats://127.0.0.1:{}", self.cluster_port))
+    }
+
+    /// The client URLs of `servers`, comma-separated: what `NATS_URL` takes.
+    pub fn seed_urls(servers: &[NatsServer]) -> String {
+        servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `nats://127.0.0.1:<port>`.

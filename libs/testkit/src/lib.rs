@@ -1,11 +1,11 @@
 //! Test support: a real `nats-server` on a port it picks itself, with a throw-away
-//! JetStream directory (or a cluster of three), and a fresh PostgreSQL database per test. Tests use the real
-//! things, and no test guesses a free port: every server binds port 0 and says which
-//! port it got.
+//! JetStream directory (or a cluster of them), and a fresh PostgreSQL database per test.
+//! Tests use the real things, and no test guesses a free port: every server binds port 0
+//! and says which port it got.
 
 use std::path::Path;
 
-use slough_service::{ClusterOptions, NatsServer, NatsServerOptions};
+use slough_service::{NatsServer, NatsServerOptions};
 
 /// A `nats-server` for one test, stopped and its directory removed on drop.
 pub struct TestNats {
@@ -66,39 +66,24 @@ pub struct TestNatsCluster {
 }
 
 impl TestNatsCluster {
-    /// Starts `size` nodes, each routed to the first, and waits until JetStream has a
-    /// leader; panics with the reason when it cannot.
+    /// Starts `size` nodes, each routed to the first, and waits until the cluster can
+    /// place a stream on every node; panics with the reason when it cannot.
     pub async fn start(size: usize) -> TestNatsCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let mut nodes: Vec<NatsServer> = Vec::with_capacity(size);
-        for index in 0..size {
-            let routes = nodes.first().and_then(NatsServer::route_url);
-            let node = NatsServer::start(&NatsServerOptions {
-                binary: None,
-                port: 0,
-                store_dir: dir.path().join(format!("node{index}")).join("jetstream"),
-                max_payload: None,
-                cluster: Some(ClusterOptions {
-                    name: "slough-test".to_owned(),
-                    node: format!("node{index}"),
-                    routes: routes.into_iter().collect(),
-                }),
-            })
-            .unwrap_or_else(|err| panic!("cannot start nats-server node {index}: {err}"));
-            nodes.push(node);
-        }
-        let cluster = TestNatsCluster { nodes, _dir: dir };
-        cluster.wait_for_jetstream().await;
-        cluster
-    }
-
-    /// Every node's client URL, comma-separated: what `NATS_URL` takes.
-    pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        let nodes = NatsServer::start_cluster("slough-test", size, |index| NatsServerOptions {
+            binary: None,
+            port: 0,
+            store_dir: dir.path().join(format!("node{index}")).join("jetstream"),
+            max_payload: None,
+            cluster: None,
+        })
+        .unwrap_or_else(|err| panic!("cannot start a cluster of {size} nats-servers: {err}"));
+        let seeds = NatsServer::seed_urls(&nodes);
+        let limit = std::time::Duration::from_secs(30);
+        slough_bus::wait_for_cluster(&seeds, size, slough_bus::BusOptions::default(), limit)
+            .await
+            .unwrap_or_else(|err| panic!("the test cluster did not form: {err}"));
+        TestNatsCluster { nodes, _dir: dir }
     }
 
     /// Node `index`'s client URL.
@@ -116,33 +101,6 @@ impl TestNatsCluster {
         self.nodes[index]
             .restart()
             .unwrap_or_else(|err| panic!("cannot restart nats-server node {index}: {err}"));
-    }
-
-    /// Waits until the cluster can place a stream on every node (its JetStream has a
-    /// leader and every node has joined).
-    async fn wait_for_jetstream(&self) {
-        use async_nats::jetstream::stream;
-        let client = async_nats::connect(self.url(0))
-            .await
-            .expect("connect to a test nats-server node");
-        let js = async_nats::jetstream::new(client);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let check = stream::Config {
-            name: "cluster-ready".to_owned(),
-            subjects: vec!["cluster-ready".to_owned()],
-            storage: stream::StorageType::Memory,
-            num_replicas: self.nodes.len(),
-            ..Default::default()
-        };
-        while let Err(err) = js.create_stream(check.clone()).await {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the test cluster cannot place a stream on its {} nodes after 30 s: {err}",
-                self.nodes.len()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        let _ = js.delete_stream("cluster-ready").await;
     }
 }
 

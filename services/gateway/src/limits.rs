@@ -141,7 +141,6 @@ impl Limits {
     fn check_tokens(&self, key_id: Uuid, tpm: u32) -> Result<(), LimitError> {
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
-        limits.shared = true;
         let now = Instant::now();
         limits.forget_before(now);
         let used: u64 = limits.tokens.iter().map(|(_, tokens)| tokens).sum();
@@ -181,7 +180,6 @@ impl Limits {
         };
         let mut keys = self.lock();
         let limits = keys.entry(key_id).or_default();
-        limits.shared = true;
         let now = Instant::now();
         let verdict = match fleet {
             Some(Ok(())) => {
@@ -245,13 +243,15 @@ impl Limits {
         limits.count_tokens(used.tokens, now);
     }
 
-    /// Reads, the first time this replica admits `key`, the requests of the key that
-    /// finished in the minute before the replica started (those since were announced).
-    /// A store that cannot be read is tried again on the next request.
+    /// Marks `key`'s use as shared (it has a per-minute limit) and reads, the first time
+    /// this replica admits it, the requests of the key that finished in the minute before
+    /// the replica started (those since were announced). A store that cannot be read is
+    /// tried again on the next request.
     async fn catch_up(&self, key: &ApiKey) {
         {
             let mut keys = self.lock();
             let limits = keys.entry(key.id).or_default();
+            limits.shared = true;
             if limits.caught_up {
                 return;
             }
@@ -323,19 +323,22 @@ impl KeyLimits {
     /// Starts a request at `now` within `rpm` requests per minute, or says how long until
     /// one may start.
     fn take_request(&mut self, rpm: u32, now: Instant) -> Result<(), Duration> {
-        let next = self.next_request.map_or(now, |next| next.max(now)) + MINUTE / rpm.max(1);
-        let ahead = next.saturating_duration_since(now);
+        let ahead = self.next_after(rpm, now).saturating_duration_since(now);
         if ahead > MINUTE {
             return Err(ahead - MINUTE);
         }
-        self.next_request = Some(next);
+        self.count_request(rpm, now);
         Ok(())
     }
 
-    /// Counts a request started at `at` that was admitted elsewhere.
+    /// Counts a request started at `at` (admitted here, or elsewhere).
     fn count_request(&mut self, rpm: u32, at: Instant) {
-        let next = self.next_request.map_or(at, |next| next.max(at)) + MINUTE / rpm.max(1);
-        self.next_request = Some(next);
+        self.next_request = Some(self.next_after(rpm, at));
+    }
+
+    /// The next arrival once one more request starts at `at`.
+    fn next_after(&self, rpm: u32, at: Instant) -> Instant {
+        self.next_request.map_or(at, |next| next.max(at)) + MINUTE / rpm.max(1)
     }
 
     /// Counts `tokens` used by a request that finished at `now`.

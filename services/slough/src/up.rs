@@ -23,8 +23,7 @@ pub fn up(mut settings: Settings) -> anyhow::Result<()> {
             for server in &servers {
                 tracing::info!(url = %server.url(), log = %server.log_file().display(), "started nats-server");
             }
-            let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
-            settings.common.nats_url = Some(urls.join(","));
+            settings.common.nats_url = Some(NatsServer::seed_urls(&servers));
             servers
         }
     };
@@ -44,7 +43,15 @@ pub fn up(mut settings: Settings) -> anyhow::Result<()> {
 async fn up_services(settings: &Settings, nats: &mut [NatsServer]) -> anyhow::Result<()> {
     let nats_url = settings.nats_url();
     if nats.len() > 1 {
-        cluster_formed(settings, &nats_url, nats.len()).await?;
+        // The services make their streams once every node can hold a copy.
+        let options = settings.common.nats.bus_options();
+        slough_bus::wait_for_cluster(&nats_url, nats.len(), options, Duration::from_secs(30))
+            .await
+            .with_context(|| {
+                let logs = settings.common.data_dir.join("nats");
+                format!("see the nodes' logs under {}", logs.display())
+            })?;
+        tracing::info!(nodes = nats.len(), "NATS cluster formed");
     }
     let new_admin_key = bootstrap_admin_key(settings).await?;
     let platform = Platform::start(&ServiceKind::ALL, settings, &nats_url).await?;
@@ -80,28 +87,6 @@ async fn up_services(settings: &Settings, nats: &mut [NatsServer]) -> anyhow::Re
     }
     tracing::info!("all services stopped");
     Ok(())
-}
-
-/// Waits until the local cluster has formed (every node routed, JetStream answering),
-/// so that the services create their streams with a copy on each node.
-async fn cluster_formed(settings: &Settings, nats_url: &str, nodes: usize) -> anyhow::Result<()> {
-    let bus =
-        slough_bus::connect(nats_url, "slough-up", settings.common.nats.bus_options()).await?;
-    let formed = bus.wait_for_cluster(nodes, Duration::from_secs(30)).await;
-    if formed.is_ok() {
-        tracing::info!(
-            nodes,
-            "NATS cluster formed; JetStream keeps {} copies",
-            bus.jetstream_replicas()
-        );
-    }
-    bus.close().await;
-    formed.with_context(|| {
-        format!(
-            "see the nodes' logs under {}",
-            settings.common.data_dir.join("nats").display()
-        )
-    })
 }
 
 /// Restarts the nats-server child when it exits: at once the first time, then with a
